@@ -1,0 +1,158 @@
+//! The cluster token: generated at `start --head`, carried by every RPC, checked by every
+//! server.
+//!
+//! Invariant: every tonic server in miniray is built with [`TokenCheck`] as its interceptor
+//! and every client channel with [`AddToken`]; there is no unauthenticated service.
+
+use std::time::Duration;
+
+use miniray_proto::TOKEN_METADATA_KEY;
+use tonic::metadata::MetadataValue;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status};
+
+use crate::error::ErrorCode;
+
+/// A fresh random token (32 hex characters).
+pub fn generate_token() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
+/// Client side: adds the token to each outgoing request.
+#[derive(Clone)]
+pub struct AddToken {
+    value: MetadataValue<tonic::metadata::Ascii>,
+}
+
+impl AddToken {
+    pub fn new(token: &str) -> Result<Self, AuthError> {
+        Ok(Self {
+            value: token.parse().map_err(|_| AuthError::BadToken)?,
+        })
+    }
+}
+
+impl Interceptor for AddToken {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        req.metadata_mut()
+            .insert(TOKEN_METADATA_KEY, self.value.clone());
+        Ok(req)
+    }
+}
+
+/// Server side: refuses any request whose token is missing or wrong.
+#[derive(Clone)]
+pub struct TokenCheck {
+    expected: std::sync::Arc<[u8]>,
+}
+
+impl TokenCheck {
+    pub fn new(token: &str) -> Self {
+        Self {
+            expected: token.as_bytes().into(),
+        }
+    }
+}
+
+impl Interceptor for TokenCheck {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        let presented = req
+            .metadata()
+            .get(TOKEN_METADATA_KEY)
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        if constant_time_eq(presented, &self.expected) {
+            Ok(req)
+        } else {
+            Err(ErrorCode::Unauthenticated.status("missing or wrong cluster token"))
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A client channel that carries the token.
+pub type AuthedChannel = InterceptedService<Channel, AddToken>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("the cluster token contains characters not allowed in gRPC metadata")]
+    BadToken,
+    #[error("invalid address {address:?}: {reason}")]
+    BadAddress { address: String, reason: String },
+    #[error("cannot connect to {address}: {reason}")]
+    Connect { address: String, reason: String },
+}
+
+/// Timeout for establishing a TCP connection to a miniray server.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn endpoint(address: &str) -> Result<Endpoint, AuthError> {
+    let uri = if address.starts_with("http://") || address.starts_with("https://") {
+        address.to_string()
+    } else {
+        format!("http://{address}")
+    };
+    Ok(Endpoint::from_shared(uri)
+        .map_err(|e| AuthError::BadAddress {
+            address: address.to_string(),
+            reason: e.to_string(),
+        })?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_adaptive_window(true)
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(32 << 20)))
+}
+
+/// Connects at once; fails fast when nothing answers.
+pub async fn connect(address: &str, token: &str) -> Result<AuthedChannel, AuthError> {
+    let channel = endpoint(address)?
+        .connect()
+        .await
+        .map_err(|e| AuthError::Connect {
+            address: address.to_string(),
+            reason: error_chain(&e),
+        })?;
+    Ok(InterceptedService::new(channel, AddToken::new(token)?))
+}
+
+/// A channel that connects on first use and reconnects after failures.
+pub fn connect_lazy(address: &str, token: &str) -> Result<AuthedChannel, AuthError> {
+    let channel = endpoint(address)?.connect_lazy();
+    Ok(InterceptedService::new(channel, AddToken::new(token)?))
+}
+
+/// "a: b: c" for an error and its sources.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(src) = cur {
+        s.push_str(": ");
+        s.push_str(&src.to_string());
+        cur = src.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_refuses_missing_and_wrong_tokens() {
+        let mut check = TokenCheck::new("secret");
+        assert!(check.call(Request::new(())).is_err());
+        let mut add = AddToken::new("wrong").unwrap();
+        assert!(check.call(add.call(Request::new(())).unwrap()).is_err());
+        let mut add = AddToken::new("secret").unwrap();
+        assert!(check.call(add.call(Request::new(())).unwrap()).is_ok());
+    }
+}

@@ -1,0 +1,74 @@
+//! Defaults and environment variables that tie miniray processes together.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Environment variables read by miniray processes.
+pub mod env {
+    /// `HOST:PORT` of the GCS of an existing cluster for drivers to join.
+    pub const ADDRESS: &str = "MINIRAY_ADDRESS";
+    /// The cluster token (otherwise read from the cluster file under the temp root).
+    pub const TOKEN: &str = "MINIRAY_TOKEN";
+    /// Set by the process that starts a miniray executable in a non-driver role:
+    /// `worker`, `gcs` or `raylet` (see `miniray::init`).
+    pub const ROLE: &str = "MINIRAY_ROLE";
+    /// Address of the GCS, given to workers and embedded daemons.
+    pub const GCS_ADDRESS: &str = "MINIRAY_GCS_ADDRESS";
+    /// Address of the local raylet, given to workers.
+    pub const RAYLET_ADDRESS: &str = "MINIRAY_RAYLET_ADDRESS";
+    pub const NODE_ID: &str = "MINIRAY_NODE_ID";
+    pub const WORKER_ID: &str = "MINIRAY_WORKER_ID";
+    pub const JOB_ID: &str = "MINIRAY_JOB_ID";
+    /// Root folder for session files, logs and the executable cache (default `/tmp/miniray`).
+    pub const TMPDIR: &str = "MINIRAY_TMPDIR";
+    /// Serialized daemon arguments for embedded daemons started by a driver.
+    pub const DAEMON_ARGS: &str = "MINIRAY_DAEMON_ARGS";
+    /// Tracing filter (`info`, `miniray_raylet=debug`, ...).
+    pub const LOG: &str = "MINIRAY_LOG";
+}
+
+/// Objects below this size travel inline and live in the owner's process.
+pub const DEFAULT_INLINE_THRESHOLD: usize = 100 * 1024;
+
+/// How often raylets heartbeat to the GCS.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
+
+/// A node silent for this long is marked dead.
+pub const DEFAULT_NODE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Chunk size for node-to-node object transfer and executable upload.
+pub const TRANSFER_CHUNK_SIZE: usize = 4 << 20;
+
+/// Largest gRPC message any miniray server accepts or sends.
+pub const MAX_MESSAGE_SIZE: usize = 64 << 20;
+
+/// Root folder for session files (`MINIRAY_TMPDIR`, default `/tmp/miniray`).
+pub fn tmp_root() -> PathBuf {
+    std::env::var_os(env::TMPDIR)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp/miniray"))
+}
+
+/// Default plasma capacity: 30% of physical memory, at most 8 GiB (the segment is sparse,
+/// so an unused store costs nothing).
+pub fn default_object_store_memory() -> u64 {
+    let total = physical_memory_bytes().unwrap_or(4 << 30);
+    (total / 10 * 3).min(8 << 30)
+}
+
+/// Logical CPUs of this machine.
+pub fn num_cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+fn physical_memory_bytes() -> Option<u64> {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let pages = unsafe { libc::sysconf(libc::_SC_PHYS_PAGES) };
+    let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if pages <= 0 || page_size <= 0 {
+        return None;
+    }
+    Some(pages as u64 * page_size as u64)
+}

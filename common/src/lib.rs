@@ -1,0 +1,16 @@
+//! Shared vocabulary of miniray: ids, error codes, cluster configuration, token auth.
+//!
+//! This crate sits at the bottom of the workspace next to `miniray-proto`; it must not
+//! depend on any other miniray crate.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod ids;
+pub mod logging;
+pub mod resources;
+pub mod time;
+
+pub use error::ErrorCode;
+pub use ids::{JobId, NodeId, ObjectId, TaskId, WorkerId};
+pub use resources::Resources;
