@@ -1,1 +1,48 @@
-fn main() {}
+//! `miniray`: start and stop cluster nodes, show cluster status, run the microbenchmark.
+//!
+//! The binary is also a miniray executable: the daemons `start` launches are this binary
+//! started in a daemon role, and the microbenchmark's workers are this binary in worker mode.
+
+mod daemons;
+mod microbenchmark;
+mod start;
+mod status;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "miniray",
+    version,
+    about = "A distributed runtime for Rust in the mould of Ray"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a head node (`--head`) or a worker node joining `--address`, in the background.
+    Start(start::StartArgs),
+    /// Stop every miniray daemon `miniray start` launched on this machine.
+    Stop(start::StopArgs),
+    /// Show nodes, resources, and queued and infeasible demand.
+    Status(status::StatusArgs),
+    /// Run Ray's core microbenchmark loops and print `metric value` lines.
+    Microbenchmark(microbenchmark::BenchArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    // Daemon and worker roles branch off here and never return.
+    if std::env::var_os(miniray_common::config::env::ROLE).is_some() {
+        miniray::init()?;
+    }
+    miniray_common::logging::init("warn");
+    match Cli::parse().command {
+        Command::Start(args) => start::start(args),
+        Command::Stop(args) => start::stop(args),
+        Command::Status(args) => status::status(args),
+        Command::Microbenchmark(args) => microbenchmark::run(args),
+    }
+}

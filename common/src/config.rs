@@ -72,3 +72,26 @@ fn physical_memory_bytes() -> Option<u64> {
     }
     Some(pages as u64 * page_size as u64)
 }
+
+/// Where `start --head` records the token of the cluster whose GCS listens at `gcs_address`,
+/// so that drivers and `start --address` on this machine find it without `MINIRAY_TOKEN`.
+pub fn token_file(gcs_address: &str) -> PathBuf {
+    let name: String = gcs_address
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    tmp_root().join("clusters").join(format!("{name}.token"))
+}
+
+/// The cluster token for `gcs_address`: `MINIRAY_TOKEN`, else the token file.
+pub fn find_token(gcs_address: &str) -> Option<String> {
+    if let Ok(t) = std::env::var(env::TOKEN)
+        && !t.is_empty()
+    {
+        return Some(t);
+    }
+    std::fs::read_to_string(token_file(gcs_address))
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}

@@ -1,1 +1,210 @@
-//! miniray
+//! miniray: remote tasks and a shared-memory object store for Rust programs, in the mould of
+//! Ray.
+//!
+//! ```no_run
+//! #[miniray::remote]
+//! fn square(x: u64) -> u64 { x * x }
+//!
+//! fn main() -> miniray::Result<()> {
+//!     miniray::init()?; // in a worker process this runs tasks and never returns
+//!     let r = square::remote(7)?;
+//!     let dep = square::remote(&r)?;   // an ObjectRef argument is a dependency
+//!     assert_eq!(miniray::get(&dep)?, 2401);
+//!     miniray::shutdown();
+//!     Ok(())
+//! }
+//! ```
+//!
+//! `#[remote]` functions must be defined at module level (not inside a function body), and
+//! `init()` should be the first thing `main` does: workers are this same executable started
+//! with no arguments, and `init()` is where they branch off.
+
+mod codec;
+mod error;
+mod object_ref;
+mod options;
+mod registry;
+mod runtime;
+
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use error::{Error, Result};
+pub use miniray_common::NodeId;
+pub use miniray_macros::remote;
+pub use object_ref::ObjectRef;
+pub use options::{Arg, IntoArg, TaskOptions};
+pub use runtime::bootstrap::InitOptions;
+
+/// Daemon roles of a miniray executable, for `miniray start` and tests.
+pub mod cluster {
+    pub use crate::runtime::cluster::{
+        DaemonSpec, GcsSpec, RayletSpec, SpawnedDaemon, run_daemon_from_env, spawn_daemon,
+        stop_daemon,
+    };
+}
+
+/// Used by the code `#[miniray::remote]` generates; not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::registry::{
+        InvokeError, RemoteFunction, check_arity, decode_arg, encode_return,
+    };
+    pub use inventory;
+}
+
+/// Connects this program to miniray: joins the cluster at `MINIRAY_ADDRESS`, or starts a
+/// private local cluster (stopped by `shutdown` or when the program exits).
+///
+/// In a worker process (started by a raylet) this runs the worker loop and never returns.
+pub fn init() -> Result<()> {
+    init_with(InitOptions::default())
+}
+
+/// `init` with options: the cluster address and token, or the shape of the local cluster.
+pub fn init_with(opts: InitOptions) -> Result<()> {
+    match std::env::var(miniray_common::config::env::ROLE).as_deref() {
+        Ok("worker") => runtime::bootstrap::run_worker(),
+        Ok("gcs") | Ok("raylet") => runtime::cluster::run_daemon_from_env(),
+        _ => {}
+    }
+    if runtime::is_initialized() {
+        return Err(Error::InvalidArgument(
+            "miniray is already initialized; call shutdown() first".into(),
+        ));
+    }
+    runtime::bootstrap::start_driver(opts)
+}
+
+/// Whether `init` has run in this process (and `shutdown` has not).
+pub fn is_initialized() -> bool {
+    runtime::is_initialized()
+}
+
+/// Disconnects: returns worker leases, frees this program's objects, and stops the private
+/// local cluster if `init` started one. Safe to call more than once.
+pub fn shutdown() {
+    runtime::shutdown();
+}
+
+/// The node this code runs on.
+pub fn node_id() -> Result<NodeId> {
+    Ok(runtime::current()?.node_id)
+}
+
+/// Stores a value in the object store; the reference can be passed to tasks.
+pub fn put<T: Serialize + 'static>(value: T) -> Result<ObjectRef<T>> {
+    let cw = runtime::current()?;
+    let handle = cw.block_on(cw.put_value(&value))??;
+    Ok(ObjectRef::from_handle(handle))
+}
+
+/// `put` for async code.
+pub async fn put_async<T: Serialize + 'static>(value: T) -> Result<ObjectRef<T>> {
+    let cw = runtime::current()?;
+    let handle = cw.put_value(&value).await?;
+    Ok(ObjectRef::from_handle(handle))
+}
+
+/// Waits for the object and returns its value.
+pub fn get<T: DeserializeOwned + 'static>(r: &ObjectRef<T>) -> Result<T> {
+    get_timeout(r, None)
+}
+
+/// `get` that gives up with `Error::Timeout` after `timeout`.
+pub fn get_timeout<T: DeserializeOwned + 'static>(
+    r: &ObjectRef<T>,
+    timeout: Option<Duration>,
+) -> Result<T> {
+    let cw = runtime::current()?;
+    let ready = cw.is_ready_locally(r.id());
+    cw.block_on_waiting(ready, cw.get(&r.handle, timeout))?
+}
+
+/// `get` for async code.
+pub async fn get_async<T: DeserializeOwned + 'static>(r: &ObjectRef<T>) -> Result<T> {
+    let cw = runtime::current()?;
+    cw.get(&r.handle, None).await
+}
+
+/// Waits for all the objects and returns their values in order.
+pub fn get_all<T: DeserializeOwned + 'static>(refs: &[ObjectRef<T>]) -> Result<Vec<T>> {
+    let cw = runtime::current()?;
+    let ready = refs.iter().all(|r| cw.is_ready_locally(r.id()));
+    cw.block_on_waiting(ready, get_all_inner(&cw, refs))?
+}
+
+/// `get_all` for async code.
+pub async fn get_all_async<T: DeserializeOwned + 'static>(refs: &[ObjectRef<T>]) -> Result<Vec<T>> {
+    let cw = runtime::current()?;
+    get_all_inner(&cw, refs).await
+}
+
+async fn get_all_inner<T: DeserializeOwned + 'static>(
+    cw: &std::sync::Arc<runtime::CoreWorker>,
+    refs: &[ObjectRef<T>],
+) -> Result<Vec<T>> {
+    let values = futures::future::join_all(refs.iter().map(|r| cw.resolve(&r.handle, None))).await;
+    let mut out = Vec::with_capacity(refs.len());
+    for (r, v) in refs.iter().zip(values) {
+        out.push(cw.read(r.id(), &v?).await?);
+    }
+    Ok(out)
+}
+
+/// What `wait` returns: (ready, not ready), each in the order given.
+pub type WaitResult<T> = (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>);
+
+/// Waits until `num_returns` of `refs` are ready (finished or failed) or `timeout` passes.
+/// Returns (ready, not ready), each in the order of `refs`.
+pub fn wait<T>(
+    refs: &[ObjectRef<T>],
+    num_returns: usize,
+    timeout: Option<Duration>,
+) -> Result<WaitResult<T>> {
+    let cw = runtime::current()?;
+    let ready_now =
+        refs.iter().filter(|r| cw.is_ready_locally(r.id())).count() >= num_returns.min(refs.len());
+    cw.block_on_waiting(ready_now, wait_inner(&cw, refs, num_returns, timeout))?
+}
+
+/// `wait` for async code.
+pub async fn wait_async<T>(
+    refs: &[ObjectRef<T>],
+    num_returns: usize,
+    timeout: Option<Duration>,
+) -> Result<WaitResult<T>> {
+    let cw = runtime::current()?;
+    wait_inner(&cw, refs, num_returns, timeout).await
+}
+
+async fn wait_inner<T>(
+    cw: &std::sync::Arc<runtime::CoreWorker>,
+    refs: &[ObjectRef<T>],
+    num_returns: usize,
+    timeout: Option<Duration>,
+) -> Result<WaitResult<T>> {
+    if num_returns > refs.len() {
+        return Err(Error::InvalidArgument(format!(
+            "num_returns {num_returns} is more than the {} references given",
+            refs.len()
+        )));
+    }
+    let handles: Vec<_> = refs.iter().map(|r| r.handle.clone()).collect();
+    let ready = cw.wait_ready(&handles, num_returns, timeout).await;
+    let mut is_ready = vec![false; refs.len()];
+    for i in ready {
+        is_ready[i] = true;
+    }
+    let (mut done, mut pending) = (Vec::new(), Vec::new());
+    for (r, ready) in refs.iter().zip(is_ready) {
+        if ready {
+            done.push(r.clone());
+        } else {
+            pending.push(r.clone());
+        }
+    }
+    Ok((done, pending))
+}

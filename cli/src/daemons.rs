@@ -1,0 +1,70 @@
+//! The record of daemons `miniray start` launched on this machine (for `miniray stop`).
+//!
+//! One JSON file per daemon under `<tmp root>/daemons/`. Invariant: a record is only acted on
+//! if its pid still runs the executable it was started from, so a recycled pid is never
+//! signalled.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DaemonRecord {
+    pub pid: u32,
+    pub role: String,
+    pub address: String,
+    pub exe: PathBuf,
+    pub session_dir: PathBuf,
+}
+
+fn dir() -> PathBuf {
+    miniray_common::config::tmp_root().join("daemons")
+}
+
+pub fn record(rec: &DaemonRecord) -> anyhow::Result<()> {
+    let dir = dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(format!("{}.json", rec.pid));
+    std::fs::write(&path, serde_json::to_vec_pretty(rec)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// Live daemons, with the path of their record; stale records are removed.
+pub fn list() -> Vec<(DaemonRecord, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(dir()) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let rec = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<DaemonRecord>(&b).ok());
+        match rec {
+            Some(rec) if is_running(&rec) => out.push((rec, path)),
+            _ => {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+    out
+}
+
+fn is_running(rec: &DaemonRecord) -> bool {
+    let exe = std::fs::read_link(format!("/proc/{}/exe", rec.pid));
+    match exe {
+        Ok(exe) => same_file(&exe, &rec.exe),
+        Err(_) => false,
+    }
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    let strip = |p: &Path| {
+        p.to_string_lossy()
+            .trim_end_matches(" (deleted)")
+            .to_string()
+    };
+    strip(a) == strip(b)
+}

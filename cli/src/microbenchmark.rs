@@ -1,0 +1,154 @@
+//! `miniray microbenchmark`: Ray's core microbenchmark loops (same names, same definitions)
+//! against a private local cluster or the cluster at `MINIRAY_ADDRESS`.
+//!
+//! Each metric runs a warm-up, then four timed trials; the printed value is the mean rate
+//! over the trials (`metric value`, one line each; the spread goes to stderr).
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use miniray::ObjectRef;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Only run metrics whose name contains this.
+    #[arg(long)]
+    filter: Option<String>,
+    /// Seconds per timed trial.
+    #[arg(long, default_value_t = 2.0)]
+    trial_secs: f64,
+    /// Seconds of warm-up before the trials.
+    #[arg(long, default_value_t = 1.0)]
+    warmup_secs: f64,
+    /// Timed trials per metric.
+    #[arg(long, default_value_t = 4)]
+    trials: usize,
+}
+
+#[miniray::remote]
+fn small_value() -> Vec<u8> {
+    b"ok".to_vec()
+}
+
+/// A client that submits `n` tasks and waits for them (Ray uses an actor per client; a task
+/// that holds no CPU plays the same role).
+#[miniray::remote(num_cpus = 0)]
+fn small_value_batch(n: u64) -> u64 {
+    let refs: Vec<ObjectRef<Vec<u8>>> = (0..n)
+        .map(|_| small_value::remote())
+        .collect::<Result<_, _>>()
+        .unwrap_or_else(|e| panic!("submitting tasks failed: {e}"));
+    miniray::get_all(&refs).unwrap_or_else(|e| panic!("getting results failed: {e}"));
+    n
+}
+
+struct Bench<'a> {
+    args: &'a BenchArgs,
+}
+
+impl Bench<'_> {
+    /// Runs `f` repeatedly and prints `name rate` where rate = multiplier * calls / second.
+    fn timeit(
+        &self,
+        name: &str,
+        multiplier: f64,
+        mut f: impl FnMut() -> miniray::Result<()>,
+    ) -> anyhow::Result<()> {
+        if let Some(filter) = &self.args.filter
+            && !name.contains(filter.as_str())
+        {
+            return Ok(());
+        }
+        let warmup = Duration::from_secs_f64(self.args.warmup_secs);
+        let start = Instant::now();
+        let mut warm_calls = 0u64;
+        while start.elapsed() < warmup || warm_calls == 0 {
+            f().with_context(|| format!("{name} warm-up"))?;
+            warm_calls += 1;
+        }
+        let step = warm_calls / 10 + 1;
+        let trial = Duration::from_secs_f64(self.args.trial_secs);
+        let mut rates = Vec::with_capacity(self.args.trials);
+        for _ in 0..self.args.trials.max(1) {
+            let start = Instant::now();
+            let mut calls = 0u64;
+            while start.elapsed() < trial {
+                for _ in 0..step {
+                    f().with_context(|| name.to_string())?;
+                }
+                calls += step;
+            }
+            rates.push(multiplier * calls as f64 / start.elapsed().as_secs_f64());
+        }
+        let mean = rates.iter().sum::<f64>() / rates.len() as f64;
+        let var = rates.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / rates.len() as f64;
+        println!("{name} {mean:.2}");
+        eprintln!("  {name}: {mean:.2} +- {:.2} per second", var.sqrt());
+        Ok(())
+    }
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    miniray::init().context("starting miniray")?;
+    let result = run_all(&args);
+    miniray::shutdown();
+    result
+}
+
+fn run_all(args: &BenchArgs) -> anyhow::Result<()> {
+    let b = Bench { args };
+
+    let value = miniray::put(0u64)?;
+    b.timeit("single_client_get_calls", 1.0, || {
+        miniray::get(&value).map(|_| ())
+    })?;
+    b.timeit("single_client_put_calls", 1.0, || {
+        miniray::put(0u64).map(|_| ())
+    })?;
+
+    // 800 MiB per put, as Ray's 100 Mi int64 array; the rate is in GB/s (Ray's multiplier).
+    let big: Vec<u8> = vec![0u8; 800 << 20];
+    b.timeit("single_client_put_gigabytes", 8.0 * 0.1, || {
+        miniray::put(big.clone()).map(|_| ())
+    })?;
+    drop(big);
+
+    b.timeit("single_client_tasks_and_get_batch", 1.0, || {
+        let refs: Vec<_> = (0..1000)
+            .map(|_| small_value::remote())
+            .collect::<miniray::Result<_>>()?;
+        miniray::get_all(&refs).map(|_| ())
+    })?;
+
+    b.timeit("single_client_wait_1k_refs", 1.0, || {
+        let mut not_ready: Vec<_> = (0..1000)
+            .map(|_| small_value::remote())
+            .collect::<miniray::Result<_>>()?;
+        while !not_ready.is_empty() {
+            let (_ready, rest) = miniray::wait(&not_ready, 1, None)?;
+            not_ready = rest;
+        }
+        Ok(())
+    })?;
+
+    b.timeit("single_client_tasks_sync", 1.0, || {
+        miniray::get(&small_value::remote()?).map(|_| ())
+    })?;
+
+    b.timeit("single_client_tasks_async", 1000.0, || {
+        let refs: Vec<_> = (0..1000)
+            .map(|_| small_value::remote())
+            .collect::<miniray::Result<_>>()?;
+        miniray::get_all(&refs).map(|_| ())
+    })?;
+
+    let (n, m) = (10_000u64, 4usize);
+    b.timeit("multi_client_tasks_async", (n * m as u64) as f64, || {
+        let clients: Vec<_> = (0..m)
+            .map(|_| small_value_batch::remote(n))
+            .collect::<miniray::Result<_>>()?;
+        miniray::get_all(&clients).map(|_| ())
+    })?;
+    Ok(())
+}

@@ -1,0 +1,267 @@
+//! `miniray start` and `miniray stop`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use miniray::cluster::{DaemonSpec, GcsSpec, RayletSpec, spawn_daemon};
+use miniray_common::config::{self, DEFAULT_NODE_TIMEOUT};
+use miniray_common::{NodeId, Resources};
+
+use crate::daemons::{self, DaemonRecord};
+
+#[derive(Args)]
+pub struct StartArgs {
+    /// Start a head node: the GCS and a raylet.
+    #[arg(long, conflicts_with = "address")]
+    head: bool,
+    /// `HOST:PORT` of the head's GCS, for a worker node.
+    #[arg(long, required_unless_present = "head")]
+    address: Option<String>,
+    /// GCS port of a head node.
+    #[arg(long, default_value_t = 6379)]
+    port: u16,
+    /// Interface the daemons listen on. Anything but loopback exposes them to the network.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Write the GCS tables through to this Redis (`redis://HOST:PORT`), so a restarted
+    /// head loses nothing.
+    #[arg(long)]
+    redis_address: Option<String>,
+    /// CPUs of this node (default: the core count).
+    #[arg(long)]
+    num_cpus: Option<f64>,
+    /// Custom resources of this node as JSON, such as '{"GPU": 1}'.
+    #[arg(long)]
+    resources: Option<String>,
+    /// Plasma capacity of this node in bytes.
+    #[arg(long)]
+    object_store_memory: Option<u64>,
+    /// Touch every page of the object store at start (faster first writes).
+    #[arg(long)]
+    prefault_object_store: bool,
+    /// Cluster token (default: generated for a head; for a worker node, `MINIRAY_TOKEN` or
+    /// the token file the head wrote on this machine).
+    #[arg(long, env = "MINIRAY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Milliseconds without heartbeat after which the GCS marks a node dead.
+    #[arg(long, default_value_t = DEFAULT_NODE_TIMEOUT.as_millis() as u64)]
+    node_timeout_ms: u64,
+}
+
+#[derive(Args)]
+pub struct StopArgs {
+    /// Seconds to wait for each daemon before killing it.
+    #[arg(long, default_value_t = 10)]
+    grace_period: u64,
+}
+
+fn node_resources(args: &StartArgs) -> anyhow::Result<Resources> {
+    let mut r = match &args.resources {
+        Some(json) => Resources::from_json(json)?,
+        None => Resources::new(),
+    };
+    if let Some(n) = args.num_cpus {
+        r.set("CPU", n)?;
+    }
+    Ok(r)
+}
+
+fn session_dir() -> PathBuf {
+    config::tmp_root().join(format!(
+        "session_{}_{}",
+        miniray_common::time::now_ms(),
+        std::process::id()
+    ))
+}
+
+pub fn start(args: StartArgs) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("locating the miniray executable")?;
+    let resources = node_resources(&args)?;
+    let session_dir = session_dir();
+    let logs = session_dir.join("logs");
+    let object_store_memory = args
+        .object_store_memory
+        .unwrap_or_else(config::default_object_store_memory);
+
+    let (gcs_address, token) = if args.head {
+        let token = args
+            .token
+            .clone()
+            .unwrap_or_else(miniray_common::auth::generate_token);
+        let bind: SocketAddr = format!("{}:{}", args.host, args.port)
+            .parse()
+            .with_context(|| format!("bad --host/--port {}:{}", args.host, args.port))?;
+        let session_name = session_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let gcs = spawn_daemon(
+            &exe,
+            &DaemonSpec::Gcs(GcsSpec {
+                bind,
+                token: token.clone(),
+                session_name,
+                redis_address: args.redis_address.clone(),
+                node_timeout_ms: args.node_timeout_ms,
+            }),
+            &logs.join("gcs.err"),
+            false,
+        )?;
+        daemons::record(&DaemonRecord {
+            pid: gcs.child.id(),
+            role: "gcs".into(),
+            address: gcs.address.clone(),
+            exe: exe.clone(),
+            session_dir: session_dir.clone(),
+        })?;
+        let token_file = config::token_file(&gcs.address);
+        write_private(&token_file, &token)?;
+        (gcs.address, token)
+    } else {
+        let address = args.address.clone().context("--address is required")?;
+        let token = args
+            .token
+            .clone()
+            .or_else(|| config::find_token(&address))
+            .with_context(|| {
+                format!("no token for the cluster at {address}: pass --token or set MINIRAY_TOKEN")
+            })?;
+        (address, token)
+    };
+
+    let raylet = spawn_daemon(
+        &exe,
+        &DaemonSpec::Raylet(RayletSpec {
+            gcs_address: gcs_address.clone(),
+            token: token.clone(),
+            bind_host: args.host.clone(),
+            port: 0,
+            node_id: NodeId::random(),
+            resources,
+            object_store_memory,
+            prefault_object_store: args.prefault_object_store,
+            is_head: args.head,
+            session_dir: session_dir.clone(),
+        }),
+        &logs.join("raylet.err"),
+        false,
+    )?;
+    daemons::record(&DaemonRecord {
+        pid: raylet.child.id(),
+        role: "raylet".into(),
+        address: raylet.address.clone(),
+        exe,
+        session_dir: session_dir.clone(),
+    })?;
+
+    if args.head {
+        println!("Started a miniray head node.");
+        println!("  GCS address: {gcs_address}");
+        println!("  raylet:      {}", raylet.address);
+        println!("  logs:        {}", logs.display());
+        println!();
+        println!("Run a driver on this cluster:");
+        println!("  MINIRAY_ADDRESS={gcs_address} cargo run --release --example quickstart");
+        println!("Add a node on this machine:");
+        println!("  miniray start --address {gcs_address}");
+        println!("From another machine, also pass the token:");
+        println!("  export MINIRAY_TOKEN={token}");
+    } else {
+        println!("Started a miniray worker node joining {gcs_address}.");
+        println!("  raylet: {}", raylet.address);
+        println!("  logs:   {}", logs.display());
+    }
+    Ok(())
+}
+
+/// Writes a file only the current user can read.
+fn write_private(path: &std::path::Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(contents.as_bytes())?;
+    Ok(())
+}
+
+pub fn stop(args: StopArgs) -> anyhow::Result<()> {
+    let mut found = daemons::list();
+    if found.is_empty() {
+        println!("No miniray daemons are running.");
+        return Ok(());
+    }
+    // Raylets first: they stop their workers and remove their segments while the GCS is up.
+    found.sort_by_key(|(rec, _)| rec.role == "gcs");
+    let grace = Duration::from_secs(args.grace_period);
+    let mut failed = 0;
+    for (rec, path) in found {
+        match stop_pid(rec.pid, grace) {
+            Ok(()) => {
+                println!("Stopped {} (pid {}, {}).", rec.role, rec.pid, rec.address);
+                let _ = std::fs::remove_file(&path);
+                if rec.role == "gcs" {
+                    let _ = std::fs::remove_file(config::token_file(&rec.address));
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("Could not stop {} (pid {}): {e:#}", rec.role, rec.pid);
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} daemon(s) could not be stopped");
+    }
+    Ok(())
+}
+
+/// SIGTERM, wait up to `grace`, then SIGKILL. The pid is not our child, so poll /proc.
+fn stop_pid(pid: u32, grace: Duration) -> anyhow::Result<()> {
+    let pid_i = i32::try_from(pid).context("pid out of range")?;
+    // SAFETY: kill(2) on a pid whose executable we just verified.
+    if unsafe { libc::kill(pid_i, libc::SIGTERM) } != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::ESRCH) {
+            return Ok(());
+        }
+        return Err(err).context("sending SIGTERM");
+    }
+    let deadline = std::time::Instant::now() + grace;
+    while std::time::Instant::now() < deadline {
+        if !alive(pid) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(pid_i, libc::SIGKILL) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        if !alive(pid) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("still running after SIGKILL")
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie (exited, not yet reaped by its parent) counts as stopped.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}

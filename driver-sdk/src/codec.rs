@@ -1,0 +1,144 @@
+//! Values on the wire and in the object store: postcard, with a copy-free path for byte
+//! vectors.
+//!
+//! Invariant: `encode`/`encode_into` produce exactly the bytes `postcard::to_stdvec` would,
+//! so either side may take the fast path or the general one.
+
+use std::any::{Any, TypeId};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+
+fn as_bytes<T: 'static>(value: &T) -> Option<&[u8]> {
+    (value as &dyn Any)
+        .downcast_ref::<Vec<u8>>()
+        .map(Vec::as_slice)
+}
+
+/// Encoded size of a byte vector: varint length prefix plus the bytes.
+fn bytes_header(len: usize) -> Result<Vec<u8>> {
+    postcard::to_stdvec(&len).map_err(|e| Error::Serialize {
+        what: "a length".into(),
+        reason: e.to_string(),
+    })
+}
+
+/// A value ready to be written somewhere: either fully encoded, or a byte vector's header
+/// with the payload still in the caller's value (written without an intermediate copy).
+pub(crate) enum Encoded<'a> {
+    Owned(Vec<u8>),
+    Bytes { header: Vec<u8>, payload: &'a [u8] },
+}
+
+impl Encoded<'_> {
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Encoded::Owned(v) => v.len(),
+            Encoded::Bytes { header, payload } => header.len() + payload.len(),
+        }
+    }
+
+    /// Copies the encoding into `dst`, which must be exactly `len()` long.
+    pub(crate) fn write_to(&self, dst: &mut [u8]) {
+        match self {
+            Encoded::Owned(v) => dst.copy_from_slice(v),
+            Encoded::Bytes { header, payload } => {
+                dst[..header.len()].copy_from_slice(header);
+                dst[header.len()..].copy_from_slice(payload);
+            }
+        }
+    }
+
+    pub(crate) fn into_vec(self) -> Vec<u8> {
+        match self {
+            Encoded::Owned(v) => v,
+            Encoded::Bytes { header, payload } => {
+                let mut v = Vec::with_capacity(header.len() + payload.len());
+                v.extend_from_slice(&header);
+                v.extend_from_slice(payload);
+                v
+            }
+        }
+    }
+}
+
+/// Encodes a value, borrowing a `Vec<u8>`'s payload instead of copying it.
+pub(crate) fn encode_lazy<T: Serialize + 'static>(value: &T) -> Result<Encoded<'_>> {
+    if let Some(bytes) = as_bytes(value) {
+        return Ok(Encoded::Bytes {
+            header: bytes_header(bytes.len())?,
+            payload: bytes,
+        });
+    }
+    encode_general(value).map(Encoded::Owned)
+}
+
+/// Encodes a value into a fresh vector.
+pub fn encode<T: Serialize + 'static>(value: &T) -> Result<Vec<u8>> {
+    Ok(encode_lazy(value)?.into_vec())
+}
+
+fn encode_general<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    postcard::to_stdvec(value).map_err(|e| Error::Serialize {
+        what: std::any::type_name::<T>().into(),
+        reason: e.to_string(),
+    })
+}
+
+/// Decodes a value; a `Vec<u8>` is copied out in one `memcpy`.
+pub fn decode<T: DeserializeOwned + 'static>(bytes: &[u8]) -> Result<T> {
+    let err = |reason: String| Error::Deserialize {
+        what: format!("a value of type {}", std::any::type_name::<T>()),
+        reason,
+    };
+    if TypeId::of::<T>() == TypeId::of::<Vec<u8>>() {
+        let (len, rest) =
+            postcard::take_from_bytes::<usize>(bytes).map_err(|e| err(e.to_string()))?;
+        if rest.len() != len {
+            return Err(err(format!(
+                "byte vector says {len} bytes but {} follow",
+                rest.len()
+            )));
+        }
+        let boxed: Box<dyn Any> = Box::new(rest.to_vec());
+        return match boxed.downcast::<T>() {
+            Ok(v) => Ok(*v),
+            Err(_) => Err(err("type mismatch".into())),
+        };
+    }
+    let (value, rest) = postcard::take_from_bytes::<T>(bytes).map_err(|e| err(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(err(format!("{} trailing bytes", rest.len())));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_path_matches_postcard() {
+        let v: Vec<u8> = (0..300u32).map(|i| i as u8).collect();
+        assert_eq!(encode(&v).unwrap(), postcard::to_stdvec(&v).unwrap());
+        assert_eq!(decode::<Vec<u8>>(&encode(&v).unwrap()).unwrap(), v);
+        let general: Vec<u8> = postcard::from_bytes(&encode(&v).unwrap()).unwrap();
+        assert_eq!(general, v);
+    }
+
+    #[test]
+    fn rejects_garbage_and_wrong_types() {
+        assert!(decode::<u64>(&[]).is_err());
+        assert!(decode::<Vec<u8>>(&[5, 1, 2]).is_err());
+        let s = encode(&"hello".to_string()).unwrap();
+        assert!(decode::<(String, u64)>(&s).is_err(), "missing field");
+        assert!(decode::<bool>(&[7]).is_err(), "not a bool");
+        assert!(decode::<u8>(&encode(&1u64).unwrap()[..]).is_ok());
+        assert!(matches!(
+            decode::<u8>(&encode(&(1u8, 2u8)).unwrap()),
+            Err(Error::Deserialize { .. })
+        ));
+    }
+}

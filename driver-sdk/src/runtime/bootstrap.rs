@@ -1,0 +1,374 @@
+//! Bringing a process's core worker up: as a driver (joining or starting a cluster) or as a
+//! worker started by a raylet.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use miniray_common::auth::{self, AuthedChannel};
+use miniray_common::config::{self, DEFAULT_INLINE_THRESHOLD, MAX_MESSAGE_SIZE, env};
+use miniray_common::{JobId, NodeId, WorkerId};
+use miniray_proto::gcs_client::GcsClient;
+use miniray_proto::raylet_client::RayletClient;
+use miniray_proto::{GetAllNodesRequest, NodeAddress, NodeState, RegisterWorkerRequest};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use super::clients::{Clients, node_endpoint};
+use super::cluster::{LocalCluster, LocalClusterOptions};
+use super::plasma::{PlasmaClient, status_error};
+use super::store::ObjectStore;
+use super::submitter::Submitter;
+use super::{CoreWorker, Global, Mode, executor, install, job, server};
+use crate::error::{Error, Result};
+use crate::object_ref::OwnerAddr;
+
+/// How long joining a cluster may take before `init` gives up.
+const CONNECT_DEADLINE: Duration = Duration::from_secs(15);
+
+/// Options of `init_with`.
+#[derive(Clone, Debug, Default)]
+pub struct InitOptions {
+    pub(crate) address: Option<String>,
+    pub(crate) token: Option<String>,
+    pub(crate) num_cpus: Option<f64>,
+    pub(crate) resources: Vec<(String, f64)>,
+    pub(crate) object_store_memory: Option<u64>,
+}
+
+impl InitOptions {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// `HOST:PORT` of the GCS of a running cluster (default: `MINIRAY_ADDRESS`, else start a
+    /// private local cluster).
+    pub fn address(mut self, address: impl Into<String>) -> Self {
+        self.address = Some(address.into());
+        self
+    }
+
+    /// The cluster token (default: `MINIRAY_TOKEN`, else the token file `start --head` wrote).
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// CPUs of the private local cluster (default: the core count).
+    pub fn num_cpus(mut self, n: f64) -> Self {
+        self.num_cpus = Some(n);
+        self
+    }
+
+    /// A custom resource of the private local cluster's node.
+    pub fn resource(mut self, name: impl Into<String>, amount: f64) -> Self {
+        self.resources.push((name.into(), amount));
+        self
+    }
+
+    /// Plasma capacity of the private local cluster's node, in bytes.
+    pub fn object_store_memory(mut self, bytes: u64) -> Self {
+        self.object_store_memory = Some(bytes);
+        self
+    }
+}
+
+fn runtime(threads: usize) -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("miniray")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Startup(format!("cannot start the async runtime: {e}")))
+}
+
+fn unreachable(address: &str, reason: impl ToString) -> Error {
+    Error::ClusterUnreachable {
+        address: address.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+async fn bind_loopback() -> Result<(TcpListener, u16)> {
+    let listener = TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .map_err(|e| Error::Startup(format!("cannot listen on loopback: {e}")))?;
+    let port = listener
+        .local_addr()
+        .map_err(|e| Error::Startup(e.to_string()))?
+        .port();
+    Ok((listener, port))
+}
+
+fn gcs_client(channel: AuthedChannel) -> GcsClient<AuthedChannel> {
+    GcsClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE)
+}
+
+/// Starts this process as a driver.
+pub(crate) fn start_driver(opts: InitOptions) -> Result<()> {
+    miniray_common::logging::init("warn");
+    let address = opts
+        .address
+        .clone()
+        .or_else(|| std::env::var(env::ADDRESS).ok().filter(|a| !a.is_empty()));
+    let (cluster, gcs_address, token, own_node) = match address {
+        Some(addr) => {
+            let token = opts
+                .token
+                .clone()
+                .or_else(|| config::find_token(&addr))
+                .ok_or_else(|| {
+                    Error::Startup(format!(
+                        "no cluster token for {addr}: set MINIRAY_TOKEN (printed by `miniray start --head`)"
+                    ))
+                })?;
+            (None, addr, token, None)
+        }
+        None => {
+            let mut resources = miniray_common::Resources::new();
+            for (name, amount) in &opts.resources {
+                resources
+                    .set(name.clone(), *amount)
+                    .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+            }
+            let cluster = LocalCluster::start(&LocalClusterOptions {
+                num_cpus: opts.num_cpus,
+                resources,
+                object_store_memory: opts.object_store_memory,
+            })?;
+            let (addr, token, node) = (
+                cluster.gcs_address.clone(),
+                cluster.token.clone(),
+                cluster.node_id,
+            );
+            (Some(cluster), addr, token, Some(node))
+        }
+    };
+    let rt = runtime(2)?;
+    let started = rt.block_on(async {
+        tokio::time::timeout(
+            CONNECT_DEADLINE,
+            connect_driver(&gcs_address, &token, own_node),
+        )
+        .await
+        .map_err(|_| unreachable(&gcs_address, "no answer in time"))?
+    });
+    let (cw, listener, freed_rx) = started?;
+    let stop = {
+        let _guard = rt.enter();
+        tokio::spawn(cw.clone().run_freer(freed_rx));
+        server::serve(&cw, listener, &token, None)
+    };
+    rt.block_on(job::register(&cw))?;
+    install(Global {
+        cw,
+        runtime: rt,
+        server_stop: Some(stop),
+        cluster,
+    });
+    Ok(())
+}
+
+type Started = (
+    Arc<CoreWorker>,
+    TcpListener,
+    mpsc::UnboundedReceiver<super::store::Freed>,
+);
+
+async fn connect_driver(
+    gcs_address: &str,
+    token: &str,
+    own_node: Option<NodeId>,
+) -> Result<Started> {
+    let channel = auth::connect(gcs_address, token)
+        .await
+        .map_err(|e| unreachable(gcs_address, e))?;
+    let mut gcs = gcs_client(channel);
+    let nodes = gcs
+        .get_all_nodes(GetAllNodesRequest {})
+        .await
+        .map_err(|s| status_error(gcs_address, s))?
+        .into_inner()
+        .nodes;
+    // The local raylet: the one this driver started, else the head if it runs on loopback,
+    // else any alive node on loopback.
+    let alive: Vec<_> = nodes
+        .into_iter()
+        .filter(|n| n.state == NodeState::Alive as i32)
+        .filter_map(|n| n.address.map(|a| (a, n.is_head)))
+        .collect();
+    let pick = match own_node {
+        Some(id) => alive.iter().find(|(a, _)| a.node_id == id.as_bytes()),
+        None => alive
+            .iter()
+            .filter(|(a, _)| is_local_host(&a.host))
+            .max_by_key(|(_, head)| *head),
+    };
+    let (local_node, _) = pick
+        .cloned()
+        .ok_or_else(|| unreachable(gcs_address, "the cluster has no alive node on this machine"))?;
+    let node_id = NodeId::from_bytes(&local_node.node_id)
+        .map_err(|e| Error::Internal(format!("GCS sent a bad node id: {e}")))?;
+    build(
+        Mode::Driver,
+        gcs,
+        gcs_address,
+        token,
+        local_node,
+        node_id,
+        WorkerId::random(),
+        JobId::random(),
+    )
+    .await
+}
+
+fn is_local_host(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn build(
+    mode: Mode,
+    gcs: GcsClient<AuthedChannel>,
+    gcs_address: &str,
+    token: &str,
+    local_node: NodeAddress,
+    node_id: NodeId,
+    worker_id: WorkerId,
+    job_id: JobId,
+) -> Result<Started> {
+    let raylet_endpoint = node_endpoint(&local_node);
+    let clients = Clients::new(token.to_string());
+    let raylet: RayletClient<AuthedChannel> = clients.raylet(&raylet_endpoint)?;
+    let plasma = PlasmaClient::connect(raylet, raylet_endpoint.clone()).await?;
+    let (listener, port) = bind_loopback().await?;
+    let (freed_tx, freed_rx) = mpsc::unbounded_channel();
+    let cw = Arc::new(CoreWorker {
+        mode,
+        worker_id,
+        job_id,
+        node_id,
+        address: OwnerAddr {
+            worker_id,
+            node_id,
+            host: "127.0.0.1".into(),
+            port,
+        },
+        local_node,
+        raylet_endpoint,
+        gcs,
+        gcs_address: gcs_address.to_string(),
+        clients,
+        plasma,
+        store: ObjectStore::new(freed_tx),
+        submitter: Submitter::default(),
+        inline_threshold: DEFAULT_INLINE_THRESHOLD,
+        handle: tokio::runtime::Handle::current(),
+    });
+    Ok((cw, listener, freed_rx))
+}
+
+fn required_env(name: &str) -> String {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => v,
+        _ => {
+            eprintln!("miniray worker: {name} is not set; workers are started by a raylet");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// Runs this process as a worker: serve, register with the raylet, run tasks until told to
+/// exit or until the raylet that started it is gone. Never returns.
+pub(crate) fn run_worker() -> ! {
+    miniray_common::logging::init("warn");
+    let code = match worker_main() {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("miniray worker: {e}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn worker_main() -> Result<()> {
+    let gcs_address = required_env(env::GCS_ADDRESS);
+    let raylet_address = required_env(env::RAYLET_ADDRESS);
+    let token = required_env(env::TOKEN);
+    let parse = |name: &str| {
+        let v = required_env(name);
+        hex::decode(&v).map_err(|e| Error::Startup(format!("{name}={v:?} is not hex: {e}")))
+    };
+    let node_id =
+        NodeId::from_bytes(&parse(env::NODE_ID)?).map_err(|e| Error::Startup(e.to_string()))?;
+    let worker_id =
+        WorkerId::from_bytes(&parse(env::WORKER_ID)?).map_err(|e| Error::Startup(e.to_string()))?;
+    let job_id =
+        JobId::from_bytes(&parse(env::JOB_ID)?).map_err(|e| Error::Startup(e.to_string()))?;
+    let (host, port) = raylet_address
+        .rsplit_once(':')
+        .and_then(|(h, p)| p.parse::<u32>().ok().map(|p| (h.to_string(), p)))
+        .ok_or_else(|| Error::Startup(format!("bad raylet address {raylet_address:?}")))?;
+    let local_node = NodeAddress {
+        node_id: node_id.to_vec(),
+        host,
+        port,
+    };
+
+    let rt = runtime(2)?;
+    // Lazy channels spawn their connection tasks on the current runtime.
+    let _guard = rt.enter();
+    let gcs = gcs_client(
+        auth::connect_lazy(&gcs_address, &token).map_err(|e| unreachable(&gcs_address, e))?,
+    );
+    let (cw, listener, freed_rx) = rt.block_on(build(
+        Mode::Worker,
+        gcs,
+        &gcs_address,
+        &token,
+        local_node,
+        node_id,
+        worker_id,
+        job_id,
+    ))?;
+    let (exec_tx, exec_rx) = std::sync::mpsc::channel();
+    let port = cw.address.port;
+    tokio::spawn(cw.clone().run_freer(freed_rx));
+    let stop = server::serve(&cw, listener, &token, Some(exec_tx));
+    let mut raylet = cw.clients.raylet(&cw.raylet_endpoint)?;
+    rt.block_on(raylet.register_worker(RegisterWorkerRequest {
+        worker_id: worker_id.to_vec(),
+        port: u32::from(port),
+        pid: std::process::id(),
+        job_id: job_id.to_vec(),
+    }))
+    .map_err(|s| status_error(&cw.raylet_endpoint, s))?;
+
+    // A worker never outlives the raylet that started it.
+    let parent = std::os::unix::process::parent_id();
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(Duration::from_millis(200));
+            if std::os::unix::process::parent_id() != parent {
+                std::process::exit(1);
+            }
+        }
+    });
+
+    drop(_guard);
+    install(Global {
+        cw: cw.clone(),
+        runtime: rt,
+        server_stop: Some(stop),
+        cluster: None,
+    });
+    executor::run(&cw, exec_rx);
+    drop(cw);
+    super::shutdown();
+    Ok(())
+}

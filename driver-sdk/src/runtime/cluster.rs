@@ -1,0 +1,399 @@
+//! Daemons started from a miniray executable: the private local cluster of a driver
+//! (`init()` with no address), and the daemons `miniray start` launches.
+//!
+//! Any miniray executable can act as a GCS or a raylet: started with `MINIRAY_ROLE=gcs` or
+//! `raylet` and a JSON [`DaemonSpec`] in `MINIRAY_DAEMON_ARGS`, `init()` runs the daemon
+//! instead of returning. The daemon prints `MINIRAY_READY <address>` on stdout once it
+//! serves, and nothing else on stdout after that.
+//!
+//! Invariant: a daemon started with `MINIRAY_EXIT_WITH_PARENT=1` stops (gracefully: workers
+//! killed, plasma segment removed) as soon as its parent process is gone, so a driver that
+//! dies does not leave its private cluster behind.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use miniray_common::config::env;
+use miniray_common::{NodeId, Resources};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::error::{Error, Result};
+
+const READY_PREFIX: &str = "MINIRAY_READY ";
+const EXIT_WITH_PARENT: &str = "MINIRAY_EXIT_WITH_PARENT";
+/// How long a daemon may take to start serving.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a daemon may take to stop after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a daemon process runs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "role", rename_all = "snake_case")]
+pub enum DaemonSpec {
+    Gcs(GcsSpec),
+    Raylet(RayletSpec),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GcsSpec {
+    pub bind: SocketAddr,
+    pub token: String,
+    pub session_name: String,
+    pub redis_address: Option<String>,
+    pub node_timeout_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RayletSpec {
+    pub gcs_address: String,
+    pub token: String,
+    pub bind_host: String,
+    pub port: u16,
+    pub node_id: NodeId,
+    pub resources: Resources,
+    pub object_store_memory: u64,
+    pub prefault_object_store: bool,
+    pub is_head: bool,
+    pub session_dir: PathBuf,
+}
+
+impl DaemonSpec {
+    fn role(&self) -> &'static str {
+        match self {
+            DaemonSpec::Gcs(_) => "gcs",
+            DaemonSpec::Raylet(_) => "raylet",
+        }
+    }
+}
+
+/// A daemon process that announced its address.
+pub struct SpawnedDaemon {
+    pub child: Child,
+    pub address: String,
+}
+
+/// Starts `exe` as the daemon `spec` and waits until it serves.
+///
+/// With `attached`, the daemon exits when this process does; otherwise it runs in its own
+/// process group and outlives its starter (`miniray start`).
+pub fn spawn_daemon(
+    exe: &Path,
+    spec: &DaemonSpec,
+    log_file: &Path,
+    attached: bool,
+) -> Result<SpawnedDaemon> {
+    use std::os::unix::process::CommandExt;
+
+    let json = serde_json::to_string(spec)
+        .map_err(|e| Error::Internal(format!("cannot encode daemon spec: {e}")))?;
+    if let Some(dir) = log_file.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Startup(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    let log = std::fs::File::create(log_file)
+        .map_err(|e| Error::Startup(format!("cannot create {}: {e}", log_file.display())))?;
+    let mut cmd = Command::new(exe);
+    cmd.env(env::ROLE, spec.role())
+        .env(env::DAEMON_ARGS, json)
+        .env(EXIT_WITH_PARENT, if attached { "1" } else { "0" })
+        .env_remove(env::ADDRESS)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log));
+    if !attached {
+        cmd.process_group(0);
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Error::Startup(format!("cannot start {}: {e}", exe.display())))?;
+    let Some(stdout) = child.stdout.take() else {
+        let _ = child.kill();
+        return Err(Error::Internal("daemon stdout was not captured".into()));
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(addr) = line.strip_prefix(READY_PREFIX) {
+                let _ = tx.send(addr.trim().to_string());
+                break;
+            }
+        }
+    });
+    match rx.recv_timeout(STARTUP_TIMEOUT) {
+        Ok(address) => Ok(SpawnedDaemon { child, address }),
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(Error::Startup(format!(
+                "the {} did not start; see {}",
+                spec.role(),
+                log_file.display()
+            )))
+        }
+    }
+}
+
+/// Stops a daemon: SIGTERM, then SIGKILL if it has not exited within `STOP_TIMEOUT`.
+pub fn stop_daemon(child: &mut Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    if let Ok(pid) = i32::try_from(child.id()) {
+        // SAFETY: kill(2) with a pid we spawned and have not reaped.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    while Instant::now() < deadline {
+        match child.try_wait() {
+            Ok(Some(_)) | Err(_) => return,
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+    warn!(pid = child.id(), "daemon did not stop in time; killing it");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Entry point of a daemon role (called by `init()` when `MINIRAY_ROLE` names one).
+pub fn run_daemon_from_env() -> ! {
+    miniray_common::logging::init("info");
+    let spec: DaemonSpec = match std::env::var(env::DAEMON_ARGS)
+        .map_err(|e| e.to_string())
+        .and_then(|s| serde_json::from_str(&s).map_err(|e| e.to_string()))
+    {
+        Ok(spec) => spec,
+        Err(e) => {
+            eprintln!("miniray daemon: bad {}: {e}", env::DAEMON_ARGS);
+            std::process::exit(2);
+        }
+    };
+    let exit_with_parent = std::env::var(EXIT_WITH_PARENT).is_ok_and(|v| v == "1");
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("miniray daemon: cannot start a runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let code = runtime.block_on(run_daemon(spec, exit_with_parent));
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    std::process::exit(code);
+}
+
+fn announce(address: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{READY_PREFIX}{address}");
+    let _ = out.flush();
+}
+
+/// Resolves when the daemon should stop: SIGTERM, SIGINT, or (if asked) parent exit.
+async fn stop_requested(exit_with_parent: bool) -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let parent = std::os::unix::process::parent_id();
+    let parent_gone = async move {
+        if !exit_with_parent {
+            return std::future::pending::<()>().await;
+        }
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tick.tick().await;
+            if std::os::unix::process::parent_id() != parent {
+                return;
+            }
+        }
+    };
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(t), Ok(i)) => (t, i),
+        _ => {
+            parent_gone.await;
+            return "parent exited";
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => "sigterm",
+        _ = int.recv() => "sigint",
+        _ = parent_gone => "parent exited",
+    }
+}
+
+async fn run_daemon(spec: DaemonSpec, exit_with_parent: bool) -> i32 {
+    match spec {
+        DaemonSpec::Gcs(s) => {
+            let storage = match s.redis_address {
+                Some(url) => miniray_gcs::StorageConfig::Redis { url },
+                None => miniray_gcs::StorageConfig::Memory,
+            };
+            let cfg = miniray_gcs::GcsConfig {
+                bind: s.bind,
+                token: s.token,
+                storage,
+                node_timeout: Duration::from_millis(s.node_timeout_ms),
+                session_name: s.session_name,
+            };
+            let handle = match miniray_gcs::GcsServer::start(cfg).await {
+                Ok(h) => h,
+                Err(e) => {
+                    eprintln!("miniray gcs: cannot start: {e}");
+                    return 1;
+                }
+            };
+            announce(&handle.address().to_string());
+            let trigger = handle.shutdown_trigger();
+            let mut wait = Box::pin(handle.wait());
+            tokio::select! {
+                r = &mut wait => return exit_code("gcs", r.map_err(|e| e.to_string())),
+                why = stop_requested(exit_with_parent) => {
+                    info!(reason = why, "gcs stopping");
+                    trigger.shutdown();
+                }
+            }
+            exit_code("gcs", wait.await.map_err(|e| e.to_string()))
+        }
+        DaemonSpec::Raylet(s) => {
+            let mut cfg = miniray_raylet::RayletConfig::new(s.gcs_address, s.token, s.session_dir);
+            cfg.bind_host = s.bind_host;
+            cfg.port = s.port;
+            cfg.node_id = s.node_id;
+            cfg.resources = s.resources;
+            cfg.object_store_memory = s.object_store_memory;
+            cfg.prefault_object_store = s.prefault_object_store;
+            cfg.is_head = s.is_head;
+            let handle = match miniray_raylet::Raylet::start(cfg).await {
+                Ok(h) => h,
+                Err(e) => {
+                    eprintln!("miniray raylet: cannot start: {e}");
+                    return 1;
+                }
+            };
+            announce(&handle.address().to_string());
+            let trigger = handle.shutdown_trigger();
+            let mut wait = Box::pin(handle.wait());
+            tokio::select! {
+                r = &mut wait => return exit_code("raylet", r.map_err(|e| e.to_string())),
+                why = stop_requested(exit_with_parent) => {
+                    info!(reason = why, "raylet stopping");
+                    trigger.shutdown();
+                }
+            }
+            exit_code("raylet", wait.await.map_err(|e| e.to_string()))
+        }
+    }
+}
+
+fn exit_code(what: &str, r: std::result::Result<(), String>) -> i32 {
+    match r {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("miniray {what}: {e}");
+            1
+        }
+    }
+}
+
+/// Options for the private local cluster a driver starts.
+#[derive(Clone, Debug)]
+pub(crate) struct LocalClusterOptions {
+    pub num_cpus: Option<f64>,
+    pub resources: Resources,
+    pub object_store_memory: Option<u64>,
+}
+
+/// The head (GCS + raylet) a driver started for itself.
+pub(crate) struct LocalCluster {
+    gcs: Child,
+    raylet: Child,
+    pub gcs_address: String,
+    pub token: String,
+    pub node_id: NodeId,
+}
+
+impl LocalCluster {
+    pub(crate) fn start(opts: &LocalClusterOptions) -> Result<Self> {
+        let exe = std::env::current_exe()
+            .map_err(|e| Error::Startup(format!("cannot find this program's executable: {e}")))?;
+        let session_name = format!(
+            "session_{}_{}",
+            miniray_common::time::now_ms(),
+            std::process::id()
+        );
+        let session_dir = miniray_common::config::tmp_root().join(&session_name);
+        let logs = session_dir.join("logs");
+        let token = miniray_common::auth::generate_token();
+        let mut gcs = spawn_daemon(
+            &exe,
+            &DaemonSpec::Gcs(GcsSpec {
+                bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+                token: token.clone(),
+                session_name,
+                redis_address: None,
+                node_timeout_ms: miniray_common::config::DEFAULT_NODE_TIMEOUT.as_millis() as u64,
+            }),
+            &logs.join("gcs.err"),
+            true,
+        )?;
+        let mut resources = opts.resources.clone();
+        if let Some(n) = opts.num_cpus {
+            resources
+                .set("CPU", n)
+                .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        }
+        let node_id = NodeId::random();
+        let raylet = spawn_daemon(
+            &exe,
+            &DaemonSpec::Raylet(RayletSpec {
+                gcs_address: gcs.address.clone(),
+                token: token.clone(),
+                bind_host: "127.0.0.1".into(),
+                port: 0,
+                node_id,
+                resources,
+                object_store_memory: opts
+                    .object_store_memory
+                    .unwrap_or_else(miniray_common::config::default_object_store_memory),
+                prefault_object_store: false,
+                is_head: true,
+                session_dir: session_dir.clone(),
+            }),
+            &logs.join("raylet.err"),
+            true,
+        );
+        let raylet = match raylet {
+            Ok(r) => r,
+            Err(e) => {
+                stop_daemon(&mut gcs.child);
+                return Err(e);
+            }
+        };
+        Ok(Self {
+            gcs: gcs.child,
+            raylet: raylet.child,
+            gcs_address: gcs.address,
+            token,
+            node_id,
+        })
+    }
+
+    /// Stops the raylet (which stops its workers and removes its segment), then the GCS.
+    pub(crate) fn stop(&mut self) {
+        stop_daemon(&mut self.raylet);
+        stop_daemon(&mut self.gcs);
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

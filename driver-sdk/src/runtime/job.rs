@@ -1,0 +1,92 @@
+//! Registering the driver's job: its executable (content-addressed, uploaded once) and the
+//! job record raylets read to start workers.
+
+use std::sync::Arc;
+
+use miniray_common::config::TRANSFER_CHUNK_SIZE;
+use miniray_common::time::now_ms;
+use miniray_proto::{
+    AddJobRequest, ExecutableChunk, HasExecutableRequest, JobInfo, MarkJobFinishedRequest,
+};
+use tracing::{debug, info};
+
+use super::CoreWorker;
+use super::plasma::status_error;
+use crate::error::{Error, Result};
+
+/// Environment variables a driver passes on to its workers.
+const FORWARDED_ENV: &[&str] = &["MINIRAY_LOG", "RUST_LOG", "RUST_BACKTRACE"];
+
+pub(crate) async fn register(cw: &Arc<CoreWorker>) -> Result<()> {
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::Startup(format!("cannot find this program's executable: {e}")))?;
+    let bytes = tokio::fs::read(&exe)
+        .await
+        .map_err(|e| Error::Startup(format!("cannot read {}: {e}", exe.display())))?;
+    let hash = blake3::hash(&bytes).to_hex().to_string();
+    let mut gcs = cw.gcs.clone();
+    let err = |s| status_error(&cw.gcs_address, s);
+    let present = gcs
+        .has_executable(HasExecutableRequest { hash: hash.clone() })
+        .await
+        .map_err(err)?
+        .into_inner()
+        .present;
+    if !present {
+        info!(size = bytes.len(), %hash, "uploading the job executable");
+        let total_size = bytes.len() as u64;
+        let chunks: Vec<ExecutableChunk> = bytes
+            .chunks(TRANSFER_CHUNK_SIZE)
+            .enumerate()
+            .map(|(i, c)| ExecutableChunk {
+                hash: if i == 0 { hash.clone() } else { String::new() },
+                total_size: if i == 0 { total_size } else { 0 },
+                data: c.to_vec(),
+            })
+            .collect();
+        let chunks = if chunks.is_empty() {
+            vec![ExecutableChunk {
+                hash: hash.clone(),
+                total_size: 0,
+                data: Vec::new(),
+            }]
+        } else {
+            chunks
+        };
+        gcs.put_executable(futures::stream::iter(chunks))
+            .await
+            .map_err(err)?;
+    } else {
+        debug!(%hash, "job executable already registered");
+    }
+    let env = FORWARDED_ENV
+        .iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
+        .collect();
+    gcs.add_job(AddJobRequest {
+        job: Some(JobInfo {
+            job_id: cw.job_id.to_vec(),
+            executable_hash: hash,
+            driver: Some(cw.address.to_proto()),
+            start_time_ms: now_ms(),
+            end_time_ms: 0,
+            finished: false,
+            env,
+        }),
+    })
+    .await
+    .map_err(err)?;
+    Ok(())
+}
+
+pub(crate) async fn mark_finished(cw: &CoreWorker) {
+    let mut gcs = cw.gcs.clone();
+    if let Err(status) = gcs
+        .mark_job_finished(MarkJobFinishedRequest {
+            job_id: cw.job_id.to_vec(),
+        })
+        .await
+    {
+        debug!(error = %status, "marking the job finished failed");
+    }
+}

@@ -1,0 +1,148 @@
+//! The CoreWorker gRPC service every driver and worker serves: task pushes (workers only),
+//! object status for borrowers, exit requests from the raylet.
+
+use std::sync::{Arc, Weak};
+
+use miniray_common::ErrorCode;
+use miniray_common::ObjectId;
+use miniray_common::auth::TokenCheck;
+use miniray_common::config::MAX_MESSAGE_SIZE;
+use miniray_proto::core_worker_server::{CoreWorker as CoreWorkerRpc, CoreWorkerServer};
+use miniray_proto::{
+    ExitReply, ExitRequest, GetObjectStatusReply, GetObjectStatusRequest, PushTaskReply,
+    PushTaskRequest, get_object_status_reply,
+};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
+use tonic::{Request, Response, Status};
+
+use super::CoreWorker;
+use super::executor::ExecMsg;
+use super::store::State;
+
+pub(crate) struct CoreWorkerService {
+    cw: Weak<CoreWorker>,
+    /// The task thread of a worker; `None` in a driver, which runs no tasks.
+    exec: Option<std::sync::mpsc::Sender<ExecMsg>>,
+}
+
+impl CoreWorkerService {
+    fn cw(&self) -> Result<Arc<CoreWorker>, Status> {
+        self.cw
+            .upgrade()
+            .ok_or_else(|| ErrorCode::Unavailable.status("this process is shutting down"))
+    }
+}
+
+#[tonic::async_trait]
+impl CoreWorkerRpc for CoreWorkerService {
+    async fn push_task(
+        &self,
+        request: Request<PushTaskRequest>,
+    ) -> Result<Response<PushTaskReply>, Status> {
+        let Some(exec) = &self.exec else {
+            return Err(ErrorCode::InvalidArgument.status("a driver does not run tasks"));
+        };
+        let spec = request
+            .into_inner()
+            .spec
+            .ok_or_else(|| ErrorCode::InvalidArgument.status("push without a task spec"))?;
+        let (tx, rx) = oneshot::channel();
+        exec.send(ExecMsg::Task(Box::new(spec), tx))
+            .map_err(|_| ErrorCode::Unavailable.status("the worker is exiting"))?;
+        let reply = rx
+            .await
+            .map_err(|_| ErrorCode::Unavailable.status("the worker is exiting"))?;
+        Ok(Response::new(reply))
+    }
+
+    async fn get_object_status(
+        &self,
+        request: Request<GetObjectStatusRequest>,
+    ) -> Result<Response<GetObjectStatusReply>, Status> {
+        use get_object_status_reply::Status as S;
+        let req = request.into_inner();
+        let id = ObjectId::from_bytes(&req.object_id)
+            .map_err(|e| ErrorCode::InvalidArgument.status(e.to_string()))?;
+        let cw = self.cw()?;
+        let unknown = GetObjectStatusReply {
+            status: S::Unknown as i32,
+            ..Default::default()
+        };
+        if !cw.store.is_owned(id) {
+            return Ok(Response::new(unknown));
+        }
+        let outcome = if req.wait {
+            cw.store.wait_owned(id).await
+        } else {
+            match cw.store.state(id) {
+                Some(State::Ready(v)) => Some(Ok(v)),
+                Some(State::Failed(e)) => Some(Err(e)),
+                Some(State::Pending) => {
+                    return Ok(Response::new(GetObjectStatusReply {
+                        status: S::Pending as i32,
+                        ..Default::default()
+                    }));
+                }
+                None => None,
+            }
+        };
+        Ok(Response::new(match outcome {
+            None => unknown,
+            Some(Ok(v)) => GetObjectStatusReply {
+                status: S::Ready as i32,
+                value: Some(v.to_proto()),
+                error: None,
+            },
+            Some(Err(e)) => GetObjectStatusReply {
+                status: S::Failed as i32,
+                value: None,
+                error: Some(e.to_task_error()),
+            },
+        }))
+    }
+
+    async fn exit(&self, _request: Request<ExitRequest>) -> Result<Response<ExitReply>, Status> {
+        let Some(exec) = &self.exec else {
+            return Err(ErrorCode::InvalidArgument.status("a driver exits on its own"));
+        };
+        // The task thread finishes its current task, then ends the process.
+        let _ = exec.send(ExecMsg::Exit);
+        Ok(Response::new(ExitReply {}))
+    }
+}
+
+/// Serves the CoreWorker service on `listener` until `stop` fires.
+pub(crate) fn serve(
+    cw: &Arc<CoreWorker>,
+    listener: TcpListener,
+    token: &str,
+    exec: Option<std::sync::mpsc::Sender<ExecMsg>>,
+) -> oneshot::Sender<()> {
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let service = CoreWorkerService {
+        cw: Arc::downgrade(cw),
+        exec,
+    };
+    let server = InterceptedService::new(
+        CoreWorkerServer::new(service)
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE),
+        TokenCheck::new(token),
+    );
+    cw.handle.spawn(async move {
+        let result = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(server)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                let _ = stop_rx.await;
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "core worker server failed");
+        }
+    });
+    stop_tx
+}

@@ -1,0 +1,493 @@
+//! Task submission: dependency resolution, worker leases (with spillback), direct push to
+//! leased workers, retries when a worker dies.
+//!
+//! Tasks are grouped by scheduling key (their resource shape). Per key the submitter keeps a
+//! queue, the workers it leases, and how many lease requests are out. Invariants:
+//! - the raylet is asked for a lease only while tasks of that key wait (at most
+//!   `MAX_PENDING_LEASES` requests at once), never per task;
+//! - a leased worker runs at most `MAX_IN_FLIGHT_PER_WORKER` of our tasks at once;
+//! - an idle lease is returned after `LEASE_LINGER`, so a loop of submit-then-get reuses it;
+//! - a worker whose push fails is treated as dead: its lease is returned with `disconnect`
+//!   and each of its tasks is re-queued while it has retries left, else fails `WorkerDied`.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use miniray_common::{ObjectId, Resources, TaskId};
+use miniray_proto::{
+    GetAllNodesRequest, NodeState, PushTaskRequest, RequestWorkerLeaseRequest, ReturnWorkerRequest,
+    TaskArg, TaskSpec, push_task_reply, request_worker_lease_reply,
+};
+use parking_lot::Mutex;
+use tracing::{debug, warn};
+
+use super::CoreWorker;
+use super::clients::node_endpoint;
+use super::plasma::status_error;
+use super::store::{State, Value};
+use crate::error::{Error, Result};
+use crate::object_ref::RefHandle;
+use crate::options::{Arg, ArgKind, TaskOptions};
+
+const MAX_PENDING_LEASES: usize = 10;
+const MAX_IN_FLIGHT_PER_WORKER: usize = 1;
+const LEASE_LINGER: Duration = Duration::from_millis(100);
+/// Spillback hops before a request settles where it is.
+const MAX_SPILLBACK_HOPS: usize = 4;
+/// Consecutive failed lease attempts (with backoff) before the key's tasks fail.
+const MAX_LEASE_FAILURES: u32 = 30;
+
+struct QueuedTask {
+    spec: TaskSpec,
+    retries_left: u32,
+    /// Objects the task reads: held so that they stay alive until it is done.
+    _deps: Vec<Arc<RefHandle>>,
+}
+
+struct Leased {
+    lease_id: Vec<u8>,
+    endpoint: String,
+    /// The raylet that granted the lease, to return it to.
+    raylet: String,
+    in_flight: usize,
+    /// Bumped whenever the worker is handed a task: a linger timer only returns the lease
+    /// if nothing happened since it was set.
+    generation: u64,
+    linger_armed: bool,
+}
+
+struct KeyState {
+    resources: Resources,
+    queue: VecDeque<QueuedTask>,
+    workers: Vec<Leased>,
+    pending_leases: usize,
+    feasibility_checked: bool,
+}
+
+#[derive(Default)]
+pub(crate) struct Submitter {
+    keys: Mutex<HashMap<String, KeyState>>,
+}
+
+impl Submitter {
+    /// Leases held now (returned at shutdown).
+    fn take_all_leases(&self) -> Vec<(Vec<u8>, String)> {
+        let mut keys = self.keys.lock();
+        keys.values_mut()
+            .flat_map(|st| st.workers.drain(..).map(|w| (w.lease_id, w.raylet)))
+            .collect()
+    }
+}
+
+impl CoreWorker {
+    /// Submits a task; the returned handle is the reference to its result.
+    pub(crate) fn submit_task(
+        self: &Arc<Self>,
+        opts: TaskOptions,
+        args: Vec<Arg>,
+    ) -> Result<Arc<RefHandle>> {
+        let return_id = ObjectId::random();
+        self.store.insert_owned(return_id, State::Pending);
+        let result = RefHandle::new(self, return_id, self.address.clone());
+
+        let mut task_args = Vec::with_capacity(args.len());
+        let mut deps = Vec::new();
+        let mut unresolved = Vec::new();
+        for (i, arg) in args.into_iter().enumerate() {
+            match arg.0 {
+                ArgKind::Value(bytes) if bytes.len() < self.inline_threshold => {
+                    task_args.push(TaskArg {
+                        object_id: Vec::new(),
+                        value: Some(Value::Inline(Arc::new(bytes)).to_proto()),
+                    });
+                }
+                ArgKind::Value(bytes) => {
+                    // Too big to travel inline: store it like a `put` and pass the reference.
+                    let handle = self.put_in_background(bytes);
+                    unresolved.push((i, handle.clone()));
+                    task_args.push(TaskArg::default());
+                    deps.push(handle);
+                }
+                ArgKind::Ref(handle) => {
+                    unresolved.push((i, handle.clone()));
+                    task_args.push(TaskArg::default());
+                    deps.push(handle);
+                }
+            }
+        }
+        let spec = TaskSpec {
+            task_id: TaskId::random().to_vec(),
+            job_id: self.job_id.to_vec(),
+            function_name: opts.function.to_string(),
+            args: task_args,
+            return_id: return_id.to_vec(),
+            caller: Some(self.address.to_proto()),
+            resources: Some(opts.resources.to_proto()),
+            attempt: 0,
+        };
+        let task = QueuedTask {
+            spec,
+            retries_left: opts.max_retries,
+            _deps: deps,
+        };
+        let resources = opts.resources;
+        if unresolved.is_empty() {
+            self.enqueue(resources, task);
+        } else {
+            let cw = self.clone();
+            self.handle.spawn(async move {
+                let mut task = task;
+                for (i, handle) in unresolved {
+                    match cw.resolve(&handle, None).await {
+                        Ok(v) => {
+                            task.spec.args[i] = TaskArg {
+                                object_id: handle.id.to_vec(),
+                                value: Some(v.to_proto()),
+                            }
+                        }
+                        Err(e) => {
+                            // A failed dependency fails the task with the same error.
+                            cw.store.complete(return_id, Err(e));
+                            return;
+                        }
+                    }
+                }
+                cw.enqueue(resources, task);
+            });
+        }
+        Ok(result)
+    }
+
+    fn enqueue(self: &Arc<Self>, resources: Resources, task: QueuedTask) {
+        let key = resources.shape_key();
+        {
+            let mut keys = self.submitter.keys.lock();
+            keys.entry(key.clone())
+                .or_insert_with(|| KeyState {
+                    resources,
+                    queue: VecDeque::new(),
+                    workers: Vec::new(),
+                    pending_leases: 0,
+                    feasibility_checked: false,
+                })
+                .queue
+                .push_back(task);
+        }
+        self.pump(&key);
+    }
+
+    /// Hands queued tasks to leased workers, asks for more leases, arms linger timers.
+    fn pump(self: &Arc<Self>, key: &str) {
+        let mut pushes = Vec::new();
+        let mut new_leases = 0;
+        let mut lingers = Vec::new();
+        {
+            let mut keys = self.submitter.keys.lock();
+            let Some(st) = keys.get_mut(key) else { return };
+            while !st.queue.is_empty() {
+                let Some(w) = st
+                    .workers
+                    .iter_mut()
+                    .filter(|w| w.in_flight < MAX_IN_FLIGHT_PER_WORKER)
+                    .min_by_key(|w| w.in_flight)
+                else {
+                    break;
+                };
+                let Some(task) = st.queue.pop_front() else {
+                    break;
+                };
+                w.in_flight += 1;
+                w.generation += 1;
+                w.linger_armed = false;
+                pushes.push((w.lease_id.clone(), w.endpoint.clone(), task));
+            }
+            let wanted = st.queue.len().min(MAX_PENDING_LEASES);
+            while st.pending_leases < wanted {
+                st.pending_leases += 1;
+                new_leases += 1;
+            }
+            for w in st
+                .workers
+                .iter_mut()
+                .filter(|w| w.in_flight == 0 && !w.linger_armed)
+            {
+                w.linger_armed = true;
+                lingers.push((w.lease_id.clone(), w.generation));
+            }
+        }
+        for (lease_id, endpoint, task) in pushes {
+            let cw = self.clone();
+            let key = key.to_string();
+            self.handle
+                .spawn(async move { cw.push(key, lease_id, endpoint, task).await });
+        }
+        for _ in 0..new_leases {
+            let cw = self.clone();
+            let key = key.to_string();
+            self.handle.spawn(async move { cw.lease_loop(key).await });
+        }
+        for (lease_id, generation) in lingers {
+            let cw = self.clone();
+            let key = key.to_string();
+            self.handle.spawn(async move {
+                tokio::time::sleep(LEASE_LINGER).await;
+                cw.return_if_idle(&key, &lease_id, generation).await;
+            });
+        }
+    }
+
+    async fn return_if_idle(self: &Arc<Self>, key: &str, lease_id: &[u8], generation: u64) {
+        let raylet = {
+            let mut keys = self.submitter.keys.lock();
+            let Some(st) = keys.get_mut(key) else { return };
+            let Some(pos) = st.workers.iter().position(|w| w.lease_id == lease_id) else {
+                return;
+            };
+            let w = &mut st.workers[pos];
+            if w.in_flight > 0 || w.generation != generation || !st.queue.is_empty() {
+                w.linger_armed = false;
+                return;
+            }
+            st.workers.remove(pos).raylet
+        };
+        self.return_lease(lease_id.to_vec(), &raylet, false).await;
+    }
+
+    async fn return_lease(&self, lease_id: Vec<u8>, raylet: &str, disconnect: bool) {
+        let Ok(mut client) = self.clients.raylet(raylet) else {
+            return;
+        };
+        if let Err(status) = client
+            .return_worker(ReturnWorkerRequest {
+                lease_id,
+                disconnect,
+            })
+            .await
+        {
+            debug!(raylet, error = %status, "returning a lease failed");
+        }
+    }
+
+    /// Returns every lease this process holds (at shutdown).
+    pub(crate) async fn return_all_leases(&self) {
+        for (lease_id, raylet) in self.submitter.take_all_leases() {
+            self.return_lease(lease_id, &raylet, false).await;
+        }
+    }
+
+    /// Obtains one lease for `key` (retrying with backoff), then pumps.
+    async fn lease_loop(self: Arc<Self>, key: String) {
+        let mut failures = 0u32;
+        loop {
+            let (resources, check) = {
+                let mut keys = self.submitter.keys.lock();
+                let Some(st) = keys.get_mut(&key) else { return };
+                if st.queue.is_empty() {
+                    st.pending_leases -= 1;
+                    return;
+                }
+                let check = !st.feasibility_checked;
+                (st.resources.clone(), check)
+            };
+            if check {
+                match self.cluster_can_ever_fit(&resources).await {
+                    Ok(true) => {
+                        if let Some(st) = self.submitter.keys.lock().get_mut(&key) {
+                            st.feasibility_checked = true;
+                        }
+                    }
+                    Ok(false) => {
+                        warn!(resources = %resources, "no node can ever provide the resources of this task");
+                        self.fail_key(
+                            &key,
+                            Error::Infeasible {
+                                resources: resources.to_string(),
+                            },
+                        );
+                        return;
+                    }
+                    Err(e) => {
+                        debug!(error = %e, "feasibility check failed; asking the raylet anyway")
+                    }
+                }
+            }
+            match self.acquire_lease(&resources).await {
+                Ok((lease_id, endpoint, raylet)) => {
+                    let mut keys = self.submitter.keys.lock();
+                    match keys.get_mut(&key) {
+                        Some(st) => {
+                            st.pending_leases -= 1;
+                            st.workers.push(Leased {
+                                lease_id,
+                                endpoint,
+                                raylet,
+                                in_flight: 0,
+                                generation: 0,
+                                linger_armed: false,
+                            });
+                        }
+                        None => return,
+                    }
+                    drop(keys);
+                    self.pump(&key);
+                    return;
+                }
+                Err(e) => {
+                    failures += 1;
+                    if failures >= MAX_LEASE_FAILURES {
+                        warn!(error = %e, "giving up on worker leases");
+                        self.fail_key(&key, e);
+                        return;
+                    }
+                    debug!(error = %e, failures, "lease request failed; retrying");
+                    let backoff = Duration::from_millis(50 * u64::from(failures.min(10)));
+                    tokio::time::sleep(backoff).await;
+                }
+            }
+        }
+    }
+
+    /// Fails every queued task of `key` with `err`.
+    fn fail_key(&self, key: &str, err: Error) {
+        let tasks: Vec<QueuedTask> = {
+            let mut keys = self.submitter.keys.lock();
+            let Some(st) = keys.get_mut(key) else { return };
+            st.pending_leases = st.pending_leases.saturating_sub(1);
+            st.queue.drain(..).collect()
+        };
+        for t in tasks {
+            if let Ok(id) = ObjectId::from_bytes(&t.spec.return_id) {
+                self.store.complete(id, Err(err.clone()));
+            }
+        }
+    }
+
+    /// Whether some alive node's total resources fit `resources`.
+    async fn cluster_can_ever_fit(&self, resources: &Resources) -> Result<bool> {
+        let mut gcs = self.gcs.clone();
+        let nodes = gcs
+            .get_all_nodes(GetAllNodesRequest {})
+            .await
+            .map_err(|s| status_error(&self.gcs_address, s))?
+            .into_inner()
+            .nodes;
+        Ok(nodes.iter().any(|n| {
+            n.state == NodeState::Alive as i32
+                && n.total
+                    .as_ref()
+                    .and_then(|t| Resources::from_proto(t).ok())
+                    .is_some_and(|t| t.contains(resources))
+        }))
+    }
+
+    /// Asks the local raylet for a lease, following spillback. Returns (lease id, worker
+    /// endpoint, granting raylet endpoint).
+    async fn acquire_lease(&self, resources: &Resources) -> Result<(Vec<u8>, String, String)> {
+        let mut target = self.raylet_endpoint.clone();
+        let mut no_spillback = false;
+        for _ in 0..=MAX_SPILLBACK_HOPS {
+            let mut client = self.clients.raylet(&target)?;
+            let reply = client
+                .request_worker_lease(RequestWorkerLeaseRequest {
+                    job_id: self.job_id.to_vec(),
+                    resources: Some(resources.to_proto()),
+                    no_spillback,
+                    requester: Some(self.address.to_proto()),
+                })
+                .await
+                .map_err(|s| status_error(&target, s))?
+                .into_inner();
+            match reply.outcome {
+                Some(request_worker_lease_reply::Outcome::Granted(grant)) => {
+                    let worker = grant
+                        .worker
+                        .ok_or_else(|| Error::Internal("lease grant without a worker".into()))?;
+                    let endpoint = format!("{}:{}", worker.host, worker.port);
+                    return Ok((grant.lease_id, endpoint, target));
+                }
+                Some(request_worker_lease_reply::Outcome::Spillback(node)) => {
+                    target = node_endpoint(&node);
+                    no_spillback = true;
+                }
+                None => return Err(Error::Internal("empty lease reply".into())),
+            }
+        }
+        Err(Error::Internal("lease spilled back too many times".into()))
+    }
+
+    async fn push(
+        self: Arc<Self>,
+        key: String,
+        lease_id: Vec<u8>,
+        endpoint: String,
+        task: QueuedTask,
+    ) {
+        let return_id = ObjectId::from_bytes(&task.spec.return_id);
+        let reply = match self.clients.core_worker(&endpoint) {
+            Ok(mut client) => client
+                .push_task(PushTaskRequest {
+                    spec: Some(task.spec.clone()),
+                })
+                .await
+                .map(|r| r.into_inner()),
+            Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+        };
+        let Ok(return_id) = return_id else { return };
+        match reply {
+            Ok(reply) => {
+                let outcome = match reply.outcome {
+                    Some(push_task_reply::Outcome::Value(v)) => Value::from_proto(v),
+                    Some(push_task_reply::Outcome::Error(e)) => Err(Error::from_task_error(&e)),
+                    None => Err(Error::Internal("empty task reply".into())),
+                };
+                self.store.complete(return_id, outcome);
+                self.finish_push(&key, &lease_id, false).await;
+            }
+            Err(status) => {
+                warn!(worker = %endpoint, function = %task.spec.function_name, error = %status, "worker failed while running a task");
+                self.clients.forget_core_worker(&endpoint);
+                self.finish_push(&key, &lease_id, true).await;
+                let mut task = task;
+                if task.retries_left > 0 {
+                    task.retries_left -= 1;
+                    task.spec.attempt += 1;
+                    {
+                        let mut keys = self.submitter.keys.lock();
+                        if let Some(st) = keys.get_mut(&key) {
+                            st.queue.push_front(task);
+                        }
+                    }
+                } else {
+                    self.store.complete(
+                        return_id,
+                        Err(Error::WorkerDied {
+                            function: task.spec.function_name.clone(),
+                            attempts: task.spec.attempt + 1,
+                        }),
+                    );
+                }
+            }
+        }
+        self.pump(&key);
+    }
+
+    async fn finish_push(&self, key: &str, lease_id: &[u8], worker_dead: bool) {
+        let dead_raylet = {
+            let mut keys = self.submitter.keys.lock();
+            let Some(st) = keys.get_mut(key) else { return };
+            let Some(pos) = st.workers.iter().position(|w| w.lease_id == lease_id) else {
+                return;
+            };
+            if worker_dead {
+                Some(st.workers.remove(pos).raylet)
+            } else {
+                st.workers[pos].in_flight -= 1;
+                None
+            }
+        };
+        if let Some(raylet) = dead_raylet {
+            self.return_lease(lease_id.to_vec(), &raylet, true).await;
+        }
+    }
+}

@@ -1,0 +1,833 @@
+//! The `Gcs` gRPC service: node, job, executable and KV tables, health checks and pub/sub.
+//!
+//! Nodes and jobs are cached in memory (every read is served from there) and written
+//! through to the storage backend; KV entries and executables live only in the backend.
+//! Invariant: a node or job change reaches memory and subscribers only after the backend
+//! accepted it, so a failed write changes nothing and a restarted GCS sees everything
+//! that any client was told succeeded.
+
+use std::collections::{BTreeMap, HashSet};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::Stream;
+use miniray_common::ids::InvalidId;
+use miniray_common::time::now_ms;
+use miniray_common::{ErrorCode, JobId, NodeId, Resources, WorkerId};
+use miniray_proto::gcs_server::Gcs;
+use miniray_proto::{
+    AddJobReply, AddJobRequest, Channel, ExecutableChunk, GetAllJobsReply, GetAllJobsRequest,
+    GetAllNodesReply, GetAllNodesRequest, GetClusterStatusReply, GetClusterStatusRequest,
+    GetExecutableRequest, GetJobReply, GetJobRequest, HasExecutableReply, HasExecutableRequest,
+    HeartbeatReply, HeartbeatRequest, JobInfo, KvDelReply, KvDelRequest, KvGetReply, KvGetRequest,
+    KvKeysReply, KvKeysRequest, KvPutReply, KvPutRequest, MarkJobFinishedReply,
+    MarkJobFinishedRequest, NodeInfo, NodeState, PubMessage, PutExecutableReply, RegisterNodeReply,
+    RegisterNodeRequest, ResourceDemand, ResourceSet, SubscribeRequest, UnregisterNodeReply,
+    UnregisterNodeRequest, pub_message,
+};
+use prost::Message;
+use tokio::sync::{Mutex, broadcast, watch};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::GcsError;
+use crate::storage::{EXECUTABLES_TABLE, JOBS_TABLE, NODES_TABLE, Storage, kv_table};
+
+/// Messages a subscriber may fall behind by before its stream is ended with an error.
+const PUBSUB_CAPACITY: usize = 1024;
+
+/// Largest executable accepted: Redis cannot hold a larger value in one field.
+pub const MAX_EXECUTABLE_SIZE: u64 = 512 << 20;
+
+/// Upper bound on the buffer reserved up front for an upload, so that a client announcing
+/// a huge `total_size` and then sending nothing cannot make the GCS allocate it.
+const MAX_PREALLOCATION: u64 = 64 << 20;
+
+/// A node as the GCS tracks it.
+struct NodeEntry {
+    info: NodeInfo,
+    /// Monotonic time of the last heartbeat (or registration, or reload); the health check
+    /// uses this rather than `info.last_heartbeat_ms` so wall-clock jumps cannot kill nodes.
+    last_seen: Instant,
+}
+
+/// Everything the service and the health checker share.
+pub(crate) struct GcsState {
+    storage: Arc<dyn Storage>,
+    /// Held across the backend write of a node change so writes land in the same order as
+    /// the in-memory updates.
+    nodes: Mutex<BTreeMap<NodeId, NodeEntry>>,
+    /// Same discipline as `nodes`.
+    jobs: Mutex<BTreeMap<JobId, JobInfo>>,
+    events: broadcast::Sender<PubMessage>,
+    session_name: String,
+    node_timeout: Duration,
+    /// Flips to true (or closes) when the server stops; ends subscriber streams.
+    shutdown: watch::Receiver<bool>,
+}
+
+impl GcsState {
+    /// Builds the state, reloading nodes and jobs from the backend. Reloaded live nodes
+    /// get a fresh grace period: raylets that survived the GCS restart keep heartbeating,
+    /// the others time out normally.
+    pub(crate) async fn load(
+        storage: Arc<dyn Storage>,
+        session_name: String,
+        node_timeout: Duration,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Self, GcsError> {
+        let now = Instant::now();
+        let mut nodes = BTreeMap::new();
+        for (key, value) in storage.get_all(NODES_TABLE).await? {
+            let mut info = decode::<NodeInfo>(NODES_TABLE, &key, &value)?;
+            let id = NodeId::from_bytes(&key).map_err(|e| corrupt(NODES_TABLE, &key, e))?;
+            if info.state != NodeState::Dead as i32 {
+                info.last_heartbeat_ms = now_ms();
+            }
+            nodes.insert(
+                id,
+                NodeEntry {
+                    info,
+                    last_seen: now,
+                },
+            );
+        }
+        let mut jobs = BTreeMap::new();
+        for (key, value) in storage.get_all(JOBS_TABLE).await? {
+            let info = decode::<JobInfo>(JOBS_TABLE, &key, &value)?;
+            let id = JobId::from_bytes(&key).map_err(|e| corrupt(JOBS_TABLE, &key, e))?;
+            jobs.insert(id, info);
+        }
+        if !nodes.is_empty() || !jobs.is_empty() {
+            tracing::info!(
+                nodes = nodes.len(),
+                jobs = jobs.len(),
+                "reloaded cluster state from storage"
+            );
+        }
+        let (events, _) = broadcast::channel(PUBSUB_CAPACITY);
+        Ok(Self {
+            storage,
+            nodes: Mutex::new(nodes),
+            jobs: Mutex::new(jobs),
+            events,
+            session_name,
+            node_timeout,
+            shutdown,
+        })
+    }
+
+    fn publish(&self, msg: PubMessage) {
+        // An error only means nobody is subscribed right now.
+        let _ = self.events.send(msg);
+    }
+
+    fn publish_node(&self, info: &NodeInfo) {
+        self.publish(PubMessage {
+            channel: Channel::NodeChanges as i32,
+            payload: Some(pub_message::Payload::Node(info.clone())),
+        });
+    }
+
+    fn publish_job(&self, info: &JobInfo) {
+        self.publish(PubMessage {
+            channel: Channel::JobChanges as i32,
+            payload: Some(pub_message::Payload::Job(info.clone())),
+        });
+    }
+
+    async fn persist_node(&self, id: &NodeId, info: &NodeInfo) -> Result<(), Status> {
+        self.storage
+            .put(NODES_TABLE, id.as_bytes(), &info.encode_to_vec())
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_status())
+    }
+
+    async fn persist_job(&self, id: &JobId, info: &JobInfo) -> Result<(), Status> {
+        self.storage
+            .put(JOBS_TABLE, id.as_bytes(), &info.encode_to_vec())
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_status())
+    }
+
+    /// Marks every live node silent for longer than `node_timeout` as dead. A node whose
+    /// death cannot be persisted stays alive and is retried at the next check.
+    pub(crate) async fn check_node_health(&self) {
+        let now = Instant::now();
+        let mut nodes = self.nodes.lock().await;
+        let expired: Vec<NodeId> = nodes
+            .iter()
+            .filter(|(_, e)| {
+                e.info.state != NodeState::Dead as i32
+                    && now.duration_since(e.last_seen) > self.node_timeout
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            let Some(entry) = nodes.get_mut(&id) else {
+                continue;
+            };
+            let mut info = entry.info.clone();
+            info.state = NodeState::Dead as i32;
+            info.death_reason = format!("no heartbeat for {}s", self.node_timeout.as_secs_f64());
+            if let Err(status) = self.persist_node(&id, &info).await {
+                tracing::warn!(node_id = %id, error = %status.message(), "cannot persist node death; will retry");
+                continue;
+            }
+            tracing::warn!(node_id = %id, reason = %info.death_reason, "node marked dead");
+            entry.info = info;
+            self.publish_node(&entry.info);
+        }
+    }
+}
+
+/// Runs the health check until the server shuts down.
+pub(crate) async fn health_loop(state: Arc<GcsState>, mut shutdown: watch::Receiver<bool>) {
+    // Check several times per timeout so a dead node is noticed within ~1.25 timeouts.
+    let period = (state.node_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stopped(&mut shutdown) => return,
+            _ = ticker.tick() => state.check_node_health().await,
+        }
+    }
+}
+
+/// Resolves once the server is stopping (the flag is set or every sender is gone).
+pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+fn decode<M: Message + Default>(
+    table: &'static str,
+    key: &[u8],
+    value: &[u8],
+) -> Result<M, GcsError> {
+    M::decode(value).map_err(|e| corrupt(table, key, e))
+}
+
+fn corrupt(table: &'static str, key: &[u8], reason: impl std::fmt::Display) -> GcsError {
+    GcsError::CorruptRecord {
+        table,
+        key: hex::encode(key),
+        reason: reason.to_string(),
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> Status {
+    ErrorCode::InvalidArgument.status(msg)
+}
+
+fn bad_id(e: InvalidId) -> Status {
+    invalid(e.to_string())
+}
+
+fn parse_node_id(bytes: &[u8]) -> Result<NodeId, Status> {
+    NodeId::from_bytes(bytes).map_err(bad_id)
+}
+
+fn parse_job_id(bytes: &[u8]) -> Result<JobId, Status> {
+    JobId::from_bytes(bytes).map_err(bad_id)
+}
+
+/// Validates a resource set from the wire and returns it in canonical form (no zeros).
+fn canonical_resources(set: Option<&ResourceSet>, what: &str) -> Result<ResourceSet, Status> {
+    match set {
+        None => Ok(ResourceSet::default()),
+        Some(set) => Resources::from_proto(set)
+            .map(|r| r.to_proto())
+            .map_err(|e| invalid(format!("{what}: {e}"))),
+    }
+}
+
+fn canonical_demand(demand: &[ResourceDemand]) -> Result<Vec<ResourceDemand>, Status> {
+    demand
+        .iter()
+        .map(|d| {
+            Ok(ResourceDemand {
+                shape: Some(canonical_resources(d.shape.as_ref(), "demand shape")?),
+                count: d.count,
+                infeasible: d.infeasible,
+            })
+        })
+        .collect()
+}
+
+/// Executables are named by the lowercase hex of their blake3 hash.
+fn parse_executable_hash(hash: &str) -> Result<String, Status> {
+    let lower = hash.to_ascii_lowercase();
+    if lower.len() != 64 || !lower.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(invalid(format!(
+            "invalid executable hash {hash:?}: expected 64 hex characters of a blake3 hash"
+        )));
+    }
+    Ok(lower)
+}
+
+fn parse_channel(raw: i32) -> Result<Channel, Status> {
+    match Channel::try_from(raw) {
+        Ok(Channel::Unspecified) | Err(_) => Err(invalid(format!("invalid channel {raw}"))),
+        Ok(c) => Ok(c),
+    }
+}
+
+fn check_kv_key(key: &[u8]) -> Result<(), Status> {
+    if key.is_empty() {
+        return Err(invalid("kv key must not be empty"));
+    }
+    Ok(())
+}
+
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<ExecutableChunk, Status>> + Send>>;
+type PubStream = Pin<Box<dyn Stream<Item = Result<PubMessage, Status>> + Send>>;
+
+/// The tonic service: a thin shell over [`GcsState`].
+pub(crate) struct GcsService {
+    pub(crate) state: Arc<GcsState>,
+}
+
+#[tonic::async_trait]
+impl Gcs for GcsService {
+    async fn register_node(
+        &self,
+        request: Request<RegisterNodeRequest>,
+    ) -> Result<Response<RegisterNodeReply>, Status> {
+        let mut info = request
+            .into_inner()
+            .node
+            .ok_or_else(|| invalid("register node: missing node"))?;
+        let address = info
+            .address
+            .as_ref()
+            .ok_or_else(|| invalid("register node: missing address"))?;
+        let id = parse_node_id(&address.node_id)?;
+        if address.host.is_empty() {
+            return Err(invalid("register node: empty host"));
+        }
+        if address.port == 0 || address.port > u32::from(u16::MAX) {
+            return Err(invalid(format!(
+                "register node: invalid port {}",
+                address.port
+            )));
+        }
+        info.total = Some(canonical_resources(info.total.as_ref(), "total resources")?);
+        info.available = Some(canonical_resources(
+            info.available.as_ref(),
+            "available resources",
+        )?);
+        info.demand = canonical_demand(&info.demand)?;
+        info.state = NodeState::Alive as i32;
+        info.last_heartbeat_ms = now_ms();
+        info.death_reason.clear();
+
+        let state = &self.state;
+        let mut nodes = state.nodes.lock().await;
+        if nodes
+            .get(&id)
+            .is_some_and(|e| e.info.state == NodeState::Dead as i32)
+        {
+            // A dead id stays dead: its objects and workers are gone, and reviving it would
+            // confuse everyone who already handled the death.
+            return Err(ErrorCode::AlreadyExists.status(format!(
+                "node {id} was marked dead; restart the raylet with a new node id"
+            )));
+        }
+        state.persist_node(&id, &info).await?;
+        tracing::info!(node_id = %id, host = %address_host(&info), is_head = info.is_head, "node registered");
+        state.publish_node(&info);
+        nodes.insert(
+            id,
+            NodeEntry {
+                info,
+                last_seen: Instant::now(),
+            },
+        );
+        Ok(Response::new(RegisterNodeReply {}))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatReply>, Status> {
+        let req = request.into_inner();
+        let id = parse_node_id(&req.node_id)?;
+        let available = canonical_resources(req.available.as_ref(), "available resources")?;
+        let demand = canonical_demand(&req.demand)?;
+
+        let state = &self.state;
+        let mut nodes = state.nodes.lock().await;
+        let Some(entry) = nodes.get_mut(&id) else {
+            tracing::debug!(node_id = %id, "heartbeat from unknown node refused");
+            return Ok(Response::new(HeartbeatReply { accepted: false }));
+        };
+        if entry.info.state == NodeState::Dead as i32 {
+            tracing::debug!(node_id = %id, "heartbeat from dead node refused");
+            return Ok(Response::new(HeartbeatReply { accepted: false }));
+        }
+        let mut info = entry.info.clone();
+        info.available = Some(available);
+        info.demand = demand;
+        info.object_store_used = req.object_store_used;
+        info.num_workers = req.num_workers;
+        info.num_leased_workers = req.num_leased_workers;
+        info.last_heartbeat_ms = now_ms();
+        state.persist_node(&id, &info).await?;
+        entry.info = info;
+        entry.last_seen = Instant::now();
+        Ok(Response::new(HeartbeatReply { accepted: true }))
+    }
+
+    async fn unregister_node(
+        &self,
+        request: Request<UnregisterNodeRequest>,
+    ) -> Result<Response<UnregisterNodeReply>, Status> {
+        let req = request.into_inner();
+        let id = parse_node_id(&req.node_id)?;
+        let state = &self.state;
+        let mut nodes = state.nodes.lock().await;
+        let entry = nodes
+            .get_mut(&id)
+            .ok_or_else(|| ErrorCode::NotFound.status(format!("unknown node {id}")))?;
+        if entry.info.state == NodeState::Dead as i32 {
+            // Already dead: keep the first reason, nothing to announce.
+            return Ok(Response::new(UnregisterNodeReply {}));
+        }
+        let mut info = entry.info.clone();
+        info.state = NodeState::Dead as i32;
+        info.death_reason = if req.reason.is_empty() {
+            "unregistered".to_string()
+        } else {
+            req.reason
+        };
+        state.persist_node(&id, &info).await?;
+        tracing::info!(node_id = %id, reason = %info.death_reason, "node unregistered");
+        entry.info = info;
+        state.publish_node(&entry.info);
+        Ok(Response::new(UnregisterNodeReply {}))
+    }
+
+    async fn get_all_nodes(
+        &self,
+        _request: Request<GetAllNodesRequest>,
+    ) -> Result<Response<GetAllNodesReply>, Status> {
+        let nodes = self.all_nodes().await;
+        Ok(Response::new(GetAllNodesReply { nodes }))
+    }
+
+    async fn add_job(
+        &self,
+        request: Request<AddJobRequest>,
+    ) -> Result<Response<AddJobReply>, Status> {
+        let mut job = request
+            .into_inner()
+            .job
+            .ok_or_else(|| invalid("add job: missing job"))?;
+        let id = parse_job_id(&job.job_id)?;
+        if let Some(driver) = &job.driver {
+            WorkerId::from_bytes(&driver.worker_id).map_err(bad_id)?;
+            parse_node_id(&driver.node_id)?;
+        }
+        if !job.executable_hash.is_empty() {
+            job.executable_hash = parse_executable_hash(&job.executable_hash)?;
+        }
+        if job.start_time_ms == 0 {
+            job.start_time_ms = now_ms();
+        }
+        job.finished = false;
+        job.end_time_ms = 0;
+
+        let state = &self.state;
+        let mut jobs = state.jobs.lock().await;
+        if jobs.contains_key(&id) {
+            return Err(ErrorCode::AlreadyExists.status(format!("job {id} exists already")));
+        }
+        state.persist_job(&id, &job).await?;
+        tracing::info!(job_id = %id, executable = %job.executable_hash, "job added");
+        state.publish_job(&job);
+        jobs.insert(id, job);
+        Ok(Response::new(AddJobReply {}))
+    }
+
+    async fn mark_job_finished(
+        &self,
+        request: Request<MarkJobFinishedRequest>,
+    ) -> Result<Response<MarkJobFinishedReply>, Status> {
+        let id = parse_job_id(&request.into_inner().job_id)?;
+        let state = &self.state;
+        let mut jobs = state.jobs.lock().await;
+        let job = jobs
+            .get_mut(&id)
+            .ok_or_else(|| ErrorCode::NotFound.status(format!("unknown job {id}")))?;
+        if job.finished {
+            return Ok(Response::new(MarkJobFinishedReply {}));
+        }
+        let mut finished = job.clone();
+        finished.finished = true;
+        finished.end_time_ms = now_ms();
+        state.persist_job(&id, &finished).await?;
+        tracing::info!(job_id = %id, "job finished");
+        *job = finished;
+        state.publish_job(job);
+        Ok(Response::new(MarkJobFinishedReply {}))
+    }
+
+    async fn get_job(
+        &self,
+        request: Request<GetJobRequest>,
+    ) -> Result<Response<GetJobReply>, Status> {
+        let id = parse_job_id(&request.into_inner().job_id)?;
+        let job = self
+            .state
+            .jobs
+            .lock()
+            .await
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| ErrorCode::NotFound.status(format!("unknown job {id}")))?;
+        Ok(Response::new(GetJobReply { job: Some(job) }))
+    }
+
+    async fn get_all_jobs(
+        &self,
+        _request: Request<GetAllJobsRequest>,
+    ) -> Result<Response<GetAllJobsReply>, Status> {
+        let jobs = self.all_jobs().await;
+        Ok(Response::new(GetAllJobsReply { jobs }))
+    }
+
+    async fn has_executable(
+        &self,
+        request: Request<HasExecutableRequest>,
+    ) -> Result<Response<HasExecutableReply>, Status> {
+        let hash = parse_executable_hash(&request.into_inner().hash)?;
+        let present = self
+            .state
+            .storage
+            .exists(EXECUTABLES_TABLE, hash.as_bytes())
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(HasExecutableReply { present }))
+    }
+
+    async fn put_executable(
+        &self,
+        request: Request<Streaming<ExecutableChunk>>,
+    ) -> Result<Response<PutExecutableReply>, Status> {
+        let mut stream = request.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| invalid("put executable: empty upload"))?;
+        let hash = parse_executable_hash(&first.hash)?;
+        let total = first.total_size;
+        if total > MAX_EXECUTABLE_SIZE {
+            return Err(ErrorCode::ResourceExhausted.status(format!(
+                "executable of {total} bytes exceeds the limit of {MAX_EXECUTABLE_SIZE} bytes"
+            )));
+        }
+        let mut data = Vec::with_capacity(total.min(MAX_PREALLOCATION) as usize);
+        let mut next = Some(first);
+        while let Some(chunk) = next {
+            if !chunk.hash.is_empty() && !chunk.hash.eq_ignore_ascii_case(&hash) {
+                return Err(invalid("put executable: chunks carry different hashes"));
+            }
+            if chunk.total_size != 0 && chunk.total_size != total {
+                return Err(invalid(
+                    "put executable: chunks carry different total sizes",
+                ));
+            }
+            if data.len() as u64 + chunk.data.len() as u64 > total {
+                return Err(invalid(format!(
+                    "put executable: received more than the announced {total} bytes"
+                )));
+            }
+            data.extend_from_slice(&chunk.data);
+            next = stream.message().await?;
+        }
+        if data.len() as u64 != total {
+            return Err(invalid(format!(
+                "put executable: received {} bytes, announced {total}",
+                data.len()
+            )));
+        }
+        let actual = blake3::hash(&data).to_hex();
+        if actual.as_str() != hash {
+            tracing::warn!(expected = %hash, actual = %actual, "rejected corrupted executable upload");
+            return Err(invalid(format!(
+                "put executable: content hashes to {actual}, not {hash}"
+            )));
+        }
+        self.state
+            .storage
+            .put(EXECUTABLES_TABLE, hash.as_bytes(), &data)
+            .await
+            .map_err(|e| e.to_status())?;
+        tracing::info!(hash = %hash, size = total, "executable stored");
+        Ok(Response::new(PutExecutableReply {}))
+    }
+
+    type GetExecutableStream = ChunkStream;
+
+    async fn get_executable(
+        &self,
+        request: Request<GetExecutableRequest>,
+    ) -> Result<Response<Self::GetExecutableStream>, Status> {
+        let hash = parse_executable_hash(&request.into_inner().hash)?;
+        let data = self
+            .state
+            .storage
+            .get(EXECUTABLES_TABLE, hash.as_bytes())
+            .await
+            .map_err(|e| e.to_status())?
+            .ok_or_else(|| ErrorCode::NotFound.status(format!("unknown executable {hash}")))?;
+        Ok(Response::new(chunk_stream(hash, Arc::new(data))))
+    }
+
+    async fn kv_put(&self, request: Request<KvPutRequest>) -> Result<Response<KvPutReply>, Status> {
+        let req = request.into_inner();
+        check_kv_key(&req.key)?;
+        let table = kv_table(&req.ns);
+        let storage = &self.state.storage;
+        let added = if req.overwrite {
+            storage.put(&table, &req.key, &req.value).await
+        } else {
+            storage.put_if_absent(&table, &req.key, &req.value).await
+        }
+        .map_err(|e| e.to_status())?;
+        Ok(Response::new(KvPutReply { added }))
+    }
+
+    async fn kv_get(&self, request: Request<KvGetRequest>) -> Result<Response<KvGetReply>, Status> {
+        let req = request.into_inner();
+        check_kv_key(&req.key)?;
+        let value = self
+            .state
+            .storage
+            .get(&kv_table(&req.ns), &req.key)
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(KvGetReply {
+            found: value.is_some(),
+            value: value.unwrap_or_default(),
+        }))
+    }
+
+    async fn kv_del(&self, request: Request<KvDelRequest>) -> Result<Response<KvDelReply>, Status> {
+        let req = request.into_inner();
+        check_kv_key(&req.key)?;
+        let deleted = self
+            .state
+            .storage
+            .delete(&kv_table(&req.ns), &req.key)
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(KvDelReply { deleted }))
+    }
+
+    async fn kv_keys(
+        &self,
+        request: Request<KvKeysRequest>,
+    ) -> Result<Response<KvKeysReply>, Status> {
+        let req = request.into_inner();
+        let keys = self
+            .state
+            .storage
+            .keys_with_prefix(&kv_table(&req.ns), &req.prefix)
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(KvKeysReply { keys }))
+    }
+
+    type SubscribeStream = PubStream;
+
+    /// An empty channel list subscribes to every channel.
+    async fn subscribe(
+        &self,
+        request: Request<SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let mut channels = request
+            .into_inner()
+            .channels
+            .into_iter()
+            .map(|c| parse_channel(c).map(|c| c as i32))
+            .collect::<Result<HashSet<i32>, Status>>()?;
+        if channels.is_empty() {
+            channels = [Channel::NodeChanges as i32, Channel::JobChanges as i32].into();
+        }
+        // Subscribed before the reply goes out: a client that saw the reply headers misses
+        // no change made after that.
+        let sub = Subscription {
+            rx: self.state.events.subscribe(),
+            shutdown: self.state.shutdown.clone(),
+            channels,
+            ended: false,
+        };
+        Ok(Response::new(Box::pin(futures::stream::unfold(
+            sub,
+            Subscription::next,
+        ))))
+    }
+
+    async fn get_cluster_status(
+        &self,
+        _request: Request<GetClusterStatusRequest>,
+    ) -> Result<Response<GetClusterStatusReply>, Status> {
+        let nodes = self.all_nodes().await;
+        let jobs = self.all_jobs().await;
+        Ok(Response::new(GetClusterStatusReply {
+            nodes,
+            jobs,
+            session_name: self.state.session_name.clone(),
+        }))
+    }
+}
+
+impl GcsService {
+    async fn all_nodes(&self) -> Vec<NodeInfo> {
+        self.state
+            .nodes
+            .lock()
+            .await
+            .values()
+            .map(|e| e.info.clone())
+            .collect()
+    }
+
+    async fn all_jobs(&self) -> Vec<JobInfo> {
+        self.state.jobs.lock().await.values().cloned().collect()
+    }
+}
+
+fn address_host(info: &NodeInfo) -> String {
+    info.address
+        .as_ref()
+        .map(|a| format!("{}:{}", a.host, a.port))
+        .unwrap_or_default()
+}
+
+/// The executable as `TRANSFER_CHUNK_SIZE` chunks; the first carries hash and total size.
+/// An empty executable is one empty chunk, so the receiver always learns the hash.
+fn chunk_stream(hash: String, data: Arc<Vec<u8>>) -> ChunkStream {
+    let chunk = miniray_common::config::TRANSFER_CHUNK_SIZE;
+    let total = data.len();
+    let count = total.div_ceil(chunk).max(1);
+    Box::pin(futures::stream::iter((0..count).map(move |i| {
+        let start = i * chunk;
+        let end = (start + chunk).min(total);
+        let first = i == 0;
+        Ok(ExecutableChunk {
+            hash: if first { hash.clone() } else { String::new() },
+            total_size: if first { total as u64 } else { 0 },
+            data: data[start..end].to_vec(),
+        })
+    })))
+}
+
+/// One subscriber's view of the event bus.
+struct Subscription {
+    rx: broadcast::Receiver<PubMessage>,
+    shutdown: watch::Receiver<bool>,
+    channels: HashSet<i32>,
+    /// Set after the lag error was yielded: the stream ends on the next poll.
+    ended: bool,
+}
+
+impl Subscription {
+    async fn next(mut self) -> Option<(Result<PubMessage, Status>, Self)> {
+        if self.ended {
+            return None;
+        }
+        loop {
+            let received = tokio::select! {
+                _ = stopped(&mut self.shutdown) => return None,
+                received = self.rx.recv() => received,
+            };
+            match received {
+                Ok(msg) if self.channels.contains(&msg.channel) => return Some((Ok(msg), self)),
+                Ok(_) => continue,
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    // Ending the stream beats silently skipping changes: the subscriber
+                    // resubscribes and re-reads the tables.
+                    tracing::warn!(missed, "subscriber lagged; ending its stream");
+                    self.ended = true;
+                    let status = ErrorCode::Unavailable.status(format!(
+                        "subscriber fell behind by {missed} messages; resubscribe and re-read the tables"
+                    ));
+                    return Some((Err(status), self));
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+
+    #[tokio::test]
+    async fn lagging_subscriber_gets_an_error_then_the_end() {
+        let (tx, rx) = broadcast::channel(2);
+        let (_stop_tx, stop_rx) = watch::channel(false);
+        let sub = Subscription {
+            rx,
+            shutdown: stop_rx,
+            channels: [Channel::NodeChanges as i32].into(),
+            ended: false,
+        };
+        for _ in 0..5 {
+            tx.send(PubMessage {
+                channel: Channel::NodeChanges as i32,
+                payload: None,
+            })
+            .unwrap();
+        }
+        let items: Vec<_> = futures::stream::unfold(sub, Subscription::next)
+            .collect()
+            .await;
+        assert_eq!(items.len(), 1, "stream must end right after the lag error");
+        let err = items[0].as_ref().unwrap_err();
+        assert_eq!(ErrorCode::of_status(err), ErrorCode::Unavailable);
+    }
+
+    #[tokio::test]
+    async fn subscriber_filters_channels() {
+        let (tx, rx) = broadcast::channel(8);
+        let (_stop_tx, stop_rx) = watch::channel(false);
+        let sub = Subscription {
+            rx,
+            shutdown: stop_rx,
+            channels: [Channel::JobChanges as i32].into(),
+            ended: false,
+        };
+        for channel in [Channel::NodeChanges, Channel::JobChanges] {
+            tx.send(PubMessage {
+                channel: channel as i32,
+                payload: None,
+            })
+            .unwrap();
+        }
+        drop(tx);
+        let items: Vec<_> = futures::stream::unfold(sub, Subscription::next)
+            .collect()
+            .await;
+        assert_eq!(items.len(), 1);
+        assert_eq!(
+            items[0].as_ref().unwrap().channel,
+            Channel::JobChanges as i32
+        );
+    }
+
+    #[test]
+    fn executable_hashes_are_validated_and_normalized() {
+        let h = blake3::hash(b"x").to_hex().to_string();
+        assert_eq!(parse_executable_hash(&h.to_uppercase()).unwrap(), h);
+        assert!(parse_executable_hash("abc").is_err());
+        assert!(parse_executable_hash(&"g".repeat(64)).is_err());
+    }
+}

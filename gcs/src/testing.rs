@@ -1,0 +1,113 @@
+//! Test harness shared by this crate's tests and the workspace integration tests: a real,
+//! throw-away `redis-server` on a free loopback port.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long `redis-server` may take to answer its first PING on a loaded machine.
+const START_DEADLINE: Duration = Duration::from_secs(20);
+/// Attempts with a fresh port when another process grabbed the one we picked.
+const START_ATTEMPTS: usize = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RedisServerError {
+    #[error("cannot pick a free port: {0}")]
+    Port(std::io::Error),
+    #[error("cannot start redis-server (is it installed?): {0}")]
+    Spawn(std::io::Error),
+    #[error("redis-server exited early with {0}")]
+    Exited(std::process::ExitStatus),
+    #[error("redis-server did not answer PING within {0:?}")]
+    Timeout(Duration),
+}
+
+/// A `redis-server` child process with no persistence, killed when dropped.
+pub struct RedisServer {
+    child: Child,
+    port: u16,
+}
+
+impl RedisServer {
+    /// Starts `redis-server` on a free loopback port and waits until it answers PING.
+    pub fn start() -> Result<Self, RedisServerError> {
+        let mut last_err = None;
+        for _ in 0..START_ATTEMPTS {
+            match Self::try_start() {
+                Ok(server) => return Ok(server),
+                // The port was taken between picking and binding: try another one.
+                Err(e @ RedisServerError::Exited(_)) => last_err = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_err.unwrap_or(RedisServerError::Timeout(START_DEADLINE)))
+    }
+
+    fn try_start() -> Result<Self, RedisServerError> {
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .and_then(|l| l.local_addr())
+            .map_err(RedisServerError::Port)?
+            .port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(["--appendonly", "no"])
+            .args(["--dir", &std::env::temp_dir().to_string_lossy()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(RedisServerError::Spawn)?;
+        // From here on `server` owns the child, so every early return kills it.
+        let mut server = RedisServer { child, port };
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                return Err(RedisServerError::Exited(status));
+            }
+            if ping(port) {
+                return Ok(server);
+            }
+            if Instant::now() >= deadline {
+                return Err(RedisServerError::Timeout(START_DEADLINE));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        // The server may have died already; either way reap it so no zombie is left.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether a Redis server on `port` answers an inline PING.
+fn ping(port: u16) -> bool {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    if stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .is_err()
+        || stream.write_all(b"PING\r\n").is_err()
+    {
+        return false;
+    }
+    let mut buf = [0u8; 7];
+    stream.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+}

@@ -1,0 +1,793 @@
+//! The GCS service through a real tonic client over loopback.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use miniray_common::auth::{AuthedChannel, connect};
+use miniray_common::config::{MAX_MESSAGE_SIZE, TRANSFER_CHUNK_SIZE};
+use miniray_common::{ErrorCode, JobId, NodeId, WorkerId};
+use miniray_gcs::{GcsConfig, GcsHandle, GcsServer, StorageConfig};
+use miniray_proto::gcs_client::GcsClient;
+use miniray_proto::*;
+use tonic::Code;
+
+const TOKEN: &str = "test-token";
+/// Generous deadline for anything asynchronous on a loaded 2-core machine.
+const DEADLINE: Duration = Duration::from_secs(20);
+
+type Client = GcsClient<AuthedChannel>;
+
+async fn start(cfg: GcsConfig) -> (GcsHandle, Client) {
+    let gcs = GcsServer::start(cfg).await.unwrap();
+    let client = client_for(&gcs).await;
+    (gcs, client)
+}
+
+async fn client_for(gcs: &GcsHandle) -> Client {
+    let channel = connect(&gcs.address().to_string(), TOKEN).await.unwrap();
+    GcsClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE)
+}
+
+fn config() -> GcsConfig {
+    let mut cfg = GcsConfig::new(TOKEN);
+    cfg.session_name = "test-session".into();
+    cfg
+}
+
+fn resources(pairs: &[(&str, f64)]) -> ResourceSet {
+    ResourceSet {
+        amounts: pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+    }
+}
+
+fn node_info(id: NodeId) -> NodeInfo {
+    NodeInfo {
+        address: Some(NodeAddress {
+            node_id: id.to_vec(),
+            host: "127.0.0.1".into(),
+            port: 4000,
+        }),
+        total: Some(resources(&[("CPU", 4.0)])),
+        available: Some(resources(&[("CPU", 4.0)])),
+        object_store_capacity: 1 << 30,
+        ..Default::default()
+    }
+}
+
+async fn register(client: &mut Client, id: NodeId) {
+    client
+        .register_node(RegisterNodeRequest {
+            node: Some(node_info(id)),
+        })
+        .await
+        .unwrap();
+}
+
+async fn heartbeat(client: &mut Client, id: NodeId, cpus: f64) -> bool {
+    client
+        .heartbeat(HeartbeatRequest {
+            node_id: id.to_vec(),
+            available: Some(resources(&[("CPU", cpus)])),
+            demand: vec![ResourceDemand {
+                shape: Some(resources(&[("CPU", 1.0)])),
+                count: 3,
+                infeasible: false,
+            }],
+            object_store_used: 42,
+            num_workers: 2,
+            num_leased_workers: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .accepted
+}
+
+async fn all_nodes(client: &mut Client) -> Vec<NodeInfo> {
+    client
+        .get_all_nodes(GetAllNodesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .nodes
+}
+
+fn node_id_of(info: &NodeInfo) -> Vec<u8> {
+    info.address.as_ref().unwrap().node_id.clone()
+}
+
+fn code(status: &tonic::Status) -> ErrorCode {
+    ErrorCode::of_status(status)
+}
+
+/// Next message of a subscription, failing the test after `DEADLINE`.
+async fn next_message(stream: &mut tonic::Streaming<PubMessage>) -> PubMessage {
+    tokio::time::timeout(DEADLINE, stream.next())
+        .await
+        .expect("no message before the deadline")
+        .expect("stream ended")
+        .expect("stream failed")
+}
+
+#[tokio::test]
+async fn register_heartbeat_and_list_nodes() {
+    let (gcs, mut client) = start(config()).await;
+    let id = NodeId::random();
+    register(&mut client, id).await;
+
+    let nodes = all_nodes(&mut client).await;
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(nodes[0].state, NodeState::Alive as i32);
+    assert_eq!(node_id_of(&nodes[0]), id.to_vec());
+    assert!(nodes[0].last_heartbeat_ms > 0);
+    let registered_at = nodes[0].last_heartbeat_ms;
+
+    assert!(heartbeat(&mut client, id, 1.5).await);
+    let node = all_nodes(&mut client).await.remove(0);
+    assert_eq!(node.available.unwrap().amounts["CPU"], 1.5);
+    assert_eq!(node.total.unwrap().amounts["CPU"], 4.0);
+    assert_eq!(node.demand.len(), 1);
+    assert_eq!(node.demand[0].count, 3);
+    assert_eq!(node.object_store_used, 42);
+    assert_eq!(node.num_workers, 2);
+    assert_eq!(node.num_leased_workers, 1);
+    assert!(node.last_heartbeat_ms >= registered_at);
+
+    // Unknown nodes are told to exit.
+    assert!(!heartbeat(&mut client, NodeId::random(), 1.0).await);
+
+    // Unregister marks the node dead with the reason; it is listed but refused from then on.
+    client
+        .unregister_node(UnregisterNodeRequest {
+            node_id: id.to_vec(),
+            reason: "drained".into(),
+        })
+        .await
+        .unwrap();
+    let node = all_nodes(&mut client).await.remove(0);
+    assert_eq!(node.state, NodeState::Dead as i32);
+    assert_eq!(node.death_reason, "drained");
+    assert!(!heartbeat(&mut client, id, 1.0).await);
+
+    // A dead id cannot come back.
+    let err = client
+        .register_node(RegisterNodeRequest {
+            node: Some(node_info(id)),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), ErrorCode::AlreadyExists);
+
+    let err = client
+        .unregister_node(UnregisterNodeRequest {
+            node_id: NodeId::random().to_vec(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), ErrorCode::NotFound);
+
+    let status = client
+        .get_cluster_status(GetClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.session_name, "test-session");
+    assert_eq!(status.nodes.len(), 1);
+    gcs.shutdown().await;
+}
+
+#[tokio::test]
+async fn silent_node_is_marked_dead_and_death_is_published() {
+    let mut cfg = config();
+    cfg.node_timeout = Duration::from_millis(500);
+    let (gcs, mut client) = start(cfg).await;
+
+    let mut events = client
+        .subscribe(SubscribeRequest {
+            channels: vec![Channel::NodeChanges as i32],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    let silent = NodeId::random();
+    let alive = NodeId::random();
+    register(&mut client, silent).await;
+    register(&mut client, alive).await;
+    let first = next_message(&mut events).await;
+    assert_eq!(first.channel, Channel::NodeChanges as i32);
+    let Some(pub_message::Payload::Node(info)) = first.payload else {
+        panic!("expected a node payload");
+    };
+    assert_eq!(node_id_of(&info), silent.to_vec());
+    assert_eq!(info.state, NodeState::Alive as i32);
+    let _second = next_message(&mut events).await;
+
+    // Keep one node heartbeating while the other goes silent.
+    let mut beat_client = client.clone();
+    let beater = tokio::spawn(async move {
+        loop {
+            if !heartbeat(&mut beat_client, alive, 4.0).await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+
+    let start = Instant::now();
+    let dead = loop {
+        assert!(start.elapsed() < DEADLINE, "no death published");
+        let msg = next_message(&mut events).await;
+        if let Some(pub_message::Payload::Node(info)) = msg.payload
+            && info.state == NodeState::Dead as i32
+        {
+            break info;
+        }
+    };
+    assert_eq!(node_id_of(&dead), silent.to_vec());
+    assert_eq!(dead.death_reason, "no heartbeat for 0.5s");
+    // Not before the timeout.
+    assert!(start.elapsed() >= Duration::from_millis(100));
+
+    let nodes = all_nodes(&mut client).await;
+    let state_of = |id: NodeId| {
+        nodes
+            .iter()
+            .find(|n| node_id_of(n) == id.to_vec())
+            .unwrap()
+            .state
+    };
+    assert_eq!(state_of(silent), NodeState::Dead as i32);
+    assert_eq!(state_of(alive), NodeState::Alive as i32);
+    assert!(!heartbeat(&mut client, silent, 1.0).await);
+
+    beater.abort();
+    gcs.shutdown().await;
+}
+
+#[tokio::test]
+async fn kv_semantics() {
+    let (gcs, mut client) = start(config()).await;
+    let put = |ns: &str, key: &[u8], value: &[u8], overwrite: bool| KvPutRequest {
+        ns: ns.into(),
+        key: key.to_vec(),
+        value: value.to_vec(),
+        overwrite,
+    };
+    let get = async |client: &mut Client, ns: &str, key: &[u8]| {
+        let r = client
+            .kv_get(KvGetRequest {
+                ns: ns.into(),
+                key: key.to_vec(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        r.found.then_some(r.value)
+    };
+
+    let added = |r: tonic::Response<KvPutReply>| r.into_inner().added;
+    assert!(added(
+        client.kv_put(put("ns", b"k", b"v1", false)).await.unwrap()
+    ));
+    // overwrite=false keeps the existing value.
+    assert!(!added(
+        client.kv_put(put("ns", b"k", b"v2", false)).await.unwrap()
+    ));
+    assert_eq!(get(&mut client, "ns", b"k").await, Some(b"v1".to_vec()));
+    // overwrite=true replaces it; the key is not new.
+    assert!(!added(
+        client.kv_put(put("ns", b"k", b"v3", true)).await.unwrap()
+    ));
+    assert_eq!(get(&mut client, "ns", b"k").await, Some(b"v3".to_vec()));
+    // Namespaces are separate.
+    assert_eq!(get(&mut client, "other", b"k").await, None);
+    assert!(added(
+        client
+            .kv_put(put("other", b"k", b"o", false))
+            .await
+            .unwrap()
+    ));
+
+    for key in [&b"actor:a"[..], b"actor:b", b"job:1"] {
+        client.kv_put(put("ns", key, b"x", true)).await.unwrap();
+    }
+    let keys = client
+        .kv_keys(KvKeysRequest {
+            ns: "ns".into(),
+            prefix: b"actor:".to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .keys;
+    assert_eq!(keys, vec![b"actor:a".to_vec(), b"actor:b".to_vec()]);
+
+    let del = |key: &[u8]| KvDelRequest {
+        ns: "ns".into(),
+        key: key.to_vec(),
+    };
+    assert!(client.kv_del(del(b"k")).await.unwrap().into_inner().deleted);
+    assert!(!client.kv_del(del(b"k")).await.unwrap().into_inner().deleted);
+    assert_eq!(get(&mut client, "ns", b"k").await, None);
+    assert_eq!(get(&mut client, "other", b"k").await, Some(b"o".to_vec()));
+
+    let err = client.kv_put(put("ns", b"", b"v", true)).await.unwrap_err();
+    assert_eq!(code(&err), ErrorCode::InvalidArgument);
+    gcs.shutdown().await;
+}
+
+#[tokio::test]
+async fn job_table_and_job_events() {
+    let (gcs, mut client) = start(config()).await;
+    let mut events = client
+        .subscribe(SubscribeRequest {
+            channels: vec![Channel::JobChanges as i32],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    let id = JobId::random();
+    let job = JobInfo {
+        job_id: id.to_vec(),
+        executable_hash: blake3::hash(b"exe").to_hex().to_string(),
+        driver: Some(WorkerAddress {
+            worker_id: WorkerId::random().to_vec(),
+            node_id: NodeId::random().to_vec(),
+            host: "127.0.0.1".into(),
+            port: 5000,
+        }),
+        env: [("A".to_string(), "1".to_string())].into(),
+        ..Default::default()
+    };
+    client
+        .add_job(AddJobRequest {
+            job: Some(job.clone()),
+        })
+        .await
+        .unwrap();
+    let err = client
+        .add_job(AddJobRequest {
+            job: Some(job.clone()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), ErrorCode::AlreadyExists);
+
+    let got = client
+        .get_job(GetJobRequest {
+            job_id: id.to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    assert!(!got.finished);
+    assert!(got.start_time_ms > 0);
+    assert_eq!(got.env["A"], "1");
+    assert_eq!(got.executable_hash, job.executable_hash);
+
+    let msg = next_message(&mut events).await;
+    assert_eq!(msg.channel, Channel::JobChanges as i32);
+    assert!(matches!(msg.payload, Some(pub_message::Payload::Job(j)) if !j.finished));
+
+    client
+        .mark_job_finished(MarkJobFinishedRequest {
+            job_id: id.to_vec(),
+        })
+        .await
+        .unwrap();
+    let got = client
+        .get_job(GetJobRequest {
+            job_id: id.to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    assert!(got.finished);
+    assert!(got.end_time_ms >= got.start_time_ms);
+    let msg = next_message(&mut events).await;
+    assert!(matches!(msg.payload, Some(pub_message::Payload::Job(j)) if j.finished));
+
+    let all = client
+        .get_all_jobs(GetAllJobsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    assert_eq!(all.len(), 1);
+
+    let err = client
+        .get_job(GetJobRequest {
+            job_id: JobId::random().to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), ErrorCode::NotFound);
+    let err = client
+        .mark_job_finished(MarkJobFinishedRequest {
+            job_id: JobId::random().to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), ErrorCode::NotFound);
+    gcs.shutdown().await;
+}
+
+/// Uploads `data` under `hash` announcing `total`, in transfer-sized chunks.
+async fn upload(
+    client: &mut Client,
+    hash: &str,
+    total: u64,
+    data: &[u8],
+) -> Result<(), tonic::Status> {
+    let mut chunks: Vec<ExecutableChunk> = data
+        .chunks(TRANSFER_CHUNK_SIZE)
+        .map(|c| ExecutableChunk {
+            data: c.to_vec(),
+            ..Default::default()
+        })
+        .collect();
+    if chunks.is_empty() {
+        chunks.push(ExecutableChunk::default());
+    }
+    chunks[0].hash = hash.to_string();
+    chunks[0].total_size = total;
+    client
+        .put_executable(futures::stream::iter(chunks))
+        .await
+        .map(|_| ())
+}
+
+async fn has(client: &mut Client, hash: &str) -> bool {
+    client
+        .has_executable(HasExecutableRequest { hash: hash.into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .present
+}
+
+#[tokio::test]
+async fn executable_round_trip_and_corrupt_uploads() {
+    let (gcs, mut client) = start(config()).await;
+    // Two and a bit chunks.
+    let data: Vec<u8> = (0..2 * TRANSFER_CHUNK_SIZE + 12345)
+        .map(|i| (i % 253) as u8)
+        .collect();
+    let hash = blake3::hash(&data).to_hex().to_string();
+    assert!(!has(&mut client, &hash).await);
+
+    // Corrupted content: one flipped byte.
+    let mut corrupted = data.clone();
+    corrupted[TRANSFER_CHUNK_SIZE + 7] ^= 0xff;
+    let err = upload(&mut client, &hash, data.len() as u64, &corrupted)
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), ErrorCode::InvalidArgument);
+    // Truncated content.
+    let err = upload(&mut client, &hash, data.len() as u64, &data[..100])
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), ErrorCode::InvalidArgument);
+    // Announced size below what arrives.
+    let err = upload(&mut client, &hash, 10, &data).await.unwrap_err();
+    assert_eq!(code(&err), ErrorCode::InvalidArgument);
+    assert!(
+        !has(&mut client, &hash).await,
+        "a rejected upload stored something"
+    );
+
+    upload(&mut client, &hash, data.len() as u64, &data)
+        .await
+        .unwrap();
+    assert!(has(&mut client, &hash).await);
+
+    let mut stream = client
+        .get_executable(GetExecutableRequest { hash: hash.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut received = Vec::new();
+    let mut chunks = 0;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.unwrap();
+        if chunks == 0 {
+            assert_eq!(chunk.hash, hash);
+            assert_eq!(chunk.total_size, data.len() as u64);
+        }
+        assert!(chunk.data.len() <= TRANSFER_CHUNK_SIZE);
+        received.extend_from_slice(&chunk.data);
+        chunks += 1;
+    }
+    assert_eq!(chunks, 3);
+    assert!(received == data, "downloaded bytes differ");
+
+    // An empty executable is valid and comes back as one empty chunk.
+    let empty_hash = blake3::hash(b"").to_hex().to_string();
+    upload(&mut client, &empty_hash, 0, b"").await.unwrap();
+    let chunks: Vec<_> = client
+        .get_executable(GetExecutableRequest {
+            hash: empty_hash.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .collect()
+        .await;
+    assert_eq!(chunks.len(), 1);
+    assert!(chunks[0].as_ref().unwrap().data.is_empty());
+
+    let missing = blake3::hash(b"missing").to_hex().to_string();
+    let err = client
+        .get_executable(GetExecutableRequest { hash: missing })
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), ErrorCode::NotFound);
+    let err = client
+        .has_executable(HasExecutableRequest {
+            hash: "not-a-hash".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), ErrorCode::InvalidArgument);
+    gcs.shutdown().await;
+}
+
+#[tokio::test]
+async fn rpcs_without_the_token_are_refused() {
+    let (gcs, _client) = start(config()).await;
+    let url = format!("http://{}", gcs.address());
+    let plain = tonic::transport::Channel::from_shared(url)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let err = GcsClient::new(plain)
+        .get_all_nodes(GetAllNodesRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+
+    let wrong = connect(&gcs.address().to_string(), "wrong-token")
+        .await
+        .unwrap();
+    let err = GcsClient::new(wrong)
+        .kv_get(KvGetRequest {
+            ns: String::new(),
+            key: b"k".to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    gcs.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_input_is_invalid_argument_and_changes_nothing() {
+    let (gcs, mut client) = start(config()).await;
+    let short_id = vec![1, 2, 3];
+
+    let mut bad_node = node_info(NodeId::random());
+    bad_node.address.as_mut().unwrap().node_id = short_id.clone();
+    let mut negative = node_info(NodeId::random());
+    negative.total = Some(resources(&[("CPU", -1.0)]));
+    let mut no_address = node_info(NodeId::random());
+    no_address.address = None;
+    for node in [bad_node, negative, no_address] {
+        let err = client
+            .register_node(RegisterNodeRequest { node: Some(node) })
+            .await
+            .unwrap_err();
+        assert_eq!(code(&err), ErrorCode::InvalidArgument, "{err:?}");
+    }
+    assert!(all_nodes(&mut client).await.is_empty());
+
+    let err = client
+        .heartbeat(HeartbeatRequest {
+            node_id: short_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), ErrorCode::InvalidArgument);
+
+    // A bad heartbeat of a known node leaves the node as it was.
+    let id = NodeId::random();
+    register(&mut client, id).await;
+    let err = client
+        .heartbeat(HeartbeatRequest {
+            node_id: id.to_vec(),
+            available: Some(resources(&[("CPU", f64::NAN)])),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), ErrorCode::InvalidArgument);
+    let node = all_nodes(&mut client).await.remove(0);
+    assert_eq!(node.available.unwrap().amounts["CPU"], 4.0);
+
+    let err = client
+        .get_job(GetJobRequest {
+            job_id: short_id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), ErrorCode::InvalidArgument);
+    let err = client
+        .add_job(AddJobRequest {
+            job: Some(JobInfo {
+                job_id: JobId::random().to_vec(),
+                driver: Some(WorkerAddress {
+                    worker_id: short_id.clone(),
+                    node_id: NodeId::random().to_vec(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), ErrorCode::InvalidArgument);
+    let jobs = client
+        .get_all_jobs(GetAllJobsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    assert!(jobs.is_empty());
+
+    let err = client
+        .subscribe(SubscribeRequest { channels: vec![77] })
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), ErrorCode::InvalidArgument);
+    gcs.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_ends_subscriptions_and_stops_serving() {
+    let (gcs, mut client) = start(config()).await;
+    let address = gcs.address();
+    let mut events = client
+        .subscribe(SubscribeRequest { channels: vec![] })
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::timeout(DEADLINE, gcs.shutdown())
+        .await
+        .expect("shutdown hung");
+    let end = tokio::time::timeout(DEADLINE, events.next())
+        .await
+        .expect("subscription not ended");
+    assert!(!matches!(end, Some(Ok(_))), "unexpected message {end:?}");
+    assert!(
+        tokio::net::TcpStream::connect(address).await.is_err(),
+        "still accepting connections"
+    );
+}
+
+#[tokio::test]
+async fn restart_on_redis_keeps_the_cluster_state() {
+    let redis = miniray_gcs::testing::RedisServer::start().unwrap();
+    let mut cfg = config();
+    cfg.storage = StorageConfig::Redis { url: redis.url() };
+    let (gcs, mut client) = start(cfg.clone()).await;
+
+    let live = NodeId::random();
+    let gone = NodeId::random();
+    register(&mut client, live).await;
+    register(&mut client, gone).await;
+    assert!(heartbeat(&mut client, live, 2.5).await);
+    client
+        .unregister_node(UnregisterNodeRequest {
+            node_id: gone.to_vec(),
+            reason: "stopped".into(),
+        })
+        .await
+        .unwrap();
+    let job = JobId::random();
+    client
+        .add_job(AddJobRequest {
+            job: Some(JobInfo {
+                job_id: job.to_vec(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    client
+        .kv_put(KvPutRequest {
+            ns: "named_actors".into(),
+            key: b"counter".to_vec(),
+            value: b"actor-1".to_vec(),
+            overwrite: false,
+        })
+        .await
+        .unwrap();
+    let exe = b"#!/bin/true\n".repeat(1000);
+    let hash = blake3::hash(&exe).to_hex().to_string();
+    upload(&mut client, &hash, exe.len() as u64, &exe)
+        .await
+        .unwrap();
+    gcs.shutdown().await;
+    drop(client);
+
+    let before_restart = miniray_common::time::now_ms();
+    let (gcs, mut client) = start(cfg).await;
+    let nodes = all_nodes(&mut client).await;
+    assert_eq!(nodes.len(), 2);
+    let find = |id: NodeId| {
+        nodes
+            .iter()
+            .find(|n| node_id_of(n) == id.to_vec())
+            .unwrap()
+            .clone()
+    };
+    let live_info = find(live);
+    assert_eq!(live_info.state, NodeState::Alive as i32);
+    // Reloaded live nodes get a fresh grace period.
+    assert!(live_info.last_heartbeat_ms >= before_restart);
+    assert_eq!(live_info.available.unwrap().amounts["CPU"], 2.5);
+    let gone_info = find(gone);
+    assert_eq!(gone_info.state, NodeState::Dead as i32);
+    assert_eq!(gone_info.death_reason, "stopped");
+    // The surviving raylet keeps heartbeating into the new GCS; the dead one stays dead.
+    assert!(heartbeat(&mut client, live, 3.0).await);
+    assert!(!heartbeat(&mut client, gone, 3.0).await);
+
+    let got = client
+        .get_job(GetJobRequest {
+            job_id: job.to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    assert!(!got.finished);
+    let kv = client
+        .kv_get(KvGetRequest {
+            ns: "named_actors".into(),
+            key: b"counter".to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(kv.found);
+    assert_eq!(kv.value, b"actor-1");
+    assert!(has(&mut client, &hash).await);
+    let downloaded: Vec<u8> = client
+        .get_executable(GetExecutableRequest { hash })
+        .await
+        .unwrap()
+        .into_inner()
+        .map(|c| c.unwrap().data)
+        .concat()
+        .await;
+    assert!(downloaded == exe);
+    gcs.shutdown().await;
+}
+
+#[tokio::test]
+async fn wait_returns_after_a_shutdown_trigger() {
+    let gcs = GcsServer::start(config()).await.unwrap();
+    let trigger = gcs.shutdown_trigger();
+    let mut client = client_for(&gcs).await;
+    let waiter = tokio::spawn(gcs.wait());
+    // Still serving while someone waits on it.
+    assert!(all_nodes(&mut client).await.is_empty());
+    trigger.shutdown();
+    tokio::time::timeout(DEADLINE, waiter)
+        .await
+        .expect("wait did not return")
+        .unwrap()
+        .unwrap();
+}

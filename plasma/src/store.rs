@@ -1,0 +1,750 @@
+//! Server side of the object store: the segment, the object table, pinning and eviction.
+//!
+//! # Object lifecycle
+//!
+//! ```text
+//! create ──► unsealed ──seal──► sealed ──delete / evict──► gone
+//!               │                  │
+//!             abort           delete while readers pin it
+//!               ▼                  ▼
+//!             gone          doomed (invisible) ──last release──► gone
+//! ```
+//!
+//! - An **unsealed** object belongs to its creator, who fills it (through its own
+//!   [`SegmentMapping`](crate::SegmentMapping) or through [`PlasmaStore::write`]). It is
+//!   invisible to [`get`](PlasmaStore::get), [`wait_get`](PlasmaStore::wait_get) and
+//!   [`contains`](PlasmaStore::contains) and is never evicted.
+//! - A **sealed** object is immutable; only sealed objects are visible to readers.
+//! - A **doomed** object was deleted (or aborted) while something still pinned it: it is
+//!   invisible to new readers at once and its bytes are freed when the last pin goes. Its id
+//!   stays taken until then (`create` answers [`PlasmaError::AlreadyExists`]).
+//!
+//! # Pinning and eviction
+//!
+//! - A `primary` object is pinned until [`delete`](PlasmaStore::delete).
+//! - Each `Some` returned by [`get`](PlasmaStore::get) / [`wait_get`](PlasmaStore::wait_get)
+//!   is one reader pin, to be matched by exactly one [`release`](PlasmaStore::release).
+//! - A sealed object with no primary pin, no reader pin and no server-side copy in flight is
+//!   *evictable*. Evictable objects are evicted least-recently-used first (creation, `get`
+//!   and the last `release` count as uses) and only when an allocation needs the room.
+//! - Pinned and unsealed objects are never evicted. When the room cannot be made,
+//!   `create` answers [`PlasmaError::ObjectStoreFull`] and nothing is lost.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::OpenOptions;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::pin::pin;
+use std::time::Duration;
+
+use memmap2::{MmapOptions, MmapRaw};
+use miniray_common::{NodeId, ObjectId};
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::alloc::{self, Allocator, BLOCK};
+use crate::error::PlasmaError;
+
+/// Where an object's bytes sit inside the segment.
+///
+/// Invariant: `offset + size <= capacity` of the segment; `offset` is a multiple of 64.
+/// Zero-size objects have `offset == 0` and occupy no space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ObjectLocation {
+    pub offset: u64,
+    pub size: u64,
+}
+
+/// How to create a node's segment.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// Bytes of the segment. The allocator uses this rounded down to a multiple of 64.
+    pub capacity: u64,
+    /// Folder of the segment file; `/dev/shm` so the segment lives in memory.
+    pub segment_dir: PathBuf,
+    /// File name of the segment, e.g. `miniray-plasma-<nodeid>`.
+    pub segment_name: String,
+    /// Reserve and map every page at creation. Costs the whole capacity in memory up front,
+    /// but first writes then run at memcpy speed and a full `/dev/shm` is reported at
+    /// creation instead of killing a writer with SIGBUS later.
+    pub prefault: bool,
+}
+
+impl StoreConfig {
+    /// A sparse (not prefaulted) segment named `segment_name` in `/dev/shm`.
+    pub fn new(capacity: u64, segment_name: impl Into<String>) -> Self {
+        StoreConfig {
+            capacity,
+            segment_dir: PathBuf::from("/dev/shm"),
+            segment_name: segment_name.into(),
+            prefault: false,
+        }
+    }
+
+    /// The conventional segment of a node: `/dev/shm/miniray-plasma-<nodeid>`.
+    pub fn for_node(capacity: u64, node_id: NodeId) -> Self {
+        Self::new(capacity, format!("miniray-plasma-{node_id}"))
+    }
+
+    /// Full path of the segment file.
+    pub fn segment_path(&self) -> PathBuf {
+        self.segment_dir.join(&self.segment_name)
+    }
+}
+
+/// A snapshot of the store's accounting.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Bytes of the segment.
+    pub capacity: u64,
+    /// Bytes allocated to objects (each object rounded up to 64 bytes).
+    pub used: u64,
+    /// Allocated bytes that cannot be evicted: primary, read-pinned, unsealed and doomed
+    /// objects. `used - pinned` is what eviction could free.
+    pub pinned: u64,
+    /// Objects holding space, in any state.
+    pub num_objects: usize,
+    /// Of those, how many are sealed and still visible.
+    pub num_sealed: usize,
+    /// Objects evicted since the store was created.
+    pub num_evictions: u64,
+}
+
+#[derive(Debug)]
+struct Entry {
+    offset: u64,
+    size: u64,
+    /// Bytes taken from the allocator: `size` rounded up to 64, or 0 for empty objects.
+    alloc_len: u64,
+    sealed: bool,
+    primary: bool,
+    /// Reader pins from get/wait_get, released by `release`.
+    readers: u32,
+    /// Server-side copies in flight (`write`, `read_sealed`), which run outside the lock.
+    io: u32,
+    /// Deleted or aborted; freed once `readers == 0 && io == 0`.
+    doomed: bool,
+    /// Last use, for LRU order.
+    tick: u64,
+    /// The key of this entry in `Inner::lru` while it is evictable.
+    lru_key: Option<u64>,
+}
+
+impl Entry {
+    fn location(&self) -> ObjectLocation {
+        ObjectLocation {
+            offset: self.offset,
+            size: self.size,
+        }
+    }
+
+    fn visible(&self) -> bool {
+        self.sealed && !self.doomed
+    }
+
+    fn evictable(&self) -> bool {
+        self.sealed && !self.primary && !self.doomed && self.readers == 0 && self.io == 0
+    }
+
+    fn unpinned(&self) -> bool {
+        self.readers == 0 && self.io == 0
+    }
+}
+
+/// The object table and allocator, guarded together by one mutex.
+///
+/// Invariants:
+/// - an id is in `lru` iff its entry is `evictable()`, under the key `entry.lru_key`;
+/// - `evictable_bytes` is the sum of `alloc_len` over entries in `lru`;
+/// - the allocator's used bytes equal the sum of `alloc_len` over all entries.
+#[derive(Debug)]
+struct Inner {
+    objects: HashMap<ObjectId, Entry>,
+    alloc: Allocator,
+    lru: BTreeMap<u64, ObjectId>,
+    evictable_bytes: u64,
+    next_tick: u64,
+    num_evictions: u64,
+}
+
+impl Inner {
+    fn tick(&mut self) -> u64 {
+        self.next_tick += 1;
+        self.next_tick
+    }
+
+    /// Re-establishes the `lru` invariant for `id` after its entry changed.
+    fn refresh_lru(&mut self, id: ObjectId) {
+        let Some(e) = self.objects.get_mut(&id) else {
+            return;
+        };
+        if let Some(key) = e.lru_key.take() {
+            self.lru.remove(&key);
+            self.evictable_bytes -= e.alloc_len;
+        }
+        if e.evictable() {
+            e.lru_key = Some(e.tick);
+            self.lru.insert(e.tick, id);
+            self.evictable_bytes += e.alloc_len;
+        }
+    }
+
+    /// Removes `id` from the table and returns its bytes to the allocator.
+    fn remove(&mut self, id: ObjectId) {
+        if let Some(e) = self.objects.remove(&id) {
+            if let Some(key) = e.lru_key {
+                self.lru.remove(&key);
+                self.evictable_bytes -= e.alloc_len;
+            }
+            if e.alloc_len > 0 {
+                self.alloc.free(e.offset, e.alloc_len);
+            }
+        }
+    }
+
+    fn pinned_bytes(&self) -> u64 {
+        self.alloc.used_bytes() - self.evictable_bytes
+    }
+
+    /// Allocates `len` bytes (a multiple of 64), evicting LRU objects while that helps.
+    fn allocate(&mut self, len: u64, capacity: u64) -> Result<u64, PlasmaError> {
+        if let Some(off) = self.alloc.alloc(len) {
+            return Ok(off);
+        }
+        // Evict only when it can succeed, so a hopeless request does not flush the cache.
+        // (Fragmentation can still defeat it; then the evicted objects were fair game anyway.)
+        if self.alloc.free_bytes() + self.evictable_bytes >= len {
+            while let Some((_, &victim)) = self.lru.first_key_value() {
+                let size = self.objects.get(&victim).map_or(0, |e| e.size);
+                self.remove(victim);
+                self.num_evictions += 1;
+                tracing::debug!(object_id = %victim, size, "evicted object");
+                if let Some(off) = self.alloc.alloc(len) {
+                    return Ok(off);
+                }
+            }
+        }
+        Err(PlasmaError::ObjectStoreFull {
+            requested: len,
+            capacity,
+            used: self.alloc.used_bytes(),
+            pinned: self.pinned_bytes(),
+        })
+    }
+
+    /// Takes a reader pin on a visible object.
+    fn pin_reader(&mut self, id: ObjectId) -> Option<ObjectLocation> {
+        let tick = self.tick();
+        let e = self.objects.get_mut(&id)?;
+        if !e.visible() {
+            return None;
+        }
+        e.readers += 1;
+        e.tick = tick;
+        let loc = e.location();
+        self.refresh_lru(id);
+        Some(loc)
+    }
+
+    fn release_reader(&mut self, id: ObjectId) {
+        let tick = self.tick();
+        let Some(e) = self.objects.get_mut(&id) else {
+            tracing::warn!(object_id = %id, "release of an object not in the store");
+            return;
+        };
+        if e.readers == 0 {
+            tracing::warn!(object_id = %id, "release of an object without reader pins");
+            return;
+        }
+        e.readers -= 1;
+        e.tick = tick;
+        if e.doomed && e.unpinned() {
+            self.remove(id);
+        } else {
+            self.refresh_lru(id);
+        }
+    }
+
+    /// Drops a transient server-side pin taken for a copy outside the lock.
+    fn release_io(&mut self, id: ObjectId) {
+        if let Some(e) = self.objects.get_mut(&id) {
+            e.io -= 1;
+            if e.doomed && e.unpinned() {
+                self.remove(id);
+            } else {
+                self.refresh_lru(id);
+            }
+        }
+    }
+}
+
+/// The node's shared-memory object store (server side).
+///
+/// `Send + Sync`: all state sits behind one mutex, and byte copies happen outside it on
+/// ranges kept alive by pins. Dropping the store unmaps the segment and removes its file;
+/// clients that still map it keep their mapping until they drop it.
+pub struct PlasmaStore {
+    path: PathBuf,
+    capacity: u64,
+    map: MmapRaw,
+    inner: Mutex<Inner>,
+    /// Woken (all waiters) on every seal.
+    sealed: Notify,
+}
+
+impl std::fmt::Debug for PlasmaStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlasmaStore")
+            .field("path", &self.path)
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PlasmaStore {
+    /// Creates the segment file (failing if it exists), sizes it, and maps it `MAP_SHARED`.
+    pub fn create_segment(cfg: StoreConfig) -> Result<Self, PlasmaError> {
+        if cfg.capacity < BLOCK {
+            return Err(PlasmaError::InvalidConfig(format!(
+                "capacity {} is below the minimum of {BLOCK} bytes",
+                cfg.capacity
+            )));
+        }
+        let map_len = usize::try_from(cfg.capacity).map_err(|_| {
+            PlasmaError::InvalidConfig(format!(
+                "capacity {} does not fit the address space",
+                cfg.capacity
+            ))
+        })?;
+        let path = cfg.segment_path();
+        let io_err = |source: std::io::Error| PlasmaError::Io {
+            path: path.clone(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    PlasmaError::SegmentExists { path: path.clone() }
+                } else {
+                    io_err(e)
+                }
+            })?;
+        // From here on the file is ours: remove it again if anything below fails.
+        let cleanup = RemoveOnDrop(Some(path.clone()));
+        file.set_len(cfg.capacity).map_err(io_err)?;
+        if cfg.prefault {
+            // Reserve the pages now so a too-small /dev/shm fails here, not with a SIGBUS
+            // in some writer later.
+            // SAFETY: plain syscall on a file descriptor we own.
+            let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, cfg.capacity as i64) };
+            if rc != 0 {
+                return Err(io_err(std::io::Error::from_raw_os_error(rc)));
+            }
+        }
+        let mut opts = MmapOptions::new();
+        opts.len(map_len);
+        if cfg.prefault {
+            opts.populate();
+        }
+        let map = opts.map_raw(&file).map_err(io_err)?;
+        cleanup.disarm();
+        tracing::info!(
+            path = %path.display(),
+            capacity = cfg.capacity,
+            prefault = cfg.prefault,
+            "created plasma segment"
+        );
+        let arena = cfg.capacity & !(BLOCK - 1);
+        Ok(PlasmaStore {
+            path,
+            capacity: cfg.capacity,
+            map,
+            inner: Mutex::new(Inner {
+                objects: HashMap::new(),
+                alloc: Allocator::new(arena),
+                lru: BTreeMap::new(),
+                evictable_bytes: 0,
+                next_tick: 0,
+                num_evictions: 0,
+            }),
+            sealed: Notify::new(),
+        })
+    }
+
+    /// Path of the segment file, for clients to [`open`](crate::SegmentMapping::open).
+    pub fn segment_path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Bytes of the segment.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Bytes allocated to objects, each rounded up to 64.
+    pub fn used(&self) -> u64 {
+        self.inner.lock().alloc.used_bytes()
+    }
+
+    /// Objects holding space, in any state.
+    pub fn num_objects(&self) -> usize {
+        self.inner.lock().objects.len()
+    }
+
+    /// Allocates an unsealed object of `size` bytes owned by the caller.
+    ///
+    /// `primary` pins it until [`delete`](Self::delete); otherwise (a secondary copy pulled
+    /// from another node) it becomes evictable once sealed and unread. Evicts LRU objects
+    /// if needed; [`PlasmaError::ObjectStoreFull`] when the room cannot be made.
+    pub fn create(
+        &self,
+        id: ObjectId,
+        size: u64,
+        primary: bool,
+    ) -> Result<ObjectLocation, PlasmaError> {
+        let mut inner = self.inner.lock();
+        if inner.objects.contains_key(&id) {
+            return Err(PlasmaError::AlreadyExists(id));
+        }
+        let arena = inner.alloc.size();
+        let too_large = PlasmaError::TooLarge {
+            id,
+            requested: size,
+            capacity: arena,
+        };
+        if size > arena {
+            return Err(too_large);
+        }
+        let alloc_len = alloc::round_up(size).ok_or(too_large)?;
+        let offset = if alloc_len == 0 {
+            0
+        } else {
+            inner.allocate(alloc_len, self.capacity).inspect_err(|e| {
+                tracing::warn!(object_id = %id, size, error = %e, "object store full");
+            })?
+        };
+        let tick = inner.tick();
+        inner.objects.insert(
+            id,
+            Entry {
+                offset,
+                size,
+                alloc_len,
+                sealed: false,
+                primary,
+                readers: 0,
+                io: 0,
+                doomed: false,
+                tick,
+                lru_key: None,
+            },
+        );
+        tracing::debug!(object_id = %id, size, offset, primary, "created object");
+        Ok(ObjectLocation { offset, size })
+    }
+
+    /// Copies `data` into an unsealed object at `offset_in_object` (server-side writes,
+    /// e.g. chunks pulled from another node). The copy runs outside the lock; the object
+    /// cannot be freed under it.
+    pub fn write(
+        &self,
+        id: ObjectId,
+        offset_in_object: u64,
+        data: &[u8],
+    ) -> Result<(), PlasmaError> {
+        let loc = {
+            let mut inner = self.inner.lock();
+            let e = inner
+                .objects
+                .get_mut(&id)
+                .filter(|e| !e.doomed)
+                .ok_or(PlasmaError::NotFound(id))?;
+            if e.sealed {
+                return Err(PlasmaError::AlreadySealed(id));
+            }
+            check_range(e.size, offset_in_object, data.len() as u64)?;
+            e.io += 1;
+            e.location()
+        };
+        // SAFETY: the range lies inside the object (checked above), which lies inside the
+        // mapping; the io pin keeps the object allocated until `release_io`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                self.map
+                    .as_mut_ptr()
+                    .add((loc.offset + offset_in_object) as usize),
+                data.len(),
+            );
+        }
+        self.inner.lock().release_io(id);
+        Ok(())
+    }
+
+    /// Makes the object immutable and visible to readers, and wakes `wait_get` callers.
+    pub fn seal(&self, id: ObjectId) -> Result<ObjectLocation, PlasmaError> {
+        let loc = {
+            let mut inner = self.inner.lock();
+            let e = inner
+                .objects
+                .get_mut(&id)
+                .filter(|e| !e.doomed)
+                .ok_or(PlasmaError::NotFound(id))?;
+            if e.sealed {
+                return Err(PlasmaError::AlreadySealed(id));
+            }
+            e.sealed = true;
+            let loc = e.location();
+            inner.refresh_lru(id);
+            loc
+        };
+        tracing::debug!(object_id = %id, size = loc.size, "sealed object");
+        self.sealed.notify_waiters();
+        Ok(loc)
+    }
+
+    /// Discards an unsealed object (the creator gave up writing it).
+    pub fn abort(&self, id: ObjectId) -> Result<(), PlasmaError> {
+        let mut inner = self.inner.lock();
+        let e = inner
+            .objects
+            .get_mut(&id)
+            .filter(|e| !e.doomed)
+            .ok_or(PlasmaError::NotFound(id))?;
+        if e.sealed {
+            return Err(PlasmaError::AlreadySealed(id));
+        }
+        if e.unpinned() {
+            inner.remove(id);
+        } else {
+            e.doomed = true;
+        }
+        tracing::debug!(object_id = %id, "aborted object");
+        Ok(())
+    }
+
+    /// Takes a reader pin on a sealed object and marks it used. `None` if absent, unsealed
+    /// or being deleted. Each `Some` must be matched by one [`release`](Self::release).
+    pub fn get(&self, id: ObjectId) -> Option<ObjectLocation> {
+        self.inner.lock().pin_reader(id)
+    }
+
+    /// Waits until every id is sealed here or `timeout` passes, then answers like
+    /// [`get`](Self::get) for each (one reader pin per `Some`, duplicates included).
+    ///
+    /// A zero timeout answers at once. Cancel-safe: if the future is dropped, the pins it
+    /// took are released.
+    pub async fn wait_get(
+        &self,
+        ids: &[ObjectId],
+        timeout: Duration,
+    ) -> Vec<Option<ObjectLocation>> {
+        let deadline = tokio::time::Instant::now().checked_add(timeout);
+        let mut pins = PinGuard {
+            store: self,
+            found: vec![None; ids.len()],
+        };
+        loop {
+            // Register interest before looking, so a seal between the look and the await
+            // still wakes us.
+            let mut notified = pin!(self.sealed.notified());
+            notified.as_mut().enable();
+            {
+                let mut inner = self.inner.lock();
+                for (slot, &id) in pins.found.iter_mut().zip(ids) {
+                    if slot.is_none() {
+                        *slot = inner.pin_reader(id).map(|loc| (id, loc));
+                    }
+                }
+            }
+            if pins.found.iter().all(Option::is_some) || timeout.is_zero() {
+                break;
+            }
+            match deadline {
+                Some(d) => {
+                    if tokio::time::timeout_at(d, notified).await.is_err() {
+                        break;
+                    }
+                }
+                None => notified.await,
+            }
+        }
+        pins.into_locations()
+    }
+
+    /// Drops one reader pin. Frees the object if it was deleted and this was the last pin.
+    pub fn release(&self, id: ObjectId) {
+        self.inner.lock().release_reader(id);
+    }
+
+    /// The owner frees the object: drops its primary pin and removes it. If readers still
+    /// pin it, it turns invisible now and is freed at the last release. Deleting an
+    /// unsealed object discards it like [`abort`](Self::abort). `false` if absent.
+    pub fn delete(&self, id: ObjectId) -> bool {
+        let mut inner = self.inner.lock();
+        let Some(e) = inner.objects.get_mut(&id).filter(|e| !e.doomed) else {
+            return false;
+        };
+        e.primary = false;
+        if e.unpinned() {
+            inner.remove(id);
+        } else {
+            e.doomed = true;
+            inner.refresh_lru(id);
+        }
+        tracing::debug!(object_id = %id, "deleted object");
+        true
+    }
+
+    /// Whether the object is sealed and present (takes no pin).
+    pub fn contains(&self, id: ObjectId) -> bool {
+        self.inner
+            .lock()
+            .objects
+            .get(&id)
+            .is_some_and(Entry::visible)
+    }
+
+    /// Location of a sealed object without taking a pin (for bookkeeping, not for reading).
+    pub fn location(&self, id: ObjectId) -> Option<ObjectLocation> {
+        self.inner
+            .lock()
+            .objects
+            .get(&id)
+            .filter(|e| e.visible())
+            .map(Entry::location)
+    }
+
+    /// A copy of `len` bytes at `offset` of a sealed object, for streaming to other nodes.
+    pub fn read_sealed(
+        &self,
+        id: ObjectId,
+        offset: u64,
+        len: usize,
+    ) -> Result<Vec<u8>, PlasmaError> {
+        self.read_sealed_with(id, offset, len, <[u8]>::to_vec)
+    }
+
+    /// Calls `f` on the bytes `[offset, offset + len)` of a sealed object, zero-copy. The
+    /// object stays allocated while `f` runs (outside the store's lock).
+    pub fn read_sealed_with<R>(
+        &self,
+        id: ObjectId,
+        offset: u64,
+        len: usize,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, PlasmaError> {
+        let loc = {
+            let mut inner = self.inner.lock();
+            let e = inner
+                .objects
+                .get_mut(&id)
+                .filter(|e| !e.doomed)
+                .ok_or(PlasmaError::NotFound(id))?;
+            if !e.sealed {
+                return Err(PlasmaError::NotSealed(id));
+            }
+            check_range(e.size, offset, len as u64)?;
+            e.io += 1;
+            let loc = e.location();
+            inner.refresh_lru(id);
+            loc
+        };
+        // Drop the io pin even if `f` panics.
+        struct IoPin<'a>(&'a PlasmaStore, ObjectId);
+        impl Drop for IoPin<'_> {
+            fn drop(&mut self) {
+                self.0.inner.lock().release_io(self.1);
+            }
+        }
+        let _pin = IoPin(self, id);
+        // SAFETY: the range lies inside a sealed object inside the mapping; sealed objects
+        // are immutable and the io pin keeps this one allocated until `_pin` drops.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(self.map.as_ptr().add((loc.offset + offset) as usize), len)
+        };
+        Ok(f(bytes))
+    }
+
+    /// Current accounting.
+    pub fn stats(&self) -> StoreStats {
+        let inner = self.inner.lock();
+        StoreStats {
+            capacity: self.capacity,
+            used: inner.alloc.used_bytes(),
+            pinned: inner.pinned_bytes(),
+            num_objects: inner.objects.len(),
+            num_sealed: inner.objects.values().filter(|e| e.visible()).count(),
+            num_evictions: inner.num_evictions,
+        }
+    }
+}
+
+impl Drop for PlasmaStore {
+    fn drop(&mut self) {
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => tracing::debug!(path = %self.path.display(), "removed plasma segment"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %self.path.display(), error = %e, "cannot remove plasma segment")
+            }
+        }
+    }
+}
+
+/// Errors unless `[offset, offset + len)` lies within `size` bytes.
+pub(crate) fn check_range(size: u64, offset: u64, len: u64) -> Result<(), PlasmaError> {
+    match offset.checked_add(len) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(PlasmaError::OutOfBounds { offset, len, size }),
+    }
+}
+
+/// Reader pins taken by an unfinished `wait_get`, released if its future is dropped.
+struct PinGuard<'a> {
+    store: &'a PlasmaStore,
+    found: Vec<Option<(ObjectId, ObjectLocation)>>,
+}
+
+impl PinGuard<'_> {
+    fn into_locations(mut self) -> Vec<Option<ObjectLocation>> {
+        std::mem::take(&mut self.found)
+            .into_iter()
+            .map(|f| f.map(|(_, loc)| loc))
+            .collect()
+    }
+}
+
+impl Drop for PinGuard<'_> {
+    fn drop(&mut self) {
+        if self.found.iter().any(Option::is_some) {
+            let mut inner = self.store.inner.lock();
+            for (id, _) in self.found.iter().flatten() {
+                inner.release_reader(*id);
+            }
+        }
+    }
+}
+
+/// Removes a half-created segment file unless disarmed.
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl RemoveOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}

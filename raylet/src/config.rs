@@ -1,0 +1,119 @@
+//! Configuration of one raylet.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use miniray_common::config::{DEFAULT_HEARTBEAT_INTERVAL, default_object_store_memory, num_cpus};
+use miniray_common::{NodeId, Resources};
+
+/// Default time a freshly spawned worker has to call `RegisterWorker`.
+pub const DEFAULT_WORKER_START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Default time an idle worker above the per-job soft limit survives.
+pub const DEFAULT_IDLE_WORKER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything a raylet needs to run. Build with [`RayletConfig::new`] (or `Default`) and
+/// override fields.
+#[derive(Debug, Clone)]
+pub struct RayletConfig {
+    /// `HOST:PORT` of the GCS.
+    pub gcs_address: String,
+    /// The cluster token; required on every RPC this raylet serves and sent on every RPC it makes.
+    pub token: String,
+    /// Interface the gRPC server binds. Also the host this node advertises, except for an
+    /// unspecified address (`0.0.0.0`, `::`), where `127.0.0.1` is advertised.
+    pub bind_host: String,
+    /// 0 picks any free port.
+    pub port: u16,
+    pub node_id: NodeId,
+    /// Total resources of the node. `CPU` defaults to the core count when left out.
+    pub resources: Resources,
+    /// Capacity of the plasma segment in bytes.
+    pub object_store_memory: u64,
+    /// Touch every page of the segment at start (slower start, no page faults later).
+    pub prefault_object_store: bool,
+    pub is_head: bool,
+    /// `logs/` (worker output) goes under here; its basename names the plasma segment.
+    pub session_dir: PathBuf,
+    pub heartbeat_interval: Duration,
+    pub worker_start_timeout: Duration,
+    /// Idle workers above the per-job soft limit exit after this long.
+    pub idle_worker_timeout: Duration,
+    pub labels: HashMap<String, String>,
+}
+
+impl RayletConfig {
+    /// A configuration with defaults for everything but the cluster coordinates.
+    pub fn new(
+        gcs_address: impl Into<String>,
+        token: impl Into<String>,
+        session_dir: impl Into<PathBuf>,
+    ) -> Self {
+        Self {
+            gcs_address: gcs_address.into(),
+            token: token.into(),
+            session_dir: session_dir.into(),
+            ..Self::default()
+        }
+    }
+
+    /// The resources this node reports: `resources` plus `CPU` = core count when absent
+    /// (a [`Resources`] never stores zero amounts, so absent and zero are the same).
+    pub fn effective_resources(&self) -> Resources {
+        let mut r = self.resources.clone();
+        if r.get("CPU") <= 0.0 {
+            // Setting a positive finite amount with a non-empty name cannot fail.
+            let _ = r.set("CPU", num_cpus() as f64);
+        }
+        r
+    }
+
+    /// The host other processes use to reach this raylet and its workers.
+    pub fn advertised_host(&self) -> String {
+        match self.bind_host.parse::<std::net::IpAddr>() {
+            Ok(ip) if ip.is_unspecified() => "127.0.0.1".to_string(),
+            _ => self.bind_host.clone(),
+        }
+    }
+}
+
+impl Default for RayletConfig {
+    fn default() -> Self {
+        Self {
+            gcs_address: String::new(),
+            token: String::new(),
+            bind_host: "127.0.0.1".to_string(),
+            port: 0,
+            node_id: NodeId::random(),
+            resources: Resources::new(),
+            object_store_memory: default_object_store_memory(),
+            prefault_object_store: false,
+            is_head: false,
+            session_dir: miniray_common::config::tmp_root().join("session_latest"),
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            worker_start_timeout: DEFAULT_WORKER_START_TIMEOUT,
+            idle_worker_timeout: DEFAULT_IDLE_WORKER_TIMEOUT,
+            labels: HashMap::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_defaults_to_core_count_only_when_absent() {
+        let cfg = RayletConfig::default();
+        assert_eq!(cfg.effective_resources().get("CPU"), num_cpus() as f64);
+        let mut cfg = RayletConfig {
+            resources: Resources::from_pairs([("CPU", 3.0)]).unwrap(),
+            ..RayletConfig::default()
+        };
+        assert_eq!(cfg.effective_resources().get("CPU"), 3.0);
+        assert_eq!(cfg.advertised_host(), "127.0.0.1");
+        cfg.bind_host = "0.0.0.0".into();
+        assert_eq!(cfg.advertised_host(), "127.0.0.1");
+    }
+}

@@ -1,0 +1,71 @@
+//! The node's periodic duties: heartbeat to the GCS, refresh the cluster view used for
+//! spillback, retire idle workers.
+//!
+//! Invariants:
+//! - One heartbeat per `heartbeat_interval` (missed ticks are delayed, not bunched), each
+//!   bounded by a timeout so a hung GCS cannot stall the loop.
+//! - A heartbeat answered `accepted = false` means the GCS considers this node dead or
+//!   unknown: the raylet logs it and shuts down (it must not keep granting leases nobody
+//!   can see).
+//! - A GCS that does not answer is not a reason to stop: the raylet keeps serving local
+//!   leases and retries on the next tick.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use miniray_proto::GetAllNodesRequest;
+
+use crate::error::RayletError;
+use crate::node::Node;
+
+/// Bound on each GCS call of the loop.
+const GCS_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub(crate) async fn run(node: Arc<Node>) {
+    let mut shutdown = node.shutdown_signal();
+    let mut tick = tokio::time::interval(node.cfg.heartbeat_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut gcs = node.gcs.clone();
+    let mut gcs_down = false;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        node.pool.reap_idle();
+        let req = node.heartbeat_request();
+        match tokio::time::timeout(GCS_CALL_TIMEOUT, gcs.heartbeat(req)).await {
+            Ok(Ok(reply)) => {
+                if gcs_down {
+                    tracing::info!("gcs reachable again");
+                    gcs_down = false;
+                }
+                if !reply.into_inner().accepted {
+                    tracing::error!(node_id = %node.node_id, "gcs rejected the heartbeat; shutting down");
+                    node.trigger_shutdown(Some(RayletError::HeartbeatRejected));
+                    return;
+                }
+            }
+            Ok(Err(status)) => {
+                if !gcs_down {
+                    tracing::warn!(error = %status, "heartbeat failed");
+                }
+                gcs_down = true;
+                continue;
+            }
+            Err(_) => {
+                if !gcs_down {
+                    tracing::warn!("heartbeat timed out");
+                }
+                gcs_down = true;
+                continue;
+            }
+        }
+        match tokio::time::timeout(GCS_CALL_TIMEOUT, gcs.get_all_nodes(GetAllNodesRequest {})).await
+        {
+            Ok(Ok(reply)) => node.update_cluster(&reply.into_inner().nodes),
+            Ok(Err(status)) => tracing::warn!(error = %status, "cannot refresh the cluster view"),
+            Err(_) => tracing::warn!("refreshing the cluster view timed out"),
+        }
+    }
+}

@@ -1,0 +1,385 @@
+//! The state one raylet shares between its gRPC handlers and background tasks, and the
+//! lease orchestration on top of the pure [`Scheduler`].
+//!
+//! Invariants:
+//! - The scheduler and the waiters of queued lease requests live under one lock
+//!   (`sched`); a queued request's waiter is inserted in the same critical section as its
+//!   ticket, and outcomes are delivered under that lock, so no outcome is ever lost.
+//! - Every granted lease either ends up bound to a worker and answered to its requester, or
+//!   is released again: a requester that goes away mid-way (cancelled call, failed worker
+//!   start) drops a guard that gives the resources back and re-runs the queue.
+//! - Lock order: `sched` may be held while taking nothing else; the worker pool is only
+//!   called after `sched` is released.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use miniray_common::auth::AuthedChannel;
+use miniray_common::ids::LeaseId;
+use miniray_common::{ErrorCode, JobId, NodeId, ObjectId, Resources, WorkerId};
+use miniray_plasma::PlasmaStore;
+use miniray_proto::gcs_client::GcsClient;
+use miniray_proto::request_worker_lease_reply::Outcome as WireOutcome;
+use miniray_proto::{
+    HeartbeatRequest, LeaseGrant, NodeAddress, NodeInfo, NodeState, RequestWorkerLeaseReply,
+    RequestWorkerLeaseRequest, WorkerAddress,
+};
+use tokio::sync::{oneshot, watch};
+use tonic::Status;
+
+use crate::config::RayletConfig;
+use crate::error::RayletError;
+use crate::object_manager::ObjectManager;
+use crate::scheduler::{ClusterNode, LeaseRequest, Outcome, Scheduler, Submitted, Ticket};
+use crate::worker_pool::WorkerPool;
+
+pub(crate) struct SchedState {
+    pub scheduler: Scheduler,
+    waiters: HashMap<Ticket, oneshot::Sender<Outcome>>,
+}
+
+pub(crate) struct Node {
+    pub cfg: RayletConfig,
+    pub node_id: NodeId,
+    pub address: NodeAddress,
+    pub sched: parking_lot::Mutex<SchedState>,
+    pub pool: Arc<WorkerPool>,
+    pub store: Arc<PlasmaStore>,
+    pub objects: Arc<ObjectManager>,
+    /// Owner of each primary copy created through `PlasmaCreate`.
+    pub owners: parking_lot::Mutex<HashMap<ObjectId, WorkerAddress>>,
+    pub gcs: GcsClient<AuthedChannel>,
+    shutdown_tx: watch::Sender<bool>,
+    /// Why the raylet stops, when it is not a plain request.
+    stop_reason: parking_lot::Mutex<Option<RayletError>>,
+}
+
+pub(crate) fn invalid(e: impl std::fmt::Display) -> Status {
+    ErrorCode::InvalidArgument.status(e.to_string())
+}
+
+impl Node {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        cfg: RayletConfig,
+        address: NodeAddress,
+        total: Resources,
+        pool: Arc<WorkerPool>,
+        store: Arc<PlasmaStore>,
+        objects: Arc<ObjectManager>,
+        gcs: GcsClient<AuthedChannel>,
+        shutdown_tx: watch::Sender<bool>,
+    ) -> Self {
+        Self {
+            node_id: cfg.node_id,
+            sched: parking_lot::Mutex::new(SchedState {
+                scheduler: Scheduler::new(cfg.node_id, total),
+                waiters: HashMap::new(),
+            }),
+            cfg,
+            address,
+            pool,
+            store,
+            objects,
+            owners: parking_lot::Mutex::new(HashMap::new()),
+            gcs,
+            shutdown_tx,
+            stop_reason: parking_lot::Mutex::new(None),
+        }
+    }
+
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown_tx.subscribe()
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown_tx.borrow()
+    }
+
+    /// Starts the graceful stop; `reason` (first one wins) is what `wait` reports.
+    pub fn trigger_shutdown(&self, reason: Option<RayletError>) {
+        if let Some(r) = reason {
+            let mut slot = self.stop_reason.lock();
+            if slot.is_none() {
+                *slot = Some(r);
+            }
+        }
+        self.shutdown_tx.send_replace(true);
+        // Queued lease requests learn at once that nothing will come.
+        let mut st = self.sched.lock();
+        st.scheduler.drain();
+        st.waiters.clear();
+    }
+
+    pub fn take_stop_reason(&self) -> Option<RayletError> {
+        self.stop_reason.lock().take()
+    }
+
+    /// Runs the queue and delivers outcomes; grants nobody waits for any more are released
+    /// and the queue runs again.
+    fn reschedule(st: &mut SchedState) {
+        loop {
+            let outcomes = st.scheduler.schedule_queue();
+            if outcomes.is_empty() {
+                return;
+            }
+            let mut freed = false;
+            for (ticket, outcome) in outcomes {
+                let undelivered = match st.waiters.remove(&ticket) {
+                    Some(tx) => tx.send(outcome).err(),
+                    None => Some(outcome),
+                };
+                if let Some(Outcome::Granted(lease)) = undelivered {
+                    st.scheduler.release(&lease);
+                    freed = true;
+                }
+            }
+            if !freed {
+                return;
+            }
+        }
+    }
+
+    fn release_lease(&self, lease: &LeaseId) -> Option<WorkerId> {
+        let mut st = self.sched.lock();
+        let released = st.scheduler.release(lease);
+        Self::reschedule(&mut st);
+        released.and_then(|l| l.worker)
+    }
+
+    pub fn worker_address(&self, worker_id: WorkerId, port: u16) -> WorkerAddress {
+        WorkerAddress {
+            worker_id: worker_id.to_vec(),
+            node_id: self.node_id.to_vec(),
+            host: self.address.host.clone(),
+            port: u32::from(port),
+        }
+    }
+
+    /// `RequestWorkerLease`: grant here, spill, or wait in the queue (long poll).
+    pub async fn request_lease(
+        self: &Arc<Self>,
+        req: RequestWorkerLeaseRequest,
+    ) -> Result<RequestWorkerLeaseReply, Status> {
+        let job_id = JobId::from_bytes(&req.job_id).map_err(invalid)?;
+        let resources =
+            Resources::from_proto(&req.resources.unwrap_or_default()).map_err(invalid)?;
+        if self.is_shutting_down() {
+            return Err(ErrorCode::Unavailable.status("the raylet is shutting down"));
+        }
+        let request = LeaseRequest {
+            job_id,
+            resources,
+            no_spillback: req.no_spillback,
+        };
+        let outcome = {
+            let mut st = self.sched.lock();
+            match st.scheduler.submit(request) {
+                Submitted::Done(o) => Ok(o),
+                Submitted::Queued(ticket) => {
+                    let (tx, rx) = oneshot::channel();
+                    st.waiters.insert(ticket, tx);
+                    Err(QueuedGuard {
+                        node: Arc::clone(self),
+                        ticket,
+                        rx: Some(rx),
+                    })
+                }
+            }
+        };
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(mut guard) => guard.wait().await?,
+        };
+        match outcome {
+            Outcome::Spill(addr) => Ok(RequestWorkerLeaseReply {
+                outcome: Some(WireOutcome::Spillback(addr)),
+            }),
+            Outcome::Granted(lease_id) => {
+                let mut guard = LeaseGuard {
+                    node: Arc::clone(self),
+                    lease_id,
+                    armed: true,
+                };
+                let worker = self.pool.acquire(job_id).await.map_err(|e| e.to_status())?;
+                let bound = self
+                    .sched
+                    .lock()
+                    .scheduler
+                    .bind_worker(&lease_id, worker.worker_id);
+                if !bound {
+                    self.pool.release(worker.worker_id, false);
+                    guard.armed = false;
+                    return Err(ErrorCode::Unavailable.status("the lease was revoked"));
+                }
+                guard.armed = false;
+                tracing::debug!(lease_id = %lease_id, worker_id = %worker.worker_id, job_id = %job_id, "granted lease");
+                Ok(RequestWorkerLeaseReply {
+                    outcome: Some(WireOutcome::Granted(LeaseGrant {
+                        lease_id: lease_id.to_vec(),
+                        worker: Some(self.worker_address(worker.worker_id, worker.port)),
+                    })),
+                })
+            }
+        }
+    }
+
+    /// `ReturnWorker`: the lease ends; unknown (already ended) leases are accepted silently
+    /// so that a submitter can return the lease of a worker that has just died.
+    pub fn return_worker(
+        self: &Arc<Self>,
+        lease_id: &[u8],
+        disconnect: bool,
+    ) -> Result<(), Status> {
+        let lease_id = LeaseId::from_bytes(lease_id).map_err(invalid)?;
+        match self.release_lease(&lease_id) {
+            Some(worker) => self.pool.release(worker, disconnect),
+            None => tracing::debug!(lease_id = %lease_id, "return of an unknown or ended lease"),
+        }
+        Ok(())
+    }
+
+    /// `NotifyBlocked`: lend or take back the CPUs of the worker's lease. Callers that hold
+    /// no lease here (drivers) change nothing.
+    pub fn notify_blocked(&self, worker_id: &[u8], blocked: bool) -> Result<(), Status> {
+        let worker_id = WorkerId::from_bytes(worker_id).map_err(invalid)?;
+        let mut st = self.sched.lock();
+        if let Some(lease) = st.scheduler.lease_of_worker(&worker_id)
+            && st.scheduler.set_blocked(&lease, blocked)
+        {
+            tracing::debug!(worker_id = %worker_id, blocked, "worker blocked state changed");
+            Self::reschedule(&mut st);
+        }
+        Ok(())
+    }
+
+    /// A worker process exited: the lease it held (if any) ends.
+    pub fn on_worker_exit(&self, worker_id: WorkerId) {
+        let mut st = self.sched.lock();
+        if let Some(lease) = st.scheduler.lease_of_worker(&worker_id) {
+            tracing::info!(worker_id = %worker_id, lease_id = %lease, "leased worker died; freeing its resources");
+            st.scheduler.release(&lease);
+            Self::reschedule(&mut st);
+        }
+    }
+
+    /// A new view of the other alive nodes (from the GCS).
+    pub fn update_cluster(&self, nodes: &[NodeInfo]) {
+        let view = nodes
+            .iter()
+            .filter(|n| n.state == NodeState::Alive as i32)
+            .filter_map(|n| {
+                let address = n.address.clone()?;
+                let node_id = NodeId::from_bytes(&address.node_id).ok()?;
+                Some(ClusterNode {
+                    node_id,
+                    address,
+                    total: Resources::from_proto(&n.total.clone().unwrap_or_default()).ok()?,
+                    available: Resources::from_proto(&n.available.clone().unwrap_or_default())
+                        .ok()?,
+                })
+            })
+            .collect();
+        let mut st = self.sched.lock();
+        st.scheduler.update_cluster(view);
+        Self::reschedule(&mut st);
+    }
+
+    /// What this node reports about itself (registration, stats).
+    pub fn node_info(&self) -> NodeInfo {
+        let (total, available, demand, leased) = {
+            let st = self.sched.lock();
+            (
+                st.scheduler.total().to_proto(),
+                st.scheduler.available().to_proto(),
+                st.scheduler.demand(),
+                st.scheduler.num_leases(),
+            )
+        };
+        let counts = self.pool.counts();
+        NodeInfo {
+            address: Some(self.address.clone()),
+            state: NodeState::Alive as i32,
+            total: Some(total),
+            available: Some(available),
+            demand,
+            is_head: self.cfg.is_head,
+            object_store_capacity: self.store.capacity(),
+            object_store_used: self.store.used(),
+            num_workers: counts.total,
+            num_leased_workers: u32::try_from(leased).unwrap_or(u32::MAX),
+            last_heartbeat_ms: miniray_common::time::now_ms(),
+            death_reason: String::new(),
+            labels: self.cfg.labels.clone(),
+        }
+    }
+
+    pub fn heartbeat_request(&self) -> HeartbeatRequest {
+        let info = self.node_info();
+        HeartbeatRequest {
+            node_id: self.node_id.to_vec(),
+            available: info.available,
+            demand: info.demand,
+            object_store_used: info.object_store_used,
+            num_workers: info.num_workers,
+            num_leased_workers: info.num_leased_workers,
+        }
+    }
+}
+
+/// Holds a queued request's place; dropping it (the caller went away) takes it out of the
+/// queue, or gives back a grant that arrived too late.
+struct QueuedGuard {
+    node: Arc<Node>,
+    ticket: Ticket,
+    rx: Option<oneshot::Receiver<Outcome>>,
+}
+
+impl QueuedGuard {
+    async fn wait(&mut self) -> Result<Outcome, Status> {
+        let Some(rx) = self.rx.as_mut() else {
+            return Err(ErrorCode::Internal.status("lease request waited twice"));
+        };
+        let outcome = rx
+            .await
+            .map_err(|_| ErrorCode::Unavailable.status("the raylet is shutting down"))?;
+        self.rx = None;
+        Ok(outcome)
+    }
+}
+
+impl Drop for QueuedGuard {
+    fn drop(&mut self) {
+        let Some(mut rx) = self.rx.take() else {
+            return;
+        };
+        let mut st = self.node.sched.lock();
+        if st.scheduler.cancel(self.ticket) {
+            st.waiters.remove(&self.ticket);
+            tracing::debug!(
+                ticket = self.ticket,
+                "queued lease request cancelled by its caller"
+            );
+        } else if let Ok(Outcome::Granted(lease)) = rx.try_recv() {
+            st.scheduler.release(&lease);
+            Node::reschedule(&mut st);
+        }
+    }
+}
+
+/// Gives a granted lease back unless disarmed once a worker is bound and the grant sent.
+struct LeaseGuard {
+    node: Arc<Node>,
+    lease_id: LeaseId,
+    armed: bool,
+}
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        if self.armed
+            && let Some(worker) = self.node.release_lease(&self.lease_id)
+        {
+            self.node.pool.release(worker, false);
+        }
+    }
+}

@@ -1,0 +1,279 @@
+//! gRPC glue: the `Raylet` service, translating wire messages to [`Node`] calls.
+//!
+//! Invariants:
+//! - Every id and resource set from the wire is validated before anything changes; bad
+//!   input answers `InvalidArgument` and leaves all state untouched (multi-id requests
+//!   are validated whole before the first id is acted on).
+//! - Plasma failures keep their [`ErrorCode`] (`ObjectStoreFull` stays distinguishable).
+//! - Long-polling calls (`RequestWorkerLease`, `PlasmaGet`, `PullObject`) end with
+//!   `Unavailable` as soon as the raylet starts shutting down, so graceful shutdown never
+//!   waits on them.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use miniray_common::{ErrorCode, JobId, ObjectId, WorkerId};
+use miniray_proto::raylet_server::Raylet;
+use miniray_proto::*;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::node::{Node, invalid};
+use crate::worker_pool::RegisterError;
+
+/// Longest `PlasmaGet` wait honoured; longer requests are clamped.
+const MAX_GET_WAIT: Duration = Duration::from_secs(24 * 3600);
+
+pub(crate) struct RayletService {
+    pub node: Arc<Node>,
+}
+
+fn ids(raw: &[Vec<u8>]) -> Result<Vec<ObjectId>, Status> {
+    raw.iter()
+        .map(|b| ObjectId::from_bytes(b).map_err(invalid))
+        .collect()
+}
+
+fn plasma_status(e: miniray_plasma::PlasmaError) -> Status {
+    e.code().status(e.to_string())
+}
+
+impl RayletService {
+    /// Runs `fut` unless the raylet starts shutting down first.
+    async fn unless_shutdown<T>(
+        &self,
+        fut: impl Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        let mut signal = self.node.shutdown_signal();
+        tokio::select! {
+            r = fut => r,
+            _ = signal.wait_for(|s| *s) => {
+                Err(ErrorCode::Unavailable.status("the raylet is shutting down"))
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Raylet for RayletService {
+    async fn request_worker_lease(
+        &self,
+        request: Request<RequestWorkerLeaseRequest>,
+    ) -> Result<Response<RequestWorkerLeaseReply>, Status> {
+        let node = Arc::clone(&self.node);
+        self.unless_shutdown(node.request_lease(request.into_inner()))
+            .await
+            .map(Response::new)
+    }
+
+    async fn return_worker(
+        &self,
+        request: Request<ReturnWorkerRequest>,
+    ) -> Result<Response<ReturnWorkerReply>, Status> {
+        let req = request.into_inner();
+        self.node.return_worker(&req.lease_id, req.disconnect)?;
+        Ok(Response::new(ReturnWorkerReply {}))
+    }
+
+    async fn register_worker(
+        &self,
+        request: Request<RegisterWorkerRequest>,
+    ) -> Result<Response<RegisterWorkerReply>, Status> {
+        let req = request.into_inner();
+        let worker_id = WorkerId::from_bytes(&req.worker_id).map_err(invalid)?;
+        let job_id = JobId::from_bytes(&req.job_id).map_err(invalid)?;
+        let port = u16::try_from(req.port)
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| invalid(format!("invalid worker port {}", req.port)))?;
+        self.node
+            .pool
+            .register(worker_id, job_id, port)
+            .map_err(|e| match e {
+                RegisterError::Unknown(_) => ErrorCode::NotFound.status(e.to_string()),
+                RegisterError::WrongJob { .. } => invalid(e),
+                RegisterError::AlreadyRegistered(_) => {
+                    ErrorCode::AlreadyExists.status(e.to_string())
+                }
+            })?;
+        Ok(Response::new(RegisterWorkerReply {
+            node_id: self.node.node_id.to_vec(),
+        }))
+    }
+
+    async fn notify_blocked(
+        &self,
+        request: Request<NotifyBlockedRequest>,
+    ) -> Result<Response<NotifyBlockedReply>, Status> {
+        let req = request.into_inner();
+        self.node.notify_blocked(&req.worker_id, req.blocked)?;
+        Ok(Response::new(NotifyBlockedReply {}))
+    }
+
+    async fn plasma_info(
+        &self,
+        _request: Request<PlasmaInfoRequest>,
+    ) -> Result<Response<PlasmaInfoReply>, Status> {
+        Ok(Response::new(PlasmaInfoReply {
+            segment_path: self.node.store.segment_path().display().to_string(),
+            capacity: self.node.store.capacity(),
+            node_id: self.node.node_id.to_vec(),
+        }))
+    }
+
+    async fn plasma_create(
+        &self,
+        request: Request<PlasmaCreateRequest>,
+    ) -> Result<Response<PlasmaCreateReply>, Status> {
+        let req = request.into_inner();
+        let id = ObjectId::from_bytes(&req.object_id).map_err(invalid)?;
+        let loc = self
+            .node
+            .store
+            .create(id, req.data_size, true)
+            .map_err(plasma_status)?;
+        if let Some(owner) = req.owner {
+            self.node.owners.lock().insert(id, owner);
+        }
+        Ok(Response::new(PlasmaCreateReply { offset: loc.offset }))
+    }
+
+    async fn plasma_seal(
+        &self,
+        request: Request<PlasmaSealRequest>,
+    ) -> Result<Response<PlasmaSealReply>, Status> {
+        let id = ObjectId::from_bytes(&request.into_inner().object_id).map_err(invalid)?;
+        self.node.store.seal(id).map_err(plasma_status)?;
+        Ok(Response::new(PlasmaSealReply {}))
+    }
+
+    async fn plasma_abort(
+        &self,
+        request: Request<PlasmaAbortRequest>,
+    ) -> Result<Response<PlasmaAbortReply>, Status> {
+        let id = ObjectId::from_bytes(&request.into_inner().object_id).map_err(invalid)?;
+        self.node.store.abort(id).map_err(plasma_status)?;
+        self.node.owners.lock().remove(&id);
+        Ok(Response::new(PlasmaAbortReply {}))
+    }
+
+    async fn plasma_get(
+        &self,
+        request: Request<PlasmaGetRequest>,
+    ) -> Result<Response<PlasmaGetReply>, Status> {
+        let req = request.into_inner();
+        let object_ids = ids(&req.object_ids)?;
+        let wait = Duration::from_millis(req.timeout_ms).min(MAX_GET_WAIT);
+        let store = Arc::clone(&self.node.store);
+        let found = self
+            .unless_shutdown(async { Ok::<_, Status>(store.wait_get(&object_ids, wait).await) })
+            .await?;
+        let objects = object_ids
+            .iter()
+            .zip(found)
+            .map(|(id, loc)| PlasmaObjectLocation {
+                object_id: id.to_vec(),
+                found: loc.is_some(),
+                offset: loc.map_or(0, |l| l.offset),
+                size: loc.map_or(0, |l| l.size),
+            })
+            .collect();
+        Ok(Response::new(PlasmaGetReply { objects }))
+    }
+
+    async fn plasma_release(
+        &self,
+        request: Request<PlasmaReleaseRequest>,
+    ) -> Result<Response<PlasmaReleaseReply>, Status> {
+        for id in ids(&request.into_inner().object_ids)? {
+            self.node.store.release(id);
+        }
+        Ok(Response::new(PlasmaReleaseReply {}))
+    }
+
+    async fn plasma_delete(
+        &self,
+        request: Request<PlasmaDeleteRequest>,
+    ) -> Result<Response<PlasmaDeleteReply>, Status> {
+        for id in ids(&request.into_inner().object_ids)? {
+            self.node.store.delete(id);
+            self.node.owners.lock().remove(&id);
+        }
+        Ok(Response::new(PlasmaDeleteReply {}))
+    }
+
+    async fn pull_object(
+        &self,
+        request: Request<PullObjectRequest>,
+    ) -> Result<Response<PullObjectReply>, Status> {
+        let req = request.into_inner();
+        let id = ObjectId::from_bytes(&req.object_id).map_err(invalid)?;
+        let source = req
+            .source
+            .ok_or_else(|| invalid("pull request without a source node"))?;
+        if source.port == 0 || source.port > u32::from(u16::MAX) || source.host.is_empty() {
+            return Err(invalid(format!(
+                "invalid source address {}:{}",
+                source.host, source.port
+            )));
+        }
+        if source.node_id == self.node.node_id.to_vec() {
+            // Pulling from ourselves: only an object already here can be answered.
+            return match self.node.store.location(id) {
+                Some(loc) => Ok(Response::new(PullObjectReply { size: loc.size })),
+                None => Err(ErrorCode::NotFound.status(format!(
+                    "object {id} is not in the store of this node, the named source"
+                ))),
+            };
+        }
+        let objects = Arc::clone(&self.node.objects);
+        let size = self
+            .unless_shutdown(
+                async move { objects.pull(id, source).await.map_err(|e| e.to_status()) },
+            )
+            .await?;
+        Ok(Response::new(PullObjectReply { size }))
+    }
+
+    type ReadObjectStream = ReceiverStream<Result<ObjectChunk, Status>>;
+
+    async fn read_object(
+        &self,
+        request: Request<ReadObjectRequest>,
+    ) -> Result<Response<Self::ReadObjectStream>, Status> {
+        let req = request.into_inner();
+        let id = ObjectId::from_bytes(&req.object_id).map_err(invalid)?;
+        let rx = self
+            .node
+            .objects
+            .read(id, req.chunk_size)
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn get_node_stats(
+        &self,
+        _request: Request<GetNodeStatsRequest>,
+    ) -> Result<Response<GetNodeStatsReply>, Status> {
+        let node = self.node.node_info();
+        let counts = self.node.pool.counts();
+        Ok(Response::new(GetNodeStatsReply {
+            object_store_used: self.node.store.used(),
+            object_store_capacity: self.node.store.capacity(),
+            num_objects: self.node.store.num_objects() as u64,
+            num_workers: counts.total,
+            num_idle_workers: counts.idle,
+            node: Some(node),
+        }))
+    }
+
+    async fn shutdown(
+        &self,
+        _request: Request<ShutdownRequest>,
+    ) -> Result<Response<ShutdownReply>, Status> {
+        tracing::info!("shutdown requested over rpc");
+        self.node.trigger_shutdown(None);
+        Ok(Response::new(ShutdownReply {}))
+    }
+}

@@ -1,0 +1,465 @@
+//! Raylet behaviour that needs no worker processes: registration and heartbeats, plasma over
+//! gRPC, node-to-node transfer, authentication and input validation.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use miniray_common::auth::connect;
+use miniray_common::{ErrorCode, ObjectId};
+use miniray_plasma::{ObjectLocation, SegmentMapping};
+use miniray_proto::raylet_client::RayletClient;
+use miniray_proto::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registers_and_heartbeats_with_resources() {
+    let gcs = start_gcs().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = raylet_config(&gcs, dir.path(), &[("CPU", 3.0), ("custom", 2.0)]);
+    cfg.labels.insert("zone".into(), "a".into());
+    cfg.is_head = true;
+    let raylet = miniray_raylet::Raylet::start(cfg).await.unwrap();
+    let node = raylet.node_id();
+    let segment = segment_path(dir.path(), node);
+    assert!(segment.exists(), "segment {} exists", segment.display());
+
+    let mut g = gcs_client(&gcs).await;
+    let first = eventually("the node in the gcs", || {
+        let mut g = g.clone();
+        async move { node_in_gcs(&mut g, node).await }
+    })
+    .await;
+    assert_eq!(first.state, NodeState::Alive as i32);
+    assert!(first.is_head);
+    assert_eq!(first.labels.get("zone").map(String::as_str), Some("a"));
+    assert_eq!(first.object_store_capacity, 64 << 20);
+    let total = first.total.clone().unwrap().amounts;
+    assert_eq!(total.get("CPU"), Some(&3.0));
+    assert_eq!(total.get("custom"), Some(&2.0));
+    let addr = first.address.clone().unwrap();
+    assert_eq!(addr.port, u32::from(raylet.address().port()));
+    assert_eq!(addr.host, "127.0.0.1");
+
+    // Heartbeats keep arriving and carry the available resources.
+    let t0 = first.last_heartbeat_ms;
+    let later = eventually("a later heartbeat", || {
+        let mut g = g.clone();
+        async move {
+            node_in_gcs(&mut g, node)
+                .await
+                .filter(|n| n.last_heartbeat_ms > t0)
+        }
+    })
+    .await;
+    assert_eq!(later.available.unwrap().amounts.get("CPU"), Some(&3.0));
+
+    raylet.shutdown().await;
+    assert!(!segment.exists(), "segment removed at shutdown");
+    let gone = node_in_gcs(&mut g, node).await;
+    assert!(
+        gone.is_none_or(|n| n.state == NodeState::Dead as i32),
+        "node unregistered"
+    );
+    gcs.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plasma_round_trip_over_grpc() {
+    let gcs = start_gcs().await;
+    let dir = tempfile::tempdir().unwrap();
+    let raylet = start_raylet(&gcs, dir.path(), &[("CPU", 1.0)]).await;
+    let mut c = raylet_client(&raylet).await;
+
+    let info = c
+        .plasma_info(PlasmaInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.node_id, raylet.node_id().to_vec());
+    assert_eq!(info.capacity, 64 << 20);
+    let mapping = SegmentMapping::open(std::path::Path::new(&info.segment_path)).unwrap();
+
+    let id = ObjectId::random();
+    let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    let offset = c
+        .plasma_create(PlasmaCreateRequest {
+            object_id: id.to_vec(),
+            data_size: payload.len() as u64,
+            owner: Some(WorkerAddress {
+                worker_id: vec![1; 16],
+                node_id: raylet.node_id().to_vec(),
+                host: "127.0.0.1".into(),
+                port: 1,
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .offset;
+    let loc = ObjectLocation {
+        offset,
+        size: payload.len() as u64,
+    };
+
+    // A reader waiting for the object sees it once sealed.
+    let mut waiter = c.clone();
+    let wait = tokio::spawn(async move {
+        waiter
+            .plasma_get(PlasmaGetRequest {
+                object_ids: vec![id.to_vec()],
+                timeout_ms: 30_000,
+            })
+            .await
+            .map(|r| r.into_inner())
+    });
+    {
+        // SAFETY: this test created the object, has not sealed it, and holds no other view.
+        let dst = unsafe { mapping.slice_mut(loc) }.unwrap();
+        dst.copy_from_slice(&payload);
+    }
+    c.plasma_seal(PlasmaSealRequest {
+        object_id: id.to_vec(),
+    })
+    .await
+    .unwrap();
+    let waited = wait.await.unwrap().unwrap();
+    assert!(waited.objects[0].found);
+
+    let got = c
+        .plasma_get(PlasmaGetRequest {
+            object_ids: vec![id.to_vec()],
+            timeout_ms: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let o = &got.objects[0];
+    assert!(o.found);
+    assert_eq!((o.offset, o.size), (offset, payload.len() as u64));
+    assert_eq!(mapping.slice(loc).unwrap(), &payload[..]);
+    c.plasma_release(PlasmaReleaseRequest {
+        object_ids: vec![id.to_vec(), id.to_vec()],
+    })
+    .await
+    .unwrap();
+
+    // A full store answers ObjectStoreFull (primary copies are pinned).
+    let big = ObjectId::random();
+    c.plasma_create(PlasmaCreateRequest {
+        object_id: big.to_vec(),
+        data_size: 40 << 20,
+        owner: None,
+    })
+    .await
+    .unwrap();
+    let full = c
+        .plasma_create(PlasmaCreateRequest {
+            object_id: ObjectId::random().to_vec(),
+            data_size: 40 << 20,
+            owner: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(ErrorCode::of_status(&full), ErrorCode::ObjectStoreFull);
+    c.plasma_abort(PlasmaAbortRequest {
+        object_id: big.to_vec(),
+    })
+    .await
+    .unwrap();
+
+    c.plasma_delete(PlasmaDeleteRequest {
+        object_ids: vec![id.to_vec()],
+    })
+    .await
+    .unwrap();
+    let after = c
+        .plasma_get(PlasmaGetRequest {
+            object_ids: vec![id.to_vec()],
+            timeout_ms: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!after.objects[0].found);
+    let stats = c
+        .get_node_stats(GetNodeStatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stats.num_objects, 0);
+    assert_eq!(stats.object_store_used, 0);
+
+    drop(mapping);
+    raylet.shutdown().await;
+    gcs.shutdown().await;
+}
+
+fn checksum(bytes: &[u8]) -> blake3::Hash {
+    blake3::hash(bytes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_a_64_mib_object_between_raylets_once() {
+    let gcs = start_gcs().await;
+    let dir_a = tempfile::tempdir().unwrap();
+    let dir_b = tempfile::tempdir().unwrap();
+    let mut cfg_a = raylet_config(&gcs, dir_a.path(), &[("CPU", 1.0)]);
+    cfg_a.object_store_memory = 96 << 20;
+    let mut cfg_b = raylet_config(&gcs, dir_b.path(), &[("CPU", 1.0)]);
+    cfg_b.object_store_memory = 96 << 20;
+    let a = miniray_raylet::Raylet::start(cfg_a).await.unwrap();
+    let b = miniray_raylet::Raylet::start(cfg_b).await.unwrap();
+    let mut ca = raylet_client(&a).await;
+    let mut cb = raylet_client(&b).await;
+
+    // Put a 64 MiB object into A through its segment.
+    let size: u64 = 64 << 20;
+    let id = ObjectId::random();
+    let info_a = ca
+        .plasma_info(PlasmaInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let map_a = SegmentMapping::open(std::path::Path::new(&info_a.segment_path)).unwrap();
+    let offset = ca
+        .plasma_create(PlasmaCreateRequest {
+            object_id: id.to_vec(),
+            data_size: size,
+            owner: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .offset;
+    let loc = ObjectLocation { offset, size };
+    let expected = {
+        // SAFETY: created by this test, unsealed, no other view.
+        let dst = unsafe { map_a.slice_mut(loc) }.unwrap();
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for chunk in dst.chunks_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let bytes = state.to_le_bytes();
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
+        }
+        checksum(dst)
+    };
+    ca.plasma_seal(PlasmaSealRequest {
+        object_id: id.to_vec(),
+    })
+    .await
+    .unwrap();
+
+    let source = NodeAddress {
+        node_id: a.node_id().to_vec(),
+        host: "127.0.0.1".into(),
+        port: u32::from(a.address().port()),
+    };
+    // Three concurrent pulls of the same object: one transfer.
+    let pulls: Vec<_> = (0..3)
+        .map(|_| {
+            let mut cb = cb.clone();
+            let source = source.clone();
+            tokio::spawn(async move {
+                cb.pull_object(PullObjectRequest {
+                    object_id: id.to_vec(),
+                    source: Some(source),
+                })
+                .await
+                .map(|r| r.into_inner().size)
+            })
+        })
+        .collect();
+    for p in pulls {
+        assert_eq!(p.await.unwrap().unwrap(), size);
+    }
+    let stats = b.transfer_stats();
+    assert_eq!(
+        stats.pulls_started, 1,
+        "concurrent pulls share one transfer: {stats:?}"
+    );
+    assert_eq!(stats.bytes_pulled, size);
+
+    // B has an identical sealed copy.
+    let info_b = cb
+        .plasma_info(PlasmaInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let map_b = SegmentMapping::open(std::path::Path::new(&info_b.segment_path)).unwrap();
+    let got = cb
+        .plasma_get(PlasmaGetRequest {
+            object_ids: vec![id.to_vec()],
+            timeout_ms: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let o = &got.objects[0];
+    assert!(o.found);
+    assert_eq!(o.size, size);
+    let copy = map_b
+        .slice(ObjectLocation {
+            offset: o.offset,
+            size: o.size,
+        })
+        .unwrap();
+    assert_eq!(checksum(copy), expected);
+    cb.plasma_release(PlasmaReleaseRequest {
+        object_ids: vec![id.to_vec()],
+    })
+    .await
+    .unwrap();
+
+    // A pull of something here already answers at once; a missing object is NotFound and
+    // leaves nothing behind.
+    let again = cb
+        .pull_object(PullObjectRequest {
+            object_id: id.to_vec(),
+            source: Some(source.clone()),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.size, size);
+    assert_eq!(b.transfer_stats().pulls_started, 1);
+    let missing = cb
+        .pull_object(PullObjectRequest {
+            object_id: ObjectId::random().to_vec(),
+            source: Some(source),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(ErrorCode::of_status(&missing), ErrorCode::NotFound);
+    let stats = cb
+        .get_node_stats(GetNodeStatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stats.num_objects, 1);
+
+    drop((map_a, map_b));
+    a.shutdown().await;
+    b.shutdown().await;
+    gcs.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_unauthenticated_calls_and_bad_input() {
+    let gcs = start_gcs().await;
+    let dir = tempfile::tempdir().unwrap();
+    let raylet = start_raylet(&gcs, dir.path(), &[("CPU", 1.0)]).await;
+    let addr = raylet.address().to_string();
+    let node_id = raylet.node_id();
+
+    let mut wrong = RayletClient::new(connect(&addr, "not-the-token").await.unwrap());
+    let err = wrong
+        .get_node_stats(GetNodeStatsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(ErrorCode::of_status(&err), ErrorCode::Unauthenticated);
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut bare = RayletClient::new(channel);
+    let err = bare.plasma_info(PlasmaInfoRequest {}).await.unwrap_err();
+    assert_eq!(ErrorCode::of_status(&err), ErrorCode::Unauthenticated);
+
+    let mut c = raylet_client(&raylet).await;
+    let bad_lease = c
+        .request_worker_lease(RequestWorkerLeaseRequest {
+            job_id: vec![1, 2, 3],
+            resources: None,
+            no_spillback: false,
+            requester: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(ErrorCode::of_status(&bad_lease), ErrorCode::InvalidArgument);
+    let mut negative = ResourceSet::default();
+    negative.amounts.insert("CPU".into(), -1.0);
+    let bad_res = c
+        .request_worker_lease(RequestWorkerLeaseRequest {
+            job_id: vec![1; 16],
+            resources: Some(negative),
+            no_spillback: false,
+            requester: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(ErrorCode::of_status(&bad_res), ErrorCode::InvalidArgument);
+    let bad_get = c
+        .plasma_get(PlasmaGetRequest {
+            object_ids: vec![vec![0; 16], vec![9]],
+            timeout_ms: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(ErrorCode::of_status(&bad_get), ErrorCode::InvalidArgument);
+    let bad_return = c
+        .return_worker(ReturnWorkerRequest {
+            lease_id: vec![],
+            disconnect: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        ErrorCode::of_status(&bad_return),
+        ErrorCode::InvalidArgument
+    );
+    let bad_register = c
+        .register_worker(RegisterWorkerRequest {
+            worker_id: vec![1; 16],
+            port: 70_000,
+            pid: 1,
+            job_id: vec![1; 16],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        ErrorCode::of_status(&bad_register),
+        ErrorCode::InvalidArgument
+    );
+    let unknown_worker = c
+        .register_worker(RegisterWorkerRequest {
+            worker_id: vec![1; 16],
+            port: 7000,
+            pid: 1,
+            job_id: vec![1; 16],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(ErrorCode::of_status(&unknown_worker), ErrorCode::NotFound);
+    let bad_pull = c
+        .pull_object(PullObjectRequest {
+            object_id: vec![0; 16],
+            source: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(ErrorCode::of_status(&bad_pull), ErrorCode::InvalidArgument);
+
+    // Nothing changed.
+    let stats = c
+        .get_node_stats(GetNodeStatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let node = stats.node.unwrap();
+    assert_eq!(node.available.unwrap().amounts.get("CPU"), Some(&1.0));
+    assert!(node.demand.is_empty());
+    assert_eq!(stats.num_workers, 0);
+
+    // The Shutdown rpc stops the daemon.
+    c.shutdown(ShutdownRequest {}).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), raylet.wait())
+        .await
+        .expect("raylet stops after the shutdown rpc")
+        .unwrap();
+    assert!(!segment_path(dir.path(), node_id).exists());
+    gcs.shutdown().await;
+}

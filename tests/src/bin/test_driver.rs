@@ -1,0 +1,321 @@
+//! The driver program of the integration tests: one scenario per first argument, results
+//! printed as `key=value` lines for the test to check. Like any miniray program, it is also
+//! its own worker (and, in the tests, its own GCS and raylet daemons).
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use miniray::{Error, IntoArg, ObjectRef, TaskOptions};
+
+#[miniray::remote]
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+#[miniray::remote]
+fn add(a: u64, b: u64) -> u64 {
+    a + b
+}
+
+#[miniray::remote]
+fn sum(xs: Vec<u64>) -> u64 {
+    xs.iter().sum()
+}
+
+/// Sleeps, then reports the node it ran on.
+#[miniray::remote]
+fn where_slow(ms: u64) -> String {
+    std::thread::sleep(Duration::from_millis(ms));
+    miniray::node_id()
+        .map(|n| n.to_string())
+        .unwrap_or_default()
+}
+
+/// Records that it started (a file named after its node in `dir`), sleeps, returns `x`.
+#[miniray::remote]
+fn marked_slow(dir: String, ms: u64, x: u64) -> u64 {
+    let node = miniray::node_id()
+        .map(|n| n.to_string())
+        .unwrap_or_default();
+    let _ = std::fs::write(format!("{dir}/{node}-{}", std::process::id()), b"started");
+    std::thread::sleep(Duration::from_millis(ms));
+    x
+}
+
+#[miniray::remote]
+fn checksum(data: Vec<u8>) -> (u64, u64) {
+    (data.len() as u64, fnv(&data))
+}
+
+#[miniray::remote]
+fn make_bytes(len: u64, seed: u8) -> Vec<u8> {
+    pattern(len as usize, seed)
+}
+
+#[miniray::remote]
+fn node_of_task() -> String {
+    miniray::node_id()
+        .map(|n| n.to_string())
+        .unwrap_or_default()
+}
+
+/// A task that submits tasks: depth > 0 recurses.
+#[miniray::remote]
+fn tree_sum(depth: u32, width: u64) -> u64 {
+    if depth == 0 {
+        return 1;
+    }
+    let refs: Vec<ObjectRef<u64>> = (0..width)
+        .map(|_| tree_sum::remote(depth - 1, width))
+        .collect::<Result<_, _>>()
+        .unwrap_or_else(|e| panic!("nested submit failed: {e}"));
+    miniray::get_all(&refs)
+        .unwrap_or_else(|e| panic!("nested get failed: {e}"))
+        .iter()
+        .sum()
+}
+
+#[miniray::remote]
+fn explode(msg: String) -> u64 {
+    panic!("{msg}");
+}
+
+#[miniray::remote]
+fn die() -> u64 {
+    std::process::abort();
+}
+
+/// Aborts its worker unless `marker` exists; creates it first, so the retry succeeds.
+#[miniray::remote]
+fn die_once(marker: String) -> u64 {
+    if std::fs::metadata(&marker).is_err() {
+        let _ = std::fs::write(&marker, b"x");
+        std::process::abort();
+    }
+    42
+}
+
+/// Gets the values behind refs it was handed (borrowed references).
+#[miniray::remote]
+fn sum_refs(refs: Vec<ObjectRef<u64>>) -> u64 {
+    miniray::get_all(&refs)
+        .unwrap_or_else(|e| panic!("borrowed get failed: {e}"))
+        .iter()
+        .sum()
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+fn fnv(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf29ce484222325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+    })
+}
+
+fn out(key: &str, value: impl std::fmt::Display) {
+    println!("{key}={value}");
+}
+
+fn error_kind(e: &Error) -> &'static str {
+    match e {
+        Error::TaskFailed { .. } => "task_failed",
+        Error::WorkerDied { .. } => "worker_died",
+        Error::ObjectLost { .. } => "object_lost",
+        Error::OwnerDied { .. } => "owner_died",
+        Error::ObjectStoreFull(_) => "object_store_full",
+        Error::Timeout(_) => "timeout",
+        Error::ClusterUnreachable { .. } => "cluster_unreachable",
+        Error::UnknownFunction { .. } => "unknown_function",
+        Error::Deserialize { .. } => "deserialize",
+        Error::Infeasible { .. } => "infeasible",
+        Error::InvalidArgument(_) => "invalid_argument",
+        _ => "other",
+    }
+}
+
+fn report<T: std::fmt::Debug>(prefix: &str, r: miniray::Result<T>) {
+    match r {
+        Ok(v) => out(prefix, format!("ok:{v:?}")),
+        Err(e) => {
+            out(&format!("{prefix}_kind"), error_kind(&e));
+            out(
+                &format!("{prefix}_message"),
+                e.to_string().replace('\n', " "),
+            );
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let scenario = std::env::args().nth(1).unwrap_or_default();
+    if scenario == "unreachable" {
+        // Join a cluster that is not there: must fail quickly with a clear error.
+        let port = std::env::args().nth(2).unwrap_or_default();
+        let start = Instant::now();
+        let r = miniray::init_with(
+            miniray::InitOptions::new()
+                .address(format!("127.0.0.1:{port}"))
+                .token("t"),
+        );
+        report("init", r);
+        out("elapsed_ms", start.elapsed().as_millis());
+        return Ok(());
+    }
+    miniray::init()?;
+    let result = run(&scenario);
+    miniray::shutdown();
+    result
+}
+
+fn run(scenario: &str) -> anyhow::Result<()> {
+    match scenario {
+        "basic" => {
+            let r = square::remote(7)?;
+            let dep = square::remote(&r)?;
+            out("chained", miniray::get(&dep)?);
+            let both = add::remote(&r, 1)?;
+            out("add", miniray::get(&both)?);
+            let refs: Vec<_> = (0..100).map(square::remote).collect::<Result<_, _>>()?;
+            out("sum100", miniray::get_all(&refs)?.iter().sum::<u64>());
+            let (ready, pending) = miniray::wait(&refs, 10, Some(Duration::from_secs(10)))?;
+            out("wait_ready", ready.len());
+            out("wait_pending", pending.len());
+            let borrowed = sum_refs::remote(vec![r.clone(), dep.clone()])?;
+            out("borrowed", miniray::get(&borrowed)?);
+            out("driver_node", miniray::node_id()?);
+        }
+        "spill" => {
+            // Two 1-CPU nodes, two slow tasks at once: one must run on each node.
+            let refs: Vec<_> = (0..2)
+                .map(|_| where_slow::remote(1500))
+                .collect::<Result<_, _>>()?;
+            let nodes: BTreeSet<String> = miniray::get_all(&refs)?.into_iter().collect();
+            out("distinct_nodes", nodes.len());
+            out("driver_node", miniray::node_id()?);
+            for n in nodes {
+                out("task_node", n);
+            }
+        }
+        "fanout" => {
+            let n: u64 = 10_000;
+            let refs: Vec<_> = (0..n).map(square::remote).collect::<Result<_, _>>()?;
+            let chunks: Vec<ObjectRef<u64>> = refs
+                .chunks(1000)
+                .map(|c| {
+                    let values = miniray::get_all(c)?;
+                    sum::remote(values)
+                })
+                .collect::<Result<_, _>>()?;
+            let total: u64 = miniray::get_all(&chunks)?.iter().sum();
+            out("total", total);
+            out("expected", (0..n).map(|x| x * x).sum::<u64>());
+        }
+        "nested" => {
+            let r = tree_sum::remote(2, 4)?;
+            out("leaves", miniray::get(&r)?);
+        }
+        "cross_node_object" => {
+            // The remote node has the custom resource "remote".
+            let len: u64 = 200 << 20;
+            let data = pattern(len as usize, 7);
+            let expected = fnv(&data);
+            let big = miniray::put(data)?;
+            let r = checksum::options().resource("remote", 1.0).remote(&big)?;
+            let (got_len, got_sum) = miniray::get(&r)?;
+            out("to_remote_ok", got_len == len && got_sum == expected);
+            let where_ = node_of_task::options().resource("remote", 1.0).remote()?;
+            out("remote_node", miniray::get(&where_)?);
+            out("driver_node", miniray::node_id()?);
+            // And back: made on the remote node, read here.
+            let made = make_bytes::options()
+                .resource("remote", 1.0)
+                .remote(len, 9)?;
+            let bytes = miniray::get(&made)?;
+            out(
+                "from_remote_ok",
+                bytes.len() as u64 == len && fnv(&bytes) == fnv(&pattern(len as usize, 9)),
+            );
+        }
+        "failures" => {
+            report(
+                "panic",
+                miniray::get(&explode::remote("boom at 42".to_string())?),
+            );
+            report(
+                "abort",
+                miniray::get(&die::options().max_retries(1).remote()?),
+            );
+            let marker = std::env::args().nth(2).unwrap_or_default();
+            report("abort_once", miniray::get(&die_once::remote(marker)?));
+            let unknown: ObjectRef<u64> = TaskOptions::new("no::such::function").submit(vec![])?;
+            report("unknown", miniray::get(&unknown));
+            let bad: ObjectRef<u64> =
+                TaskOptions::new(square::NAME).submit(vec![IntoArg::<String>::into_arg(
+                    "not a number".to_string(),
+                )?])?;
+            report("bad_arg", miniray::get(&bad));
+            report(
+                "infeasible",
+                miniray::get(&square::options().resource("TPU", 1.0).remote(1)?),
+            );
+            report(
+                "bad_option",
+                square::options().num_cpus(-1.0).remote(1).map(|_| ()),
+            );
+            // The worker pool still serves after all that.
+            report("after", miniray::get(&square::remote(9)?));
+        }
+        "raylet_killed" => {
+            let dir = std::env::args().nth(2).unwrap_or_default();
+            let refs: Vec<_> = (0..6)
+                .map(|i| marked_slow::remote(dir.clone(), 2000, i))
+                .collect::<Result<_, _>>()?;
+            let values = miniray::get_all(&refs)?;
+            out("values", format!("{values:?}"));
+        }
+        "refcount" => {
+            let stats = std::env::args().nth(2).unwrap_or_default();
+            let used = || plasma_used(&stats);
+            out("before", used()?);
+            let refs: Vec<_> = (0..4)
+                .map(|i| miniray::put(pattern(20 << 20, i)))
+                .collect::<Result<_, _>>()?;
+            let task_out = make_bytes::remote(20 << 20, 1)?;
+            miniray::get(&task_out)?;
+            out("during", used()?);
+            drop(refs);
+            drop(task_out);
+            // Frees are asynchronous: wait for usage to fall back, with a deadline.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let mut after = used()?;
+            while after > 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+                after = used()?;
+            }
+            out("after", after);
+        }
+        other => anyhow::bail!("unknown scenario {other:?}"),
+    }
+    Ok(())
+}
+
+/// Plasma bytes in use on the local node, read from the raylet (address in `stats`).
+fn plasma_used(raylet: &str) -> anyhow::Result<u64> {
+    let token = std::env::var("MINIRAY_TOKEN")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let channel = miniray_common::auth::connect(raylet, &token).await?;
+        let mut client = miniray_proto::raylet_client::RayletClient::new(channel);
+        let stats = client
+            .get_node_stats(miniray_proto::GetNodeStatsRequest {})
+            .await?
+            .into_inner();
+        anyhow::Ok(stats.object_store_used)
+    })
+}

@@ -1,0 +1,258 @@
+//! Whole clusters of real processes on loopback: tasks, spillback, objects across nodes,
+//! failures, ownership, and a raylet killed mid-run.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{Cluster, Options, wait_until};
+
+#[test]
+fn tasks_chain_and_borrowed_refs_resolve() {
+    let mut cluster = Cluster::start(Options::default());
+    cluster.add_node(1.0, &[], false, 1 << 30);
+    let run = cluster.run_driver(&["basic"]);
+    run.assert_success();
+    assert_eq!(run.get("chained"), "2401");
+    assert_eq!(run.get("add"), "50");
+    assert_eq!(
+        run.get("sum100"),
+        (0..100u64).map(|x| x * x).sum::<u64>().to_string()
+    );
+    assert_eq!(run.get("wait_ready"), "10");
+    assert_eq!(run.get("wait_pending"), "90");
+    assert_eq!(run.get("borrowed"), (49 + 2401).to_string());
+    assert!(cluster.stop().is_empty(), "segments left behind");
+}
+
+#[test]
+fn a_busy_node_spills_tasks_to_a_free_one() {
+    let mut cluster = Cluster::start(Options {
+        head_cpus: 1.0,
+        ..Options::default()
+    });
+    let second = cluster.add_node(1.0, &[], false, 1 << 30);
+    let run = cluster.run_driver(&["spill"]);
+    run.assert_success();
+    assert_eq!(run.get("distinct_nodes"), "2", "{}", run.stdout);
+    let task_nodes = run.all("task_node");
+    assert!(task_nodes.contains(&cluster.nodes[second].node_id.to_string()));
+    assert!(task_nodes.contains(&cluster.nodes[0].node_id.to_string()));
+}
+
+#[test]
+fn a_200_mib_object_crosses_nodes_intact() {
+    let mut cluster = Cluster::start(Options::default());
+    let remote = cluster.add_node(1.0, &[("remote", 1.0)], false, 1 << 30);
+    let run = cluster.run_driver(&["cross_node_object"]);
+    run.assert_success();
+    assert_eq!(
+        run.get("remote_node"),
+        cluster.nodes[remote].node_id.to_string()
+    );
+    assert_ne!(run.get("remote_node"), run.get("driver_node"));
+    assert_eq!(run.get("to_remote_ok"), "true");
+    assert_eq!(run.get("from_remote_ok"), "true");
+}
+
+#[test]
+fn ten_thousand_tasks_fan_out_and_reduce() {
+    let mut cluster = Cluster::start(Options::default());
+    cluster.add_node(1.0, &[], false, 1 << 30);
+    let run = cluster.run_driver(&["fanout"]);
+    run.assert_success();
+    assert_eq!(run.get("total"), run.get("expected"));
+}
+
+#[test]
+fn nested_tasks_do_not_deadlock_a_one_cpu_node() {
+    let cluster = Cluster::start(Options {
+        head_cpus: 1.0,
+        ..Options::default()
+    });
+    let run = cluster.run_driver(&["nested"]);
+    run.assert_success();
+    assert_eq!(run.get("leaves"), "16");
+}
+
+#[test]
+fn failures_come_back_as_typed_errors() {
+    let cluster = Cluster::start(Options::default());
+    let marker = cluster.session_dir.join("die-once-marker");
+    let run = cluster.run_driver(&["failures", &marker.to_string_lossy()]);
+    run.assert_success();
+    assert_eq!(run.get("panic_kind"), "task_failed");
+    assert!(run.get("panic_message").contains("boom at 42"));
+    assert!(run.get("panic_message").contains("explode"));
+    assert_eq!(run.get("abort_kind"), "worker_died");
+    assert!(run.get("abort_message").contains("die"));
+    assert_eq!(run.get("abort_once"), "ok:42");
+    assert_eq!(run.get("unknown_kind"), "unknown_function");
+    assert!(run.get("unknown_message").contains("no::such::function"));
+    assert_eq!(run.get("bad_arg_kind"), "deserialize");
+    assert_eq!(run.get("infeasible_kind"), "infeasible");
+    assert_eq!(run.get("bad_option_kind"), "invalid_argument");
+    assert_eq!(run.get("after"), "ok:81");
+}
+
+#[test]
+fn tasks_survive_a_raylet_killed_mid_run() {
+    let mut cluster = Cluster::start(Options {
+        head_cpus: 1.0,
+        node_timeout: Duration::from_secs(2),
+        ..Options::default()
+    });
+    let victim = cluster.add_node(1.0, &[], false, 1 << 30);
+    let victim_id = cluster.nodes[victim].node_id.to_string();
+    let marks = cluster.session_dir.join("marks");
+    std::fs::create_dir_all(&marks).expect("marks dir");
+    let driver = std::process::Command::new(support::DRIVER)
+        .args(["raylet_killed", &marks.to_string_lossy()])
+        .env("MINIRAY_ADDRESS", &cluster.gcs_address)
+        .env("MINIRAY_TOKEN", &cluster.token)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("driver starts");
+    // Kill the second node once a task has started there.
+    wait_until(
+        "a task to start on the second node",
+        Duration::from_secs(60),
+        || {
+            std::fs::read_dir(&marks)
+                .map(|d| {
+                    d.flatten()
+                        .any(|e| e.file_name().to_string_lossy().starts_with(&victim_id))
+                })
+                .unwrap_or(false)
+        },
+    );
+    cluster.kill_node(victim);
+    let run = support::DriverRun::wait(driver, support::DRIVER_DEADLINE);
+    run.assert_success();
+    assert_eq!(run.get("values"), "[0, 1, 2, 3, 4, 5]");
+    wait_until(
+        "the killed node to be marked dead",
+        Duration::from_secs(30),
+        || {
+            cluster.node_state(cluster.nodes[victim].node_id)
+                == Some(miniray_proto::NodeState::Dead)
+        },
+    );
+}
+
+#[test]
+fn dropping_the_last_reference_frees_plasma() {
+    let cluster = Cluster::start(Options::default());
+    let raylet = cluster.nodes[0].address.clone();
+    let run = cluster.run_driver(&["refcount", &raylet]);
+    run.assert_success();
+    assert_eq!(run.get("before"), "0");
+    let during: u64 = run.get("during").parse().expect("number");
+    assert!(
+        during >= 5 * (20 << 20),
+        "plasma holds the objects while referenced: {during}"
+    );
+    assert_eq!(run.get("after"), "0");
+}
+
+#[test]
+fn an_unreachable_cluster_fails_fast_with_a_clear_error() {
+    // A port nothing listens on: bind one, note it, close it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let run = support::DriverRun::wait(
+        std::process::Command::new(support::DRIVER)
+            .args(["unreachable", &port.to_string()])
+            .env_remove("MINIRAY_ADDRESS")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("driver starts"),
+        Duration::from_secs(60),
+    );
+    run.assert_success();
+    assert_eq!(run.get("init_kind"), "cluster_unreachable");
+    let elapsed: u64 = run.get("elapsed_ms").parse().expect("number");
+    assert!(elapsed < 20_000, "took {elapsed} ms");
+}
+
+#[test]
+fn unauthenticated_calls_are_refused() {
+    let cluster = Cluster::start(Options::default());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let gcs =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.gcs_address))
+                .expect("uri")
+                .connect()
+                .await
+                .expect("connect");
+        let err = miniray_proto::gcs_client::GcsClient::new(gcs)
+            .get_all_nodes(miniray_proto::GetAllNodesRequest {})
+            .await
+            .expect_err("refused");
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+        let raylet =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.nodes[0].address))
+                .expect("uri")
+                .connect()
+                .await
+                .expect("connect");
+        let err = miniray_proto::raylet_client::RayletClient::new(raylet)
+            .get_node_stats(miniray_proto::GetNodeStatsRequest {})
+            .await
+            .expect_err("refused");
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    });
+}
+
+#[test]
+fn a_driver_without_an_address_starts_and_removes_its_own_cluster() {
+    let child = std::process::Command::new(support::DRIVER)
+        .arg("basic")
+        .env_remove("MINIRAY_ADDRESS")
+        .env_remove("MINIRAY_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("driver starts");
+    let pid = child.id();
+    let run = support::DriverRun::wait(child, support::DRIVER_DEADLINE);
+    run.assert_success();
+    assert_eq!(run.get("chained"), "2401");
+    // Its private cluster's session is named after its pid.
+    let env_tag = format!("_{pid}\"");
+    wait_until(
+        "the private cluster's processes to exit",
+        Duration::from_secs(20),
+        || processes_with_env_containing(&env_tag).is_empty(),
+    );
+    let tag = format!("_{pid}");
+    let segments: Vec<String> = std::fs::read_dir("/dev/shm")
+        .expect("/dev/shm")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("miniray-session_") && n.contains(&format!("{tag}-")))
+        .collect();
+    assert!(segments.is_empty(), "left behind: {segments:?}");
+}
+
+/// The environments of running processes that mention `needle`.
+fn processes_with_env_containing(needle: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        if let Ok(env) = std::fs::read(entry.path().join("environ")) {
+            let env = String::from_utf8_lossy(&env).to_string();
+            if env.contains(needle) {
+                out.push(env);
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,322 @@
+//! The integration-test sandbox: a whole cluster of real processes on loopback (a GCS and
+//! raylets, each the test driver executable in a daemon role), drivers run as real
+//! programs, failure injection (SIGKILL a node), and waiting on predicates with deadlines.
+//!
+//! Every cluster cleans up after itself: daemons are stopped (or killed) and any plasma
+//! segment of its session left in /dev/shm (a SIGKILLed raylet cannot remove its own) is
+//! removed and reported.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use miniray::cluster::{DaemonSpec, GcsSpec, RayletSpec, spawn_daemon, stop_daemon};
+use miniray_common::{NodeId, Resources};
+use miniray_proto::gcs_client::GcsClient;
+use miniray_proto::{GetAllNodesRequest, NodeInfo, NodeState};
+
+pub const DRIVER: &str = env!("CARGO_BIN_EXE_test-driver");
+
+/// How long one driver run may take before the test fails.
+pub const DRIVER_DEADLINE: Duration = Duration::from_secs(240);
+
+/// Polls `pred` until it holds or `deadline` passes.
+pub fn wait_until(what: &str, deadline: Duration, mut pred: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !pred() {
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+pub struct Node {
+    pub node_id: NodeId,
+    pub address: String,
+    child: Option<Child>,
+}
+
+pub struct Cluster {
+    pub gcs_address: String,
+    pub token: String,
+    pub session_dir: PathBuf,
+    gcs: Option<Child>,
+    pub nodes: Vec<Node>,
+    redis: Option<String>,
+    node_timeout: Duration,
+}
+
+pub struct Options {
+    pub head_cpus: f64,
+    pub head_resources: Vec<(&'static str, f64)>,
+    pub node_timeout: Duration,
+    pub redis: Option<String>,
+    pub object_store_memory: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            head_cpus: 2.0,
+            head_resources: Vec::new(),
+            node_timeout: Duration::from_secs(10),
+            redis: None,
+            object_store_memory: 1 << 30,
+        }
+    }
+}
+
+fn exe() -> &'static Path {
+    Path::new(DRIVER)
+}
+
+impl Cluster {
+    pub fn start(opts: Options) -> Cluster {
+        let session_dir = miniray_common::config::tmp_root().join(format!(
+            "test_{}_{}_{}",
+            miniray_common::time::now_ms(),
+            std::process::id(),
+            NodeId::random().hex().get(..6).unwrap_or("x")
+        ));
+        let token = miniray_common::auth::generate_token();
+        let gcs = spawn_daemon(
+            exe(),
+            &DaemonSpec::Gcs(GcsSpec {
+                bind: "127.0.0.1:0".parse().expect("literal address"),
+                token: token.clone(),
+                session_name: "test".into(),
+                redis_address: opts.redis.clone(),
+                node_timeout_ms: opts.node_timeout.as_millis() as u64,
+            }),
+            &session_dir.join("logs/gcs.err"),
+            true,
+        )
+        .expect("gcs starts");
+        let mut cluster = Cluster {
+            gcs_address: gcs.address,
+            token,
+            session_dir,
+            gcs: Some(gcs.child),
+            nodes: Vec::new(),
+            redis: opts.redis,
+            node_timeout: opts.node_timeout,
+        };
+        cluster.add_node(
+            opts.head_cpus,
+            &opts.head_resources,
+            true,
+            opts.object_store_memory,
+        );
+        cluster
+    }
+
+    /// Starts a raylet; returns its index in `nodes`.
+    pub fn add_node(
+        &mut self,
+        cpus: f64,
+        resources: &[(&str, f64)],
+        is_head: bool,
+        object_store_memory: u64,
+    ) -> usize {
+        let mut r = Resources::from_pairs(resources.iter().map(|(k, v)| (*k, *v)))
+            .expect("valid resources");
+        r.set("CPU", cpus).expect("valid cpus");
+        let node_id = NodeId::random();
+        let index = self.nodes.len();
+        let raylet = spawn_daemon(
+            exe(),
+            &DaemonSpec::Raylet(RayletSpec {
+                gcs_address: self.gcs_address.clone(),
+                token: self.token.clone(),
+                bind_host: "127.0.0.1".into(),
+                port: 0,
+                node_id,
+                resources: r,
+                object_store_memory,
+                prefault_object_store: false,
+                is_head,
+                session_dir: self.session_dir.clone(),
+            }),
+            &self.session_dir.join(format!("logs/raylet-{index}.err")),
+            true,
+        )
+        .expect("raylet starts");
+        self.nodes.push(Node {
+            node_id,
+            address: raylet.address,
+            child: Some(raylet.child),
+        });
+        index
+    }
+
+    /// Failure injection: SIGKILL a node's raylet (its workers follow it).
+    pub fn kill_node(&mut self, index: usize) {
+        if let Some(mut child) = self.nodes[index].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Failure injection: SIGKILL the GCS.
+    pub fn kill_gcs(&mut self) {
+        if let Some(mut child) = self.gcs.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn nodes_info(&self) -> Vec<NodeInfo> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let Ok(channel) = miniray_common::auth::connect(&self.gcs_address, &self.token).await
+            else {
+                return Vec::new();
+            };
+            let mut gcs = GcsClient::new(channel);
+            match gcs.get_all_nodes(GetAllNodesRequest {}).await {
+                Ok(r) => r.into_inner().nodes,
+                Err(_) => Vec::new(),
+            }
+        })
+    }
+
+    pub fn node_state(&self, node: NodeId) -> Option<NodeState> {
+        self.nodes_info()
+            .into_iter()
+            .find(|n| {
+                n.address
+                    .as_ref()
+                    .is_some_and(|a| a.node_id == node.as_bytes())
+            })
+            .and_then(|n| NodeState::try_from(n.state).ok())
+    }
+
+    /// Runs the test driver with `args` against this cluster and waits (with a deadline).
+    pub fn run_driver(&self, args: &[&str]) -> DriverRun {
+        let child = Command::new(exe())
+            .args(args)
+            .env("MINIRAY_ADDRESS", &self.gcs_address)
+            .env("MINIRAY_TOKEN", &self.token)
+            .env_remove("MINIRAY_ROLE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("driver starts");
+        DriverRun::wait(child, DRIVER_DEADLINE)
+    }
+
+    /// Plasma segments of this cluster's session still in /dev/shm.
+    pub fn leftover_segments(&self) -> Vec<String> {
+        let prefix = format!(
+            "miniray-{}",
+            self.session_dir
+                .file_name()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_default()
+        );
+        std::fs::read_dir("/dev/shm")
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().to_string())
+                    .filter(|n| n.starts_with(&prefix))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Stops everything and returns what was left behind (segments of nodes that stopped
+    /// gracefully must be gone; those of SIGKILLed nodes are removed here).
+    pub fn stop(&mut self) -> Vec<String> {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                stop_daemon(&mut child);
+            }
+        }
+        if let Some(mut gcs) = self.gcs.take() {
+            stop_daemon(&mut gcs);
+        }
+        self.leftover_segments()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop();
+        for name in self.leftover_segments() {
+            let _ = std::fs::remove_file(Path::new("/dev/shm").join(name));
+        }
+    }
+}
+
+/// A finished driver run: exit status and its `key=value` output.
+pub struct DriverRun {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+    pub values: BTreeMap<String, Vec<String>>,
+}
+
+impl DriverRun {
+    pub fn wait(mut child: Child, deadline: Duration) -> DriverRun {
+        let start = Instant::now();
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if start.elapsed() > deadline => {
+                    let _ = child.kill();
+                    break;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) => panic!("waiting for the driver: {e}"),
+            }
+        }
+        let output = child.wait_with_output().expect("driver output");
+        let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+        let mut values: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for line in stdout.lines() {
+            if let Some((k, v)) = line.split_once('=') {
+                values.entry(k.to_string()).or_default().push(v.to_string());
+            }
+        }
+        DriverRun {
+            success: output.status.success(),
+            stdout,
+            stderr: String::from_utf8_lossy(&output.stderr).to_string(),
+            values,
+        }
+    }
+
+    pub fn get(&self, key: &str) -> &str {
+        self.values
+            .get(key)
+            .and_then(|v| v.first())
+            .map(String::as_str)
+            .unwrap_or_else(|| {
+                panic!(
+                    "driver printed no {key}\n--- stdout\n{}\n--- stderr\n{}",
+                    self.stdout, self.stderr
+                )
+            })
+    }
+
+    pub fn all(&self, key: &str) -> Vec<String> {
+        self.values.get(key).cloned().unwrap_or_default()
+    }
+
+    pub fn assert_success(&self) {
+        assert!(
+            self.success,
+            "driver failed\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout, self.stderr
+        );
+    }
+}
