@@ -110,7 +110,7 @@ fn run_all(args: &BenchArgs) -> anyhow::Result<()> {
     // 800 MiB per put, as Ray's 100 Mi int64 array; the rate is in GB/s (Ray's multiplier).
     let big: Vec<u8> = vec![0u8; 800 << 20];
     b.timeit("single_client_put_gigabytes", 8.0 * 0.1, || {
-        miniray::put(big.clone()).map(|_| ())
+        miniray::put_ref(&big).map(|_| ())
     })?;
     drop(big);
 

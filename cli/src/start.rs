@@ -1,12 +1,12 @@
 //! `miniray start` and `miniray stop`.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use miniray::cluster::{DaemonSpec, GcsSpec, RayletSpec, spawn_daemon};
+use miniray::cluster::{DaemonSpec, GcsSpec, RayletSpec, SpawnedDaemon, spawn_daemon};
 use miniray_common::config::{self, DEFAULT_NODE_TIMEOUT};
 use miniray_common::{NodeId, Resources};
 
@@ -98,7 +98,7 @@ pub fn start(args: StartArgs) -> anyhow::Result<()> {
             .file_name()
             .map(|n| n.to_string_lossy().to_string())
             .unwrap_or_default();
-        let gcs = spawn_daemon(
+        let gcs = spawn(
             &exe,
             &DaemonSpec::Gcs(GcsSpec {
                 bind,
@@ -108,7 +108,6 @@ pub fn start(args: StartArgs) -> anyhow::Result<()> {
                 node_timeout_ms: args.node_timeout_ms,
             }),
             &logs.join("gcs.err"),
-            false,
         )?;
         daemons::record(&DaemonRecord {
             pid: gcs.child.id(),
@@ -132,7 +131,7 @@ pub fn start(args: StartArgs) -> anyhow::Result<()> {
         (address, token)
     };
 
-    let raylet = spawn_daemon(
+    let raylet = spawn(
         &exe,
         &DaemonSpec::Raylet(RayletSpec {
             gcs_address: gcs_address.clone(),
@@ -147,7 +146,6 @@ pub fn start(args: StartArgs) -> anyhow::Result<()> {
             session_dir: session_dir.clone(),
         }),
         &logs.join("raylet.err"),
-        false,
     )?;
     daemons::record(&DaemonRecord {
         pid: raylet.child.id(),
@@ -175,6 +173,25 @@ pub fn start(args: StartArgs) -> anyhow::Result<()> {
         println!("  logs:   {}", logs.display());
     }
     Ok(())
+}
+
+/// Starts a detached daemon. If it does not come up, its error carries the daemon's own
+/// last words from its log (a port in use, an unreachable GCS): the log path alone leaves
+/// the user to go and dig.
+fn spawn(exe: &Path, spec: &DaemonSpec, log: &Path) -> anyhow::Result<SpawnedDaemon> {
+    spawn_daemon(exe, spec, log, false).map_err(|e| {
+        // A daemon that fails to start prints one `miniray <role>: <reason>` line last.
+        let reason = std::fs::read_to_string(log).ok().and_then(|text| {
+            text.lines()
+                .rev()
+                .find(|l| l.starts_with("miniray "))
+                .map(str::to_string)
+        });
+        match reason {
+            Some(reason) => anyhow::anyhow!("{e}\n  {reason}"),
+            None => e.into(),
+        }
+    })
 }
 
 /// Writes a file only the current user can read.

@@ -43,10 +43,10 @@ impl Encoded<'_> {
     /// Copies the encoding into `dst`, which must be exactly `len()` long.
     pub(crate) fn write_to(&self, dst: &mut [u8]) {
         match self {
-            Encoded::Owned(v) => dst.copy_from_slice(v),
+            Encoded::Owned(v) => parallel_copy(dst, v),
             Encoded::Bytes { header, payload } => {
                 dst[..header.len()].copy_from_slice(header);
-                dst[header.len()..].copy_from_slice(payload);
+                parallel_copy(&mut dst[header.len()..], payload);
             }
         }
     }
@@ -62,6 +62,27 @@ impl Encoded<'_> {
             }
         }
     }
+}
+
+/// Copies at or above this size are split across threads: one core's memcpy does not
+/// saturate memory bandwidth.
+const PARALLEL_COPY_MIN: usize = 16 << 20;
+
+fn parallel_copy(dst: &mut [u8], src: &[u8]) {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(4);
+    if src.len() < PARALLEL_COPY_MIN || threads < 2 {
+        dst.copy_from_slice(src);
+        return;
+    }
+    let chunk = src.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        for (d, s) in dst.chunks_mut(chunk).zip(src.chunks(chunk)) {
+            scope.spawn(move || d.copy_from_slice(s));
+        }
+    });
 }
 
 /// Encodes a value, borrowing a `Vec<u8>`'s payload instead of copying it.

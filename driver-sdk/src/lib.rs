@@ -101,6 +101,14 @@ pub fn put<T: Serialize + 'static>(value: T) -> Result<ObjectRef<T>> {
     Ok(ObjectRef::from_handle(handle))
 }
 
+/// `put` without giving the value up: it is serialized into the store, not moved. For
+/// large values this saves the caller a copy.
+pub fn put_ref<T: Serialize + 'static>(value: &T) -> Result<ObjectRef<T>> {
+    let cw = runtime::current()?;
+    let handle = cw.block_on(cw.put_value(value))??;
+    Ok(ObjectRef::from_handle(handle))
+}
+
 /// `put` for async code.
 pub async fn put_async<T: Serialize + 'static>(value: T) -> Result<ObjectRef<T>> {
     let cw = runtime::current()?;
@@ -165,9 +173,10 @@ pub fn wait<T>(
     timeout: Option<Duration>,
 ) -> Result<WaitResult<T>> {
     let cw = runtime::current()?;
-    let ready_now =
-        refs.iter().filter(|r| cw.is_ready_locally(r.id())).count() >= num_returns.min(refs.len());
-    cw.block_on_waiting(ready_now, wait_inner(&cw, refs, num_returns, timeout))?
+    if let Some(done) = wait_without_blocking(&cw, refs, num_returns)? {
+        return Ok(done);
+    }
+    cw.block_on_waiting(false, wait_inner(&cw, refs, num_returns, timeout))?
 }
 
 /// `wait` for async code.
@@ -178,6 +187,29 @@ pub async fn wait_async<T>(
 ) -> Result<WaitResult<T>> {
     let cw = runtime::current()?;
     wait_inner(&cw, refs, num_returns, timeout).await
+}
+
+/// Answers `wait` from what this process already knows, when that is enough.
+fn wait_without_blocking<T>(
+    cw: &runtime::CoreWorker,
+    refs: &[ObjectRef<T>],
+    num_returns: usize,
+) -> Result<Option<WaitResult<T>>> {
+    if num_returns > refs.len() {
+        return Err(Error::InvalidArgument(format!(
+            "num_returns {num_returns} is more than the {} references given",
+            refs.len()
+        )));
+    }
+    let (mut done, mut pending) = (Vec::new(), Vec::new());
+    for r in refs {
+        if done.len() < num_returns && cw.is_ready_locally(r.id()) {
+            done.push(r.clone());
+        } else {
+            pending.push(r.clone());
+        }
+    }
+    Ok((done.len() >= num_returns).then_some((done, pending)))
 }
 
 async fn wait_inner<T>(

@@ -9,11 +9,14 @@
 //!   can see).
 //! - A GCS that does not answer is not a reason to stop: the raylet keeps serving local
 //!   leases and retries on the next tick.
+//! - Leases and workers of a job the GCS reports finished are reclaimed within a tick.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use miniray_proto::GetAllNodesRequest;
+use miniray_common::auth::AuthedChannel;
+use miniray_proto::gcs_client::GcsClient;
+use miniray_proto::{GetAllNodesRequest, GetJobRequest};
 
 use crate::error::RayletError;
 use crate::node::Node;
@@ -66,6 +69,31 @@ pub(crate) async fn run(node: Arc<Node>) {
             Ok(Ok(reply)) => node.update_cluster(&reply.into_inner().nodes),
             Ok(Err(status)) => tracing::warn!(error = %status, "cannot refresh the cluster view"),
             Err(_) => tracing::warn!("refreshing the cluster view timed out"),
+        }
+        reclaim_finished_jobs(&node, &mut gcs).await;
+    }
+}
+
+/// Ends the leases and workers of jobs the GCS reports finished. Only jobs with a worker
+/// here are asked about, so the cost follows this node's load, not the job table's size.
+async fn reclaim_finished_jobs(node: &Arc<Node>, gcs: &mut GcsClient<AuthedChannel>) {
+    for job in node.pool.jobs_present() {
+        let reply = tokio::time::timeout(
+            GCS_CALL_TIMEOUT,
+            gcs.get_job(GetJobRequest {
+                job_id: job.to_vec(),
+            }),
+        )
+        .await;
+        match reply {
+            Ok(Ok(r)) if r.get_ref().job.as_ref().is_some_and(|j| j.finished) => {
+                node.end_job(job);
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(status)) => {
+                tracing::debug!(job_id = %job, error = %status, "cannot read job state")
+            }
+            Err(_) => tracing::debug!(job_id = %job, "reading job state timed out"),
         }
     }
 }

@@ -39,8 +39,8 @@ use miniray_proto::raylet_server::RayletServer;
 use miniray_proto::{NodeAddress, RegisterNodeRequest, UnregisterNodeRequest};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpIncoming;
 
 pub use config::RayletConfig;
 pub use error::RayletError;
@@ -177,11 +177,15 @@ impl Raylet {
                 tonic::transport::Server::builder()
                     .initial_stream_window_size(Some(8 << 20))
                     .initial_connection_window_size(Some(32 << 20))
-                    .tcp_nodelay(true)
                     .add_service(svc)
-                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-                        let _ = signal.wait_for(|s| *s).await;
-                    }),
+                    // Nodelay must be set on the accepted sockets: the builder's setting only
+                    // applies to listeners tonic binds itself.
+                    .serve_with_incoming_shutdown(
+                        TcpIncoming::from(listener).with_nodelay(Some(true)),
+                        async move {
+                            let _ = signal.wait_for(|s| *s).await;
+                        },
+                    ),
             )
         };
 

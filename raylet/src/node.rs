@@ -263,6 +263,22 @@ impl Node {
         }
     }
 
+    /// A job finished: its leases end and its workers stop, so a driver that exited while
+    /// lease grants were still on their way to it cannot hold this node's resources.
+    pub fn end_job(&self, job: JobId) {
+        let ended = {
+            let mut st = self.sched.lock();
+            let leases = st.scheduler.leases_of_job(job);
+            for lease in &leases {
+                st.scheduler.release(lease);
+            }
+            Self::reschedule(&mut st);
+            leases.len()
+        };
+        tracing::info!(job_id = %job, leases = ended, "job finished; reclaiming its leases and workers");
+        self.pool.stop_job(job);
+    }
+
     /// A new view of the other alive nodes (from the GCS).
     pub fn update_cluster(&self, nodes: &[NodeInfo]) {
         let view = nodes

@@ -334,6 +334,15 @@ impl Scheduler {
         out
     }
 
+    /// The live leases of one job.
+    pub fn leases_of_job(&self, job: JobId) -> Vec<LeaseId> {
+        self.leases
+            .iter()
+            .filter(|(_, l)| l.job_id == job)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     /// Ends a lease and gives its resources back. The caller then runs `schedule_queue`.
     pub fn release(&mut self, id: &LeaseId) -> Option<Lease> {
         let lease = self.leases.remove(id)?;

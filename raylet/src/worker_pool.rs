@@ -484,6 +484,31 @@ impl WorkerPool {
         });
     }
 
+    /// Jobs that have a worker process on this node.
+    pub fn jobs_present(&self) -> Vec<JobId> {
+        let workers = self.workers.lock();
+        let mut jobs: Vec<JobId> = workers.values().map(|w| w.job_id).collect();
+        jobs.sort();
+        jobs.dedup();
+        jobs
+    }
+
+    /// Stops every worker of a finished job, leased or not, and forgets the job.
+    pub fn stop_job(self: &Arc<Self>, job: JobId) {
+        let ids: Vec<WorkerId> = {
+            let workers = self.workers.lock();
+            workers
+                .iter()
+                .filter(|(_, w)| w.job_id == job)
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        self.jobs.lock().remove(&job);
+        for id in ids {
+            self.stop(id);
+        }
+    }
+
     /// Stops idle workers beyond the per-job soft limit that have idled past the timeout.
     pub fn reap_idle(self: &Arc<Self>) {
         let now = Instant::now();

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use miniray_common::ObjectId;
 use miniray_plasma::ObjectLocation;
 use miniray_proto::{PushTaskReply, TaskSpec, object_value, push_task_reply};
-use tokio::sync::oneshot;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::{CoreWorker, set_in_task};
@@ -18,7 +20,11 @@ use crate::error::{Error, Result};
 use crate::registry;
 
 pub(crate) enum ExecMsg {
-    Task(Box<TaskSpec>, oneshot::Sender<PushTaskReply>),
+    /// Tasks to run in order; one reply per task goes to the sender as each finishes.
+    Tasks(
+        Vec<TaskSpec>,
+        mpsc::UnboundedSender<std::result::Result<PushTaskReply, tonic::Status>>,
+    ),
     Exit,
 }
 
@@ -27,15 +33,21 @@ pub(crate) fn run(cw: &Arc<CoreWorker>, rx: std::sync::mpsc::Receiver<ExecMsg>) 
     while let Ok(msg) = rx.recv() {
         match msg {
             ExecMsg::Exit => break,
-            ExecMsg::Task(spec, reply_tx) => {
-                let outcome = match execute(cw, &spec) {
-                    Ok(v) => push_task_reply::Outcome::Value(v),
-                    Err(e) => push_task_reply::Outcome::Error(e.to_task_error()),
-                };
-                // The submitter may have given up on the task; nothing to do then.
-                let _ = reply_tx.send(PushTaskReply {
-                    outcome: Some(outcome),
-                });
+            ExecMsg::Tasks(specs, replies) => {
+                for spec in specs {
+                    let started = Instant::now();
+                    let outcome = match execute(cw, &spec) {
+                        Ok(v) => push_task_reply::Outcome::Value(v),
+                        Err(e) => push_task_reply::Outcome::Error(e.to_task_error()),
+                    };
+                    // The submitter may have given up on the batch; the remaining tasks
+                    // still run, as their side effects may be relied on.
+                    let _ = replies.send(Ok(PushTaskReply {
+                        outcome: Some(outcome),
+                        task_id: spec.task_id,
+                        run_micros: started.elapsed().as_micros() as u64,
+                    }));
+                }
             }
         }
     }

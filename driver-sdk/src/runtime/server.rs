@@ -10,12 +10,13 @@ use miniray_common::config::MAX_MESSAGE_SIZE;
 use miniray_proto::core_worker_server::{CoreWorker as CoreWorkerRpc, CoreWorkerServer};
 use miniray_proto::{
     ExitReply, ExitRequest, GetObjectStatusReply, GetObjectStatusRequest, PushTaskReply,
-    PushTaskRequest, get_object_status_reply,
+    PushTasksRequest, get_object_status_reply,
 };
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
 use super::CoreWorker;
@@ -38,24 +39,23 @@ impl CoreWorkerService {
 
 #[tonic::async_trait]
 impl CoreWorkerRpc for CoreWorkerService {
-    async fn push_task(
+    type PushTasksStream = UnboundedReceiverStream<Result<PushTaskReply, Status>>;
+
+    async fn push_tasks(
         &self,
-        request: Request<PushTaskRequest>,
-    ) -> Result<Response<PushTaskReply>, Status> {
+        request: Request<PushTasksRequest>,
+    ) -> Result<Response<Self::PushTasksStream>, Status> {
         let Some(exec) = &self.exec else {
             return Err(ErrorCode::InvalidArgument.status("a driver does not run tasks"));
         };
-        let spec = request
-            .into_inner()
-            .spec
-            .ok_or_else(|| ErrorCode::InvalidArgument.status("push without a task spec"))?;
-        let (tx, rx) = oneshot::channel();
-        exec.send(ExecMsg::Task(Box::new(spec), tx))
+        let specs = request.into_inner().specs;
+        if specs.is_empty() {
+            return Err(ErrorCode::InvalidArgument.status("push without tasks"));
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        exec.send(ExecMsg::Tasks(specs, tx))
             .map_err(|_| ErrorCode::Unavailable.status("the worker is exiting"))?;
-        let reply = rx
-            .await
-            .map_err(|_| ErrorCode::Unavailable.status("the worker is exiting"))?;
-        Ok(Response::new(reply))
+        Ok(Response::new(UnboundedReceiverStream::new(rx)))
     }
 
     async fn get_object_status(
@@ -133,10 +133,12 @@ pub(crate) fn serve(
         TokenCheck::new(token),
     );
     cw.handle.spawn(async move {
+        // Nodelay on the accepted sockets (the builder's option only covers listeners tonic
+        // binds itself): replies and trailers must not wait for Nagle.
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let result = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
             .add_service(server)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            .serve_with_incoming_shutdown(incoming, async {
                 let _ = stop_rx.await;
             })
             .await;

@@ -5,7 +5,8 @@
 //! queue, the workers it leases, and how many lease requests are out. Invariants:
 //! - the raylet is asked for a lease only while tasks of that key wait (at most
 //!   `MAX_PENDING_LEASES` requests at once), never per task;
-//! - a leased worker runs at most `MAX_IN_FLIGHT_PER_WORKER` of our tasks at once;
+//! - a leased worker holds at most `in_flight_limit` of our tasks at once: one while tasks
+//!   of the key are long or of unknown length, a pipelined batch when they are short;
 //! - an idle lease is returned after `LEASE_LINGER`, so a loop of submit-then-get reuses it;
 //! - a worker whose push fails is treated as dead: its lease is returned with `disconnect`
 //!   and each of its tasks is re-queued while it has retries left, else fails `WorkerDied`.
@@ -16,8 +17,8 @@ use std::time::Duration;
 
 use miniray_common::{ObjectId, Resources, TaskId};
 use miniray_proto::{
-    GetAllNodesRequest, NodeState, PushTaskRequest, RequestWorkerLeaseRequest, ReturnWorkerRequest,
-    TaskArg, TaskSpec, push_task_reply, request_worker_lease_reply,
+    GetAllNodesRequest, NodeState, PushTaskReply, PushTasksRequest, RequestWorkerLeaseRequest,
+    ReturnWorkerRequest, TaskArg, TaskSpec, push_task_reply, request_worker_lease_reply,
 };
 use parking_lot::Mutex;
 use tracing::{debug, warn};
@@ -31,7 +32,6 @@ use crate::object_ref::RefHandle;
 use crate::options::{Arg, ArgKind, TaskOptions};
 
 const MAX_PENDING_LEASES: usize = 10;
-const MAX_IN_FLIGHT_PER_WORKER: usize = 1;
 const LEASE_LINGER: Duration = Duration::from_millis(100);
 /// Spillback hops before a request settles where it is.
 const MAX_SPILLBACK_HOPS: usize = 4;
@@ -63,6 +63,19 @@ struct KeyState {
     workers: Vec<Leased>,
     pending_leases: usize,
     feasibility_checked: bool,
+    /// Moving average of how long tasks of this key run on a worker.
+    avg_run_micros: Option<f64>,
+}
+
+/// How many tasks one worker may hold at once. Short tasks are pipelined in batches, since
+/// the round trip then dominates; long or unknown ones go one at a time so that they spread
+/// over all the workers leased.
+fn in_flight_limit(avg_run_micros: Option<f64>) -> usize {
+    match avg_run_micros {
+        Some(us) if us < 200.0 => 64,
+        Some(us) if us < 2_000.0 => 8,
+        _ => 1,
+    }
 }
 
 #[derive(Default)]
@@ -170,6 +183,7 @@ impl CoreWorker {
                     workers: Vec::new(),
                     pending_leases: 0,
                     feasibility_checked: false,
+                    avg_run_micros: None,
                 })
                 .queue
                 .push_back(task);
@@ -185,22 +199,29 @@ impl CoreWorker {
         {
             let mut keys = self.submitter.keys.lock();
             let Some(st) = keys.get_mut(key) else { return };
-            while !st.queue.is_empty() {
-                let Some(w) = st
-                    .workers
-                    .iter_mut()
-                    .filter(|w| w.in_flight < MAX_IN_FLIGHT_PER_WORKER)
-                    .min_by_key(|w| w.in_flight)
-                else {
+            let limit = in_flight_limit(st.avg_run_micros);
+            let mut order: Vec<usize> = (0..st.workers.len()).collect();
+            order.sort_by_key(|&i| st.workers[i].in_flight);
+            for i in order {
+                if st.queue.is_empty() {
                     break;
-                };
-                let Some(task) = st.queue.pop_front() else {
-                    break;
-                };
-                w.in_flight += 1;
+                }
+                let in_flight = st.workers[i].in_flight;
+                // Refill a worker when it is idle or half drained, not on every reply, so
+                // that batches stay large.
+                if in_flight != 0 && in_flight * 2 > limit {
+                    continue;
+                }
+                let take = (limit - in_flight.min(limit)).min(st.queue.len());
+                if take == 0 {
+                    continue;
+                }
+                let batch: Vec<QueuedTask> = st.queue.drain(..take).collect();
+                let w = &mut st.workers[i];
+                w.in_flight += batch.len();
                 w.generation += 1;
                 w.linger_armed = false;
-                pushes.push((w.lease_id.clone(), w.endpoint.clone(), task));
+                pushes.push((w.lease_id.clone(), w.endpoint.clone(), batch));
             }
             let wanted = st.queue.len().min(MAX_PENDING_LEASES);
             while st.pending_leases < wanted {
@@ -216,11 +237,11 @@ impl CoreWorker {
                 lingers.push((w.lease_id.clone(), w.generation));
             }
         }
-        for (lease_id, endpoint, task) in pushes {
+        for (lease_id, endpoint, batch) in pushes {
             let cw = self.clone();
             let key = key.to_string();
             self.handle
-                .spawn(async move { cw.push(key, lease_id, endpoint, task).await });
+                .spawn(async move { cw.push(key, lease_id, endpoint, batch).await });
         }
         for _ in 0..new_leases {
             let cw = self.clone();
@@ -416,47 +437,56 @@ impl CoreWorker {
         Err(Error::Internal("lease spilled back too many times".into()))
     }
 
+    /// Pushes a batch to a leased worker and completes each task as its reply streams in.
     async fn push(
         self: Arc<Self>,
         key: String,
         lease_id: Vec<u8>,
         endpoint: String,
-        task: QueuedTask,
+        tasks: Vec<QueuedTask>,
     ) {
-        let return_id = ObjectId::from_bytes(&task.spec.return_id);
-        let reply = match self.clients.core_worker(&endpoint) {
-            Ok(mut client) => client
-                .push_task(PushTaskRequest {
-                    spec: Some(task.spec.clone()),
-                })
-                .await
-                .map(|r| r.into_inner()),
-            Err(e) => Err(tonic::Status::unavailable(e.to_string())),
-        };
-        let Ok(return_id) = return_id else { return };
-        match reply {
-            Ok(reply) => {
-                let outcome = match reply.outcome {
-                    Some(push_task_reply::Outcome::Value(v)) => Value::from_proto(v),
-                    Some(push_task_reply::Outcome::Error(e)) => Err(Error::from_task_error(&e)),
-                    None => Err(Error::Internal("empty task reply".into())),
+        let specs: Vec<TaskSpec> = tasks.iter().map(|t| t.spec.clone()).collect();
+        let mut done = 0usize;
+        let mut failure: Option<String> = None;
+        match self.clients.core_worker(&endpoint) {
+            Err(e) => failure = Some(e.to_string()),
+            Ok(mut client) => match client.push_tasks(PushTasksRequest { specs }).await {
+                Err(status) => failure = Some(status.to_string()),
+                Ok(response) => {
+                    let mut stream = response.into_inner();
+                    while done < tasks.len() {
+                        match stream.message().await {
+                            Ok(Some(reply)) => {
+                                self.complete_task(&key, &lease_id, &tasks[done], reply);
+                                done += 1;
+                            }
+                            Ok(None) => {
+                                failure = Some("the worker ended the reply stream early".into());
+                                break;
+                            }
+                            Err(status) => {
+                                failure = Some(status.to_string());
+                                break;
+                            }
+                        }
+                    }
+                }
+            },
+        }
+        if let Some(reason) = failure {
+            warn!(worker = %endpoint, error = %reason, unfinished = tasks.len() - done, "worker failed while running tasks");
+            self.clients.forget_core_worker(&endpoint);
+            self.drop_failed_worker(&key, &lease_id).await;
+            for mut task in tasks.into_iter().skip(done) {
+                let Ok(return_id) = ObjectId::from_bytes(&task.spec.return_id) else {
+                    continue;
                 };
-                self.store.complete(return_id, outcome);
-                self.finish_push(&key, &lease_id, false).await;
-            }
-            Err(status) => {
-                warn!(worker = %endpoint, function = %task.spec.function_name, error = %status, "worker failed while running a task");
-                self.clients.forget_core_worker(&endpoint);
-                self.finish_push(&key, &lease_id, true).await;
-                let mut task = task;
                 if task.retries_left > 0 {
                     task.retries_left -= 1;
                     task.spec.attempt += 1;
-                    {
-                        let mut keys = self.submitter.keys.lock();
-                        if let Some(st) = keys.get_mut(&key) {
-                            st.queue.push_front(task);
-                        }
+                    let mut keys = self.submitter.keys.lock();
+                    if let Some(st) = keys.get_mut(&key) {
+                        st.queue.push_front(task);
                     }
                 } else {
                     self.store.complete(
@@ -472,22 +502,54 @@ impl CoreWorker {
         self.pump(&key);
     }
 
-    async fn finish_push(&self, key: &str, lease_id: &[u8], worker_dead: bool) {
-        let dead_raylet = {
+    /// Records one task's reply: its result, the worker's load, the key's run-time average.
+    fn complete_task(
+        self: &Arc<Self>,
+        key: &str,
+        lease_id: &[u8],
+        task: &QueuedTask,
+        reply: PushTaskReply,
+    ) {
+        if let Ok(return_id) = ObjectId::from_bytes(&task.spec.return_id) {
+            let outcome = match reply.outcome {
+                Some(push_task_reply::Outcome::Value(v)) => Value::from_proto(v),
+                Some(push_task_reply::Outcome::Error(e)) => Err(Error::from_task_error(&e)),
+                None => Err(Error::Internal("empty task reply".into())),
+            };
+            self.store.complete(return_id, outcome);
+        }
+        let refill = {
+            let mut keys = self.submitter.keys.lock();
+            let Some(st) = keys.get_mut(key) else { return };
+            let run = reply.run_micros as f64;
+            st.avg_run_micros = Some(match st.avg_run_micros {
+                Some(avg) => 0.8 * avg + 0.2 * run,
+                None => run,
+            });
+            let limit = in_flight_limit(st.avg_run_micros);
+            match st.workers.iter_mut().find(|w| w.lease_id == lease_id) {
+                Some(w) => {
+                    w.in_flight = w.in_flight.saturating_sub(1);
+                    w.in_flight == 0 || w.in_flight * 2 <= limit
+                }
+                None => false,
+            }
+        };
+        if refill {
+            self.pump(key);
+        }
+    }
+
+    /// Forgets a worker whose push failed and returns its lease as broken.
+    async fn drop_failed_worker(&self, key: &str, lease_id: &[u8]) {
+        let raylet = {
             let mut keys = self.submitter.keys.lock();
             let Some(st) = keys.get_mut(key) else { return };
             let Some(pos) = st.workers.iter().position(|w| w.lease_id == lease_id) else {
                 return;
             };
-            if worker_dead {
-                Some(st.workers.remove(pos).raylet)
-            } else {
-                st.workers[pos].in_flight -= 1;
-                None
-            }
+            st.workers.remove(pos).raylet
         };
-        if let Some(raylet) = dead_raylet {
-            self.return_lease(lease_id.to_vec(), &raylet, true).await;
-        }
+        self.return_lease(lease_id.to_vec(), &raylet, true).await;
     }
 }

@@ -22,10 +22,12 @@ struct Peer {
 
 #[tonic::async_trait]
 impl CoreWorker for Peer {
-    async fn push_task(
+    type PushTasksStream = futures::stream::Empty<Result<PushTaskReply, Status>>;
+
+    async fn push_tasks(
         &self,
-        _: Request<PushTaskRequest>,
-    ) -> Result<Response<PushTaskReply>, Status> {
+        _: Request<PushTasksRequest>,
+    ) -> Result<Response<Self::PushTasksStream>, Status> {
         Err(Status::unimplemented("test worker runs no tasks"))
     }
     async fn get_object_status(

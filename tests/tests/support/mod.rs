@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -75,6 +76,21 @@ fn exe() -> &'static Path {
     Path::new(DRIVER)
 }
 
+fn gcs_spec(
+    bind: SocketAddr,
+    token: &str,
+    redis: Option<String>,
+    node_timeout: Duration,
+) -> DaemonSpec {
+    DaemonSpec::Gcs(GcsSpec {
+        bind,
+        token: token.to_string(),
+        session_name: "test".into(),
+        redis_address: redis,
+        node_timeout_ms: node_timeout.as_millis() as u64,
+    })
+}
+
 impl Cluster {
     pub fn start(opts: Options) -> Cluster {
         let session_dir = miniray_common::config::tmp_root().join(format!(
@@ -86,13 +102,12 @@ impl Cluster {
         let token = miniray_common::auth::generate_token();
         let gcs = spawn_daemon(
             exe(),
-            &DaemonSpec::Gcs(GcsSpec {
-                bind: "127.0.0.1:0".parse().expect("literal address"),
-                token: token.clone(),
-                session_name: "test".into(),
-                redis_address: opts.redis.clone(),
-                node_timeout_ms: opts.node_timeout.as_millis() as u64,
-            }),
+            &gcs_spec(
+                "127.0.0.1:0".parse().expect("literal address"),
+                &token,
+                opts.redis.clone(),
+                opts.node_timeout,
+            ),
             &session_dir.join("logs/gcs.err"),
             true,
         )
@@ -168,6 +183,28 @@ impl Cluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Starts a new GCS on the address of the old one (kill it first), with the same token,
+    /// session and storage: a GCS restart as raylets and drivers see it.
+    pub fn restart_gcs(&mut self) {
+        assert!(self.gcs.is_none(), "kill the gcs before restarting it");
+        let bind = self
+            .gcs_address
+            .parse()
+            .expect("the gcs address is HOST:PORT");
+        let gcs = spawn_daemon(
+            exe(),
+            &gcs_spec(bind, &self.token, self.redis.clone(), self.node_timeout),
+            // A new log, so the old GCS's last words are kept.
+            &self
+                .session_dir
+                .join(format!("logs/gcs-{}.err", miniray_common::time::now_ms())),
+            true,
+        )
+        .expect("gcs restarts");
+        self.gcs = Some(gcs.child);
+        assert_eq!(gcs.address, self.gcs_address, "the gcs moved");
     }
 
     pub fn nodes_info(&self) -> Vec<NodeInfo> {

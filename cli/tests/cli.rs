@@ -1,0 +1,420 @@
+//! The `miniray` command as a user runs it: `start` a head and a worker node, `status` in
+//! both formats, `stop`, and the failures a user meets first (no token, nothing listening).
+//!
+//! Every run lives under its own `MINIRAY_TMPDIR`, so daemon records, token files and
+//! sessions never mix with another cluster on this machine, and `miniray stop` only stops
+//! what this test started.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const MINIRAY: &str = env!("CARGO_BIN_EXE_miniray");
+
+/// Bound on one `miniray` invocation: `start` waits up to 60 s for a daemon to serve.
+const COMMAND_DEADLINE: Duration = Duration::from_secs(120);
+/// How long a freshly started cluster may take to show both nodes on a loaded machine.
+const CLUSTER_DEADLINE: Duration = Duration::from_secs(60);
+
+/// A private miniray temp root; `miniray stop` runs on drop so that a failed assertion
+/// never leaves daemons behind. The folder is kept after a failure, for its logs.
+struct Sandbox {
+    root: PathBuf,
+}
+
+impl Sandbox {
+    fn new(name: &str) -> Sandbox {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let root = std::env::temp_dir().join(format!(
+            "miniray-cli-test-{name}-{}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&root).expect("create the temp root");
+        Sandbox { root }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(MINIRAY);
+        cmd.args(args)
+            .env("MINIRAY_TMPDIR", &self.root)
+            .env_remove("MINIRAY_ADDRESS")
+            .env_remove("MINIRAY_TOKEN")
+            .env_remove("MINIRAY_ROLE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    }
+
+    /// Runs `miniray args` to completion, killing it after `COMMAND_DEADLINE`.
+    fn run(&self, args: &[&str]) -> Run {
+        run_to_end(self.command(args), args)
+    }
+
+    /// Daemon records `miniray start` wrote: (pid, session dir basename).
+    fn recorded_daemons(&self) -> Vec<(u32, String)> {
+        let mut out = Vec::new();
+        let Ok(entries) = std::fs::read_dir(self.root.join("daemons")) else {
+            return out;
+        };
+        for entry in entries.flatten() {
+            let bytes = std::fs::read(entry.path()).expect("read a daemon record");
+            let rec: Value = serde_json::from_slice(&bytes).expect("a daemon record is JSON");
+            let pid = rec["pid"].as_u64().expect("record has a pid");
+            let session = Path::new(rec["session_dir"].as_str().expect("record has a session"))
+                .file_name()
+                .expect("session dir has a name")
+                .to_string_lossy()
+                .to_string();
+            out.push((u32::try_from(pid).expect("pid fits u32"), session));
+        }
+        out
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let stop = self.run(&["stop", "--grace-period", "5"]);
+        if std::thread::panicking() {
+            eprintln!(
+                "miniray files kept in {}\n--- miniray stop\n{}",
+                self.root.display(),
+                stop.describe()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
+    }
+}
+
+struct Run {
+    args: String,
+    success: bool,
+    stdout: String,
+    stderr: String,
+    elapsed: Duration,
+}
+
+impl Run {
+    fn describe(&self) -> String {
+        format!(
+            "miniray {} ({}, {:?})\n--- stdout\n{}\n--- stderr\n{}",
+            self.args,
+            if self.success { "ok" } else { "failed" },
+            self.elapsed,
+            self.stdout,
+            self.stderr
+        )
+    }
+
+    fn assert_success(&self) {
+        assert!(self.success, "{}", self.describe());
+    }
+}
+
+fn run_to_end(mut cmd: Command, args: &[&str]) -> Run {
+    let start = Instant::now();
+    let mut child = cmd.spawn().expect("start miniray");
+    // Collect output on threads so a chatty child cannot block on a full pipe while we poll.
+    let mut stdout = child.stdout.take().expect("stdout piped");
+    let mut stderr = child.stderr.take().expect("stderr piped");
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut s);
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for miniray") {
+            break status;
+        }
+        if start.elapsed() > COMMAND_DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "miniray {} did not finish within {COMMAND_DEADLINE:?}",
+                args.join(" ")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Run {
+        args: args.join(" "),
+        success: status.success(),
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+        elapsed: start.elapsed(),
+    }
+}
+
+/// A loopback port nothing listens on (bound, noted, closed).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// Whether `pid` still runs. A zombie counts as gone: the daemons are not our children and
+/// whoever adopted them may reap them late.
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+fn segments_of(sessions: &[String]) -> Vec<String> {
+    std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .filter(|n| {
+                    sessions
+                        .iter()
+                        .any(|s| n.starts_with(&format!("miniray-{s}-")))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Polls `pred` until it returns `Some`, failing with `what` and the last state after
+/// `deadline`.
+fn poll<T>(what: &str, deadline: Duration, mut pred: impl FnMut() -> Result<T, String>) -> T {
+    let start = Instant::now();
+    loop {
+        match pred() {
+            Ok(v) => return v,
+            Err(last) if start.elapsed() > deadline => {
+                panic!("timed out after {deadline:?} waiting for {what}; last: {last}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+#[test]
+fn start_status_stop_a_two_node_cluster() {
+    let sandbox = Sandbox::new("cluster");
+    let port = free_port();
+    let address = format!("127.0.0.1:{port}");
+
+    sandbox
+        .run(&[
+            "start",
+            "--head",
+            "--port",
+            &port.to_string(),
+            "--num-cpus",
+            "1",
+            "--resources",
+            r#"{"GPU": 1}"#,
+            "--object-store-memory",
+            "268435456",
+        ])
+        .assert_success();
+    // The worker node finds the token the head wrote under the same temp root.
+    sandbox
+        .run(&["start", "--address", &address, "--num-cpus", "2"])
+        .assert_success();
+
+    let status = poll(
+        "2 alive nodes with 3 CPU and 1 GPU",
+        CLUSTER_DEADLINE,
+        || {
+            let run = sandbox.run(&["status", "--address", &address, "--format", "json"]);
+            if !run.success {
+                return Err(run.describe());
+            }
+            let v: Value = serde_json::from_str(&run.stdout)
+                .map_err(|e| format!("not JSON ({e}): {}", run.describe()))?;
+            let alive = v["nodes"]
+                .as_array()
+                .map(|n| n.iter().filter(|n| n["state"] == "ALIVE").count())
+                .unwrap_or(0);
+            if alive == 2 && v["total"]["CPU"] == 3.0 && v["total"]["GPU"] == 1.0 {
+                Ok(v)
+            } else {
+                Err(run.stdout)
+            }
+        },
+    );
+    let nodes = status["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 2, "{status:#}");
+    assert_eq!(
+        nodes.iter().filter(|n| n["is_head"] == true).count(),
+        1,
+        "{status:#}"
+    );
+    let head = nodes
+        .iter()
+        .find(|n| n["is_head"] == true)
+        .expect("a head node");
+    assert_eq!(head["total"]["GPU"], 1.0, "{status:#}");
+    assert_eq!(head["object_store_capacity"], 268435456, "{status:#}");
+    assert_eq!(status["gcs_address"], address.as_str());
+
+    // The table names both nodes. Without --address, status finds the one cluster whose
+    // token file is under this temp root.
+    let table = sandbox.run(&["status"]);
+    table.assert_success();
+    assert!(
+        table.stdout.contains("Nodes: 2 alive, 0 dead"),
+        "{}",
+        table.describe()
+    );
+    for n in nodes {
+        let id = n["node_id"].as_str().expect("node id");
+        let addr = n["address"].as_str().expect("node address");
+        assert!(
+            table.stdout.contains(&id[..12]) && table.stdout.contains(addr),
+            "node {id} at {addr} missing from the table\n{}",
+            table.describe()
+        );
+    }
+    assert!(table.stdout.contains("/3 CPU"), "{}", table.describe());
+    assert!(table.stdout.contains("/1 GPU"), "{}", table.describe());
+
+    let daemons = sandbox.recorded_daemons();
+    // A GCS and a raylet for the head, a raylet for the worker node.
+    assert_eq!(daemons.len(), 3, "{daemons:?}");
+    let sessions: Vec<String> = daemons.iter().map(|(_, s)| s.clone()).collect();
+    assert_eq!(
+        segments_of(&sessions).len(),
+        2,
+        "one plasma segment per node while running"
+    );
+
+    let stop = sandbox.run(&["stop"]);
+    stop.assert_success();
+    assert_eq!(
+        stop.stdout.matches("Stopped ").count(),
+        3,
+        "{}",
+        stop.describe()
+    );
+    poll("every daemon to exit", Duration::from_secs(30), || {
+        let running: Vec<u32> = daemons
+            .iter()
+            .map(|(pid, _)| *pid)
+            .filter(|pid| alive(*pid))
+            .collect();
+        if running.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("still running: {running:?}"))
+        }
+    });
+    assert!(
+        segments_of(&sessions).is_empty(),
+        "left in /dev/shm: {:?}",
+        segments_of(&sessions)
+    );
+    assert!(
+        !miniray_token_file_exists(&sandbox.root),
+        "stop removes the token file"
+    );
+
+    let again = sandbox.run(&["stop"]);
+    again.assert_success();
+    assert!(
+        again.stdout.contains("No miniray daemons are running."),
+        "{}",
+        again.describe()
+    );
+}
+
+fn miniray_token_file_exists(root: &Path) -> bool {
+    std::fs::read_dir(root.join("clusters"))
+        .map(|d| d.flatten().next().is_some())
+        .unwrap_or(false)
+}
+
+#[test]
+fn joining_without_a_token_fails_clearly() {
+    let sandbox = Sandbox::new("no-token");
+    let address = format!("127.0.0.1:{}", free_port());
+    let run = sandbox.run(&["start", "--address", &address, "--num-cpus", "1"]);
+    assert!(!run.success, "{}", run.describe());
+    assert!(
+        run.stderr.contains("no token") && run.stderr.contains(&address),
+        "{}",
+        run.describe()
+    );
+    assert!(
+        sandbox.recorded_daemons().is_empty(),
+        "nothing may be started"
+    );
+}
+
+#[test]
+fn joining_a_closed_port_fails_with_the_reason() {
+    let sandbox = Sandbox::new("closed-join");
+    let address = format!("127.0.0.1:{}", free_port());
+    let args = ["start", "--address", &address, "--num-cpus", "1"];
+    let mut cmd = sandbox.command(&args);
+    cmd.env("MINIRAY_TOKEN", "some-token");
+    let run = run_to_end(cmd, &args);
+    assert!(!run.success, "{}", run.describe());
+    // The raylet's own reason, not only the path of its log.
+    assert!(
+        run.stderr.contains("cannot connect") && run.stderr.contains(&address),
+        "{}",
+        run.describe()
+    );
+    assert!(
+        sandbox.recorded_daemons().is_empty(),
+        "a raylet that did not start is not recorded"
+    );
+}
+
+#[test]
+fn a_head_on_a_port_in_use_fails_with_the_reason() {
+    let sandbox = Sandbox::new("port-in-use");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    let port = taken.local_addr().expect("its address").port().to_string();
+    let run = sandbox.run(&["start", "--head", "--port", &port, "--num-cpus", "1"]);
+    assert!(!run.success, "{}", run.describe());
+    assert!(
+        run.stderr.contains("miniray gcs:") && run.stderr.contains(&port),
+        "{}",
+        run.describe()
+    );
+    assert!(
+        sandbox.recorded_daemons().is_empty(),
+        "a gcs that did not start is not recorded"
+    );
+}
+
+#[test]
+fn status_of_a_closed_port_fails_in_bounded_time() {
+    let sandbox = Sandbox::new("closed");
+    let address = format!("127.0.0.1:{}", free_port());
+    // Without a token it cannot even try.
+    let run = sandbox.run(&["status", "--address", &address]);
+    assert!(!run.success, "{}", run.describe());
+    assert!(run.stderr.contains("no token"), "{}", run.describe());
+    // With one, it tries, and gives up with the address in the message.
+    let mut cmd = sandbox.command(&["status", "--address", &address]);
+    cmd.env("MINIRAY_TOKEN", "some-token");
+    let run = run_to_end(cmd, &["status", "--address", &address]);
+    assert!(!run.success, "{}", run.describe());
+    assert!(run.stderr.contains(&address), "{}", run.describe());
+    assert!(
+        run.elapsed < Duration::from_secs(20),
+        "took {:?}",
+        run.elapsed
+    );
+}
