@@ -145,7 +145,7 @@ pub(crate) fn start_driver(opts: InitOptions) -> Result<()> {
             (Some(cluster), addr, token, Some(node))
         }
     };
-    let rt = runtime(2)?;
+    let rt = runtime(1)?;
     let started = rt.block_on(async {
         tokio::time::timeout(
             CONNECT_DEADLINE,
@@ -320,7 +320,7 @@ fn worker_main() -> Result<()> {
         port,
     };
 
-    let rt = runtime(2)?;
+    let rt = runtime(1)?;
     // Lazy channels spawn their connection tasks on the current runtime.
     let _guard = rt.enter();
     let gcs = gcs_client(

@@ -54,7 +54,6 @@ struct Leased {
     /// Bumped whenever the worker is handed a task: a linger timer only returns the lease
     /// if nothing happened since it was set.
     generation: u64,
-    linger_armed: bool,
 }
 
 struct KeyState {
@@ -191,11 +190,10 @@ impl CoreWorker {
         self.pump(&key);
     }
 
-    /// Hands queued tasks to leased workers, asks for more leases, arms linger timers.
+    /// Hands queued tasks to leased workers and asks for more leases.
     fn pump(self: &Arc<Self>, key: &str) {
         let mut pushes = Vec::new();
         let mut new_leases = 0;
-        let mut lingers = Vec::new();
         {
             let mut keys = self.submitter.keys.lock();
             let Some(st) = keys.get_mut(key) else { return };
@@ -220,21 +218,12 @@ impl CoreWorker {
                 let w = &mut st.workers[i];
                 w.in_flight += batch.len();
                 w.generation += 1;
-                w.linger_armed = false;
                 pushes.push((w.lease_id.clone(), w.endpoint.clone(), batch));
             }
             let wanted = st.queue.len().min(MAX_PENDING_LEASES);
             while st.pending_leases < wanted {
                 st.pending_leases += 1;
                 new_leases += 1;
-            }
-            for w in st
-                .workers
-                .iter_mut()
-                .filter(|w| w.in_flight == 0 && !w.linger_armed)
-            {
-                w.linger_armed = true;
-                lingers.push((w.lease_id.clone(), w.generation));
             }
         }
         for (lease_id, endpoint, batch) in pushes {
@@ -248,31 +237,33 @@ impl CoreWorker {
             let key = key.to_string();
             self.handle.spawn(async move { cw.lease_loop(key).await });
         }
-        for (lease_id, generation) in lingers {
-            let cw = self.clone();
-            let key = key.to_string();
-            self.handle.spawn(async move {
-                tokio::time::sleep(LEASE_LINGER).await;
-                cw.return_if_idle(&key, &lease_id, generation).await;
-            });
-        }
     }
 
-    async fn return_if_idle(self: &Arc<Self>, key: &str, lease_id: &[u8], generation: u64) {
-        let raylet = {
-            let mut keys = self.submitter.keys.lock();
-            let Some(st) = keys.get_mut(key) else { return };
-            let Some(pos) = st.workers.iter().position(|w| w.lease_id == lease_id) else {
-                return;
+    /// Returns the lease once its worker has sat idle, with nothing queued, for a whole
+    /// `LEASE_LINGER`. One of these runs per lease, for the lease's lifetime.
+    async fn linger(self: Arc<Self>, key: String, lease_id: Vec<u8>) {
+        let mut last_seen: Option<u64> = None;
+        loop {
+            tokio::time::sleep(LEASE_LINGER).await;
+            let raylet = {
+                let mut keys = self.submitter.keys.lock();
+                let Some(st) = keys.get_mut(&key) else { return };
+                let queue_empty = st.queue.is_empty();
+                let Some(pos) = st.workers.iter().position(|w| w.lease_id == lease_id) else {
+                    return;
+                };
+                let w = &st.workers[pos];
+                let idle_throughout =
+                    w.in_flight == 0 && queue_empty && last_seen == Some(w.generation);
+                if !idle_throughout {
+                    last_seen = Some(w.generation);
+                    continue;
+                }
+                st.workers.remove(pos).raylet
             };
-            let w = &mut st.workers[pos];
-            if w.in_flight > 0 || w.generation != generation || !st.queue.is_empty() {
-                w.linger_armed = false;
-                return;
-            }
-            st.workers.remove(pos).raylet
-        };
-        self.return_lease(lease_id.to_vec(), &raylet, false).await;
+            self.return_lease(lease_id, &raylet, false).await;
+            return;
+        }
     }
 
     async fn return_lease(&self, lease_id: Vec<u8>, raylet: &str, disconnect: bool) {
@@ -335,6 +326,7 @@ impl CoreWorker {
             }
             match self.acquire_lease(&resources).await {
                 Ok((lease_id, endpoint, raylet)) => {
+                    let lease_id_copy = lease_id.clone();
                     let mut keys = self.submitter.keys.lock();
                     match keys.get_mut(&key) {
                         Some(st) => {
@@ -345,12 +337,15 @@ impl CoreWorker {
                                 raylet,
                                 in_flight: 0,
                                 generation: 0,
-                                linger_armed: false,
                             });
                         }
                         None => return,
                     }
                     drop(keys);
+                    let cw = self.clone();
+                    let linger_key = key.clone();
+                    self.handle
+                        .spawn(async move { cw.linger(linger_key, lease_id_copy).await });
                     self.pump(&key);
                     return;
                 }
@@ -469,6 +464,11 @@ impl CoreWorker {
                                 break;
                             }
                         }
+                    }
+                    if failure.is_none() {
+                        // Read the stream's end too: a stream dropped before its trailers is
+                        // reset, and a peer that sees many resets closes the connection.
+                        let _ = stream.message().await;
                     }
                 }
             },
