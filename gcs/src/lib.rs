@@ -9,6 +9,7 @@
 pub mod storage;
 pub mod testing;
 
+mod driver_monitor;
 mod service;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -145,6 +146,12 @@ impl GcsServer {
             // A closed channel (every handle dropped) stops the server too.
             .serve_with_incoming_shutdown(incoming, async move { stopped(&mut stop).await });
         let server = tokio::spawn(async move { serve.await.map_err(|e| error_chain(&e)) });
+        // Ends with the server (it watches the same shutdown signal).
+        tokio::spawn(driver_monitor::run(
+            state.clone(),
+            cfg.token.clone(),
+            shutdown_rx.clone(),
+        ));
         let health = tokio::spawn(health_loop(state, shutdown_rx));
         tracing::info!(%address, session = %cfg.session_name, node_timeout_ms = cfg.node_timeout.as_millis() as u64, "gcs listening");
         Ok(GcsHandle {

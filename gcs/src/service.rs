@@ -152,6 +152,40 @@ impl GcsState {
             .map_err(|e| e.to_status())
     }
 
+    /// Marks a job finished (persisted, then published). Returns false for an unknown job;
+    /// finishing a finished job changes nothing.
+    pub(crate) async fn finish_job(&self, id: JobId, why: &str) -> Result<bool, Status> {
+        let mut jobs = self.jobs.lock().await;
+        let Some(job) = jobs.get_mut(&id) else {
+            return Ok(false);
+        };
+        if job.finished {
+            return Ok(true);
+        }
+        let mut finished = job.clone();
+        finished.finished = true;
+        finished.end_time_ms = now_ms();
+        self.persist_job(&id, &finished).await?;
+        tracing::info!(job_id = %id, why, "job finished");
+        *job = finished;
+        self.publish_job(job);
+        Ok(true)
+    }
+
+    /// Running jobs and the core-worker address of their driver.
+    pub(crate) async fn running_jobs(&self) -> Vec<(JobId, String)> {
+        self.jobs
+            .lock()
+            .await
+            .iter()
+            .filter(|(_, j)| !j.finished)
+            .filter_map(|(id, j)| {
+                let d = j.driver.as_ref()?;
+                Some((*id, format!("{}:{}", d.host, d.port)))
+            })
+            .collect()
+    }
+
     /// Marks every live node silent for longer than `node_timeout` as dead. A node whose
     /// death cannot be persisted stays alive and is retried at the next check.
     pub(crate) async fn check_node_health(&self) {
@@ -457,21 +491,9 @@ impl Gcs for GcsService {
         request: Request<MarkJobFinishedRequest>,
     ) -> Result<Response<MarkJobFinishedReply>, Status> {
         let id = parse_job_id(&request.into_inner().job_id)?;
-        let state = &self.state;
-        let mut jobs = state.jobs.lock().await;
-        let job = jobs
-            .get_mut(&id)
-            .ok_or_else(|| ErrorCode::NotFound.status(format!("unknown job {id}")))?;
-        if job.finished {
-            return Ok(Response::new(MarkJobFinishedReply {}));
+        if !self.state.finish_job(id, "its driver said so").await? {
+            return Err(ErrorCode::NotFound.status(format!("unknown job {id}")));
         }
-        let mut finished = job.clone();
-        finished.finished = true;
-        finished.end_time_ms = now_ms();
-        state.persist_job(&id, &finished).await?;
-        tracing::info!(job_id = %id, "job finished");
-        *job = finished;
-        state.publish_job(job);
         Ok(Response::new(MarkJobFinishedReply {}))
     }
 

@@ -157,6 +157,42 @@ fn dropping_the_last_reference_frees_plasma() {
 }
 
 #[test]
+fn a_crashed_driver_does_not_keep_the_cluster_busy() {
+    let cluster = Cluster::start(Options::default());
+    let marks = cluster.session_dir.join("crash-marks");
+    std::fs::create_dir_all(&marks).expect("marks dir");
+    let crashed = cluster.run_driver(&["crash", &marks.to_string_lossy()]);
+    assert!(!crashed.success, "the crash scenario aborts");
+    // The GCS notices the dead driver, ends its job, and the raylet reclaims its workers.
+    wait_until(
+        "the crashed driver's leases to be reclaimed",
+        Duration::from_secs(60),
+        || {
+            cluster.nodes_info().iter().any(|n| {
+                n.num_leased_workers == 0
+                    && n.available.as_ref().and_then(|a| a.amounts.get("CPU")) == Some(&2.0)
+            })
+        },
+    );
+    let run = cluster.run_driver(&["basic"]);
+    run.assert_success();
+    assert_eq!(run.get("chained"), "2401");
+}
+
+#[test]
+fn a_full_object_store_says_so_and_recovers() {
+    let cluster = Cluster::start(Options {
+        object_store_memory: 256 << 20,
+        ..Options::default()
+    });
+    let run = cluster.run_driver(&["store_full"]);
+    run.assert_success();
+    assert_eq!(run.get("third_kind"), "object_store_full");
+    assert_eq!(run.get("after_free"), "ok:()");
+    assert_eq!(run.get("kept_intact"), "true");
+}
+
+#[test]
 fn an_unreachable_cluster_fails_fast_with_a_clear_error() {
     // A port nothing listens on: bind one, note it, close it.
     let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -298,6 +298,41 @@ fn run(scenario: &str) -> anyhow::Result<()> {
             }
             out("after", after);
         }
+        "crash" => {
+            // Hold every CPU of the cluster with running tasks, then die without shutdown.
+            let dir = std::env::args().nth(2).unwrap_or_default();
+            let _refs: Vec<_> = (0..4)
+                .map(|i| marked_slow::remote(dir.clone(), 60_000, i))
+                .collect::<Result<_, _>>()?;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0) < 2 {
+                anyhow::ensure!(Instant::now() < deadline, "tasks did not start");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            std::process::abort();
+        }
+        "store_full" => {
+            // The node's store holds 256 MiB: two 100 MiB objects fit, a third does not.
+            let a = miniray::put(pattern(100 << 20, 1))?;
+            let b = miniray::put(pattern(100 << 20, 2))?;
+            report("third", miniray::put(pattern(100 << 20, 3)).map(|_| ()));
+            drop(a);
+            // Frees are asynchronous: retry within a deadline until the space is back.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let again = loop {
+                match miniray::put(pattern(100 << 20, 4)) {
+                    Err(Error::ObjectStoreFull(_)) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
+                    other => break other,
+                }
+            };
+            report("after_free", again.map(|_| ()));
+            out(
+                "kept_intact",
+                fnv(&miniray::get(&b)?) == fnv(&pattern(100 << 20, 2)),
+            );
+        }
         other => anyhow::bail!("unknown scenario {other:?}"),
     }
     Ok(())
