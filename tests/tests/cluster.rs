@@ -26,6 +26,20 @@ fn tasks_chain_and_borrowed_refs_resolve() {
 }
 
 #[test]
+fn async_twins_work_inside_a_tokio_runtime() {
+    let cluster = Cluster::start(Options::default());
+    let run = cluster.run_driver(&["async"]);
+    run.assert_success();
+    assert_eq!(run.get("get_async"), "42");
+    assert_eq!(
+        run.get("get_all_async"),
+        (0..10u64).map(|x| x * x).sum::<u64>().to_string()
+    );
+    assert_eq!(run.get("wait_async"), "10/0");
+    assert_eq!(run.get("blocking_in_async_kind"), "invalid_argument");
+}
+
+#[test]
 fn a_busy_node_spills_tasks_to_a_free_one() {
     let mut cluster = Cluster::start(Options {
         head_cpus: 1.0,

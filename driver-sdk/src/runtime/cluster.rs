@@ -242,24 +242,21 @@ async fn run_daemon(spec: DaemonSpec, exit_with_parent: bool) -> i32 {
                 node_timeout: Duration::from_millis(s.node_timeout_ms),
                 session_name: s.session_name,
             };
-            let handle = match miniray_gcs::GcsServer::start(cfg).await {
-                Ok(h) => h,
-                Err(e) => {
-                    eprintln!("miniray gcs: cannot start: {e}");
-                    return 1;
+            match miniray_gcs::GcsServer::start(cfg).await {
+                Ok(h) => {
+                    let trigger = h.shutdown_trigger();
+                    let address = h.address();
+                    serve(
+                        "gcs",
+                        address,
+                        move || trigger.shutdown(),
+                        h.wait(),
+                        exit_with_parent,
+                    )
+                    .await
                 }
-            };
-            announce(&handle.address().to_string());
-            let trigger = handle.shutdown_trigger();
-            let mut wait = Box::pin(handle.wait());
-            tokio::select! {
-                r = &mut wait => return exit_code("gcs", r.map_err(|e| e.to_string())),
-                why = stop_requested(exit_with_parent) => {
-                    info!(reason = why, "gcs stopping");
-                    trigger.shutdown();
-                }
+                Err(e) => exit_code("gcs", Err(format!("cannot start: {e}"))),
             }
-            exit_code("gcs", wait.await.map_err(|e| e.to_string()))
         }
         DaemonSpec::Raylet(s) => {
             let mut cfg = miniray_raylet::RayletConfig::new(s.gcs_address, s.token, s.session_dir);
@@ -270,26 +267,44 @@ async fn run_daemon(spec: DaemonSpec, exit_with_parent: bool) -> i32 {
             cfg.object_store_memory = s.object_store_memory;
             cfg.prefault_object_store = s.prefault_object_store;
             cfg.is_head = s.is_head;
-            let handle = match miniray_raylet::Raylet::start(cfg).await {
-                Ok(h) => h,
-                Err(e) => {
-                    eprintln!("miniray raylet: cannot start: {e}");
-                    return 1;
+            match miniray_raylet::Raylet::start(cfg).await {
+                Ok(h) => {
+                    let trigger = h.shutdown_trigger();
+                    let address = h.address();
+                    serve(
+                        "raylet",
+                        address,
+                        move || trigger.shutdown(),
+                        h.wait(),
+                        exit_with_parent,
+                    )
+                    .await
                 }
-            };
-            announce(&handle.address().to_string());
-            let trigger = handle.shutdown_trigger();
-            let mut wait = Box::pin(handle.wait());
-            tokio::select! {
-                r = &mut wait => return exit_code("raylet", r.map_err(|e| e.to_string())),
-                why = stop_requested(exit_with_parent) => {
-                    info!(reason = why, "raylet stopping");
-                    trigger.shutdown();
-                }
+                Err(e) => exit_code("raylet", Err(format!("cannot start: {e}"))),
             }
-            exit_code("raylet", wait.await.map_err(|e| e.to_string()))
         }
     }
+}
+
+/// Announces a started daemon, then runs it until it stops by itself or is asked to stop
+/// (signal, parent gone), in which case it is stopped gracefully and waited for.
+async fn serve<E: std::fmt::Display>(
+    role: &str,
+    address: SocketAddr,
+    stop: impl FnOnce(),
+    wait: impl std::future::Future<Output = std::result::Result<(), E>>,
+    exit_with_parent: bool,
+) -> i32 {
+    announce(&address.to_string());
+    let mut wait = Box::pin(wait);
+    tokio::select! {
+        r = &mut wait => return exit_code(role, r.map_err(|e| e.to_string())),
+        why = stop_requested(exit_with_parent) => {
+            info!(role, reason = why, "daemon stopping");
+            stop();
+        }
+    }
+    exit_code(role, wait.await.map_err(|e| e.to_string()))
 }
 
 fn exit_code(what: &str, r: std::result::Result<(), String>) -> i32 {

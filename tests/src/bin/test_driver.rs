@@ -298,6 +298,26 @@ fn run(scenario: &str) -> anyhow::Result<()> {
             }
             out("after", after);
         }
+        "async" => {
+            // The async twins, from a driver that runs its own tokio runtime.
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let r = miniray::put_async(21u64).await?;
+                let doubled = add::remote(&r, &r)?;
+                out("get_async", miniray::get_async(&doubled).await?);
+                let refs: Vec<_> = (0..10).map(square::remote).collect::<Result<_, _>>()?;
+                let all = miniray::get_all_async(&refs).await?;
+                out("get_all_async", all.iter().sum::<u64>());
+                let (ready, pending) =
+                    miniray::wait_async(&refs, 10, Some(Duration::from_secs(10))).await?;
+                out("wait_async", format!("{}/{}", ready.len(), pending.len()));
+                // A blocking call inside an async runtime is refused, not a panic.
+                report("blocking_in_async", miniray::get(&doubled));
+                Ok::<_, Error>(())
+            })?;
+        }
         "crash" => {
             // Hold every CPU of the cluster with running tasks, then die without shutdown.
             let dir = std::env::args().nth(2).unwrap_or_default();
