@@ -5,8 +5,8 @@
 //! queue, the workers it leases, and how many lease requests are out. Invariants:
 //! - the raylet is asked for a lease only while tasks of that key wait (at most
 //!   `MAX_PENDING_LEASES` requests at once), never per task;
-//! - a leased worker holds at most `in_flight_limit` of our tasks at once: one while tasks
-//!   of the key are long or of unknown length, a pipelined batch when they are short;
+//! - a leased worker holds one batch of our tasks at a time, of at most `in_flight_limit`
+//!   tasks: one while tasks of the key are long or of unknown length, more when short;
 //! - an idle lease is returned after `LEASE_LINGER`, so a loop of submit-then-get reuses it;
 //! - a worker whose push fails is treated as dead: its lease is returned with `disconnect`
 //!   and each of its tasks is re-queued while it has retries left, else fails `WorkerDied`.
@@ -204,16 +204,13 @@ impl CoreWorker {
                 if st.queue.is_empty() {
                     break;
                 }
-                let in_flight = st.workers[i].in_flight;
-                // Refill a worker when it is idle or half drained, not on every reply, so
-                // that batches stay large.
-                if in_flight != 0 && in_flight * 2 > limit {
+                // One batch per worker at a time: tasks queue up while it runs and go as the
+                // next batch, and when a worker dies the first unfinished task of its batch
+                // is the only one that was running (the rest keep their retries).
+                if st.workers[i].in_flight != 0 {
                     continue;
                 }
-                let take = (limit - in_flight.min(limit)).min(st.queue.len());
-                if take == 0 {
-                    continue;
-                }
+                let take = limit.min(st.queue.len());
                 let batch: Vec<QueuedTask> = st.queue.drain(..take).collect();
                 let w = &mut st.workers[i];
                 w.in_flight += batch.len();
@@ -477,7 +474,14 @@ impl CoreWorker {
             warn!(worker = %endpoint, error = %reason, unfinished = tasks.len() - done, "worker failed while running tasks");
             self.clients.forget_core_worker(&endpoint);
             self.drop_failed_worker(&key, &lease_id).await;
-            for mut task in tasks.into_iter().skip(done) {
+            // The worker runs a batch in order, so only the first unfinished task was
+            // running when it died; the ones behind it never started and keep their retries.
+            let mut unstarted = Vec::new();
+            for (i, mut task) in tasks.into_iter().skip(done).enumerate() {
+                if i > 0 {
+                    unstarted.push(task);
+                    continue;
+                }
                 let Ok(return_id) = ObjectId::from_bytes(&task.spec.return_id) else {
                     continue;
                 };
@@ -496,6 +500,12 @@ impl CoreWorker {
                             attempts: task.spec.attempt + 1,
                         }),
                     );
+                }
+            }
+            let mut keys = self.submitter.keys.lock();
+            if let Some(st) = keys.get_mut(&key) {
+                for task in unstarted.into_iter().rev() {
+                    st.queue.push_front(task);
                 }
             }
         }
@@ -526,11 +536,10 @@ impl CoreWorker {
                 Some(avg) => 0.8 * avg + 0.2 * run,
                 None => run,
             });
-            let limit = in_flight_limit(st.avg_run_micros);
             match st.workers.iter_mut().find(|w| w.lease_id == lease_id) {
                 Some(w) => {
                     w.in_flight = w.in_flight.saturating_sub(1);
-                    w.in_flight == 0 || w.in_flight * 2 <= limit
+                    w.in_flight == 0
                 }
                 None => false,
             }

@@ -250,7 +250,10 @@ fn run(scenario: &str) -> anyhow::Result<()> {
                 miniray::get(&die::options().max_retries(1).remote()?),
             );
             let marker = std::env::args().nth(2).unwrap_or_default();
-            report("abort_once", miniray::get(&die_once::remote(marker)?));
+            report(
+                "abort_once",
+                miniray::get(&die_once::remote(marker.clone())?),
+            );
             let unknown: ObjectRef<u64> = TaskOptions::new("no::such::function").submit(vec![])?;
             report("unknown", miniray::get(&unknown));
             let bad: ObjectRef<u64> =
@@ -268,6 +271,24 @@ fn run(scenario: &str) -> anyhow::Result<()> {
             );
             // The worker pool still serves after all that.
             report("after", miniray::get(&square::remote(9)?));
+            // A worker dying in the middle of a pipelined batch: the tasks queued behind the
+            // one that killed it never ran, so even with no retries of their own they succeed.
+            let warm: Vec<_> = (0..200).map(square::remote).collect::<Result<_, _>>()?;
+            miniray::get_all(&warm)?;
+            let marker2 = format!("{marker}-batch");
+            let before: Vec<_> = (0..10u64)
+                .map(|i| square::options().max_retries(0).remote(i))
+                .collect::<Result<_, _>>()?;
+            let crasher = die_once::remote(marker2)?;
+            let behind: Vec<_> = (10..20u64)
+                .map(|i| square::options().max_retries(0).remote(i))
+                .collect::<Result<_, _>>()?;
+            // A task before the crasher may have finished without its reply getting out
+            // (it then fails: it has no retries); the ones behind it cannot have started.
+            let _ = before.iter().map(miniray::get).count();
+            let survived = behind.iter().filter(|r| miniray::get(*r).is_ok()).count();
+            out("batch_survivors", survived);
+            report("batch_crasher", miniray::get(&crasher));
         }
         "raylet_killed" => {
             let dir = std::env::args().nth(2).unwrap_or_default();
