@@ -47,8 +47,7 @@ pub(crate) struct RefHandle {
 
 impl RefHandle {
     pub(crate) fn new(cw: &Arc<CoreWorker>, id: ObjectId, owner: OwnerAddr) -> Arc<Self> {
-        cw.store
-            .add_local_ref(id, &owner, owner.worker_id == cw.worker_id);
+        cw.store.add_local_ref(id, owner.worker_id == cw.worker_id);
         Arc::new(Self {
             id,
             owner,

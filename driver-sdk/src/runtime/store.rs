@@ -17,7 +17,6 @@ use miniray_proto::{NodeAddress, ObjectValue, object_value};
 use tokio::sync::{Notify, mpsc};
 
 use crate::error::{Error, Result};
-use crate::object_ref::OwnerAddr;
 
 /// Where a ready object's bytes are.
 #[derive(Clone, Debug)]
@@ -99,7 +98,7 @@ impl ObjectStore {
         );
     }
 
-    pub(crate) fn add_local_ref(&self, id: ObjectId, _owner: &OwnerAddr, owned: bool) {
+    pub(crate) fn add_local_ref(&self, id: ObjectId, owned: bool) {
         self.entries
             .entry(id)
             .or_insert_with(|| Entry {
