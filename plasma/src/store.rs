@@ -169,6 +169,20 @@ struct Inner {
 }
 
 impl Inner {
+    /// The live (not doomed) object `id`, which must be sealed (`sealed`) or not yet.
+    fn live_mut(&mut self, id: ObjectId, sealed: bool) -> Result<&mut Entry, PlasmaError> {
+        let e = self
+            .objects
+            .get_mut(&id)
+            .filter(|e| !e.doomed)
+            .ok_or(PlasmaError::NotFound(id))?;
+        match (e.sealed, sealed) {
+            (true, false) => Err(PlasmaError::AlreadySealed(id)),
+            (false, true) => Err(PlasmaError::NotSealed(id)),
+            _ => Ok(e),
+        }
+    }
+
     fn tick(&mut self) -> u64 {
         self.next_tick += 1;
         self.next_tick
@@ -460,14 +474,7 @@ impl PlasmaStore {
     ) -> Result<(), PlasmaError> {
         let loc = {
             let mut inner = self.inner.lock();
-            let e = inner
-                .objects
-                .get_mut(&id)
-                .filter(|e| !e.doomed)
-                .ok_or(PlasmaError::NotFound(id))?;
-            if e.sealed {
-                return Err(PlasmaError::AlreadySealed(id));
-            }
+            let e = inner.live_mut(id, false)?;
             check_range(e.size, offset_in_object, data.len() as u64)?;
             e.io += 1;
             e.location()
@@ -491,14 +498,7 @@ impl PlasmaStore {
     pub fn seal(&self, id: ObjectId) -> Result<ObjectLocation, PlasmaError> {
         let loc = {
             let mut inner = self.inner.lock();
-            let e = inner
-                .objects
-                .get_mut(&id)
-                .filter(|e| !e.doomed)
-                .ok_or(PlasmaError::NotFound(id))?;
-            if e.sealed {
-                return Err(PlasmaError::AlreadySealed(id));
-            }
+            let e = inner.live_mut(id, false)?;
             e.sealed = true;
             let loc = e.location();
             inner.refresh_lru(id);
@@ -512,14 +512,7 @@ impl PlasmaStore {
     /// Discards an unsealed object (the creator gave up writing it).
     pub fn abort(&self, id: ObjectId) -> Result<(), PlasmaError> {
         let mut inner = self.inner.lock();
-        let e = inner
-            .objects
-            .get_mut(&id)
-            .filter(|e| !e.doomed)
-            .ok_or(PlasmaError::NotFound(id))?;
-        if e.sealed {
-            return Err(PlasmaError::AlreadySealed(id));
-        }
+        let e = inner.live_mut(id, false)?;
         if e.unpinned() {
             inner.remove(id);
         } else {
@@ -642,14 +635,7 @@ impl PlasmaStore {
     ) -> Result<R, PlasmaError> {
         let loc = {
             let mut inner = self.inner.lock();
-            let e = inner
-                .objects
-                .get_mut(&id)
-                .filter(|e| !e.doomed)
-                .ok_or(PlasmaError::NotFound(id))?;
-            if !e.sealed {
-                return Err(PlasmaError::NotSealed(id));
-            }
+            let e = inner.live_mut(id, true)?;
             check_range(e.size, offset, len as u64)?;
             e.io += 1;
             let loc = e.location();
