@@ -254,23 +254,27 @@ fn stop_pid(pid: u32, grace: Duration) -> anyhow::Result<()> {
         }
         return Err(err).context("sending SIGTERM");
     }
-    let deadline = std::time::Instant::now() + grace;
-    while std::time::Instant::now() < deadline {
-        if !alive(pid) {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    if gone_within(pid, grace) {
+        return Ok(());
     }
     // SAFETY: as above.
     unsafe { libc::kill(pid_i, libc::SIGKILL) };
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    if gone_within(pid, Duration::from_secs(5)) {
+        return Ok(());
+    }
+    bail!("still running after SIGKILL")
+}
+
+/// Polls /proc until `pid` is gone or `limit` passes.
+fn gone_within(pid: u32, limit: Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
     while std::time::Instant::now() < deadline {
         if !alive(pid) {
-            return Ok(());
+            return true;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    bail!("still running after SIGKILL")
+    !alive(pid)
 }
 
 fn alive(pid: u32) -> bool {

@@ -186,6 +186,9 @@ pub async fn wait_async<T>(
     timeout: Option<Duration>,
 ) -> Result<WaitResult<T>> {
     let cw = runtime::current()?;
+    if let Some(done) = wait_without_blocking(&cw, refs, num_returns)? {
+        return Ok(done);
+    }
     wait_inner(&cw, refs, num_returns, timeout).await
 }
 
@@ -195,21 +198,17 @@ fn wait_without_blocking<T>(
     refs: &[ObjectRef<T>],
     num_returns: usize,
 ) -> Result<Option<WaitResult<T>>> {
-    if num_returns > refs.len() {
-        return Err(Error::InvalidArgument(format!(
-            "num_returns {num_returns} is more than the {} references given",
-            refs.len()
-        )));
-    }
-    let (mut done, mut pending) = (Vec::new(), Vec::new());
-    for r in refs {
-        if done.len() < num_returns && cw.is_ready_locally(r.id()) {
-            done.push(r.clone());
-        } else {
-            pending.push(r.clone());
-        }
-    }
-    Ok((done.len() >= num_returns).then_some((done, pending)))
+    check_num_returns(refs.len(), num_returns)?;
+    let mut found = 0;
+    let is_ready: Vec<bool> = refs
+        .iter()
+        .map(|r| {
+            let ready = found < num_returns && cw.is_ready_locally(r.id());
+            found += usize::from(ready);
+            ready
+        })
+        .collect();
+    Ok((found >= num_returns).then(|| split_by_readiness(refs, &is_ready)))
 }
 
 async fn wait_inner<T>(
@@ -218,25 +217,33 @@ async fn wait_inner<T>(
     num_returns: usize,
     timeout: Option<Duration>,
 ) -> Result<WaitResult<T>> {
-    if num_returns > refs.len() {
-        return Err(Error::InvalidArgument(format!(
-            "num_returns {num_returns} is more than the {} references given",
-            refs.len()
-        )));
-    }
+    check_num_returns(refs.len(), num_returns)?;
     let handles: Vec<_> = refs.iter().map(|r| r.handle.clone()).collect();
-    let ready = cw.wait_ready(&handles, num_returns, timeout).await;
     let mut is_ready = vec![false; refs.len()];
-    for i in ready {
+    for i in cw.wait_ready(&handles, num_returns, timeout).await {
         is_ready[i] = true;
     }
+    Ok(split_by_readiness(refs, &is_ready))
+}
+
+fn check_num_returns(given: usize, num_returns: usize) -> Result<()> {
+    if num_returns > given {
+        return Err(Error::InvalidArgument(format!(
+            "num_returns {num_returns} is more than the {given} references given"
+        )));
+    }
+    Ok(())
+}
+
+/// (ready, not ready), each in the order of `refs`.
+fn split_by_readiness<T>(refs: &[ObjectRef<T>], is_ready: &[bool]) -> WaitResult<T> {
     let (mut done, mut pending) = (Vec::new(), Vec::new());
-    for (r, ready) in refs.iter().zip(is_ready) {
+    for (r, &ready) in refs.iter().zip(is_ready) {
         if ready {
             done.push(r.clone());
         } else {
             pending.push(r.clone());
         }
     }
-    Ok((done, pending))
+    (done, pending)
 }
