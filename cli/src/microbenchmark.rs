@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use miniray::ObjectRef;
+use miniray::{ActorHandle, ObjectRef};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -39,6 +39,59 @@ fn small_value_batch(n: u64) -> u64 {
         .map(|_| small_value::remote())
         .collect::<Result<_, _>>()
         .unwrap_or_else(|e| panic!("submitting tasks failed: {e}"));
+    miniray::get_all(&refs).unwrap_or_else(|e| panic!("getting results failed: {e}"));
+    n
+}
+
+/// The actor of Ray's actor benchmarks (no CPU held, as Ray's `num_cpus=0`).
+#[miniray::actor]
+pub struct BenchActor;
+
+#[miniray::actor]
+impl BenchActor {
+    pub fn new() -> Self {
+        BenchActor
+    }
+
+    pub fn small_value(&self) -> Vec<u8> {
+        b"ok".to_vec()
+    }
+}
+
+/// An actor that calls other actors: `n` calls to each server, then waits for all.
+#[miniray::actor]
+pub struct BenchClient {
+    servers: Vec<ActorHandle<BenchActor>>,
+}
+
+#[miniray::actor]
+impl BenchClient {
+    pub fn new(servers: Vec<ActorHandle<BenchActor>>) -> Self {
+        BenchClient { servers }
+    }
+
+    pub fn small_value_batch(&self, n: u64) -> u64 {
+        let mut refs = Vec::new();
+        for s in &self.servers {
+            for _ in 0..n {
+                refs.push(
+                    s.small_value()
+                        .unwrap_or_else(|e| panic!("submitting actor calls failed: {e}")),
+                );
+            }
+        }
+        miniray::get_all(&refs).unwrap_or_else(|e| panic!("getting results failed: {e}"));
+        n
+    }
+}
+
+/// A task making `n` calls spread round-robin over `actors` (Ray's `work`).
+#[miniray::remote]
+fn actor_calls_round_robin(actors: Vec<ActorHandle<BenchActor>>, n: u64) -> u64 {
+    let refs: Vec<ObjectRef<Vec<u8>>> = (0..n as usize)
+        .map(|i| actors[i % actors.len()].small_value())
+        .collect::<Result<_, _>>()
+        .unwrap_or_else(|e| panic!("submitting actor calls failed: {e}"));
     miniray::get_all(&refs).unwrap_or_else(|e| panic!("getting results failed: {e}"));
     n
 }
@@ -151,6 +204,40 @@ fn run_all(args: &BenchArgs) -> anyhow::Result<()> {
             .map(|_| small_value_batch::remote(n))
             .collect::<miniray::Result<_>>()?;
         miniray::get_all(&clients).map(|_| ())
+    })?;
+
+    let a = BenchActor::remote()?;
+    b.timeit("1_1_actor_calls_sync", 1.0, || {
+        miniray::get(&a.small_value()?).map(|_| ())
+    })?;
+
+    let a = BenchActor::remote()?;
+    b.timeit("1_1_actor_calls_async", 1000.0, || {
+        let refs: Vec<_> = (0..1000)
+            .map(|_| a.small_value())
+            .collect::<miniray::Result<_>>()?;
+        miniray::get_all(&refs).map(|_| ())
+    })?;
+
+    // Ray sizes these by half the machine's cores.
+    let n_cpu = (std::thread::available_parallelism().map_or(2, |n| n.get()) / 2).max(1);
+    let n = 5_000u64;
+    let actors = (0..n_cpu)
+        .map(|_| BenchActor::remote())
+        .collect::<miniray::Result<Vec<_>>>()?;
+    let client = BenchClient::remote(actors.clone())?;
+    b.timeit("1_n_actor_calls_async", (n * n_cpu as u64) as f64, || {
+        miniray::get(&client.small_value_batch(n)?).map(|_| ())
+    })?;
+
+    let actors = (0..n_cpu)
+        .map(|_| BenchActor::remote())
+        .collect::<miniray::Result<Vec<_>>>()?;
+    b.timeit("n_n_actor_calls_async", (m as u64 * n) as f64, || {
+        let works: Vec<_> = (0..m)
+            .map(|_| actor_calls_round_robin::remote(actors.clone(), n))
+            .collect::<miniray::Result<_>>()?;
+        miniray::get_all(&works).map(|_| ())
     })?;
     Ok(())
 }

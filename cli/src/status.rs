@@ -1,4 +1,4 @@
-//! `miniray status`: nodes, resources, queued and infeasible demand.
+//! `miniray status`: nodes, resources, queued and infeasible demand, actors.
 
 use std::collections::BTreeMap;
 
@@ -7,7 +7,7 @@ use clap::{Args, ValueEnum};
 use miniray_common::Resources;
 use miniray_common::config;
 use miniray_proto::gcs_client::GcsClient;
-use miniray_proto::{GetClusterStatusRequest, NodeInfo, NodeState};
+use miniray_proto::{ActorInfo, ActorState, GetClusterStatusRequest, NodeInfo, NodeState};
 use serde::Serialize;
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -48,6 +48,17 @@ struct DemandView {
 }
 
 #[derive(Serialize)]
+struct ActorView {
+    actor_id: String,
+    class_name: String,
+    name: String,
+    state: String,
+    node_id: String,
+    num_restarts: u32,
+    death_reason: String,
+}
+
+#[derive(Serialize)]
 struct StatusView {
     session_name: String,
     gcs_address: String,
@@ -58,6 +69,7 @@ struct StatusView {
     infeasible: Vec<DemandView>,
     jobs_running: usize,
     jobs_finished: usize,
+    actors: Vec<ActorView>,
 }
 
 fn to_map(set: Option<&miniray_proto::ResourceSet>) -> BTreeMap<String, f64> {
@@ -155,6 +167,7 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
         infeasible: infeasible.into_values().collect(),
         jobs_running: reply.jobs.iter().filter(|j| !j.finished).count(),
         jobs_finished: reply.jobs.iter().filter(|j| j.finished).count(),
+        actors: reply.actors.iter().map(actor_view).collect(),
     };
     match args.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&view)?),
@@ -187,6 +200,28 @@ fn node_view(n: &NodeInfo) -> NodeView {
         num_workers: n.num_workers,
         num_leased_workers: n.num_leased_workers,
         death_reason: n.death_reason.clone(),
+    }
+}
+
+fn actor_view(a: &ActorInfo) -> ActorView {
+    ActorView {
+        actor_id: hex_id(&a.actor_id),
+        class_name: a.class_name.clone(),
+        name: a.name.clone(),
+        state: ActorState::try_from(a.state)
+            .map(|s| {
+                s.as_str_name()
+                    .trim_start_matches("ACTOR_STATE_")
+                    .to_string()
+            })
+            .unwrap_or_else(|_| "UNKNOWN".into()),
+        node_id: a
+            .node
+            .as_ref()
+            .map(|n| hex_id(&n.node_id))
+            .unwrap_or_default(),
+        num_restarts: a.num_restarts,
+        death_reason: a.death_reason.clone(),
     }
 }
 
@@ -259,4 +294,18 @@ fn print_table(v: &StatusView) {
         "Jobs: {} running, {} finished",
         v.jobs_running, v.jobs_finished
     );
+    let dead = v.actors.iter().filter(|a| a.state == "DEAD").count();
+    println!("Actors: {} not dead, {dead} dead", v.actors.len() - dead);
+    for a in v.actors.iter().filter(|a| a.state != "DEAD") {
+        let name = if a.name.is_empty() { "-" } else { &a.name };
+        println!(
+            "  {} {:<16} {:<24} {:<16} node {} restarts {}",
+            &a.actor_id[..a.actor_id.len().min(12)],
+            name,
+            a.class_name.rsplit("::").next().unwrap_or(&a.class_name),
+            a.state,
+            &a.node_id[..a.node_id.len().min(12)],
+            a.num_restarts
+        );
+    }
 }

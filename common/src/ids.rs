@@ -102,6 +102,11 @@ define_id!(
     LeaseId,
     "lease"
 );
+define_id!(
+    /// An actor: stays the same across restarts of the worker hosting it.
+    ActorId,
+    "actor"
+);
 
 #[cfg(test)]
 mod tests {

@@ -12,5 +12,5 @@ pub mod resources;
 pub mod time;
 
 pub use error::ErrorCode;
-pub use ids::{JobId, NodeId, ObjectId, TaskId, WorkerId};
+pub use ids::{ActorId, JobId, NodeId, ObjectId, TaskId, WorkerId};
 pub use resources::Resources;

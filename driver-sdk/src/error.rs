@@ -13,6 +13,14 @@ pub enum Error {
     /// The worker running the task died on every attempt.
     #[error("the worker running {function} died ({attempts} attempt(s), no retries left)")]
     WorkerDied { function: String, attempts: u32 },
+    /// The actor cannot run the call: it is dead (killed, out of restarts, its constructor
+    /// failed, its job ended), or its worker died with the call in flight and the call has
+    /// no retries left. `reason` says which.
+    #[error("actor {actor} died: {reason}")]
+    ActorDied { actor: String, reason: String },
+    /// No live actor has this name.
+    #[error("no actor named {name:?} is alive in the cluster")]
+    ActorNotFound { name: String },
     /// The object's value is gone (its node died or it was freed).
     #[error("object {object_id} is lost: {reason}")]
     ObjectLost { object_id: String, reason: String },
@@ -73,6 +81,9 @@ impl Error {
             Error::Deserialize { .. } | Error::Serialize { .. } => {
                 (ErrorKind::Deserialize, String::new(), self.to_string())
             }
+            Error::ActorDied { actor, reason } => {
+                (ErrorKind::ActorDied, actor.clone(), reason.clone())
+            }
             Error::ObjectLost { .. } => (ErrorKind::ObjectLost, String::new(), self.to_string()),
             Error::OwnerDied { .. } => (ErrorKind::OwnerDied, String::new(), self.to_string()),
             Error::ObjectStoreFull(m) => (ErrorKind::ObjectStoreFull, String::new(), m.clone()),
@@ -107,6 +118,10 @@ impl Error {
                 },
                 reason: message,
             },
+            ErrorKind::ActorDied => Error::ActorDied {
+                actor: function,
+                reason: message,
+            },
             ErrorKind::ObjectLost => Error::ObjectLost {
                 object_id: String::new(),
                 reason: message,
@@ -137,6 +152,10 @@ mod tests {
                 name: "m::g".into(),
             },
             Error::ObjectStoreFull("no room".into()),
+            Error::ActorDied {
+                actor: "Counter(ab12)".into(),
+                reason: "it was killed".into(),
+            },
         ];
         for e in cases {
             assert_eq!(Error::from_task_error(&e.to_task_error()), e);

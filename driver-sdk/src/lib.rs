@@ -19,6 +19,8 @@
 //! `init()` should be the first thing `main` does: workers are this same executable started
 //! with no arguments, and `init()` is where they branch off.
 
+mod actor;
+mod actor_pool;
 mod codec;
 mod error;
 mod object_ref;
@@ -31,9 +33,12 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use actor::{Actor, ActorHandle, ActorOptions, get_actor, kill};
+pub use actor_pool::ActorPool;
 pub use error::{Error, Result};
+pub use miniray_common::ActorId;
 pub use miniray_common::NodeId;
-pub use miniray_macros::remote;
+pub use miniray_macros::{actor, remote};
 pub use object_ref::ObjectRef;
 pub use options::{Arg, IntoArg, TaskOptions};
 pub use runtime::bootstrap::InitOptions;
@@ -46,11 +51,13 @@ pub mod cluster {
     };
 }
 
-/// Used by the code `#[miniray::remote]` generates; not a public API.
+/// Used by the code `#[miniray::remote]` and `#[miniray::actor]` generate; not a public API.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::actor::{ActorClient, ActorCore};
     pub use crate::registry::{
-        InvokeError, RemoteFunction, check_arity, decode_arg, encode_return,
+        ActorClass, ActorInstance, ActorMethod, InvokeError, RemoteFunction, check_arity,
+        decode_arg, encode_return,
     };
     pub use inventory;
 }
@@ -87,6 +94,12 @@ pub fn is_initialized() -> bool {
 /// local cluster if `init` started one. Safe to call more than once.
 pub fn shutdown() {
     runtime::shutdown();
+}
+
+/// Total resources of the cluster's alive nodes by name (`"CPU"`, `"GPU"`, custom ones).
+pub fn cluster_resources() -> Result<std::collections::BTreeMap<String, f64>> {
+    let cw = runtime::current()?;
+    cw.block_on(cw.cluster_resources())?
 }
 
 /// The node this code runs on.
@@ -127,7 +140,7 @@ pub fn get_timeout<T: DeserializeOwned + 'static>(
     timeout: Option<Duration>,
 ) -> Result<T> {
     let cw = runtime::current()?;
-    let ready = cw.is_ready_locally(r.id());
+    let ready = cw.is_ready_locally(r.id()) || cw.spin_until_ready(r.id());
     cw.block_on_waiting(ready, cw.get(&r.handle, timeout))?
 }
 

@@ -43,6 +43,35 @@ impl<T> IntoArg<T> for ObjectRef<T> {
     }
 }
 
+/// Resources one submission asks for, and the first invalid option given: reported when the
+/// task or actor is submitted, so that option builders stay chainable.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ResourceRequest {
+    pub(crate) resources: Resources,
+    invalid: Option<String>,
+}
+
+impl ResourceRequest {
+    pub(crate) fn set(&mut self, name: impl Into<String>, amount: f64) {
+        if let Err(e) = self.resources.set(name, amount) {
+            self.reject(e.to_string());
+        }
+    }
+
+    /// Records an invalid option (only the first is reported).
+    pub(crate) fn reject(&mut self, reason: String) {
+        self.invalid.get_or_insert(reason);
+    }
+
+    /// `InvalidArgument` for the first invalid option given.
+    pub(crate) fn check(&self) -> Result<()> {
+        match &self.invalid {
+            Some(reason) => Err(Error::InvalidArgument(reason.clone())),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Default retries of a task whose worker dies (as in Ray).
 pub const DEFAULT_MAX_RETRIES: u32 = 3;
 
@@ -50,22 +79,18 @@ pub const DEFAULT_MAX_RETRIES: u32 = 3;
 #[derive(Clone, Debug)]
 pub struct TaskOptions {
     pub(crate) function: &'static str,
-    pub(crate) resources: Resources,
+    pub(crate) request: ResourceRequest,
     pub(crate) max_retries: u32,
-    /// The first invalid option given; reported by `submit` so the builder stays chainable.
-    invalid: Option<String>,
 }
 
 impl TaskOptions {
     pub fn new(function: &'static str) -> Self {
-        let mut resources = Resources::new();
-        // A positive constant is always a valid amount.
-        let _ = resources.set("CPU", 1.0);
+        let mut request = ResourceRequest::default();
+        request.set("CPU", 1.0);
         Self {
             function,
-            resources,
+            request,
             max_retries: DEFAULT_MAX_RETRIES,
-            invalid: None,
         }
     }
 
@@ -74,11 +99,7 @@ impl TaskOptions {
     }
 
     pub fn resource(mut self, name: impl Into<String>, amount: f64) -> Self {
-        if let Err(e) = self.resources.set(name, amount)
-            && self.invalid.is_none()
-        {
-            self.invalid = Some(e.to_string());
-        }
+        self.request.set(name, amount);
         self
     }
 
@@ -89,9 +110,7 @@ impl TaskOptions {
 
     /// Submits the task; the returned reference resolves to its result.
     pub fn submit<R>(self, args: Vec<Arg>) -> Result<ObjectRef<R>> {
-        if let Some(reason) = self.invalid {
-            return Err(Error::InvalidArgument(reason));
-        }
+        self.request.check()?;
         let cw = runtime::current()?;
         let handle = cw.submit_task(self, args)?;
         Ok(ObjectRef::from_handle(handle))

@@ -1,4 +1,5 @@
-//! The executable-wide table of remote functions, filled by `#[miniray::remote]`.
+//! The executable-wide tables of remote functions and actor classes, filled by
+//! `#[miniray::remote]` and `#[miniray::actor]`.
 //!
 //! Invariant: a driver and its workers run the same executable, so a name registered in one
 //! is registered in all; a name unknown to a worker is reported as `UnknownFunction`.
@@ -20,6 +21,8 @@ pub enum InvokeError {
     Argument { index: usize, reason: String },
     #[error("the return value does not encode: {reason}")]
     Return { reason: String },
+    #[error("this worker hosts an actor of another class")]
+    WrongActor,
 }
 
 /// A type-erased entry point: encoded arguments in, encoded result out.
@@ -32,6 +35,31 @@ pub struct RemoteFunction {
 }
 
 inventory::collect!(RemoteFunction);
+
+/// An actor instance while its worker hosts it. Not `Send`: it lives on the task thread.
+pub type ActorInstance = Box<dyn std::any::Any>;
+
+/// Builds an actor from its encoded constructor arguments.
+pub type ConstructFn = fn(&[&[u8]]) -> Result<ActorInstance, InvokeError>;
+
+/// Runs one method on an actor instance: encoded arguments in, encoded result out.
+pub type MethodFn = fn(&mut dyn std::any::Any, &[&[u8]]) -> Result<Vec<u8>, InvokeError>;
+
+/// One actor class, registered by `#[miniray::actor]` on its `impl` block.
+pub struct ActorClass {
+    pub name: &'static str,
+    pub construct: ConstructFn,
+}
+
+/// One method of an actor class.
+pub struct ActorMethod {
+    pub class: &'static str,
+    pub method: &'static str,
+    pub invoke: MethodFn,
+}
+
+inventory::collect!(ActorClass);
+inventory::collect!(ActorMethod);
 
 fn table() -> &'static HashMap<&'static str, &'static RemoteFunction> {
     static TABLE: OnceLock<HashMap<&'static str, &'static RemoteFunction>> = OnceLock::new();
@@ -46,6 +74,35 @@ fn table() -> &'static HashMap<&'static str, &'static RemoteFunction> {
 /// The function registered under `name`.
 pub(crate) fn lookup(name: &str) -> Option<&'static RemoteFunction> {
     table().get(name).copied()
+}
+
+/// The actor class registered under `name`.
+pub(crate) fn actor_class(name: &str) -> Option<&'static ActorClass> {
+    static TABLE: OnceLock<HashMap<&'static str, &'static ActorClass>> = OnceLock::new();
+    TABLE
+        .get_or_init(|| {
+            inventory::iter::<ActorClass>
+                .into_iter()
+                .map(|c| (c.name, c))
+                .collect()
+        })
+        .get(name)
+        .copied()
+}
+
+/// The method `method` of the actor class `class`.
+pub(crate) fn actor_method(class: &str, method: &str) -> Option<&'static ActorMethod> {
+    type Table = HashMap<(&'static str, &'static str), &'static ActorMethod>;
+    static TABLE: OnceLock<Table> = OnceLock::new();
+    TABLE
+        .get_or_init(|| {
+            inventory::iter::<ActorMethod>
+                .into_iter()
+                .map(|m| ((m.class, m.method), m))
+                .collect()
+        })
+        .get(&(class, method))
+        .copied()
 }
 
 pub fn check_arity(args: &[&[u8]], expected: usize) -> Result<(), InvokeError> {

@@ -39,7 +39,7 @@ pub(crate) async fn run(state: Arc<GcsState>, token: String, mut shutdown: watch
         let running = state.running_jobs().await;
         failures.retain(|id, _| running.iter().any(|(r, _)| r == id));
         for (id, address) in running {
-            if driver_answers(&address, &token).await {
+            if worker_answers(&address, &token).await {
                 failures.remove(&id);
                 continue;
             }
@@ -61,8 +61,9 @@ pub(crate) async fn run(state: Arc<GcsState>, token: String, mut shutdown: watch
     }
 }
 
-/// Whether anything answers at the driver's core-worker address.
-async fn driver_answers(address: &str, token: &str) -> bool {
+/// Whether anything answers at a core-worker address (a driver's, or an actor's worker's).
+/// A server that answers at all, even with an error, counts as there.
+pub(crate) async fn worker_answers(address: &str, token: &str) -> bool {
     let call = async {
         let channel = auth::connect(address, token).await.ok()?;
         let reply = CoreWorkerClient::new(channel)

@@ -2,13 +2,15 @@
 //!
 //! One tonic service (`Gcs` in `proto/gcs.proto`) over the cluster tables: nodes (with a
 //! heartbeat health check), jobs, content-addressed executables and a namespaced KV store,
-//! plus pub/sub of node and job changes. Storage sits behind [`storage::Storage`]: in
+//! plus pub/sub of node, job and actor changes, and the actor manager ([`actors`]) that
+//! places, creates, restarts and kills actors. Storage sits behind [`storage::Storage`]: in
 //! memory by default, or written through to Redis so that a GCS restarted on the same
 //! Redis reloads the cluster state.
 
 pub mod storage;
 pub mod testing;
 
+mod actors;
 mod driver_monitor;
 mod service;
 
@@ -110,6 +112,7 @@ impl GcsServer {
         let state = Arc::new(
             GcsState::load(
                 storage,
+                cfg.token.clone(),
                 cfg.session_name.clone(),
                 cfg.node_timeout,
                 shutdown_rx.clone(),
@@ -126,6 +129,9 @@ impl GcsServer {
             addr: cfg.bind,
             source,
         })?;
+        // Reloaded actors that are not dead get their supervisors back (they end with the
+        // server: they watch the same shutdown signal).
+        actors::supervisor::resume(&state).await;
 
         let grpc = GcsGrpcServer::new(GcsService {
             state: state.clone(),

@@ -4,7 +4,8 @@
 //! through to the storage backend; KV entries and executables live only in the backend.
 //! Invariant: a node or job change reaches memory and subscribers only after the backend
 //! accepted it, so a failed write changes nothing and a restarted GCS sees everything
-//! that any client was told succeeded.
+//! that any client was told succeeded. Actors follow the same rule (see [`crate::actors`]).
+//! Lock order: `nodes` or `jobs` before the actor table, never the other way round.
 
 use std::collections::{BTreeMap, HashSet};
 use std::pin::Pin;
@@ -17,20 +18,23 @@ use miniray_common::time::now_ms;
 use miniray_common::{ErrorCode, JobId, NodeId, Resources, WorkerId};
 use miniray_proto::gcs_server::Gcs;
 use miniray_proto::{
-    AddJobReply, AddJobRequest, Channel, ExecutableChunk, GetAllJobsReply, GetAllJobsRequest,
-    GetAllNodesReply, GetAllNodesRequest, GetClusterStatusReply, GetClusterStatusRequest,
-    GetExecutableRequest, GetJobReply, GetJobRequest, HasExecutableReply, HasExecutableRequest,
-    HeartbeatReply, HeartbeatRequest, JobInfo, KvDelReply, KvDelRequest, KvGetReply, KvGetRequest,
-    KvKeysReply, KvKeysRequest, KvPutReply, KvPutRequest, MarkJobFinishedReply,
-    MarkJobFinishedRequest, NodeInfo, NodeState, PubMessage, PutExecutableReply, RegisterNodeReply,
-    RegisterNodeRequest, ResourceDemand, ResourceSet, SubscribeRequest, UnregisterNodeReply,
-    UnregisterNodeRequest, pub_message,
+    AddJobReply, AddJobRequest, Channel, CreateActorReply, CreateActorRequest, ExecutableChunk,
+    GetActorReply, GetActorRequest, GetAllActorsReply, GetAllActorsRequest, GetAllJobsReply,
+    GetAllJobsRequest, GetAllNodesReply, GetAllNodesRequest, GetClusterStatusReply,
+    GetClusterStatusRequest, GetExecutableRequest, GetJobReply, GetJobRequest, HasExecutableReply,
+    HasExecutableRequest, HeartbeatReply, HeartbeatRequest, JobInfo, KillActorReply,
+    KillActorRequest, KvDelReply, KvDelRequest, KvGetReply, KvGetRequest, KvKeysReply,
+    KvKeysRequest, KvPutReply, KvPutRequest, MarkJobFinishedReply, MarkJobFinishedRequest,
+    NodeInfo, NodeState, PubMessage, PutExecutableReply, RegisterNodeReply, RegisterNodeRequest,
+    ReportWorkerFailureReply, ReportWorkerFailureRequest, ResourceDemand, ResourceSet,
+    SubscribeRequest, UnregisterNodeReply, UnregisterNodeRequest, pub_message,
 };
 use prost::Message;
 use tokio::sync::{Mutex, broadcast, watch};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::GcsError;
+use crate::actors::{self, ActorManager};
 use crate::storage::{EXECUTABLES_TABLE, JOBS_TABLE, NODES_TABLE, Storage, kv_table};
 
 /// Messages a subscriber may fall behind by before its stream is ended with an error.
@@ -60,6 +64,7 @@ pub(crate) struct GcsState {
     /// Same discipline as `nodes`.
     jobs: Mutex<BTreeMap<JobId, JobInfo>>,
     events: broadcast::Sender<PubMessage>,
+    pub(crate) actors: ActorManager,
     session_name: String,
     node_timeout: Duration,
     /// Flips to true (or closes) when the server stops; ends subscriber streams.
@@ -72,6 +77,7 @@ impl GcsState {
     /// the others time out normally.
     pub(crate) async fn load(
         storage: Arc<dyn Storage>,
+        token: String,
         session_name: String,
         node_timeout: Duration,
         shutdown: watch::Receiver<bool>,
@@ -106,11 +112,13 @@ impl GcsState {
             );
         }
         let (events, _) = broadcast::channel(PUBSUB_CAPACITY);
+        let actors = ActorManager::load(Arc::clone(&storage), events.clone(), token).await?;
         Ok(Self {
             storage,
             nodes: Mutex::new(nodes),
             jobs: Mutex::new(jobs),
             events,
+            actors,
             session_name,
             node_timeout,
             shutdown,
@@ -169,7 +177,46 @@ impl GcsState {
         tracing::info!(job_id = %id, why, "job finished");
         *job = finished;
         self.publish_job(job);
+        // Still under the job lock (jobs → actors), so no actor of the job can be created
+        // after this sweep.
+        self.actors.end_job(id).await;
         Ok(true)
+    }
+
+    /// Fires (or closes) when the server stops.
+    pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.clone()
+    }
+
+    /// Nodes that take new work (ALIVE; not draining, not dead).
+    pub(crate) async fn alive_nodes(&self) -> Vec<NodeInfo> {
+        self.nodes
+            .lock()
+            .await
+            .values()
+            .filter(|e| e.info.state == NodeState::Alive as i32)
+            .map(|e| e.info.clone())
+            .collect()
+    }
+
+    /// Why the node is dead; `None` while it is not. An unknown node counts as dead.
+    pub(crate) async fn node_death(&self, id: &NodeId) -> Option<String> {
+        match self.nodes.lock().await.get(id) {
+            None => Some(format!("node {id} is unknown to the gcs")),
+            Some(e) if e.info.state == NodeState::Dead as i32 => {
+                Some(if e.info.death_reason.is_empty() {
+                    format!("node {id} is dead")
+                } else {
+                    format!("node {id} is dead: {}", e.info.death_reason)
+                })
+            }
+            Some(_) => None,
+        }
+    }
+
+    /// Whether the job is known and not finished.
+    pub(crate) async fn job_running(&self, id: &JobId) -> bool {
+        self.jobs.lock().await.get(id).is_some_and(|j| !j.finished)
     }
 
     /// Running jobs and the core-worker address of their driver.
@@ -199,6 +246,7 @@ impl GcsState {
             })
             .map(|(id, _)| *id)
             .collect();
+        let mut died = false;
         for id in expired {
             let Some(entry) = nodes.get_mut(&id) else {
                 continue;
@@ -213,6 +261,11 @@ impl GcsState {
             tracing::warn!(node_id = %id, reason = %info.death_reason, "node marked dead");
             entry.info = info;
             self.publish_node(&entry.info);
+            died = true;
+        }
+        if died {
+            // Supervisors of actors on (or being placed on) these nodes react.
+            self.actors.cluster_changed();
         }
     }
 }
@@ -380,6 +433,8 @@ impl Gcs for GcsService {
                 last_seen: Instant::now(),
             },
         );
+        // Actors waiting for a node that fits look again.
+        state.actors.cluster_changed();
         Ok(Response::new(RegisterNodeReply {}))
     }
 
@@ -441,6 +496,7 @@ impl Gcs for GcsService {
         tracing::info!(node_id = %id, reason = %info.death_reason, "node unregistered");
         entry.info = info;
         state.publish_node(&entry.info);
+        state.actors.cluster_changed();
         Ok(Response::new(UnregisterNodeReply {}))
     }
 
@@ -678,7 +734,12 @@ impl Gcs for GcsService {
             .map(|c| parse_channel(c).map(|c| c as i32))
             .collect::<Result<HashSet<i32>, Status>>()?;
         if channels.is_empty() {
-            channels = [Channel::NodeChanges as i32, Channel::JobChanges as i32].into();
+            channels = [
+                Channel::NodeChanges as i32,
+                Channel::JobChanges as i32,
+                Channel::ActorChanges as i32,
+            ]
+            .into();
         }
         // Subscribed before the reply goes out: a client that saw the reply headers misses
         // no change made after that.
@@ -700,11 +761,67 @@ impl Gcs for GcsService {
     ) -> Result<Response<GetClusterStatusReply>, Status> {
         let nodes = self.all_nodes().await;
         let jobs = self.all_jobs().await;
+        let actors = self.state.actors.all().await;
         Ok(Response::new(GetClusterStatusReply {
             nodes,
             jobs,
             session_name: self.state.session_name.clone(),
+            actors,
         }))
+    }
+
+    /// Registers the actor (persisted before the reply) and starts its supervisor; the
+    /// creation itself happens in the background.
+    async fn create_actor(
+        &self,
+        request: Request<CreateActorRequest>,
+    ) -> Result<Response<CreateActorReply>, Status> {
+        let (id, job_id, info) =
+            actors::validate_new(request.into_inner().actor, canonical_resources)?;
+        let state = &self.state;
+        let created = {
+            let jobs = state.jobs.lock().await;
+            state.actors.register(&jobs, id, job_id, info).await?
+        };
+        if created {
+            actors::supervisor::spawn(Arc::clone(state), id);
+        }
+        Ok(Response::new(CreateActorReply {}))
+    }
+
+    async fn get_actor(
+        &self,
+        request: Request<GetActorRequest>,
+    ) -> Result<Response<GetActorReply>, Status> {
+        let actor = self.state.actors.get(request.into_inner()).await?;
+        Ok(Response::new(GetActorReply { actor: Some(actor) }))
+    }
+
+    async fn kill_actor(
+        &self,
+        request: Request<KillActorRequest>,
+    ) -> Result<Response<KillActorReply>, Status> {
+        self.state.actors.kill(request.into_inner()).await?;
+        Ok(Response::new(KillActorReply {}))
+    }
+
+    async fn get_all_actors(
+        &self,
+        _request: Request<GetAllActorsRequest>,
+    ) -> Result<Response<GetAllActorsReply>, Status> {
+        let actors = self.state.actors.all().await;
+        Ok(Response::new(GetAllActorsReply { actors }))
+    }
+
+    async fn report_worker_failure(
+        &self,
+        request: Request<ReportWorkerFailureRequest>,
+    ) -> Result<Response<ReportWorkerFailureReply>, Status> {
+        self.state
+            .actors
+            .worker_failed(request.into_inner())
+            .await?;
+        Ok(Response::new(ReportWorkerFailureReply {}))
     }
 }
 

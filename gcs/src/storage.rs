@@ -17,6 +17,8 @@ use redis::aio::ConnectionManager;
 pub const NODES_TABLE: &str = "nodes";
 /// Table of `JobInfo` records keyed by job id bytes.
 pub const JOBS_TABLE: &str = "jobs";
+/// Table of `ActorInfo` records keyed by actor id bytes.
+pub const ACTORS_TABLE: &str = "actors";
 /// Table of executables keyed by their blake3 hex hash.
 pub const EXECUTABLES_TABLE: &str = "executables";
 

@@ -1,68 +1,29 @@
 //! The GCS service through a real tonic client over loopback.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::{
+    Client, DEADLINE, add_job, client_for, code, next_message, node_info, register_node, resources,
+    start_with, subscribe, unregister_node,
+};
 use futures::StreamExt;
-use miniray_common::auth::{AuthedChannel, connect};
-use miniray_common::config::{MAX_MESSAGE_SIZE, TRANSFER_CHUNK_SIZE};
+use miniray_common::auth::connect;
+use miniray_common::config::TRANSFER_CHUNK_SIZE;
 use miniray_common::{ErrorCode, JobId, NodeId, WorkerId};
-use miniray_gcs::{GcsConfig, GcsHandle, GcsServer, StorageConfig};
+use miniray_gcs::{GcsConfig, GcsServer, StorageConfig};
 use miniray_proto::gcs_client::GcsClient;
 use miniray_proto::*;
 use tonic::Code;
 
-const TOKEN: &str = "test-token";
-/// Generous deadline for anything asynchronous on a loaded 2-core machine.
-const DEADLINE: Duration = Duration::from_secs(20);
-
-type Client = GcsClient<AuthedChannel>;
-
-async fn start(cfg: GcsConfig) -> (GcsHandle, Client) {
-    let gcs = GcsServer::start(cfg).await.unwrap();
-    let client = client_for(&gcs).await;
-    (gcs, client)
-}
-
-async fn client_for(gcs: &GcsHandle) -> Client {
-    let channel = connect(&gcs.address().to_string(), TOKEN).await.unwrap();
-    GcsClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE_SIZE)
-        .max_encoding_message_size(MAX_MESSAGE_SIZE)
-}
+/// Where the test nodes claim their raylet listens; nothing dials it here.
+const NODE_PORT: u32 = 4000;
 
 fn config() -> GcsConfig {
-    let mut cfg = GcsConfig::new(TOKEN);
+    let mut cfg = GcsConfig::new(common::TOKEN);
     cfg.session_name = "test-session".into();
     cfg
-}
-
-fn resources(pairs: &[(&str, f64)]) -> ResourceSet {
-    ResourceSet {
-        amounts: pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
-    }
-}
-
-fn node_info(id: NodeId) -> NodeInfo {
-    NodeInfo {
-        address: Some(NodeAddress {
-            node_id: id.to_vec(),
-            host: "127.0.0.1".into(),
-            port: 4000,
-        }),
-        total: Some(resources(&[("CPU", 4.0)])),
-        available: Some(resources(&[("CPU", 4.0)])),
-        object_store_capacity: 1 << 30,
-        ..Default::default()
-    }
-}
-
-async fn register(client: &mut Client, id: NodeId) {
-    client
-        .register_node(RegisterNodeRequest {
-            node: Some(node_info(id)),
-        })
-        .await
-        .unwrap();
 }
 
 async fn heartbeat(client: &mut Client, id: NodeId, cpus: f64) -> bool {
@@ -98,24 +59,50 @@ fn node_id_of(info: &NodeInfo) -> Vec<u8> {
     info.address.as_ref().unwrap().node_id.clone()
 }
 
-fn code(status: &tonic::Status) -> ErrorCode {
-    ErrorCode::of_status(status)
+async fn get_job(client: &mut Client, id: &[u8]) -> Result<JobInfo, tonic::Status> {
+    let reply = client
+        .get_job(GetJobRequest {
+            job_id: id.to_vec(),
+        })
+        .await?;
+    Ok(reply.into_inner().job.unwrap())
 }
 
-/// Next message of a subscription, failing the test after `DEADLINE`.
-async fn next_message(stream: &mut tonic::Streaming<PubMessage>) -> PubMessage {
-    tokio::time::timeout(DEADLINE, stream.next())
+async fn mark_job_finished(client: &mut Client, id: &[u8]) -> Result<(), tonic::Status> {
+    client
+        .mark_job_finished(MarkJobFinishedRequest {
+            job_id: id.to_vec(),
+        })
         .await
-        .expect("no message before the deadline")
-        .expect("stream ended")
-        .expect("stream failed")
+        .map(|_| ())
+}
+
+async fn all_jobs(client: &mut Client) -> Vec<JobInfo> {
+    client
+        .get_all_jobs(GetAllJobsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs
+}
+
+async fn kv_get(client: &mut Client, ns: &str, key: &[u8]) -> Option<Vec<u8>> {
+    let reply = client
+        .kv_get(KvGetRequest {
+            ns: ns.into(),
+            key: key.to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    reply.found.then_some(reply.value)
 }
 
 #[tokio::test]
 async fn register_heartbeat_and_list_nodes() {
-    let (gcs, mut client) = start(config()).await;
+    let (gcs, mut client) = start_with(config()).await;
     let id = NodeId::random();
-    register(&mut client, id).await;
+    register_node(&mut client, id, NODE_PORT).await;
 
     let nodes = all_nodes(&mut client).await;
     assert_eq!(nodes.len(), 1);
@@ -139,13 +126,7 @@ async fn register_heartbeat_and_list_nodes() {
     assert!(!heartbeat(&mut client, NodeId::random(), 1.0).await);
 
     // Unregister marks the node dead with the reason; it is listed but refused from then on.
-    client
-        .unregister_node(UnregisterNodeRequest {
-            node_id: id.to_vec(),
-            reason: "drained".into(),
-        })
-        .await
-        .unwrap();
+    unregister_node(&mut client, id, "drained").await.unwrap();
     let node = all_nodes(&mut client).await.remove(0);
     assert_eq!(node.state, NodeState::Dead as i32);
     assert_eq!(node.death_reason, "drained");
@@ -154,17 +135,13 @@ async fn register_heartbeat_and_list_nodes() {
     // A dead id cannot come back.
     let err = client
         .register_node(RegisterNodeRequest {
-            node: Some(node_info(id)),
+            node: Some(node_info(id, NODE_PORT)),
         })
         .await
         .unwrap_err();
     assert_eq!(code(&err), ErrorCode::AlreadyExists);
 
-    let err = client
-        .unregister_node(UnregisterNodeRequest {
-            node_id: NodeId::random().to_vec(),
-            reason: String::new(),
-        })
+    let err = unregister_node(&mut client, NodeId::random(), "")
         .await
         .unwrap_err();
     assert_eq!(code(&err), ErrorCode::NotFound);
@@ -183,20 +160,14 @@ async fn register_heartbeat_and_list_nodes() {
 async fn silent_node_is_marked_dead_and_death_is_published() {
     let mut cfg = config();
     cfg.node_timeout = Duration::from_millis(500);
-    let (gcs, mut client) = start(cfg).await;
+    let (gcs, mut client) = start_with(cfg).await;
 
-    let mut events = client
-        .subscribe(SubscribeRequest {
-            channels: vec![Channel::NodeChanges as i32],
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut events = subscribe(&mut client, Channel::NodeChanges).await;
 
     let silent = NodeId::random();
     let alive = NodeId::random();
-    register(&mut client, silent).await;
-    register(&mut client, alive).await;
+    register_node(&mut client, silent, NODE_PORT).await;
+    register_node(&mut client, alive, NODE_PORT).await;
     let first = next_message(&mut events).await;
     assert_eq!(first.channel, Channel::NodeChanges as i32);
     let Some(pub_message::Payload::Node(info)) = first.payload else {
@@ -250,25 +221,13 @@ async fn silent_node_is_marked_dead_and_death_is_published() {
 
 #[tokio::test]
 async fn kv_semantics() {
-    let (gcs, mut client) = start(config()).await;
+    let (gcs, mut client) = start_with(config()).await;
     let put = |ns: &str, key: &[u8], value: &[u8], overwrite: bool| KvPutRequest {
         ns: ns.into(),
         key: key.to_vec(),
         value: value.to_vec(),
         overwrite,
     };
-    let get = async |client: &mut Client, ns: &str, key: &[u8]| {
-        let r = client
-            .kv_get(KvGetRequest {
-                ns: ns.into(),
-                key: key.to_vec(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        r.found.then_some(r.value)
-    };
-
     let added = |r: tonic::Response<KvPutReply>| r.into_inner().added;
     assert!(added(
         client.kv_put(put("ns", b"k", b"v1", false)).await.unwrap()
@@ -277,14 +236,14 @@ async fn kv_semantics() {
     assert!(!added(
         client.kv_put(put("ns", b"k", b"v2", false)).await.unwrap()
     ));
-    assert_eq!(get(&mut client, "ns", b"k").await, Some(b"v1".to_vec()));
+    assert_eq!(kv_get(&mut client, "ns", b"k").await, Some(b"v1".to_vec()));
     // overwrite=true replaces it; the key is not new.
     assert!(!added(
         client.kv_put(put("ns", b"k", b"v3", true)).await.unwrap()
     ));
-    assert_eq!(get(&mut client, "ns", b"k").await, Some(b"v3".to_vec()));
+    assert_eq!(kv_get(&mut client, "ns", b"k").await, Some(b"v3".to_vec()));
     // Namespaces are separate.
-    assert_eq!(get(&mut client, "other", b"k").await, None);
+    assert_eq!(kv_get(&mut client, "other", b"k").await, None);
     assert!(added(
         client
             .kv_put(put("other", b"k", b"o", false))
@@ -312,8 +271,11 @@ async fn kv_semantics() {
     };
     assert!(client.kv_del(del(b"k")).await.unwrap().into_inner().deleted);
     assert!(!client.kv_del(del(b"k")).await.unwrap().into_inner().deleted);
-    assert_eq!(get(&mut client, "ns", b"k").await, None);
-    assert_eq!(get(&mut client, "other", b"k").await, Some(b"o".to_vec()));
+    assert_eq!(kv_get(&mut client, "ns", b"k").await, None);
+    assert_eq!(
+        kv_get(&mut client, "other", b"k").await,
+        Some(b"o".to_vec())
+    );
 
     let err = client.kv_put(put("ns", b"", b"v", true)).await.unwrap_err();
     assert_eq!(code(&err), ErrorCode::InvalidArgument);
@@ -322,14 +284,8 @@ async fn kv_semantics() {
 
 #[tokio::test]
 async fn job_table_and_job_events() {
-    let (gcs, mut client) = start(config()).await;
-    let mut events = client
-        .subscribe(SubscribeRequest {
-            channels: vec![Channel::JobChanges as i32],
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let (gcs, mut client) = start_with(config()).await;
+    let mut events = subscribe(&mut client, Channel::JobChanges).await;
 
     let id = JobId::random();
     let job = JobInfo {
@@ -358,15 +314,7 @@ async fn job_table_and_job_events() {
         .unwrap_err();
     assert_eq!(code(&err), ErrorCode::AlreadyExists);
 
-    let got = client
-        .get_job(GetJobRequest {
-            job_id: id.to_vec(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .job
-        .unwrap();
+    let got = get_job(&mut client, &id.to_vec()).await.unwrap();
     assert!(!got.finished);
     assert!(got.start_time_ms > 0);
     assert_eq!(got.env["A"], "1");
@@ -376,45 +324,20 @@ async fn job_table_and_job_events() {
     assert_eq!(msg.channel, Channel::JobChanges as i32);
     assert!(matches!(msg.payload, Some(pub_message::Payload::Job(j)) if !j.finished));
 
-    client
-        .mark_job_finished(MarkJobFinishedRequest {
-            job_id: id.to_vec(),
-        })
-        .await
-        .unwrap();
-    let got = client
-        .get_job(GetJobRequest {
-            job_id: id.to_vec(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .job
-        .unwrap();
+    mark_job_finished(&mut client, &id.to_vec()).await.unwrap();
+    let got = get_job(&mut client, &id.to_vec()).await.unwrap();
     assert!(got.finished);
     assert!(got.end_time_ms >= got.start_time_ms);
     let msg = next_message(&mut events).await;
     assert!(matches!(msg.payload, Some(pub_message::Payload::Job(j)) if j.finished));
 
-    let all = client
-        .get_all_jobs(GetAllJobsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .jobs;
-    assert_eq!(all.len(), 1);
+    assert_eq!(all_jobs(&mut client).await.len(), 1);
 
-    let err = client
-        .get_job(GetJobRequest {
-            job_id: JobId::random().to_vec(),
-        })
+    let err = get_job(&mut client, &JobId::random().to_vec())
         .await
         .unwrap_err();
     assert_eq!(code(&err), ErrorCode::NotFound);
-    let err = client
-        .mark_job_finished(MarkJobFinishedRequest {
-            job_id: JobId::random().to_vec(),
-        })
+    let err = mark_job_finished(&mut client, &JobId::random().to_vec())
         .await
         .unwrap_err();
     assert_eq!(code(&err), ErrorCode::NotFound);
@@ -457,7 +380,7 @@ async fn has(client: &mut Client, hash: &str) -> bool {
 
 #[tokio::test]
 async fn executable_round_trip_and_corrupt_uploads() {
-    let (gcs, mut client) = start(config()).await;
+    let (gcs, mut client) = start_with(config()).await;
     // Two and a bit chunks.
     let data: Vec<u8> = (0..2 * TRANSFER_CHUNK_SIZE + 12345)
         .map(|i| (i % 253) as u8)
@@ -543,7 +466,7 @@ async fn executable_round_trip_and_corrupt_uploads() {
 
 #[tokio::test]
 async fn rpcs_without_the_token_are_refused() {
-    let (gcs, _client) = start(config()).await;
+    let (gcs, _client) = start_with(config()).await;
     let url = format!("http://{}", gcs.address());
     let plain = tonic::transport::Channel::from_shared(url)
         .unwrap()
@@ -572,14 +495,14 @@ async fn rpcs_without_the_token_are_refused() {
 
 #[tokio::test]
 async fn bad_input_is_invalid_argument_and_changes_nothing() {
-    let (gcs, mut client) = start(config()).await;
+    let (gcs, mut client) = start_with(config()).await;
     let short_id = vec![1, 2, 3];
 
-    let mut bad_node = node_info(NodeId::random());
+    let mut bad_node = node_info(NodeId::random(), NODE_PORT);
     bad_node.address.as_mut().unwrap().node_id = short_id.clone();
-    let mut negative = node_info(NodeId::random());
+    let mut negative = node_info(NodeId::random(), NODE_PORT);
     negative.total = Some(resources(&[("CPU", -1.0)]));
-    let mut no_address = node_info(NodeId::random());
+    let mut no_address = node_info(NodeId::random(), NODE_PORT);
     no_address.address = None;
     for node in [bad_node, negative, no_address] {
         let err = client
@@ -601,7 +524,7 @@ async fn bad_input_is_invalid_argument_and_changes_nothing() {
 
     // A bad heartbeat of a known node leaves the node as it was.
     let id = NodeId::random();
-    register(&mut client, id).await;
+    register_node(&mut client, id, NODE_PORT).await;
     let err = client
         .heartbeat(HeartbeatRequest {
             node_id: id.to_vec(),
@@ -614,12 +537,7 @@ async fn bad_input_is_invalid_argument_and_changes_nothing() {
     let node = all_nodes(&mut client).await.remove(0);
     assert_eq!(node.available.unwrap().amounts["CPU"], 4.0);
 
-    let err = client
-        .get_job(GetJobRequest {
-            job_id: short_id.clone(),
-        })
-        .await
-        .unwrap_err();
+    let err = get_job(&mut client, &short_id).await.unwrap_err();
     assert_eq!(code(&err), ErrorCode::InvalidArgument);
     let err = client
         .add_job(AddJobRequest {
@@ -636,13 +554,7 @@ async fn bad_input_is_invalid_argument_and_changes_nothing() {
         .await
         .unwrap_err();
     assert_eq!(code(&err), ErrorCode::InvalidArgument);
-    let jobs = client
-        .get_all_jobs(GetAllJobsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .jobs;
-    assert!(jobs.is_empty());
+    assert!(all_jobs(&mut client).await.is_empty());
 
     let err = client
         .subscribe(SubscribeRequest { channels: vec![77] })
@@ -654,7 +566,7 @@ async fn bad_input_is_invalid_argument_and_changes_nothing() {
 
 #[tokio::test]
 async fn shutdown_ends_subscriptions_and_stops_serving() {
-    let (gcs, mut client) = start(config()).await;
+    let (gcs, mut client) = start_with(config()).await;
     let address = gcs.address();
     let mut events = client
         .subscribe(SubscribeRequest { channels: vec![] })
@@ -679,30 +591,15 @@ async fn restart_on_redis_keeps_the_cluster_state() {
     let redis = miniray_gcs::testing::RedisServer::start().unwrap();
     let mut cfg = config();
     cfg.storage = StorageConfig::Redis { url: redis.url() };
-    let (gcs, mut client) = start(cfg.clone()).await;
+    let (gcs, mut client) = start_with(cfg.clone()).await;
 
     let live = NodeId::random();
     let gone = NodeId::random();
-    register(&mut client, live).await;
-    register(&mut client, gone).await;
+    register_node(&mut client, live, NODE_PORT).await;
+    register_node(&mut client, gone, NODE_PORT).await;
     assert!(heartbeat(&mut client, live, 2.5).await);
-    client
-        .unregister_node(UnregisterNodeRequest {
-            node_id: gone.to_vec(),
-            reason: "stopped".into(),
-        })
-        .await
-        .unwrap();
-    let job = JobId::random();
-    client
-        .add_job(AddJobRequest {
-            job: Some(JobInfo {
-                job_id: job.to_vec(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap();
+    unregister_node(&mut client, gone, "stopped").await.unwrap();
+    let job = add_job(&mut client).await;
     client
         .kv_put(KvPutRequest {
             ns: "named_actors".into(),
@@ -721,7 +618,7 @@ async fn restart_on_redis_keeps_the_cluster_state() {
     drop(client);
 
     let before_restart = miniray_common::time::now_ms();
-    let (gcs, mut client) = start(cfg).await;
+    let (gcs, mut client) = start_with(cfg).await;
     let nodes = all_nodes(&mut client).await;
     assert_eq!(nodes.len(), 2);
     let find = |id: NodeId| {
@@ -743,26 +640,12 @@ async fn restart_on_redis_keeps_the_cluster_state() {
     assert!(heartbeat(&mut client, live, 3.0).await);
     assert!(!heartbeat(&mut client, gone, 3.0).await);
 
-    let got = client
-        .get_job(GetJobRequest {
-            job_id: job.to_vec(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .job
-        .unwrap();
+    let got = get_job(&mut client, &job.to_vec()).await.unwrap();
     assert!(!got.finished);
-    let kv = client
-        .kv_get(KvGetRequest {
-            ns: "named_actors".into(),
-            key: b"counter".to_vec(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(kv.found);
-    assert_eq!(kv.value, b"actor-1");
+    assert_eq!(
+        kv_get(&mut client, "named_actors", b"counter").await,
+        Some(b"actor-1".to_vec())
+    );
     assert!(has(&mut client, &hash).await);
     let downloaded: Vec<u8> = client
         .get_executable(GetExecutableRequest { hash })

@@ -233,13 +233,13 @@ impl Raylet {
     }
 }
 
-/// Frees the lease of every worker that exits.
+/// Frees the lease of every worker that exits (and tells the GCS, for actors).
 async fn watch_exits(
     node: Arc<Node>,
-    mut exits: tokio::sync::mpsc::UnboundedReceiver<miniray_common::WorkerId>,
+    mut exits: tokio::sync::mpsc::UnboundedReceiver<(miniray_common::WorkerId, String)>,
 ) {
-    while let Some(worker_id) = exits.recv().await {
-        node.on_worker_exit(worker_id);
+    while let Some((worker_id, status)) = exits.recv().await {
+        node.on_worker_exit(worker_id, status);
     }
 }
 

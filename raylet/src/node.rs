@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use miniray_common::auth::AuthedChannel;
 use miniray_common::ids::LeaseId;
@@ -21,8 +22,8 @@ use miniray_plasma::PlasmaStore;
 use miniray_proto::gcs_client::GcsClient;
 use miniray_proto::request_worker_lease_reply::Outcome as WireOutcome;
 use miniray_proto::{
-    HeartbeatRequest, LeaseGrant, NodeAddress, NodeInfo, NodeState, RequestWorkerLeaseReply,
-    RequestWorkerLeaseRequest, WorkerAddress,
+    HeartbeatRequest, LeaseGrant, NodeAddress, NodeInfo, NodeState, ReportWorkerFailureRequest,
+    RequestWorkerLeaseReply, RequestWorkerLeaseRequest, WorkerAddress,
 };
 use tokio::sync::{oneshot, watch};
 use tonic::Status;
@@ -253,13 +254,31 @@ impl Node {
         Ok(())
     }
 
-    /// A worker process exited: the lease it held (if any) ends.
-    pub fn on_worker_exit(&self, worker_id: WorkerId) {
-        let mut st = self.sched.lock();
-        if let Some(lease) = st.scheduler.lease_of_worker(&worker_id) {
-            tracing::info!(worker_id = %worker_id, lease_id = %lease, "leased worker died; freeing its resources");
-            st.scheduler.release(&lease);
-            Self::reschedule(&mut st);
+    /// A worker process exited: the lease it held (if any) ends, and the GCS learns of it
+    /// (the worker may have hosted an actor that must be restarted or declared dead).
+    ///
+    /// Only workers that still held a lease are reported: a worker whose lease was returned
+    /// first (the GCS itself killing an actor, a submitter disconnecting it) hosts nothing
+    /// the GCS needs to hear about. The report is spawned so the scheduler lock is never
+    /// held across a network call.
+    pub fn on_worker_exit(&self, worker_id: WorkerId, status: String) {
+        let held_lease = {
+            let mut st = self.sched.lock();
+            let lease = st.scheduler.lease_of_worker(&worker_id);
+            if let Some(lease) = &lease {
+                tracing::info!(worker_id = %worker_id, lease_id = %lease, %status, "leased worker died; freeing its resources");
+                st.scheduler.release(lease);
+                Self::reschedule(&mut st);
+            }
+            lease.is_some()
+        };
+        if held_lease {
+            tokio::spawn(report_worker_failure(
+                self.gcs.clone(),
+                self.node_id,
+                worker_id,
+                status,
+            ));
         }
     }
 
@@ -341,6 +360,47 @@ impl Node {
             num_leased_workers: info.num_leased_workers,
         }
     }
+}
+
+/// Attempts at telling the GCS about one dead worker.
+const REPORT_ATTEMPTS: u32 = 3;
+/// Bound on each attempt, so a hung GCS cannot pile up report tasks.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause before the second attempt; doubled before each further one.
+const REPORT_FIRST_RETRY: Duration = Duration::from_millis(200);
+
+/// `ReportWorkerFailure`, best effort: a GCS that stays unreachable learns of an actor's
+/// death later anyway (its supervisor sees the node die, or probes the worker after a GCS
+/// restart).
+async fn report_worker_failure(
+    mut gcs: GcsClient<AuthedChannel>,
+    node_id: NodeId,
+    worker_id: WorkerId,
+    reason: String,
+) {
+    let request = ReportWorkerFailureRequest {
+        node_id: node_id.to_vec(),
+        worker_id: worker_id.to_vec(),
+        reason,
+    };
+    let mut delay = REPORT_FIRST_RETRY;
+    for attempt in 1..=REPORT_ATTEMPTS {
+        match tokio::time::timeout(REPORT_TIMEOUT, gcs.report_worker_failure(request.clone())).await
+        {
+            Ok(Ok(_)) => return,
+            Ok(Err(status)) => {
+                tracing::debug!(worker_id = %worker_id, attempt, error = %status, "reporting a worker failure failed")
+            }
+            Err(_) => {
+                tracing::debug!(worker_id = %worker_id, attempt, "reporting a worker failure timed out")
+            }
+        }
+        if attempt < REPORT_ATTEMPTS {
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+        }
+    }
+    tracing::warn!(worker_id = %worker_id, "could not report a worker failure to the gcs");
 }
 
 /// Holds a queued request's place; dropping it (the caller went away) takes it out of the

@@ -18,8 +18,8 @@
 //!   leases of their own job.
 //! - A `Starting` worker that has not called `RegisterWorker` within `start_timeout` is
 //!   killed; whoever waited for it gets an error naming its log files.
-//! - When a worker exits for any reason the pool sends its id on the exit channel, so the
-//!   raylet frees the resources of the lease it held.
+//! - When a worker exits for any reason the pool sends its id and exit status on the exit
+//!   channel, so the raylet frees the resources of the lease it held (and tells the GCS).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -184,17 +184,19 @@ pub struct WorkerPool {
     gcs: GcsClient<AuthedChannel>,
     workers: parking_lot::Mutex<HashMap<WorkerId, Worker>>,
     jobs: parking_lot::Mutex<HashMap<JobId, JobInfo>>,
-    exits: mpsc::UnboundedSender<WorkerId>,
+    /// Every exited worker with its exit status ("signal: 9 (SIGKILL)", "exit status: 1").
+    exits: mpsc::UnboundedSender<(WorkerId, String)>,
     shutting_down: AtomicBool,
 }
 
 impl WorkerPool {
-    /// A pool and the channel on which it reports the id of every worker that exits.
+    /// A pool and the channel on which it reports the id and exit status of every worker
+    /// that exits.
     pub fn new(
         cfg: PoolConfig,
         cache: ExecutableCache,
         gcs: GcsClient<AuthedChannel>,
-    ) -> (Arc<Self>, mpsc::UnboundedReceiver<WorkerId>) {
+    ) -> (Arc<Self>, mpsc::UnboundedReceiver<(WorkerId, String)>) {
         let (exits, rx) = mpsc::unbounded_channel();
         let pool = Arc::new(Self {
             cfg,
@@ -568,10 +570,10 @@ impl WorkerPool {
         if let Some(mut w) = removed {
             tracing::info!(worker_id = %worker_id, %status, state = ?w.state, "worker exited");
             if let Some(tx) = w.start_tx.take() {
-                let _ = tx.send(StartEvent::Exited(status));
+                let _ = tx.send(StartEvent::Exited(status.clone()));
             }
         }
-        let _ = self.exits.send(worker_id);
+        let _ = self.exits.send((worker_id, status));
     }
 }
 

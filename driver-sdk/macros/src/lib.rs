@@ -1,4 +1,4 @@
-//! Procedural macros of miniray: `#[miniray::remote]`.
+//! Procedural macros of miniray: `#[miniray::remote]` and `#[miniray::actor]`.
 //!
 //! `#[remote]` keeps the function callable as a plain function and adds, beside it, a module
 //! of the same name with `remote(args..)`, `options()` and the function's registration in the
@@ -12,6 +12,8 @@ use syn::parse::Parser;
 use syn::punctuated::Punctuated;
 use syn::{Expr, FnArg, ItemFn, MetaNameValue, Pat, ReturnType, Token, Type, parse_macro_input};
 
+mod actor;
+
 /// Turns a function into a remote function. See the crate docs of `miniray`.
 ///
 /// Options: `num_cpus = N` (default 1), `max_retries = N` (default 3), `resources = ...`
@@ -23,6 +25,73 @@ pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
         Ok(ts) => ts.into(),
         Err(e) => e.to_compile_error().into(),
     }
+}
+
+/// Turns a struct and its `impl` block into an actor class. See the crate docs of `miniray`.
+///
+/// On the struct: implements `miniray::Actor` and defines the client and options types.
+/// On the `impl` block: requires `fn new(..) -> Self` (the constructor), adds
+/// `Type::remote(..)` and `Type::options()`, and makes every `&self`/`&mut self` method a
+/// call on `ActorHandle<Type>`.
+#[proc_macro_attribute]
+pub fn actor(attr: TokenStream, item: TokenStream) -> TokenStream {
+    if !attr.is_empty() {
+        let attr2: TokenStream2 = attr.into();
+        return syn::Error::new_spanned(
+            attr2,
+            "#[actor] takes no options; use `Type::options()` per creation",
+        )
+        .to_compile_error()
+        .into();
+    }
+    let item2: TokenStream2 = item.into();
+    let result = match syn::parse2::<syn::Item>(item2) {
+        Ok(syn::Item::Struct(s)) => actor::expand_struct(s),
+        Ok(syn::Item::Impl(i)) => actor::expand_impl(i),
+        Ok(other) => Err(syn::Error::new_spanned(
+            other,
+            "#[actor] goes on a struct and on its impl block",
+        )),
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(ts) => ts.into(),
+        Err(e) => e.to_compile_error().into(),
+    }
+}
+
+/// The parameters of a generated function: names and types of the original's arguments,
+/// which are passed by value (they are serialized).
+pub(crate) fn by_value_args<'a>(
+    inputs: impl Iterator<Item = &'a FnArg>,
+    what: &str,
+) -> syn::Result<(Vec<syn::Ident>, Vec<Type>)> {
+    let mut names = Vec::new();
+    let mut types = Vec::new();
+    for (i, input) in inputs.enumerate() {
+        match input {
+            FnArg::Receiver(r) => {
+                return Err(syn::Error::new_spanned(
+                    r,
+                    format!("{what} cannot take self"),
+                ));
+            }
+            FnArg::Typed(pt) => {
+                if let Type::Reference(r) = &*pt.ty {
+                    return Err(syn::Error::new_spanned(
+                        r,
+                        format!("{what} arguments are passed by value (they are serialized)"),
+                    ));
+                }
+                names.push(match &*pt.pat {
+                    Pat::Ident(id) => format_ident!("{}", id.ident),
+                    _ => format_ident!("arg{}", i),
+                });
+                types.push((*pt.ty).clone());
+            }
+        }
+    }
+    Ok((names, types))
 }
 
 fn expand_remote(attr: TokenStream2, func: ItemFn) -> syn::Result<TokenStream2> {
@@ -61,32 +130,7 @@ fn expand_remote(attr: TokenStream2, func: ItemFn) -> syn::Result<TokenStream2> 
         ));
     }
 
-    let mut arg_names = Vec::new();
-    let mut arg_types: Vec<Type> = Vec::new();
-    for (i, input) in sig.inputs.iter().enumerate() {
-        match input {
-            FnArg::Receiver(r) => {
-                return Err(syn::Error::new_spanned(
-                    r,
-                    "remote functions cannot take self",
-                ));
-            }
-            FnArg::Typed(pt) => {
-                if let Type::Reference(r) = &*pt.ty {
-                    return Err(syn::Error::new_spanned(
-                        r,
-                        "remote function arguments are passed by value (they are serialized)",
-                    ));
-                }
-                let name = match &*pt.pat {
-                    Pat::Ident(id) => format_ident!("{}", id.ident),
-                    _ => format_ident!("arg{}", i),
-                };
-                arg_names.push(name);
-                arg_types.push((*pt.ty).clone());
-            }
-        }
-    }
+    let (arg_names, arg_types) = by_value_args(sig.inputs.iter(), "remote functions")?;
     let ret: Type = match &sig.output {
         ReturnType::Default => syn::parse_quote!(()),
         ReturnType::Type(_, ty) => (**ty).clone(),

@@ -266,6 +266,7 @@ async fn build(
         plasma,
         store: ObjectStore::new(freed_tx),
         submitter: Submitter::default(),
+        actors: Default::default(),
         inline_threshold: DEFAULT_INLINE_THRESHOLD,
         handle: tokio::runtime::Handle::current(),
     });

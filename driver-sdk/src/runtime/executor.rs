@@ -1,7 +1,12 @@
-//! A worker's task thread: runs pushed tasks one at a time, catching panics.
+//! A worker's task thread: runs pushed tasks one at a time, catching panics; and, once an
+//! actor creation task has run here, hosts that actor and runs its method calls.
 //!
-//! Invariant: tasks run on this one thread (the process's main thread), never on the tokio
-//! runtime, so a task may block in `get`/`wait` and may submit tasks of its own.
+//! Invariants:
+//! - tasks run on this one thread (the process's main thread), never on the tokio runtime,
+//!   so a task may block in `get`/`wait` and may submit tasks of its own;
+//! - a worker hosts at most one actor, for the rest of its life (the GCS holds its lease);
+//!   method calls run one at a time, in the order their batches arrived;
+//! - a panic inside a method fails that call only: the instance stays as the panic left it.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -17,36 +22,62 @@ use tracing::{debug, warn};
 use super::{CoreWorker, set_in_task};
 use crate::codec::Encoded;
 use crate::error::{Error, Result};
-use crate::registry;
+use crate::registry::{self, ActorClass, ActorInstance, ActorMethod, InvokeError, RemoteFunction};
+
+/// Where a batch's replies go: groups of replies, in task order.
+pub(crate) type ReplySender = mpsc::UnboundedSender<Vec<PushTaskReply>>;
 
 pub(crate) enum ExecMsg {
-    /// Tasks to run in order; one reply per task goes to the sender as each finishes.
-    Tasks(
-        Vec<TaskSpec>,
-        mpsc::UnboundedSender<std::result::Result<PushTaskReply, tonic::Status>>,
-    ),
+    /// Tasks to run in order; one reply per task goes to the sender, in groups (see `run`).
+    Tasks(Vec<TaskSpec>, ReplySender),
     Exit,
+}
+
+/// Replies of short tasks are sent in groups of this many (or at the end of the batch).
+/// A group of small replies travels as one HTTP/2 DATA frame: h2 counts every small DATA
+/// frame a reader has not consumed yet against a budget and ends the connection when a
+/// slow reader (a busy driver) lets too many pile up.
+const REPLY_GROUP: usize = 16;
+/// A task that ran at least this long has its reply sent at once: long tasks cannot pile
+/// up small frames, and their callers should not wait for the next task.
+const SEND_AT_ONCE_MICROS: u64 = 200;
+
+/// The actor this worker hosts.
+struct Hosted {
+    actor_id: Vec<u8>,
+    class: &'static ActorClass,
+    instance: ActorInstance,
 }
 
 /// Runs tasks until told to exit or until every sender is gone.
 pub(crate) fn run(cw: &Arc<CoreWorker>, rx: std::sync::mpsc::Receiver<ExecMsg>) {
+    let mut hosted: Option<Hosted> = None;
     while let Ok(msg) = rx.recv() {
         match msg {
             ExecMsg::Exit => break,
             ExecMsg::Tasks(specs, replies) => {
-                for spec in specs {
+                let count = specs.len();
+                let mut group = Vec::new();
+                for (i, spec) in specs.into_iter().enumerate() {
                     let started = Instant::now();
-                    let outcome = match execute(cw, &spec) {
+                    let outcome = match execute(cw, &spec, &mut hosted) {
                         Ok(v) => push_task_reply::Outcome::Value(v),
                         Err(e) => push_task_reply::Outcome::Error(e.to_task_error()),
                     };
-                    // The submitter may have given up on the batch; the remaining tasks
-                    // still run, as their side effects may be relied on.
-                    let _ = replies.send(Ok(PushTaskReply {
+                    let run_micros = started.elapsed().as_micros() as u64;
+                    group.push(PushTaskReply {
                         outcome: Some(outcome),
                         task_id: spec.task_id,
-                        run_micros: started.elapsed().as_micros() as u64,
-                    }));
+                        run_micros,
+                    });
+                    if group.len() >= REPLY_GROUP
+                        || i + 1 == count
+                        || run_micros >= SEND_AT_ONCE_MICROS
+                    {
+                        // The submitter may have given up on the batch; the remaining tasks
+                        // still run, as their side effects may be relied on.
+                        let _ = replies.send(std::mem::take(&mut group));
+                    }
                 }
             }
         }
@@ -59,11 +90,71 @@ enum ArgBytes<'a> {
     Plasma(ObjectLocation),
 }
 
-fn execute(cw: &Arc<CoreWorker>, spec: &TaskSpec) -> Result<miniray_proto::ObjectValue> {
+/// What a task spec asks this worker to run.
+enum Target {
+    Function(&'static RemoteFunction),
+    CreateActor(&'static ActorClass),
+    Method(&'static ActorMethod),
+}
+
+fn target(spec: &TaskSpec, hosted: &Option<Hosted>) -> Result<Target> {
     let name = spec.function_name.as_str();
-    let function = registry::lookup(name).ok_or_else(|| Error::UnknownFunction {
-        name: name.to_string(),
-    })?;
+    if spec.actor_creation {
+        if hosted.is_some() {
+            return Err(Error::Internal(
+                "this worker already hosts an actor".to_string(),
+            ));
+        }
+        return registry::actor_class(name)
+            .map(Target::CreateActor)
+            .ok_or_else(|| Error::UnknownFunction {
+                name: name.to_string(),
+            });
+    }
+    if spec.actor_id.is_empty() {
+        return registry::lookup(name).map(Target::Function).ok_or_else(|| {
+            Error::UnknownFunction {
+                name: name.to_string(),
+            }
+        });
+    }
+    let h = hosted
+        .as_ref()
+        .filter(|h| h.actor_id == spec.actor_id)
+        .ok_or_else(|| Error::ActorDied {
+            actor: hex::encode(&spec.actor_id),
+            reason: "the worker the call reached does not host it (it was restarted elsewhere)"
+                .to_string(),
+        })?;
+    registry::actor_method(h.class.name, name)
+        .map(Target::Method)
+        .ok_or_else(|| Error::UnknownFunction {
+            name: format!("{}::{name}", h.class.name),
+        })
+}
+
+/// How errors of this task name what ran: the function, or `Class.method`.
+fn display_name(spec: &TaskSpec, target: &Target) -> String {
+    match target {
+        Target::Function(f) => f.name.to_string(),
+        Target::CreateActor(c) => format!("{}::new", short_name(c.name)),
+        Target::Method(m) => format!("{}.{}", short_name(m.class), spec.function_name),
+    }
+}
+
+/// The last path segment of a registered name.
+pub(crate) fn short_name(path: &str) -> &str {
+    path.rsplit("::").next().unwrap_or(path)
+}
+
+fn execute(
+    cw: &Arc<CoreWorker>,
+    spec: &TaskSpec,
+    hosted: &mut Option<Hosted>,
+) -> Result<miniray_proto::ObjectValue> {
+    let target = target(spec, hosted)?;
+    let name = display_name(spec, &target);
+    let name = name.as_str();
 
     let mut pinned: Vec<ObjectId> = Vec::new();
     let fetched = cw.block_on(fetch_args(cw, spec, &mut pinned))?;
@@ -76,7 +167,21 @@ fn execute(cw: &Arc<CoreWorker>, spec: &TaskSpec) -> Result<miniray_proto::Objec
             })
             .collect::<Result<Vec<&[u8]>>>()?;
         set_in_task(true);
-        let out = catch_unwind(AssertUnwindSafe(|| (function.invoke)(&slices)));
+        let out = catch_unwind(AssertUnwindSafe(|| match &target {
+            Target::Function(f) => (f.invoke)(&slices).map(Some),
+            Target::CreateActor(class) => (class.construct)(&slices).map(|instance| {
+                *hosted = Some(Hosted {
+                    actor_id: spec.actor_id.clone(),
+                    class,
+                    instance,
+                });
+                None
+            }),
+            Target::Method(m) => match hosted.as_mut() {
+                Some(h) => (m.invoke)(h.instance.as_mut(), &slices).map(Some),
+                None => Err(InvokeError::WrongActor),
+            },
+        }));
         set_in_task(false);
         match out {
             Ok(Ok(bytes)) => Ok(bytes),
@@ -93,7 +198,13 @@ fn execute(cw: &Arc<CoreWorker>, spec: &TaskSpec) -> Result<miniray_proto::Objec
     if let Ok(Err(e)) = cw.block_on(cw.plasma.release(&pinned)) {
         warn!(error = %e, "releasing task arguments failed");
     }
-    let bytes = result?;
+    // An actor's creation has no result object: the GCS only needs to hear it succeeded.
+    let Some(bytes) = result? else {
+        return Ok(miniray_proto::ObjectValue {
+            location: Some(object_value::Location::Inline(Vec::new())),
+            size: 0,
+        });
+    };
 
     let return_id =
         ObjectId::from_bytes(&spec.return_id).map_err(|e| Error::InvalidArgument(e.to_string()))?;

@@ -5,10 +5,11 @@
 //! `shutdown`. Its tokio runtime runs all RPCs; the blocking API enters it with `block_on`
 //! from user threads (never from inside the runtime).
 
+pub(crate) mod actors;
 pub(crate) mod bootstrap;
 mod clients;
 pub(crate) mod cluster;
-mod executor;
+pub(crate) mod executor;
 mod job;
 mod plasma;
 mod server;
@@ -63,6 +64,7 @@ pub(crate) struct CoreWorker {
     pub(crate) plasma: PlasmaClient,
     pub(crate) store: ObjectStore,
     pub(crate) submitter: Submitter,
+    pub(crate) actors: actors::ActorSubmitter,
     pub(crate) inline_threshold: usize,
     pub(crate) handle: Handle,
 }
@@ -180,6 +182,25 @@ impl CoreWorker {
             self.store.state(id),
             Some(State::Ready(_)) | Some(State::Failed(_))
         )
+    }
+
+    /// Polls briefly for an owned object to become ready before the caller parks: a result
+    /// that arrives within a round trip is then picked up without a thread wake-up, which
+    /// is a large part of a synchronous call's latency. Bounded, so a long wait costs
+    /// at most `SPIN_BEFORE_PARK` of CPU.
+    pub(crate) fn spin_until_ready(&self, id: ObjectId) -> bool {
+        const SPIN_BEFORE_PARK: Duration = Duration::from_micros(300);
+        if !self.store.is_owned(id) {
+            return false;
+        }
+        let start = std::time::Instant::now();
+        while start.elapsed() < SPIN_BEFORE_PARK {
+            if self.is_ready_locally(id) {
+                return true;
+            }
+            std::thread::yield_now();
+        }
+        false
     }
 
     /// Drops one local reference (called by `RefHandle::drop`).

@@ -77,6 +77,15 @@ fn in_flight_limit(avg_run_micros: Option<f64>) -> usize {
     }
 }
 
+/// Arguments in wire form, and the objects they read.
+pub(crate) struct PreparedArgs {
+    pub args: Vec<TaskArg>,
+    /// Held until the task is done, so that its arguments stay alive.
+    pub deps: Vec<Arc<RefHandle>>,
+    /// Positions still to fill in once these objects are ready.
+    pub unresolved: Vec<(usize, Arc<RefHandle>)>,
+}
+
 #[derive(Default)]
 pub(crate) struct Submitter {
     keys: Mutex<HashMap<String, KeyState>>,
@@ -99,35 +108,12 @@ impl CoreWorker {
         opts: TaskOptions,
         args: Vec<Arg>,
     ) -> Result<Arc<RefHandle>> {
-        let return_id = ObjectId::random();
-        self.store.insert_owned(return_id, State::Pending);
-        let result = RefHandle::new(self, return_id, self.address.clone());
-
-        let mut task_args = Vec::with_capacity(args.len());
-        let mut deps = Vec::new();
-        let mut unresolved = Vec::new();
-        for (i, arg) in args.into_iter().enumerate() {
-            match arg.0 {
-                ArgKind::Value(bytes) if bytes.len() < self.inline_threshold => {
-                    task_args.push(TaskArg {
-                        object_id: Vec::new(),
-                        value: Some(Value::Inline(Arc::new(bytes)).to_proto()),
-                    });
-                }
-                ArgKind::Value(bytes) => {
-                    // Too big to travel inline: store it like a `put` and pass the reference.
-                    let handle = self.put_in_background(bytes);
-                    unresolved.push((i, handle.clone()));
-                    task_args.push(TaskArg::default());
-                    deps.push(handle);
-                }
-                ArgKind::Ref(handle) => {
-                    unresolved.push((i, handle.clone()));
-                    task_args.push(TaskArg::default());
-                    deps.push(handle);
-                }
-            }
-        }
+        let (return_id, result) = self.pending_result();
+        let PreparedArgs {
+            args: task_args,
+            deps,
+            unresolved,
+        } = self.prepare_args(args);
         let spec = TaskSpec {
             task_id: TaskId::random().to_vec(),
             job_id: self.job_id.to_vec(),
@@ -135,40 +121,81 @@ impl CoreWorker {
             args: task_args,
             return_id: return_id.to_vec(),
             caller: Some(self.address.to_proto()),
-            resources: Some(opts.resources.to_proto()),
+            resources: Some(opts.request.resources.to_proto()),
             attempt: 0,
+            ..Default::default()
         };
         let task = QueuedTask {
             spec,
             retries_left: opts.max_retries,
             _deps: deps,
         };
-        let resources = opts.resources;
+        let resources = opts.request.resources;
         if unresolved.is_empty() {
             self.enqueue(resources, task);
         } else {
             let cw = self.clone();
             self.handle.spawn(async move {
                 let mut task = task;
-                for (i, handle) in unresolved {
-                    match cw.resolve(&handle, None).await {
-                        Ok(v) => {
-                            task.spec.args[i] = TaskArg {
-                                object_id: handle.id.to_vec(),
-                                value: Some(v.to_proto()),
-                            }
-                        }
-                        Err(e) => {
-                            // A failed dependency fails the task with the same error.
-                            cw.store.complete(return_id, Err(e));
-                            return;
-                        }
-                    }
+                match cw.resolve_args(&mut task.spec.args, unresolved).await {
+                    Ok(()) => cw.enqueue(resources, task),
+                    // A failed dependency fails the task with the same error.
+                    Err(e) => cw.store.complete(return_id, Err(e)),
                 }
-                cw.enqueue(resources, task);
             });
         }
         Ok(result)
+    }
+
+    /// A new object owned here, pending until a task or call completes it.
+    pub(crate) fn pending_result(self: &Arc<Self>) -> (ObjectId, Arc<RefHandle>) {
+        let id = ObjectId::random();
+        self.store.insert_owned(id, State::Pending);
+        (id, RefHandle::new(self, id, self.address.clone()))
+    }
+
+    /// Turns arguments into their wire form: small values inline, large ones stored like a
+    /// `put`, references left to resolve (`unresolved`, by position).
+    pub(crate) fn prepare_args(self: &Arc<Self>, args: Vec<Arg>) -> PreparedArgs {
+        let mut prepared = PreparedArgs {
+            args: Vec::with_capacity(args.len()),
+            deps: Vec::new(),
+            unresolved: Vec::new(),
+        };
+        for (i, arg) in args.into_iter().enumerate() {
+            let handle = match arg.0 {
+                ArgKind::Value(bytes) if bytes.len() < self.inline_threshold => {
+                    prepared.args.push(TaskArg {
+                        object_id: Vec::new(),
+                        value: Some(Value::Inline(Arc::new(bytes)).to_proto()),
+                    });
+                    continue;
+                }
+                // Too big to travel inline: store it like a `put` and pass the reference.
+                ArgKind::Value(bytes) => self.put_in_background(bytes),
+                ArgKind::Ref(handle) => handle,
+            };
+            prepared.unresolved.push((i, handle.clone()));
+            prepared.args.push(TaskArg::default());
+            prepared.deps.push(handle);
+        }
+        prepared
+    }
+
+    /// Waits for the referenced arguments and fills in where their values are.
+    pub(crate) async fn resolve_args(
+        &self,
+        args: &mut [TaskArg],
+        unresolved: Vec<(usize, Arc<RefHandle>)>,
+    ) -> Result<()> {
+        for (i, handle) in unresolved {
+            let v = self.resolve(&handle, None).await?;
+            args[i] = TaskArg {
+                object_id: handle.id.to_vec(),
+                value: Some(v.to_proto()),
+            };
+        }
+        Ok(())
     }
 
     fn enqueue(self: &Arc<Self>, resources: Resources, task: QueuedTask) {
@@ -376,8 +403,8 @@ impl CoreWorker {
         }
     }
 
-    /// Whether some alive node's total resources fit `resources`.
-    async fn cluster_can_ever_fit(&self, resources: &Resources) -> Result<bool> {
+    /// The total resources of each alive node.
+    async fn alive_node_totals(&self) -> Result<Vec<Resources>> {
         let mut gcs = self.gcs.clone();
         let nodes = gcs
             .get_all_nodes(GetAllNodesRequest {})
@@ -385,13 +412,31 @@ impl CoreWorker {
             .map_err(|s| status_error(&self.gcs_address, s))?
             .into_inner()
             .nodes;
-        Ok(nodes.iter().any(|n| {
-            n.state == NodeState::Alive as i32
-                && n.total
-                    .as_ref()
-                    .and_then(|t| Resources::from_proto(t).ok())
-                    .is_some_and(|t| t.contains(resources))
-        }))
+        Ok(nodes
+            .iter()
+            .filter(|n| n.state == NodeState::Alive as i32)
+            .filter_map(|n| n.total.as_ref().and_then(|t| Resources::from_proto(t).ok()))
+            .collect())
+    }
+
+    /// Total resources of the alive nodes, by name.
+    pub(crate) async fn cluster_resources(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, f64>> {
+        let mut total = Resources::new();
+        for t in self.alive_node_totals().await? {
+            total.add(&t, None);
+        }
+        Ok(total.iter().map(|(k, v)| (k.to_string(), v)).collect())
+    }
+
+    /// Whether some alive node's total resources fit `resources`.
+    pub(crate) async fn cluster_can_ever_fit(&self, resources: &Resources) -> Result<bool> {
+        Ok(self
+            .alive_node_totals()
+            .await?
+            .iter()
+            .any(|t| t.contains(resources)))
     }
 
     /// Asks the local raylet for a lease, following spillback. Returns (lease id, worker

@@ -238,7 +238,12 @@ impl Cluster {
 
     /// Runs the test driver with `args` against this cluster and waits (with a deadline).
     pub fn run_driver(&self, args: &[&str]) -> DriverRun {
-        let child = Command::new(exe())
+        DriverRun::wait(self.spawn_driver(args), DRIVER_DEADLINE)
+    }
+
+    /// Starts the test driver with `args` against this cluster; `DriverRun::wait` ends it.
+    pub fn spawn_driver(&self, args: &[&str]) -> Child {
+        Command::new(exe())
             .args(args)
             .env("MINIRAY_ADDRESS", &self.gcs_address)
             .env("MINIRAY_TOKEN", &self.token)
@@ -247,8 +252,7 @@ impl Cluster {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("driver starts");
-        DriverRun::wait(child, DRIVER_DEADLINE)
+            .expect("driver starts")
     }
 
     /// Plasma segments of this cluster's session still in /dev/shm.

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use miniray::{Error, IntoArg, ObjectRef, TaskOptions};
 
+mod actors;
+
 #[miniray::remote]
 fn square(x: u64) -> u64 {
     x * x
@@ -116,11 +118,11 @@ fn fnv(data: &[u8]) -> u64 {
     })
 }
 
-fn out(key: &str, value: impl std::fmt::Display) {
+pub(crate) fn out(key: &str, value: impl std::fmt::Display) {
     println!("{key}={value}");
 }
 
-fn error_kind(e: &Error) -> &'static str {
+pub(crate) fn error_kind(e: &Error) -> &'static str {
     match e {
         Error::TaskFailed { .. } => "task_failed",
         Error::WorkerDied { .. } => "worker_died",
@@ -133,11 +135,13 @@ fn error_kind(e: &Error) -> &'static str {
         Error::Deserialize { .. } => "deserialize",
         Error::Infeasible { .. } => "infeasible",
         Error::InvalidArgument(_) => "invalid_argument",
+        Error::ActorDied { .. } => "actor_died",
+        Error::ActorNotFound { .. } => "actor_not_found",
         _ => "other",
     }
 }
 
-fn report<T: std::fmt::Debug>(prefix: &str, r: miniray::Result<T>) {
+pub(crate) fn report<T: std::fmt::Debug>(prefix: &str, r: miniray::Result<T>) {
     match r {
         Ok(v) => out(prefix, format!("ok:{v:?}")),
         Err(e) => {
@@ -374,7 +378,11 @@ fn run(scenario: &str) -> anyhow::Result<()> {
                 fnv(&miniray::get(&b)?) == fnv(&pattern(100 << 20, 2)),
             );
         }
-        other => anyhow::bail!("unknown scenario {other:?}"),
+        other => {
+            if !actors::run(other)? {
+                anyhow::bail!("unknown scenario {other:?}");
+            }
+        }
     }
     Ok(())
 }
