@@ -80,6 +80,17 @@ impl ActorCore {
         Ok(ActorHandle::from_core(Self::new(&cw, id, A::NAME, retries)))
     }
 
+    /// `create` for async code.
+    pub async fn create_async<A: Actor>(
+        opts: ActorOptions,
+        args: Vec<Arg>,
+    ) -> Result<ActorHandle<A>> {
+        let cw = runtime::current()?;
+        let retries = opts.max_task_retries;
+        let id = cw.create_actor(A::NAME, opts, args).await?;
+        Ok(ActorHandle::from_core(Self::new(&cw, id, A::NAME, retries)))
+    }
+
     /// Submits a call of `method`; returns at once.
     pub fn call<R>(&self, method: &'static str, args: Vec<Arg>) -> Result<ObjectRef<R>> {
         let cw = self.0.runtime.upgrade().ok_or(Error::NotInitialized)?;
@@ -189,6 +200,17 @@ impl<'de, A: Actor> Deserialize<'de> for ActorHandle<A> {
 pub fn get_actor<A: Actor>(name: &str) -> Result<ActorHandle<A>> {
     let cw = runtime::current()?;
     let (id, class, retries) = cw.block_on(cw.find_named_actor(name))??;
+    typed_handle(&cw, name, id, &class, retries)
+}
+
+/// A handle of class `A` to the actor found under `name`, if it is of that class.
+fn typed_handle<A: Actor>(
+    cw: &Arc<CoreWorker>,
+    name: &str,
+    id: ActorId,
+    class: &str,
+    retries: u32,
+) -> Result<ActorHandle<A>> {
     if class != A::NAME {
         return Err(Error::InvalidArgument(format!(
             "the actor named {name:?} is a {class}, not a {}",
@@ -196,8 +218,15 @@ pub fn get_actor<A: Actor>(name: &str) -> Result<ActorHandle<A>> {
         )));
     }
     Ok(ActorHandle::from_core(ActorCore::new(
-        &cw, id, &class, retries,
+        cw, id, class, retries,
     )))
+}
+
+/// `get_actor` for async code.
+pub async fn get_actor_async<A: Actor>(name: &str) -> Result<ActorHandle<A>> {
+    let cw = runtime::current()?;
+    let (id, class, retries) = cw.find_named_actor(name).await?;
+    typed_handle(&cw, name, id, &class, retries)
 }
 
 /// Ends the actor for good (no restart): its worker stops, and calls that have not run fail
@@ -205,4 +234,9 @@ pub fn get_actor<A: Actor>(name: &str) -> Result<ActorHandle<A>> {
 pub fn kill<A: Actor>(handle: &ActorHandle<A>) -> Result<()> {
     let cw = runtime::current()?;
     cw.block_on(cw.kill_actor(handle.id()))?
+}
+
+/// `kill` for async code.
+pub async fn kill_async<A: Actor>(handle: &ActorHandle<A>) -> Result<()> {
+    runtime::current()?.kill_actor(handle.id()).await
 }

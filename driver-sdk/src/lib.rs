@@ -33,7 +33,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use actor::{Actor, ActorHandle, ActorOptions, get_actor, kill};
+pub use actor::{Actor, ActorHandle, ActorOptions, get_actor, get_actor_async, kill, kill_async};
 pub use actor_pool::ActorPool;
 pub use error::{Error, Result};
 pub use miniray_common::ActorId;

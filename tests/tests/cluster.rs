@@ -36,6 +36,7 @@ fn async_twins_work_inside_a_tokio_runtime() {
         (0..10u64).map(|x| x * x).sum::<u64>().to_string()
     );
     assert_eq!(run.get("wait_async"), "10/0");
+    assert_eq!(run.get("actor_async"), "42");
     assert_eq!(run.get("blocking_in_async_kind"), "invalid_argument");
 }
 

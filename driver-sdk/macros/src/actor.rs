@@ -256,6 +256,16 @@ pub(crate) fn expand_impl(item: ItemImpl) -> syn::Result<TokenStream2> {
                 ];
                 ::miniray::__private::ActorCore::create::<#ty>(self.0, args)
             }
+
+            /// `remote` for async code (the GCS registers the actor before it returns).
+            pub async fn remote_async(self, #(#ctor_names: impl ::miniray::IntoArg<#ctor_types>),*)
+                -> ::miniray::Result<::miniray::ActorHandle<#ty>>
+            {
+                let args = ::std::vec![
+                    #( ::miniray::IntoArg::<#ctor_types>::into_arg(#ctor_names)? ),*
+                ];
+                ::miniray::__private::ActorCore::create_async::<#ty>(self.0, args).await
+            }
         }
 
         #[allow(dead_code)]

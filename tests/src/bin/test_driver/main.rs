@@ -338,6 +338,15 @@ fn run(scenario: &str) -> anyhow::Result<()> {
                 let (ready, pending) =
                     miniray::wait_async(&refs, 10, Some(Duration::from_secs(10))).await?;
                 out("wait_async", format!("{}/{}", ready.len(), pending.len()));
+                // Actors: created, found, called and killed without blocking calls.
+                let counter = actors::Counter::options()
+                    .name("async-counter")
+                    .remote_async(40)
+                    .await?;
+                let found: miniray::ActorHandle<actors::Counter> =
+                    miniray::get_actor_async("async-counter").await?;
+                out("actor_async", miniray::get_async(&found.incr(2)?).await?);
+                miniray::kill_async(&counter).await?;
                 // A blocking call inside an async runtime is refused, not a panic.
                 report("blocking_in_async", miniray::get(&doubled));
                 Ok::<_, Error>(())
