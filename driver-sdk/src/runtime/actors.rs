@@ -479,6 +479,8 @@ impl CoreWorker {
                     }
                 }
             };
+            // An entry nothing here needs any more goes, except the creator's entry of a
+            // live actor: it holds the constructor's arguments for restarts.
             if matches!(step, Step::Kill)
                 || (q.unused() && !q.owned)
                 || (q.unused() && q.dead.is_some())
