@@ -8,7 +8,7 @@ use proc_macro2::TokenStream as TokenStream2;
 use quote::{format_ident, quote};
 use syn::{FnArg, ImplItem, ItemImpl, ItemStruct, ReturnType, Type};
 
-use crate::by_value_args;
+use crate::ByValueArgs;
 
 fn client_ident(ty: &syn::Ident) -> syn::Ident {
     format_ident!("__{}ActorClient", ty)
@@ -89,8 +89,7 @@ pub(crate) fn expand_struct(item: ItemStruct) -> syn::Result<TokenStream2> {
 struct Method {
     vis: syn::Visibility,
     name: syn::Ident,
-    arg_names: Vec<syn::Ident>,
-    arg_types: Vec<Type>,
+    args: ByValueArgs,
     ret: Type,
 }
 
@@ -122,7 +121,7 @@ pub(crate) fn expand_impl(item: ItemImpl) -> syn::Result<TokenStream2> {
     let client = client_ident(&ident);
     let options = options_ident(&ident);
 
-    let mut constructor: Option<(Vec<syn::Ident>, Vec<Type>)> = None;
+    let mut constructor: Option<ByValueArgs> = None;
     let mut methods = Vec::new();
     for impl_item in &item.items {
         let ImplItem::Fn(f) = impl_item else { continue };
@@ -133,7 +132,10 @@ pub(crate) fn expand_impl(item: ItemImpl) -> syn::Result<TokenStream2> {
         });
         let Some(receiver) = receiver else {
             if sig.ident == "new" {
-                constructor = Some(by_value_args(sig.inputs.iter(), "an actor's constructor")?);
+                constructor = Some(ByValueArgs::parse(
+                    sig.inputs.iter(),
+                    "an actor's constructor",
+                )?);
             }
             continue;
         };
@@ -150,42 +152,36 @@ pub(crate) fn expand_impl(item: ItemImpl) -> syn::Result<TokenStream2> {
             ));
         }
         reject_generics(&sig.generics, "actor methods")?;
-        let (arg_names, arg_types) = by_value_args(sig.inputs.iter().skip(1), "actor methods")?;
         methods.push(Method {
             vis: f.vis.clone(),
             name: sig.ident.clone(),
-            arg_names,
-            arg_types,
+            args: ByValueArgs::parse(sig.inputs.iter().skip(1), "actor methods")?,
             ret: return_type(&sig.output),
         });
     }
-    let Some((ctor_names, ctor_types)) = constructor else {
+    let Some(ctor) = constructor else {
         return Err(syn::Error::new_spanned(
             ty,
             "an actor's impl block needs a constructor `fn new(..) -> Self`",
         ));
     };
-    let ctor_arity = ctor_names.len();
-    let ctor_indices: Vec<usize> = (0..ctor_arity).collect();
+    let (ctor_names, ctor_params, ctor_collect, ctor_decode) =
+        (&ctor.names, ctor.params(), ctor.collect(), ctor.decode());
 
     let client_methods = methods.iter().map(|m| {
         let Method {
             vis,
             name,
-            arg_names,
-            arg_types,
+            args,
             ret,
         } = m;
         let method_name = name.to_string();
         let doc = format!("Calls [`{ident}::{name}`] on the actor; returns at once.");
+        let (params, collect) = (args.params(), args.collect());
         quote! {
             #[doc = #doc]
-            #vis fn #name(&self, #(#arg_names: impl ::miniray::IntoArg<#arg_types>),*)
-                -> ::miniray::Result<::miniray::ObjectRef<#ret>>
-            {
-                let args = ::std::vec![
-                    #( ::miniray::IntoArg::<#arg_types>::into_arg(#arg_names)? ),*
-                ];
+            #vis fn #name(&self, #params) -> ::miniray::Result<::miniray::ObjectRef<#ret>> {
+                #collect
                 ::miniray::__private::ActorClient::core(self).call::<#ret>(#method_name, args)
             }
         }
@@ -193,16 +189,11 @@ pub(crate) fn expand_impl(item: ItemImpl) -> syn::Result<TokenStream2> {
 
     let invokers = methods.iter().map(|m| {
         let Method {
-            name,
-            arg_names,
-            arg_types,
-            ret,
-            ..
+            name, args, ret, ..
         } = m;
         let method_name = name.to_string();
         let invoke = format_ident!("__invoke_{}", name);
-        let arity = arg_names.len();
-        let indices: Vec<usize> = (0..arity).collect();
+        let (arg_names, decode) = (&args.names, args.decode());
         quote! {
             fn #invoke(
                 this: &mut dyn ::core::any::Any,
@@ -211,8 +202,7 @@ pub(crate) fn expand_impl(item: ItemImpl) -> syn::Result<TokenStream2> {
                 let this = this
                     .downcast_mut::<#ty>()
                     .ok_or(::miniray::__private::InvokeError::WrongActor)?;
-                ::miniray::__private::check_arity(args, #arity)?;
-                #( let #arg_names: #arg_types = ::miniray::__private::decode_arg(args[#indices], #indices)?; )*
+                #decode
                 let out: #ret = <#ty>::#name(this, #(#arg_names),*);
                 ::miniray::__private::encode_return(&out)
             }
@@ -233,9 +223,7 @@ pub(crate) fn expand_impl(item: ItemImpl) -> syn::Result<TokenStream2> {
         impl #ty {
             /// Creates the actor somewhere in the cluster with default options; returns its
             /// handle at once (the constructor runs there).
-            pub fn remote(#(#ctor_names: impl ::miniray::IntoArg<#ctor_types>),*)
-                -> ::miniray::Result<::miniray::ActorHandle<#ty>>
-            {
+            pub fn remote(#ctor_params) -> ::miniray::Result<::miniray::ActorHandle<#ty>> {
                 Self::options().remote(#(#ctor_names),*)
             }
 
@@ -248,22 +236,16 @@ pub(crate) fn expand_impl(item: ItemImpl) -> syn::Result<TokenStream2> {
         #[allow(dead_code)]
         impl #options {
             /// Creates the actor with these options; returns its handle at once.
-            pub fn remote(self, #(#ctor_names: impl ::miniray::IntoArg<#ctor_types>),*)
-                -> ::miniray::Result<::miniray::ActorHandle<#ty>>
-            {
-                let args = ::std::vec![
-                    #( ::miniray::IntoArg::<#ctor_types>::into_arg(#ctor_names)? ),*
-                ];
+            pub fn remote(self, #ctor_params) -> ::miniray::Result<::miniray::ActorHandle<#ty>> {
+                #ctor_collect
                 ::miniray::__private::ActorCore::create::<#ty>(self.0, args)
             }
 
             /// `remote` for async code (the GCS registers the actor before it returns).
-            pub async fn remote_async(self, #(#ctor_names: impl ::miniray::IntoArg<#ctor_types>),*)
+            pub async fn remote_async(self, #ctor_params)
                 -> ::miniray::Result<::miniray::ActorHandle<#ty>>
             {
-                let args = ::std::vec![
-                    #( ::miniray::IntoArg::<#ctor_types>::into_arg(#ctor_names)? ),*
-                ];
+                #ctor_collect
                 ::miniray::__private::ActorCore::create_async::<#ty>(self.0, args).await
             }
         }
@@ -277,8 +259,7 @@ pub(crate) fn expand_impl(item: ItemImpl) -> syn::Result<TokenStream2> {
             fn __construct(
                 args: &[&[u8]],
             ) -> ::core::result::Result<::miniray::__private::ActorInstance, ::miniray::__private::InvokeError> {
-                ::miniray::__private::check_arity(args, #ctor_arity)?;
-                #( let #ctor_names: #ctor_types = ::miniray::__private::decode_arg(args[#ctor_indices], #ctor_indices)?; )*
+                #ctor_decode
                 let instance: #ty = <#ty>::new(#(#ctor_names),*);
                 ::core::result::Result::Ok(::std::boxed::Box::new(instance))
             }

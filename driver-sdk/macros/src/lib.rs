@@ -60,38 +60,73 @@ pub fn actor(attr: TokenStream, item: TokenStream) -> TokenStream {
     }
 }
 
-/// The parameters of a generated function: names and types of the original's arguments,
-/// which are passed by value (they are serialized).
-pub(crate) fn by_value_args<'a>(
-    inputs: impl Iterator<Item = &'a FnArg>,
-    what: &str,
-) -> syn::Result<(Vec<syn::Ident>, Vec<Type>)> {
-    let mut names = Vec::new();
-    let mut types = Vec::new();
-    for (i, input) in inputs.enumerate() {
-        match input {
-            FnArg::Receiver(r) => {
-                return Err(syn::Error::new_spanned(
-                    r,
-                    format!("{what} cannot take self"),
-                ));
-            }
-            FnArg::Typed(pt) => {
-                if let Type::Reference(r) = &*pt.ty {
+/// The arguments of a remote function, method or constructor, which are passed by value
+/// (they are serialized), and the code every generated entry point builds from them.
+pub(crate) struct ByValueArgs {
+    pub names: Vec<syn::Ident>,
+    pub types: Vec<Type>,
+}
+
+impl ByValueArgs {
+    pub(crate) fn parse<'a>(
+        inputs: impl Iterator<Item = &'a FnArg>,
+        what: &str,
+    ) -> syn::Result<Self> {
+        let mut names = Vec::new();
+        let mut types = Vec::new();
+        for (i, input) in inputs.enumerate() {
+            match input {
+                FnArg::Receiver(r) => {
                     return Err(syn::Error::new_spanned(
                         r,
-                        format!("{what} arguments are passed by value (they are serialized)"),
+                        format!("{what} cannot take self"),
                     ));
                 }
-                names.push(match &*pt.pat {
-                    Pat::Ident(id) => format_ident!("{}", id.ident),
-                    _ => format_ident!("arg{}", i),
-                });
-                types.push((*pt.ty).clone());
+                FnArg::Typed(pt) => {
+                    if let Type::Reference(r) = &*pt.ty {
+                        return Err(syn::Error::new_spanned(
+                            r,
+                            format!("{what} arguments are passed by value (they are serialized)"),
+                        ));
+                    }
+                    names.push(match &*pt.pat {
+                        Pat::Ident(id) => format_ident!("{}", id.ident),
+                        _ => format_ident!("arg{}", i),
+                    });
+                    types.push((*pt.ty).clone());
+                }
             }
         }
+        Ok(Self { names, types })
     }
-    Ok((names, types))
+
+    /// The caller-side parameters: each argument as a value or an `ObjectRef` to one.
+    pub(crate) fn params(&self) -> TokenStream2 {
+        let (names, types) = (&self.names, &self.types);
+        quote! { #(#names: impl ::miniray::IntoArg<#types>),* }
+    }
+
+    /// `let args = vec![..]`: the caller-side parameters in wire form.
+    pub(crate) fn collect(&self) -> TokenStream2 {
+        let (names, types) = (&self.names, &self.types);
+        quote! {
+            let args = ::std::vec![
+                #( ::miniray::IntoArg::<#types>::into_arg(#names)? ),*
+            ];
+        }
+    }
+
+    /// The worker side: checks the count of `args: &[&[u8]]` and decodes each into a local
+    /// of the argument's name.
+    pub(crate) fn decode(&self) -> TokenStream2 {
+        let (names, types) = (&self.names, &self.types);
+        let arity = names.len();
+        let indices: Vec<usize> = (0..arity).collect();
+        quote! {
+            ::miniray::__private::check_arity(args, #arity)?;
+            #( let #names: #types = ::miniray::__private::decode_arg(args[#indices], #indices)?; )*
+        }
+    }
 }
 
 fn expand_remote(attr: TokenStream2, func: ItemFn) -> syn::Result<TokenStream2> {
@@ -130,7 +165,9 @@ fn expand_remote(attr: TokenStream2, func: ItemFn) -> syn::Result<TokenStream2> 
         ));
     }
 
-    let (arg_names, arg_types) = by_value_args(sig.inputs.iter(), "remote functions")?;
+    let args = ByValueArgs::parse(sig.inputs.iter(), "remote functions")?;
+    let (arg_names, params, collect, decode) =
+        (&args.names, args.params(), args.collect(), args.decode());
     let ret: Type = match &sig.output {
         ReturnType::Default => syn::parse_quote!(()),
         ReturnType::Type(_, ty) => (**ty).clone(),
@@ -138,8 +175,6 @@ fn expand_remote(attr: TokenStream2, func: ItemFn) -> syn::Result<TokenStream2> 
 
     let vis = &func.vis;
     let name = &sig.ident;
-    let arity = arg_names.len();
-    let indices: Vec<usize> = (0..arity).collect();
     let doc = format!("Remote form of [`{name}()`](fn@{name}): `remote(..)` submits it as a task.");
 
     Ok(quote! {
@@ -155,9 +190,7 @@ fn expand_remote(attr: TokenStream2, func: ItemFn) -> syn::Result<TokenStream2> 
             pub const NAME: &str = ::core::module_path!();
 
             /// Submits the function as a task with its default options.
-            pub fn remote(#(#arg_names: impl ::miniray::IntoArg<#arg_types>),*)
-                -> ::miniray::Result<::miniray::ObjectRef<#ret>>
-            {
+            pub fn remote(#params) -> ::miniray::Result<::miniray::ObjectRef<#ret>> {
                 options().remote(#(#arg_names),*)
             }
 
@@ -180,19 +213,14 @@ fn expand_remote(attr: TokenStream2, func: ItemFn) -> syn::Result<TokenStream2> 
                 /// How often the task is re-run when its worker dies (default 3).
                 pub fn max_retries(self, n: u32) -> Self { Options(self.0.max_retries(n)) }
                 /// Submits the task; returns at once.
-                pub fn remote(self, #(#arg_names: impl ::miniray::IntoArg<#arg_types>),*)
-                    -> ::miniray::Result<::miniray::ObjectRef<#ret>>
-                {
-                    let args = ::std::vec![
-                        #( ::miniray::IntoArg::<#arg_types>::into_arg(#arg_names)? ),*
-                    ];
+                pub fn remote(self, #params) -> ::miniray::Result<::miniray::ObjectRef<#ret>> {
+                    #collect
                     self.0.submit::<#ret>(args)
                 }
             }
 
             fn __invoke(args: &[&[u8]]) -> ::core::result::Result<::std::vec::Vec<u8>, ::miniray::__private::InvokeError> {
-                ::miniray::__private::check_arity(args, #arity)?;
-                #( let #arg_names: #arg_types = ::miniray::__private::decode_arg(args[#indices], #indices)?; )*
+                #decode
                 let out: #ret = super::#name(#(#arg_names),*);
                 ::miniray::__private::encode_return(&out)
             }
