@@ -1,5 +1,6 @@
 //! A GCS that writes through to Redis, killed and restarted on the same address: the
-//! raylet keeps heartbeating to the new one, the job table survives, and drivers still run.
+//! raylet keeps heartbeating to the new one, the job table survives, drivers still run, and
+//! a live named actor is still found and called.
 
 mod support;
 
@@ -8,8 +9,10 @@ use std::time::{Duration, Instant};
 use miniray_common::config::DEFAULT_HEARTBEAT_INTERVAL;
 use miniray_gcs::testing::RedisServer;
 use miniray_proto::gcs_client::GcsClient;
-use miniray_proto::{GetAllJobsRequest, JobInfo, NodeInfo, NodeState};
-use support::{Cluster, Options, wait_until};
+use miniray_proto::{
+    ActorState, GetAllActorsRequest, GetAllJobsRequest, JobInfo, NodeInfo, NodeState,
+};
+use support::{Cluster, DRIVER_DEADLINE, DriverRun, Options, wait_until};
 
 /// The job table, as a client holding the cluster token sees it.
 fn jobs(cluster: &Cluster) -> Result<Vec<JobInfo>, String> {
@@ -26,6 +29,33 @@ fn jobs(cluster: &Cluster) -> Result<Vec<JobInfo>, String> {
             .await
             .map_err(|e| e.to_string())?;
         Ok(reply.into_inner().jobs)
+    })
+}
+
+/// Whether the GCS reports an ALIVE actor named `name`.
+fn actor_alive(cluster: &Cluster, name: &str) -> bool {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return false;
+    };
+    rt.block_on(async {
+        let Ok(channel) = miniray_common::auth::connect(&cluster.gcs_address, &cluster.token).await
+        else {
+            return false;
+        };
+        match GcsClient::new(channel)
+            .get_all_actors(GetAllActorsRequest {})
+            .await
+        {
+            Ok(r) => r
+                .into_inner()
+                .actors
+                .iter()
+                .any(|a| a.name == name && a.state == ActorState::Alive as i32),
+            Err(_) => false,
+        }
     })
 }
 
@@ -142,4 +172,26 @@ fn a_gcs_restarted_on_the_same_redis_keeps_nodes_and_jobs() {
     assert_eq!(jobs.len(), 2, "both runs' jobs are in the table");
 
     assert!(cluster.stop().is_empty(), "segments left behind");
+}
+
+#[test]
+fn a_named_actor_outlives_a_gcs_restart_on_redis() {
+    let redis = RedisServer::start().expect("redis-server starts (is it installed?)");
+    let mut cluster = Cluster::start(Options {
+        redis: Some(redis.url()),
+        ..Options::default()
+    });
+    // The owner creates the actor, bumps it once, and waits until it reads 11.
+    let owner = cluster.spawn_driver(&["actor_named_owner", "restart-counter"]);
+    wait_until("the named actor is alive", Duration::from_secs(60), || {
+        actor_alive(&cluster, "restart-counter")
+    });
+    cluster.kill_gcs();
+    cluster.restart_gcs();
+    // A new driver finds the actor through the restarted GCS and bumps it ten times.
+    let user = cluster.run_driver(&["actor_named_user", "restart-counter"]);
+    user.assert_success();
+    let owner = DriverRun::wait(owner, DRIVER_DEADLINE);
+    owner.assert_success();
+    assert_eq!(owner.get("owner_sees"), "11");
 }
