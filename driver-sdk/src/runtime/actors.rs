@@ -21,14 +21,14 @@ use std::time::Duration;
 use miniray_common::{ActorId, ErrorCode, ObjectId, TaskId};
 use miniray_proto::{
     ActorInfo, ActorState, CreateActorRequest, GetActorRequest, GetObjectStatusRequest,
-    KillActorRequest, PushTasksRequest, TaskSpec, push_task_reply,
+    KillActorRequest, TaskSpec, push_task_reply,
 };
 use parking_lot::Mutex;
 use tracing::{debug, warn};
 
 use super::CoreWorker;
 use super::plasma::status_error;
-use super::store::Value;
+use super::push::{PushOutcome, reply_result};
 use super::submitter::PreparedArgs;
 use crate::error::{Error, Result};
 use crate::object_ref::RefHandle;
@@ -615,43 +615,17 @@ impl CoreWorker {
     /// Pushes one batch to the actor's worker and completes each call as its reply arrives.
     async fn push_actor_calls(self: Arc<Self>, id: ActorId, target: Target, calls: Vec<Call>) {
         let specs: Vec<TaskSpec> = calls.iter().map(|c| c.spec.clone()).collect();
-        let mut done = 0usize;
-        let mut failure: Option<String> = None;
         // A push whose connection was refused never reached a worker: all of it goes again
         // without spending retries (the usual case after a death not yet noticed here).
-        let mut delivered = true;
-        match self.clients.core_worker(&target.endpoint) {
-            Err(e) => failure = Some(e.to_string()),
-            Ok(mut client) => match client.push_tasks(PushTasksRequest { specs }).await {
-                Err(status) => {
-                    delivered = !connection_refused(&status);
-                    failure = Some(status.message().to_string());
-                }
-                Ok(response) => {
-                    let mut stream = response.into_inner();
-                    while done < calls.len() {
-                        match stream.message().await {
-                            Ok(Some(reply)) => {
-                                self.complete_actor_call(&calls[done], reply.outcome);
-                                done += 1;
-                            }
-                            Ok(None) => {
-                                failure = Some("the worker ended the reply stream early".into());
-                                break;
-                            }
-                            Err(status) => {
-                                failure = Some(status.message().to_string());
-                                break;
-                            }
-                        }
-                    }
-                    if failure.is_none() {
-                        // Read the end too, so the stream is not reset (see the submitter).
-                        let _ = stream.message().await;
-                    }
-                }
-            },
-        }
+        let PushOutcome {
+            done,
+            failure,
+            delivered,
+        } = self
+            .push_batch(&target.endpoint, specs, |i, reply| {
+                self.complete_actor_call(&calls[i], reply.outcome)
+            })
+            .await;
         let mut failed_calls = Vec::new();
         {
             let mut actors = self.actors.actors.lock();
@@ -703,12 +677,7 @@ impl CoreWorker {
         let Ok(return_id) = ObjectId::from_bytes(&call.spec.return_id) else {
             return;
         };
-        let outcome = match outcome {
-            Some(push_task_reply::Outcome::Value(v)) => Value::from_proto(v),
-            Some(push_task_reply::Outcome::Error(e)) => Err(Error::from_task_error(&e)),
-            None => Err(Error::Internal("empty actor call reply".into())),
-        };
-        self.store.complete(return_id, outcome);
+        self.store.complete(return_id, reply_result(outcome));
     }
 }
 
@@ -801,16 +770,4 @@ impl CoreWorker {
             Err(_) => false,
         }
     }
-}
-
-/// Whether a failed call never reached its peer: the connection was refused.
-fn connection_refused(status: &tonic::Status) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
-    while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            return io.kind() == std::io::ErrorKind::ConnectionRefused;
-        }
-        source = e.source();
-    }
-    false
 }

@@ -12,6 +12,7 @@ pub(crate) mod cluster;
 pub(crate) mod executor;
 mod job;
 mod plasma;
+mod push;
 mod server;
 mod store;
 mod submitter;

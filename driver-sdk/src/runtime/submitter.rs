@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use miniray_common::{ObjectId, Resources, TaskId};
 use miniray_proto::{
-    GetAllNodesRequest, NodeState, PushTaskReply, PushTasksRequest, RequestWorkerLeaseRequest,
-    ReturnWorkerRequest, TaskArg, TaskSpec, push_task_reply, request_worker_lease_reply,
+    GetAllNodesRequest, NodeState, PushTaskReply, RequestWorkerLeaseRequest, ReturnWorkerRequest,
+    TaskArg, TaskSpec, request_worker_lease_reply,
 };
 use parking_lot::Mutex;
 use tracing::{debug, warn};
@@ -26,6 +26,7 @@ use tracing::{debug, warn};
 use super::CoreWorker;
 use super::clients::node_endpoint;
 use super::plasma::status_error;
+use super::push::{PushOutcome, reply_result};
 use super::store::{State, Value};
 use crate::error::{Error, Result};
 use crate::object_ref::RefHandle;
@@ -483,38 +484,11 @@ impl CoreWorker {
         tasks: Vec<QueuedTask>,
     ) {
         let specs: Vec<TaskSpec> = tasks.iter().map(|t| t.spec.clone()).collect();
-        let mut done = 0usize;
-        let mut failure: Option<String> = None;
-        match self.clients.core_worker(&endpoint) {
-            Err(e) => failure = Some(e.to_string()),
-            Ok(mut client) => match client.push_tasks(PushTasksRequest { specs }).await {
-                Err(status) => failure = Some(status.to_string()),
-                Ok(response) => {
-                    let mut stream = response.into_inner();
-                    while done < tasks.len() {
-                        match stream.message().await {
-                            Ok(Some(reply)) => {
-                                self.complete_task(&key, &lease_id, &tasks[done], reply);
-                                done += 1;
-                            }
-                            Ok(None) => {
-                                failure = Some("the worker ended the reply stream early".into());
-                                break;
-                            }
-                            Err(status) => {
-                                failure = Some(status.to_string());
-                                break;
-                            }
-                        }
-                    }
-                    if failure.is_none() {
-                        // Read the stream's end too: a stream dropped before its trailers is
-                        // reset, and a peer that sees many resets closes the connection.
-                        let _ = stream.message().await;
-                    }
-                }
-            },
-        }
+        let PushOutcome { done, failure, .. } = self
+            .push_batch(&endpoint, specs, |i, reply| {
+                self.complete_task(&key, &lease_id, &tasks[i], reply)
+            })
+            .await;
         if let Some(reason) = failure {
             warn!(worker = %endpoint, error = %reason, unfinished = tasks.len() - done, "worker failed while running tasks");
             self.clients.forget_core_worker(&endpoint);
@@ -566,12 +540,7 @@ impl CoreWorker {
         reply: PushTaskReply,
     ) {
         if let Ok(return_id) = ObjectId::from_bytes(&task.spec.return_id) {
-            let outcome = match reply.outcome {
-                Some(push_task_reply::Outcome::Value(v)) => Value::from_proto(v),
-                Some(push_task_reply::Outcome::Error(e)) => Err(Error::from_task_error(&e)),
-                None => Err(Error::Internal("empty task reply".into())),
-            };
-            self.store.complete(return_id, outcome);
+            self.store.complete(return_id, reply_result(reply.outcome));
         }
         let refill = {
             let mut keys = self.submitter.keys.lock();
