@@ -152,10 +152,15 @@ impl CoreWorker for FakeNode {
 
     async fn push_tasks(
         &self,
-        request: Request<PushTasksRequest>,
+        request: Request<tonic::Streaming<PushTasksRequest>>,
     ) -> Result<Response<Self::PushTasksStream>, Status> {
-        let replies: Vec<Result<PushTaskReply, Status>> = request
+        // The GCS sends one batch per session (the constructor).
+        let batch = request
             .into_inner()
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("session without a batch"))?;
+        let replies: Vec<Result<PushTaskReply, Status>> = batch
             .specs
             .into_iter()
             .map(|spec| {

@@ -339,13 +339,8 @@ impl WorkerPool {
             .env(env::WORKER_ID, worker_id.hex())
             .env(env::JOB_ID, job.hex())
             .env(env::TOKEN, &self.cfg.token);
-        let child = spawn_retrying_busy(&mut cmd)
-            .await
-            .map_err(|source| PoolError::Spawn {
-                path: exe.clone(),
-                source,
-            })?;
-        let pid = child.id().unwrap_or(0);
+        // The entry exists before the process does: a worker that starts and registers
+        // while this thread is still descheduled after the fork must be found.
         let (start_tx, start_rx) = oneshot::channel();
         let (signal_tx, signal_rx) = mpsc::unbounded_channel();
         let (exited_tx, exited) = watch::channel(false);
@@ -361,6 +356,17 @@ impl WorkerPool {
                 exited,
             },
         );
+        let child = match spawn_retrying_busy(&mut cmd).await {
+            Ok(child) => child,
+            Err(source) => {
+                self.workers.lock().remove(&worker_id);
+                return Err(PoolError::Spawn {
+                    path: exe.clone(),
+                    source,
+                });
+            }
+        };
+        let pid = child.id().unwrap_or(0);
         tracing::info!(worker_id = %worker_id, job_id = %job, pid, exe = %exe.display(), "started worker");
         // `shutdown` sets the flag before it lists the workers to stop, so a worker spawned
         // concurrently is either in that list or stopped here.

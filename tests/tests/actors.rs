@@ -115,12 +115,14 @@ fn an_actor_whose_node_dies_restarts_on_another_node() {
 fn a_named_actor_is_shared_by_two_drivers() {
     let cluster = Cluster::start(Options::default());
     let owner = cluster.spawn_driver(&["actor_named_owner", "shared-counter"]);
+    push_session_contract(&cluster, "shared-counter");
     let user = cluster.run_driver(&["actor_named_user", "shared-counter"]);
     let owner = DriverRun::wait(owner, DRIVER_DEADLINE);
     user.assert_success();
     owner.assert_success();
     assert_eq!(owner.get("created"), "true");
-    // The user's ten increments and the owner's one all reached the same state.
+    // The user's ten increments and the owner's one all reached the same state; the raw
+    // session's calls changed nothing.
     assert_eq!(owner.get("owner_sees"), "11");
     let last: u64 = user.get("user_last").parse().expect("a number");
     assert!((10..=11).contains(&last), "user saw {last}");
@@ -137,4 +139,137 @@ fn the_actor_pool_serves_a_stream_of_work() {
     assert_eq!(run.get("unordered_differs"), "true");
     assert_eq!(run.get("mapped"), "[0, 2, 4, 6, 8]");
     assert_eq!(run.get("empty_get_kind"), "invalid_argument");
+}
+
+/// The worker side of a push session, spoken directly to a named actor's worker: the token
+/// is required; one session carries several batches, answered in order; a call of an
+/// unknown method gets a typed error and the actor serves on; an empty batch ends the
+/// session with `InvalidArgument`.
+fn push_session_contract(cluster: &Cluster, name: &str) {
+    use miniray_proto::core_worker_client::CoreWorkerClient;
+    use miniray_proto::gcs_client::GcsClient;
+    use miniray_proto::{
+        ErrorKind, GetActorRequest, PushTasksRequest, TaskSpec, WorkerAddress, push_task_reply,
+    };
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let gcs = miniray_common::auth::connect(&cluster.gcs_address, &cluster.token)
+            .await
+            .expect("gcs connects");
+        // The owner driver registers the name shortly; wait for it, then for ALIVE.
+        let mut gcs = GcsClient::new(gcs);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let actor = loop {
+            let found = gcs
+                .get_actor(GetActorRequest {
+                    name: name.into(),
+                    wait: true,
+                    timeout_ms: 30_000,
+                    ..Default::default()
+                })
+                .await;
+            match found {
+                Ok(reply) => break reply.into_inner().actor.expect("actor info"),
+                Err(status)
+                    if status.code() == tonic::Code::NotFound
+                        && std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(status) => panic!("looking up {name:?}: {status:?}"),
+            }
+        };
+        let worker = actor.address.expect("the actor is alive on a worker");
+        let endpoint = format!("{}:{}", worker.host, worker.port);
+
+        let call = |method: &str| TaskSpec {
+            task_id: miniray_common::TaskId::random().to_vec(),
+            job_id: actor.job_id.clone(),
+            function_name: method.into(),
+            return_id: miniray_common::ObjectId::random().to_vec(),
+            caller: Some(WorkerAddress {
+                host: "127.0.0.1".into(),
+                port: 1,
+                ..Default::default()
+            }),
+            actor_id: actor.actor_id.clone(),
+            ..Default::default()
+        };
+
+        // Without the token the session is refused.
+        let bare = tonic::transport::Endpoint::from_shared(format!("http://{endpoint}"))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect");
+        let refused = CoreWorkerClient::new(bare)
+            .push_tasks(tokio_stream::iter([PushTasksRequest {
+                specs: vec![call("value")],
+            }]))
+            .await
+            .expect_err("refused");
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+
+        let channel = miniray_common::auth::connect(&endpoint, &cluster.token)
+            .await
+            .expect("worker connects");
+        let (batches, outgoing) = tokio::sync::mpsc::unbounded_channel();
+        let mut replies = CoreWorkerClient::new(channel)
+            .push_tasks(tokio_stream::wrappers::UnboundedReceiverStream::new(
+                outgoing,
+            ))
+            .await
+            .expect("session opens")
+            .into_inner();
+
+        let unknown = call("no_such_method");
+        let value = call("value");
+        batches
+            .send(PushTasksRequest {
+                specs: vec![unknown.clone(), value.clone()],
+            })
+            .expect("batch sent");
+        let first = replies.message().await.expect("reply").expect("a reply");
+        assert_eq!(first.task_id, unknown.task_id);
+        match first.outcome {
+            Some(push_task_reply::Outcome::Error(e)) => {
+                assert_eq!(e.kind, ErrorKind::UnknownFunction as i32, "{e:?}");
+                assert!(e.message.contains("no_such_method"), "{e:?}");
+            }
+            other => panic!("an unknown method answered {other:?}"),
+        }
+        let second = replies.message().await.expect("reply").expect("a reply");
+        assert_eq!(second.task_id, value.task_id);
+        assert!(
+            matches!(second.outcome, Some(push_task_reply::Outcome::Value(_))),
+            "{second:?}"
+        );
+
+        // A second batch on the same session.
+        let again = call("value");
+        batches
+            .send(PushTasksRequest {
+                specs: vec![again.clone()],
+            })
+            .expect("batch sent");
+        let third = replies.message().await.expect("reply").expect("a reply");
+        assert_eq!(third.task_id, again.task_id);
+        assert!(matches!(
+            third.outcome,
+            Some(push_task_reply::Outcome::Value(_))
+        ));
+
+        batches
+            .send(PushTasksRequest { specs: vec![] })
+            .expect("batch sent");
+        let end = replies
+            .message()
+            .await
+            .expect_err("an empty batch ends the session");
+        assert_eq!(end.code(), tonic::Code::InvalidArgument, "{end:?}");
+    });
 }

@@ -1,7 +1,18 @@
-//! One push of a batch to a worker, shared by tasks and actor calls: send the specs, hand
-//! each streamed reply on in order, and say how far it got if the worker failed.
+//! Pushes of batches to workers, shared by tasks and actor calls: send the specs on a push
+//! session, hand each reply on in order, and say how far it got if the worker failed.
+//!
+//! A session is one long-lived `PushTasks` stream to a worker (see core_worker.proto). The
+//! caller keeps it between batches, so a synchronous call costs one frame each way instead
+//! of a new HTTP/2 stream with headers and trailers.
+//!
+//! Invariant: a session carries one batch at a time. It goes back to the idle pool only when
+//! every reply of its batch was read, so the next batch's replies are the next messages.
 
+use futures::FutureExt;
 use miniray_proto::{PushTaskReply, PushTasksRequest, TaskSpec, push_task_reply};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::Streaming;
 
 use super::CoreWorker;
 use super::store::Value;
@@ -13,9 +24,37 @@ pub(crate) struct PushOutcome {
     pub done: usize,
     /// Why the push stopped short, if it did.
     pub failure: Option<String>,
-    /// False when the connection was refused: the batch never reached a worker, so none of
+    /// False when the batch never reached a worker (the connection was refused), so none of
     /// it ran.
     pub delivered: bool,
+}
+
+/// An open push session to one worker.
+pub(crate) struct PushSession {
+    batches: mpsc::UnboundedSender<PushTasksRequest>,
+    replies: Streaming<PushTaskReply>,
+}
+
+impl PushSession {
+    /// Whether the session can carry another batch: neither side has ended it. A worker
+    /// that died is usually noticed here (its connection closed), before a batch is lost
+    /// in it.
+    pub(crate) fn is_open(&mut self) -> bool {
+        // Between batches nothing is due, so any message, end or error means the session
+        // is unusable.
+        !self.batches.is_closed() && self.replies.message().now_or_never().is_none()
+    }
+
+    /// Ends the session cleanly: the worker sees the end of the batches and closes its side,
+    /// which is read here so the stream is not reset.
+    pub(crate) fn close(self) {
+        let PushSession {
+            batches,
+            mut replies,
+        } = self;
+        drop(batches);
+        tokio::spawn(async move { while let Ok(Some(_)) = replies.message().await {} });
+    }
 }
 
 impl CoreWorker {
@@ -33,29 +72,31 @@ impl CoreWorker {
             failure: None,
             delivered: true,
         };
-        let mut client = match self.clients.core_worker(endpoint) {
-            Ok(client) => client,
-            Err(e) => {
-                outcome.failure = Some(e.to_string());
-                return outcome;
-            }
+        let mut session = match self.clients.take_session(endpoint) {
+            Some(session) => session,
+            None => match self.open_session(endpoint).await {
+                Ok(session) => session,
+                Err((failure, delivered)) => {
+                    outcome.failure = Some(failure);
+                    outcome.delivered = delivered;
+                    return outcome;
+                }
+            },
         };
-        let mut stream = match client.push_tasks(PushTasksRequest { specs }).await {
-            Ok(response) => response.into_inner(),
-            Err(status) => {
-                outcome.delivered = !connection_refused(&status);
-                outcome.failure = Some(status.message().to_string());
-                return outcome;
-            }
-        };
+        if session.batches.send(PushTasksRequest { specs }).is_err() {
+            // The request side ended before the batch was handed over: it never left.
+            outcome.failure = Some("the push session to the worker ended".into());
+            outcome.delivered = false;
+            return outcome;
+        }
         while outcome.done < count {
-            match stream.message().await {
+            match session.replies.message().await {
                 Ok(Some(reply)) => {
                     on_reply(outcome.done, reply);
                     outcome.done += 1;
                 }
                 Ok(None) => {
-                    outcome.failure = Some("the worker ended the reply stream early".into());
+                    outcome.failure = Some("the worker ended the push session early".into());
                     return outcome;
                 }
                 Err(status) => {
@@ -64,10 +105,31 @@ impl CoreWorker {
                 }
             }
         }
-        // Read the stream's end too: a stream dropped before its trailers is reset, and a
-        // peer that sees many resets closes the connection.
-        let _ = stream.message().await;
+        self.clients.return_session(endpoint, session);
         outcome
+    }
+
+    /// Opens a push session; on failure, says why and whether anything could have reached
+    /// the worker.
+    async fn open_session(
+        &self,
+        endpoint: &str,
+    ) -> std::result::Result<PushSession, (String, bool)> {
+        let mut client = self
+            .clients
+            .core_worker(endpoint)
+            .map_err(|e| (e.to_string(), false))?;
+        let (batches, outgoing) = mpsc::unbounded_channel();
+        match client
+            .push_tasks(UnboundedReceiverStream::new(outgoing))
+            .await
+        {
+            Ok(response) => Ok(PushSession {
+                batches,
+                replies: response.into_inner(),
+            }),
+            Err(status) => Err((status.message().to_string(), !connection_refused(&status))),
+        }
     }
 }
 

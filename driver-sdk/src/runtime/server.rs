@@ -12,22 +12,26 @@ use miniray_proto::{
     ExitReply, ExitRequest, GetObjectStatusReply, GetObjectStatusRequest, PushTaskReply,
     PushTasksRequest, get_object_status_reply,
 };
+use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
+use tracing::debug;
 
 use super::CoreWorker;
 use super::executor::ExecMsg;
 use super::store::State;
 
-/// The replies of one push, one message per task, read from the groups the task thread
-/// sends. A whole group is ready at once, so tonic encodes it into one buffer (one frame).
+/// The replies of one push session, one message per task, read from the groups the task
+/// thread sends. A whole group is ready at once, so tonic encodes it into one buffer (one
+/// frame). After the last group, the session's failure (if any) ends the stream.
 pub(crate) struct ReplyStream {
     groups: UnboundedReceiverStream<Vec<PushTaskReply>>,
     current: std::vec::IntoIter<PushTaskReply>,
+    failure: Arc<Mutex<Option<Status>>>,
 }
 
 impl futures::Stream for ReplyStream {
@@ -44,7 +48,7 @@ impl futures::Stream for ReplyStream {
             }
             match std::pin::Pin::new(&mut self.groups).poll_next(cx) {
                 Poll::Ready(Some(group)) => self.current = group.into_iter(),
-                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Ready(None) => return Poll::Ready(self.failure.lock().take().map(Err)),
                 Poll::Pending => return Poll::Pending,
             }
         }
@@ -71,25 +75,48 @@ impl CoreWorkerRpc for CoreWorkerService {
 
     async fn push_tasks(
         &self,
-        request: Request<PushTasksRequest>,
+        request: Request<Streaming<PushTasksRequest>>,
     ) -> Result<Response<Self::PushTasksStream>, Status> {
-        let Some(exec) = &self.exec else {
+        let Some(exec) = self.exec.clone() else {
             return Err(ErrorCode::InvalidArgument.status("a driver does not run tasks"));
         };
-        let specs = request.into_inner().specs;
-        if specs.is_empty() {
-            return Err(ErrorCode::InvalidArgument.status("push without tasks"));
-        }
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        exec.send(ExecMsg::Tasks(specs, tx))
-            .map_err(|_| ErrorCode::Unavailable.status("the worker is exiting"))?;
-        // Answer once the first replies exist: headers, first replies and (for a batch of
-        // one) the trailers then leave in one write, and the caller wakes up once, not three
-        // times. This is most of the latency of a synchronous call.
-        let first = rx.recv().await.unwrap_or_default();
+        let mut batches = request.into_inner();
+        let (replies, groups) = mpsc::unbounded_channel();
+        let failure = Arc::new(Mutex::new(None));
+        let session_failure = failure.clone();
+        // Hands each batch to the task thread as it arrives. Every queued batch holds a clone
+        // of `replies`, so the reply stream ends only after the last accepted batch is
+        // answered, and a failure recorded here is reported after those replies.
+        tokio::spawn(async move {
+            let end = loop {
+                match batches.message().await {
+                    Ok(Some(batch)) if batch.specs.is_empty() => {
+                        break Some(ErrorCode::InvalidArgument.status("push without tasks"));
+                    }
+                    Ok(Some(batch)) => {
+                        if exec
+                            .send(ExecMsg::Tasks(batch.specs, replies.clone()))
+                            .is_err()
+                        {
+                            break Some(ErrorCode::Unavailable.status("the worker is exiting"));
+                        }
+                    }
+                    // The caller closed the session: batches already queued still run.
+                    Ok(None) => break None,
+                    Err(status) => {
+                        debug!(error = %status, "push session ended by its caller");
+                        break None;
+                    }
+                }
+            };
+            // Recorded before this sender goes: the stream reads it once every sender is gone.
+            *session_failure.lock() = end;
+            drop(replies);
+        });
         Ok(Response::new(ReplyStream {
-            groups: UnboundedReceiverStream::new(rx),
-            current: first.into_iter(),
+            groups: UnboundedReceiverStream::new(groups),
+            current: Vec::new().into_iter(),
+            failure,
         }))
     }
 

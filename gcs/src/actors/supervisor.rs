@@ -422,12 +422,12 @@ async fn push_creation(token: &str, worker: &WorkerAddress, creation: TaskSpec) 
     let mut client = CoreWorkerClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
-    let reply = match client
-        .push_tasks(PushTasksRequest {
-            specs: vec![creation],
-        })
-        .await
-    {
+    // A session of one batch: the request side ends after it, so the worker ends the reply
+    // stream after the one reply.
+    let batch = PushTasksRequest {
+        specs: vec![creation],
+    };
+    let reply = match client.push_tasks(tokio_stream::iter([batch])).await {
         Ok(stream) => {
             let mut stream = stream.into_inner();
             let reply = stream.message().await;

@@ -26,7 +26,7 @@ impl CoreWorker for Peer {
 
     async fn push_tasks(
         &self,
-        _: Request<PushTasksRequest>,
+        _: Request<tonic::Streaming<PushTasksRequest>>,
     ) -> Result<Response<Self::PushTasksStream>, Status> {
         Err(Status::unimplemented("test worker runs no tasks"))
     }
