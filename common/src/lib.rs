@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod ids;
 pub mod logging;
+pub mod probe;
 pub mod resources;
 pub mod time;
 

@@ -11,11 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use miniray_common::JobId;
-use miniray_common::auth;
-use miniray_proto::GetObjectStatusRequest;
+use miniray_common::{auth, probe};
 use miniray_proto::core_worker_client::CoreWorkerClient;
 use tokio::sync::watch;
-use tonic::Code;
 
 use crate::service::{GcsState, stopped};
 
@@ -61,22 +59,12 @@ pub(crate) async fn run(state: Arc<GcsState>, token: String, mut shutdown: watch
     }
 }
 
-/// Whether anything answers at a core-worker address (a driver's, or an actor's worker's).
-/// A server that answers at all, even with an error, counts as there.
+/// Whether anything answers at a core-worker address (a driver's, or an actor's worker's),
+/// over a fresh connection.
 pub(crate) async fn worker_answers(address: &str, token: &str) -> bool {
     let call = async {
         let channel = auth::connect(address, token).await.ok()?;
-        let reply = CoreWorkerClient::new(channel)
-            .get_object_status(GetObjectStatusRequest {
-                object_id: vec![0; miniray_common::ids::ID_LEN],
-                wait: false,
-            })
-            .await;
-        Some(match reply {
-            Ok(_) => true,
-            // Transport failures come back as Unavailable/Unknown: nobody is there.
-            Err(status) => !matches!(status.code(), Code::Unavailable | Code::Unknown),
-        })
+        Some(probe::core_worker_answers(CoreWorkerClient::new(channel), PROBE_TIMEOUT).await)
     };
     matches!(
         tokio::time::timeout(PROBE_TIMEOUT, call).await,

@@ -18,10 +18,10 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use miniray_common::{ActorId, ErrorCode, ObjectId, TaskId};
+use miniray_common::{ActorId, ErrorCode, ObjectId, TaskId, probe};
 use miniray_proto::{
-    ActorInfo, ActorState, CreateActorRequest, GetActorRequest, GetObjectStatusRequest,
-    KillActorRequest, TaskSpec, push_task_reply,
+    ActorInfo, ActorState, CreateActorRequest, GetActorRequest, KillActorRequest, TaskSpec,
+    push_task_reply,
 };
 use parking_lot::Mutex;
 use tracing::{debug, warn};
@@ -754,20 +754,9 @@ impl CoreWorker {
 
     /// Whether a core worker answers at `endpoint` (any answer, even an error, counts).
     async fn worker_answers(&self, endpoint: &str) -> bool {
-        let Ok(mut client) = self.clients.core_worker(endpoint) else {
+        let Ok(client) = self.clients.core_worker(endpoint) else {
             return false;
         };
-        let probe = client.get_object_status(GetObjectStatusRequest {
-            object_id: ObjectId::random().to_vec(),
-            wait: false,
-        });
-        match tokio::time::timeout(Duration::from_secs(2), probe).await {
-            Ok(Ok(_)) => true,
-            Ok(Err(status)) => !matches!(
-                status.code(),
-                tonic::Code::Unavailable | tonic::Code::Unknown
-            ),
-            Err(_) => false,
-        }
+        probe::core_worker_answers(client, Duration::from_secs(2)).await
     }
 }
