@@ -633,7 +633,6 @@ impl CoreWorker {
             q.in_flight = false;
             if let Some(reason) = &failure {
                 warn!(actor = %q.label, worker = %target.endpoint, error = %reason, unfinished = calls.len() - done, "actor worker failed while running calls");
-                self.clients.forget_core_worker(&target.endpoint);
                 if q.target.as_ref().map(|t| t.incarnation) == Some(target.incarnation) {
                     q.target = None;
                     q.min_incarnation = target.incarnation + 1;

@@ -59,8 +59,22 @@ impl PushSession {
 
 impl CoreWorker {
     /// Pushes `specs` to the worker at `endpoint`; `on_reply(i, reply)` gets the reply of
-    /// spec `i` as soon as it arrives.
+    /// spec `i` as soon as it arrives. After a failure the worker's channel and idle
+    /// sessions are forgotten, so the next push reconnects on a fresh session.
     pub(crate) async fn push_batch(
+        &self,
+        endpoint: &str,
+        specs: Vec<TaskSpec>,
+        on_reply: impl FnMut(usize, PushTaskReply),
+    ) -> PushOutcome {
+        let outcome = self.push_on_session(endpoint, specs, on_reply).await;
+        if outcome.failure.is_some() {
+            self.clients.forget_core_worker(endpoint);
+        }
+        outcome
+    }
+
+    async fn push_on_session(
         &self,
         endpoint: &str,
         specs: Vec<TaskSpec>,

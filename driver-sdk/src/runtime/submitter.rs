@@ -491,7 +491,6 @@ impl CoreWorker {
             .await;
         if let Some(reason) = failure {
             warn!(worker = %endpoint, error = %reason, unfinished = tasks.len() - done, "worker failed while running tasks");
-            self.clients.forget_core_worker(&endpoint);
             self.drop_failed_worker(&key, &lease_id).await;
             // The worker runs a batch in order, so only the first unfinished task was
             // running when it died; the ones behind it never started and keep their retries.
