@@ -19,6 +19,8 @@ pub mod env {
     pub const NODE_ID: &str = "MINIRAY_NODE_ID";
     pub const WORKER_ID: &str = "MINIRAY_WORKER_ID";
     pub const JOB_ID: &str = "MINIRAY_JOB_ID";
+    /// Path prefix of a worker's reply journals (see `reply_journal`), given by its raylet.
+    pub const REPLY_JOURNAL: &str = "MINIRAY_REPLY_JOURNAL";
     /// Root folder for session files, logs and the executable cache (default `/tmp/miniray`).
     pub const TMPDIR: &str = "MINIRAY_TMPDIR";
     /// Serialized daemon arguments for embedded daemons started by a driver.

@@ -9,6 +9,7 @@ pub mod error;
 pub mod ids;
 pub mod logging;
 pub mod probe;
+pub mod reply_journal;
 pub mod resources;
 pub mod time;
 

@@ -142,6 +142,12 @@ impl Raylet for FakeNode {
     ) -> Result<Response<ShutdownReply>, Status> {
         unimplemented()
     }
+    async fn recover_task_outcomes(
+        &self,
+        _: Request<RecoverTaskOutcomesRequest>,
+    ) -> Result<Response<RecoverTaskOutcomesReply>, Status> {
+        unimplemented()
+    }
 }
 
 type ReplyStream = Pin<Box<dyn Stream<Item = Result<PushTaskReply, Status>> + Send>>;

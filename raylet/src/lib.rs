@@ -23,6 +23,7 @@ mod node;
 pub mod object_manager;
 pub mod scheduler;
 mod server;
+pub mod task_outcomes;
 pub mod worker_pool;
 
 use std::net::SocketAddr;
@@ -143,6 +144,8 @@ impl Raylet {
                 start_timeout: cfg.worker_start_timeout,
                 idle_timeout: cfg.idle_worker_timeout,
                 idle_soft_limit,
+                journal_dir: PathBuf::from("/dev/shm"),
+                journal_name: segment_name(&cfg.session_dir, cfg.node_id),
             },
             ExecutableCache::new(ExecutableCache::default_dir()),
             gcs.clone(),

@@ -276,4 +276,41 @@ impl Raylet for RayletService {
         self.node.trigger_shutdown(None);
         Ok(Response::new(ShutdownReply {}))
     }
+
+    async fn recover_task_outcomes(
+        &self,
+        request: Request<RecoverTaskOutcomesRequest>,
+    ) -> Result<Response<RecoverTaskOutcomesReply>, Status> {
+        let req = request.into_inner();
+        let worker_id = WorkerId::from_bytes(&req.worker_id).map_err(invalid)?;
+        if req.task_ids.len() > MAX_RECOVER_TASKS {
+            return Err(invalid(format!(
+                "{} task ids asked about, at most {MAX_RECOVER_TASKS}",
+                req.task_ids.len()
+            )));
+        }
+        let wait = Duration::from_millis(req.wait_ms).min(MAX_RECOVER_WAIT);
+        let outcome = self
+            .node
+            .pool
+            .task_outcomes(worker_id, &req.task_ids, wait)
+            .await;
+        Ok(Response::new(match outcome {
+            Some(outcomes) => RecoverTaskOutcomesReply {
+                known: true,
+                started: outcomes
+                    .started
+                    .into_iter()
+                    .map(|(task_id, reply)| RecoveredTask { task_id, reply })
+                    .collect(),
+                exit_status: outcomes.exit_status,
+            },
+            None => RecoverTaskOutcomesReply::default(),
+        }))
+    }
 }
+
+/// Most task ids one `RecoverTaskOutcomes` may ask about (a batch is at most 1024 calls).
+const MAX_RECOVER_TASKS: usize = 4096;
+/// Longest a `RecoverTaskOutcomes` waits for its worker to exit.
+const MAX_RECOVER_WAIT: Duration = Duration::from_secs(30);

@@ -37,6 +37,7 @@ use miniray_proto::{ExitRequest, GetJobRequest, JobInfo};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::executable_cache::{ExecutableCache, ExecutableError};
+use crate::task_outcomes::{self, ExitRecord, ExitedWorkers, Outcomes};
 
 /// Time a worker gets to exit after the Exit RPC or SIGTERM before it is SIGKILLed.
 const STOP_GRACE: Duration = Duration::from_secs(2);
@@ -167,6 +168,10 @@ pub struct PoolConfig {
     pub idle_timeout: Duration,
     /// Idle workers kept per job before the extras start timing out.
     pub idle_soft_limit: usize,
+    /// Folder of the workers' reply journals (the plasma segment's, so in memory).
+    pub journal_dir: PathBuf,
+    /// Name prefix of this node's journals (the plasma segment's name).
+    pub journal_name: String,
 }
 
 /// Counts for heartbeats and stats.
@@ -186,6 +191,8 @@ pub struct WorkerPool {
     jobs: parking_lot::Mutex<HashMap<JobId, JobInfo>>,
     /// Every exited worker with its exit status ("signal: 9 (SIGKILL)", "exit status: 1").
     exits: mpsc::UnboundedSender<(WorkerId, String)>,
+    /// What exited workers recorded about their tasks.
+    exited: ExitedWorkers,
     shutting_down: AtomicBool,
 }
 
@@ -205,6 +212,7 @@ impl WorkerPool {
             workers: parking_lot::Mutex::new(HashMap::new()),
             jobs: parking_lot::Mutex::new(HashMap::new()),
             exits,
+            exited: ExitedWorkers::default(),
             shutting_down: AtomicBool::new(false),
         });
         (pool, rx)
@@ -338,7 +346,8 @@ impl WorkerPool {
             .env(env::NODE_ID, self.cfg.node_id.hex())
             .env(env::WORKER_ID, worker_id.hex())
             .env(env::JOB_ID, job.hex())
-            .env(env::TOKEN, &self.cfg.token);
+            .env(env::TOKEN, &self.cfg.token)
+            .env(env::REPLY_JOURNAL, self.journal_prefix(worker_id));
         // The entry exists before the process does: a worker that starts and registers
         // while this thread is still descheduled after the fork must be found.
         let (start_tx, start_rx) = oneshot::channel();
@@ -569,9 +578,47 @@ impl WorkerPool {
                 let _ = tokio::time::timeout(STOP_GRACE, exited.wait_for(|d| *d)).await;
             }
         }
+        // Journals of workers that were never reaped (none, unless a kill failed).
+        task_outcomes::remove_all(
+            &self.cfg.journal_dir,
+            &format!("{}-journal-", self.cfg.journal_name),
+        );
+    }
+
+    fn journal_prefix(&self, worker_id: WorkerId) -> PathBuf {
+        task_outcomes::journal_prefix(&self.cfg.journal_dir, &self.cfg.journal_name, worker_id)
+    }
+
+    /// What `worker_id` recorded about `task_ids` before it exited, waiting up to `wait`
+    /// for it to exit if it still runs. `None` when that is not known.
+    pub async fn task_outcomes(
+        &self,
+        worker_id: WorkerId,
+        task_ids: &[Vec<u8>],
+        wait: Duration,
+    ) -> Option<Outcomes> {
+        let exited = self
+            .workers
+            .lock()
+            .get(&worker_id)
+            .map(|w| w.exited.clone());
+        if let Some(mut exited) = exited {
+            // Cannot fail: the reaper sends `true` before dropping the sender.
+            let _ = tokio::time::timeout(wait, exited.wait_for(|d| *d)).await;
+        }
+        self.exited.outcomes(worker_id, task_ids)
     }
 
     fn on_exit(&self, worker_id: WorkerId, status: String) {
+        // Read before anyone waiting for the exit is woken (see `task_outcomes.rs`).
+        let account = task_outcomes::collect(&self.journal_prefix(worker_id));
+        self.exited.insert(
+            worker_id,
+            ExitRecord {
+                status: status.clone(),
+                account,
+            },
+        );
         let removed = self.workers.lock().remove(&worker_id);
         if let Some(mut w) = removed {
             tracing::info!(worker_id = %worker_id, %status, state = ?w.state, "worker exited");

@@ -108,6 +108,7 @@ fn failures_come_back_as_typed_errors() {
     assert_eq!(run.get("infeasible_kind"), "infeasible");
     assert_eq!(run.get("bad_option_kind"), "invalid_argument");
     assert_eq!(run.get("after"), "ok:81");
+    assert_eq!(run.get("batch_before_ok"), "10");
     assert_eq!(run.get("batch_survivors"), "10");
     assert_eq!(run.get("batch_crasher"), "ok:42");
 }

@@ -7,9 +7,12 @@
 //!   it, and at most one batch is in flight to the actor at a time (so batches cannot
 //!   overtake each other on the wire);
 //! - when a push fails, nothing more is sent until the GCS names a newer incarnation of the
-//!   actor (or says it is dead). Of the failed batch only the first unfinished call was
-//!   running: it spends one of its retries (`max_task_retries`) or fails with `ActorDied`;
-//!   the calls behind it never ran and are sent again as they are;
+//!   actor (or says it is dead). The worker's raylet says from the worker's reply journal
+//!   what each unfinished call came to: a finished call gets its recorded reply, the call
+//!   that was running spends one of its retries (`max_task_retries`) or fails with
+//!   `ActorDied`, and calls that never started are sent again as they are. When the raylet
+//!   cannot tell (node gone, or the worker still alive behind a broken connection), every
+//!   unfinished call may have run and spends a retry or fails, as in Ray;
 //! - the creating process of an unnamed actor kills it once the last handle is dropped and
 //!   its queue is empty, unless a handle left the process inside a value (then the actor
 //!   lives until its job ends: borrowers of handles are not tracked).
@@ -20,15 +23,16 @@ use std::time::Duration;
 
 use miniray_common::{ActorId, ErrorCode, ObjectId, TaskId, probe};
 use miniray_proto::{
-    ActorInfo, ActorState, CreateActorRequest, GetActorRequest, KillActorRequest, TaskSpec,
-    push_task_reply,
+    ActorInfo, ActorState, CreateActorRequest, GetActorRequest, GetAllNodesRequest,
+    KillActorRequest, TaskSpec, push_task_reply,
 };
 use parking_lot::Mutex;
 use tracing::{debug, warn};
 
 use super::CoreWorker;
+use super::clients::node_endpoint;
 use super::plasma::status_error;
-use super::push::{PushOutcome, reply_result};
+use super::push::{PushOutcome, Recovered, reply_result};
 use super::submitter::PreparedArgs;
 use crate::error::{Error, Result};
 use crate::object_ref::RefHandle;
@@ -39,6 +43,9 @@ const MAX_BATCH: usize = 1024;
 /// How long one lookup at the GCS waits for the actor to come (back) up before this
 /// process checks for itself whether the worker it last used still answers.
 const LOOKUP_WAIT: Duration = Duration::from_secs(2);
+/// How long a caller whose push failed waits for the actor's worker to exit before it
+/// takes the worker to be alive (a broken connection) and its calls' outcomes as unknown.
+const ACTOR_RECOVER_WAIT: Duration = Duration::from_secs(3);
 /// Failed lookups (GCS unreachable), with backoff, before the actor's calls fail.
 const MAX_LOOKUP_FAILURES: u32 = 20;
 
@@ -125,6 +132,19 @@ struct Call {
 struct Target {
     endpoint: String,
     incarnation: u32,
+    worker_id: Vec<u8>,
+    node_id: Vec<u8>,
+}
+
+impl Target {
+    fn of(a: &miniray_proto::WorkerAddress, incarnation: u32) -> Target {
+        Target {
+            endpoint: format!("{}:{}", a.host, a.port),
+            incarnation,
+            worker_id: a.worker_id.clone(),
+            node_id: a.node_id.clone(),
+        }
+    }
 }
 
 struct ActorQueue {
@@ -581,10 +601,7 @@ impl CoreWorker {
                     let Some(a) = info.address else {
                         break Err(Error::Internal("alive actor without an address".into()));
                     };
-                    let target = Target {
-                        endpoint: format!("{}:{}", a.host, a.port),
-                        incarnation: info.num_restarts,
-                    };
+                    let target = Target::of(&a, info.num_restarts);
                     // An older incarnation than the one waited for: the GCS has not seen a
                     // death. If its worker answers, the failed push was a broken connection,
                     // not a death, and calls go there again.
@@ -626,21 +643,39 @@ impl CoreWorker {
                 self.complete_actor_call(&calls[i], reply.outcome)
             })
             .await;
+        let unfinished: Vec<Call> = calls.into_iter().skip(done).collect();
+        let recovered = match &failure {
+            None => Recovered::Known(Default::default()),
+            // Refused before anything was sent: none of it ran.
+            Some(_) if !delivered => Recovered::Known(Default::default()),
+            Some(_) => self.recover_actor_outcomes(&target, &unfinished).await,
+        };
         let mut failed_calls = Vec::new();
+        let mut finished = Vec::new();
         {
             let mut actors = self.actors.actors.lock();
             let Some(q) = actors.get_mut(&id) else { return };
             q.in_flight = false;
             if let Some(reason) = &failure {
-                warn!(actor = %q.label, worker = %target.endpoint, error = %reason, unfinished = calls.len() - done, "actor worker failed while running calls");
+                warn!(actor = %q.label, worker = %target.endpoint, error = %reason, unfinished = unfinished.len(), "actor worker failed while running calls");
                 if q.target.as_ref().map(|t| t.incarnation) == Some(target.incarnation) {
                     q.target = None;
                     q.min_incarnation = target.incarnation + 1;
                 }
                 let mut requeue = Vec::new();
-                for (i, mut call) in calls.into_iter().skip(done).enumerate() {
-                    // Only the first unfinished call was running; the rest never started.
-                    if i > 0 || !delivered {
+                for mut call in unfinished {
+                    // Finished (its reply recovered), running when the worker died, or never
+                    // started; unknown when the raylet could not tell: then it may have run.
+                    let was_running = match recovered.get(&call.spec.task_id) {
+                        Some(Some(Some(reply))) => {
+                            finished.push((call, reply.outcome.clone()));
+                            continue;
+                        }
+                        Some(Some(None)) => true,
+                        Some(None) => false,
+                        None => true,
+                    };
+                    if !was_running {
                         requeue.push(call);
                     } else if call.retries_left > 0 {
                         call.retries_left -= 1;
@@ -664,12 +699,35 @@ impl CoreWorker {
                 }
             }
         }
+        for (call, outcome) in finished {
+            self.complete_actor_call(&call, outcome);
+        }
         for (call, err) in failed_calls {
             if let Ok(rid) = ObjectId::from_bytes(&call.spec.return_id) {
                 self.store.complete(rid, Err(err));
             }
         }
         self.pump_actor(id);
+    }
+
+    /// What the actor's worker did with `calls` before its push failed, from its raylet.
+    async fn recover_actor_outcomes(&self, target: &Target, calls: &[Call]) -> Recovered {
+        let mut gcs = self.gcs.clone();
+        let nodes = match gcs.get_all_nodes(GetAllNodesRequest {}).await {
+            Ok(r) => r.into_inner().nodes,
+            Err(_) => return Recovered::Unknown,
+        };
+        let raylet = nodes
+            .iter()
+            .filter_map(|n| n.address.as_ref())
+            .find(|a| a.node_id == target.node_id)
+            .map(node_endpoint);
+        let Some(raylet) = raylet else {
+            return Recovered::Unknown;
+        };
+        let specs: Vec<&TaskSpec> = calls.iter().map(|c| &c.spec).collect();
+        self.recover_outcomes(&raylet, &target.worker_id, &specs, Some(ACTOR_RECOVER_WAIT))
+            .await
     }
 
     fn complete_actor_call(&self, call: &Call, outcome: Option<push_task_reply::Outcome>) {
@@ -739,10 +797,7 @@ impl CoreWorker {
                 ActorState::Alive if info.num_restarts >= q.min_incarnation => {
                     if let Some(a) = info.address {
                         q.min_incarnation = info.num_restarts;
-                        q.target = Some(Target {
-                            endpoint: format!("{}:{}", a.host, a.port),
-                            incarnation: info.num_restarts,
-                        });
+                        q.target = Some(Target::of(&a, info.num_restarts));
                     }
                 }
                 _ => return,

@@ -340,7 +340,17 @@ fn worker_main() -> Result<()> {
     let (exec_tx, exec_rx) = std::sync::mpsc::channel();
     let port = cw.address.port;
     tokio::spawn(cw.clone().run_freer(freed_rx));
-    let stop = server::serve(&cw, listener, &token, Some(exec_tx));
+    let journals = std::env::var_os(env::REPLY_JOURNAL)
+        .and_then(|prefix| super::journal::Journals::start(prefix.into()));
+    let stop = server::serve(
+        &cw,
+        listener,
+        &token,
+        Some(server::TaskThread {
+            exec: exec_tx,
+            journals,
+        }),
+    );
     let mut raylet = cw.clients.raylet(&cw.raylet_endpoint)?;
     rt.block_on(raylet.register_worker(RegisterWorkerRequest {
         worker_id: worker_id.to_vec(),

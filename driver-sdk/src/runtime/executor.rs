@@ -16,9 +16,11 @@ use miniray_plasma::ObjectLocation;
 use miniray_proto::{PushTaskReply, TaskSpec, object_value, push_task_reply};
 use std::time::Instant;
 
+use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+use super::journal::SessionJournal;
 use super::{CoreWorker, set_in_task};
 use crate::codec::Encoded;
 use crate::error::{Error, Result};
@@ -27,9 +29,14 @@ use crate::registry::{self, ActorClass, ActorInstance, ActorMethod, InvokeError,
 /// Where a batch's replies go: groups of replies, in task order.
 pub(crate) type ReplySender = mpsc::UnboundedSender<Vec<PushTaskReply>>;
 
+/// The journal of the push session a batch came on, if this worker journals.
+pub(crate) type Journal = Option<Arc<Mutex<SessionJournal>>>;
+
 pub(crate) enum ExecMsg {
-    /// Tasks to run in order; one reply per task goes to the sender, in groups (see `run`).
-    Tasks(Vec<TaskSpec>, ReplySender),
+    /// Tasks to run in order; one reply per task goes to the sender, in groups (see `run`),
+    /// and each task's start and reply are recorded in the session's journal first.
+    Tasks(Vec<TaskSpec>, ReplySender, Journal),
+    /// Ends the task thread once the batches queued before it have run.
     Exit,
 }
 
@@ -55,21 +62,35 @@ pub(crate) fn run(cw: &Arc<CoreWorker>, rx: std::sync::mpsc::Receiver<ExecMsg>) 
     while let Ok(msg) = rx.recv() {
         match msg {
             ExecMsg::Exit => break,
-            ExecMsg::Tasks(specs, replies) => {
+            ExecMsg::Tasks(specs, replies, journal) => {
                 let count = specs.len();
                 let mut group = Vec::new();
+                if let Some(j) = &journal {
+                    j.lock().begin_batch();
+                }
                 for (i, spec) in specs.into_iter().enumerate() {
+                    // Recorded before the task can crash the process, so that the raylet
+                    // can tell which task was running (see `journal.rs`).
+                    if let Some(j) = &journal {
+                        j.lock().record_started(&spec.task_id);
+                    }
                     let started = Instant::now();
                     let outcome = match execute(cw, &spec, &mut hosted) {
                         Ok(v) => push_task_reply::Outcome::Value(v),
                         Err(e) => push_task_reply::Outcome::Error(e.to_task_error()),
                     };
                     let run_micros = started.elapsed().as_micros() as u64;
-                    group.push(PushTaskReply {
+                    let reply = PushTaskReply {
                         outcome: Some(outcome),
                         task_id: spec.task_id,
                         run_micros,
-                    });
+                    };
+                    // Recorded before the next task starts: a reply still held in `group`
+                    // when this process dies is recovered from the journal.
+                    if let Some(j) = &journal {
+                        j.lock().record_reply(&reply);
+                    }
+                    group.push(reply);
                     if group.len() >= REPLY_GROUP
                         || i + 1 == count
                         || run_micros >= SEND_AT_ONCE_MICROS

@@ -11,6 +11,7 @@ mod clients;
 pub(crate) mod cluster;
 pub(crate) mod executor;
 mod job;
+mod journal;
 mod plasma;
 mod push;
 mod server;

@@ -8,11 +8,18 @@
 //! Invariant: a session carries one batch at a time. It goes back to the idle pool only when
 //! every reply of its batch was read, so the next batch's replies are the next messages.
 
+use std::collections::HashMap;
+use std::time::Duration;
+
 use futures::FutureExt;
-use miniray_proto::{PushTaskReply, PushTasksRequest, TaskSpec, push_task_reply};
+use miniray_proto::{
+    PushTaskReply, PushTasksRequest, RecoverTaskOutcomesRequest, TaskSpec, push_task_reply,
+};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::Streaming;
+
+use tracing::debug;
 
 use super::CoreWorker;
 use super::store::Value;
@@ -143,6 +150,78 @@ impl CoreWorker {
                 replies: response.into_inner(),
             }),
             Err(status) => Err((status.message().to_string(), !connection_refused(&status))),
+        }
+    }
+}
+
+/// How long the raylet may wait for a failed worker to exit before answering what it ran.
+/// The raylet stops a worker whose lease came back broken within a couple of seconds.
+const RECOVER_WAIT: Duration = Duration::from_secs(10);
+
+/// What happened to each unfinished task of a failed push, as the worker's raylet read it
+/// from the worker's reply journal once the worker was gone.
+pub(crate) enum Recovered {
+    /// Per started task, its reply if it finished; a task not in the map never started.
+    Known(HashMap<Vec<u8>, Option<PushTaskReply>>),
+    /// The raylet could not tell (it is unreachable, the worker still runs, or it kept no
+    /// complete journal): the first unfinished task is taken to have been running.
+    Unknown,
+}
+
+impl Recovered {
+    /// Whether the outcome of `task_id` is known: `Some(None)` it never started,
+    /// `Some(Some(None))` it was running, `Some(Some(Some(reply)))` it finished.
+    pub(crate) fn get(&self, task_id: &[u8]) -> Option<Option<Option<&PushTaskReply>>> {
+        match self {
+            Recovered::Known(started) => Some(started.get(task_id).map(|r| r.as_ref())),
+            Recovered::Unknown => None,
+        }
+    }
+}
+
+impl CoreWorker {
+    /// Asks the raylet at `raylet` what worker `worker_id` did with `specs` before it died.
+    pub(crate) async fn recover_outcomes(
+        &self,
+        raylet: &str,
+        worker_id: &[u8],
+        specs: &[&TaskSpec],
+        wait: Option<Duration>,
+    ) -> Recovered {
+        let wait = wait.unwrap_or(RECOVER_WAIT);
+        let Ok(mut client) = self.clients.raylet(raylet) else {
+            return Recovered::Unknown;
+        };
+        let request = RecoverTaskOutcomesRequest {
+            worker_id: worker_id.to_vec(),
+            task_ids: specs.iter().map(|s| s.task_id.clone()).collect(),
+            wait_ms: wait.as_millis() as u64,
+        };
+        let reply = tokio::time::timeout(
+            wait + Duration::from_secs(5),
+            client.recover_task_outcomes(request),
+        )
+        .await;
+        match reply {
+            Ok(Ok(r)) => {
+                let r = r.into_inner();
+                if !r.known {
+                    debug!(raylet, "the raylet cannot tell what the failed worker ran");
+                    return Recovered::Unknown;
+                }
+                debug!(raylet, exit = %r.exit_status, started = r.started.len(), "recovered task outcomes of a failed worker");
+                Recovered::Known(
+                    r.started
+                        .into_iter()
+                        .map(|t| (t.task_id, t.reply))
+                        .collect(),
+                )
+            }
+            Ok(Err(status)) => {
+                debug!(raylet, error = %status, "recovering task outcomes failed");
+                Recovered::Unknown
+            }
+            Err(_) => Recovered::Unknown,
         }
     }
 }

@@ -23,6 +23,7 @@ use tracing::debug;
 
 use super::CoreWorker;
 use super::executor::ExecMsg;
+use super::journal::Journals;
 use super::store::State;
 
 /// The replies of one push session, one message per task, read from the groups the task
@@ -55,10 +56,17 @@ impl futures::Stream for ReplyStream {
     }
 }
 
+/// A worker's task thread, as the service hands it work.
+pub(crate) struct TaskThread {
+    pub exec: std::sync::mpsc::Sender<ExecMsg>,
+    /// Where sessions record their tasks' progress for the raylet (see `journal.rs`).
+    pub journals: Option<Arc<Journals>>,
+}
+
 pub(crate) struct CoreWorkerService {
     cw: Weak<CoreWorker>,
     /// The task thread of a worker; `None` in a driver, which runs no tasks.
-    exec: Option<std::sync::mpsc::Sender<ExecMsg>>,
+    tasks: Option<TaskThread>,
 }
 
 impl CoreWorkerService {
@@ -77,9 +85,11 @@ impl CoreWorkerRpc for CoreWorkerService {
         &self,
         request: Request<Streaming<PushTasksRequest>>,
     ) -> Result<Response<Self::PushTasksStream>, Status> {
-        let Some(exec) = self.exec.clone() else {
+        let Some(tasks) = &self.tasks else {
             return Err(ErrorCode::InvalidArgument.status("a driver does not run tasks"));
         };
+        let exec = tasks.exec.clone();
+        let journal = tasks.journals.as_ref().and_then(|j| j.open_session());
         let mut batches = request.into_inner();
         let (replies, groups) = mpsc::unbounded_channel();
         let failure = Arc::new(Mutex::new(None));
@@ -95,14 +105,24 @@ impl CoreWorkerRpc for CoreWorkerService {
                     }
                     Ok(Some(batch)) => {
                         if exec
-                            .send(ExecMsg::Tasks(batch.specs, replies.clone()))
+                            .send(ExecMsg::Tasks(
+                                batch.specs,
+                                replies.clone(),
+                                journal.clone(),
+                            ))
                             .is_err()
                         {
                             break Some(ErrorCode::Unavailable.status("the worker is exiting"));
                         }
                     }
                     // The caller closed the session: batches already queued still run.
-                    Ok(None) => break None,
+                    Ok(None) => {
+                        // It closes only after reading every reply: nothing to recover.
+                        if let Some(j) = &journal {
+                            j.lock().ended_cleanly = true;
+                        }
+                        break None;
+                    }
                     Err(status) => {
                         debug!(error = %status, "push session ended by its caller");
                         break None;
@@ -167,11 +187,11 @@ impl CoreWorkerRpc for CoreWorkerService {
     }
 
     async fn exit(&self, _request: Request<ExitRequest>) -> Result<Response<ExitReply>, Status> {
-        let Some(exec) = &self.exec else {
+        let Some(tasks) = &self.tasks else {
             return Err(ErrorCode::InvalidArgument.status("a driver exits on its own"));
         };
-        // The task thread finishes its current task, then ends the process.
-        let _ = exec.send(ExecMsg::Exit);
+        // The task thread finishes the batches queued before, then ends the process.
+        let _ = tasks.exec.send(ExecMsg::Exit);
         Ok(Response::new(ExitReply {}))
     }
 }
@@ -181,12 +201,12 @@ pub(crate) fn serve(
     cw: &Arc<CoreWorker>,
     listener: TcpListener,
     token: &str,
-    exec: Option<std::sync::mpsc::Sender<ExecMsg>>,
+    tasks: Option<TaskThread>,
 ) -> oneshot::Sender<()> {
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let service = CoreWorkerService {
         cw: Arc::downgrade(cw),
-        exec,
+        tasks,
     };
     let server = InterceptedService::new(
         CoreWorkerServer::new(service)

@@ -9,7 +9,12 @@
 //!   tasks: one while tasks of the key are long or of unknown length, more when short;
 //! - an idle lease is returned after `LEASE_LINGER`, so a loop of submit-then-get reuses it;
 //! - a worker whose push fails is treated as dead: its lease is returned with `disconnect`
-//!   and each of its tasks is re-queued while it has retries left, else fails `WorkerDied`.
+//!   (its raylet stops it) and the raylet says, from the worker's reply journal, what each
+//!   unfinished task came to. Only the task that was running when the worker died spends a
+//!   retry (or fails `WorkerDied` without one); a task that finished gets its recorded reply;
+//!   a task that never started is queued again for free. So a task with `max_retries(0)`
+//!   runs at most once, and no task pays for another's crash. When the raylet cannot tell
+//!   (its node is gone too), every unfinished task spends a retry, as in Ray on node death.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -26,7 +31,7 @@ use tracing::{debug, warn};
 use super::CoreWorker;
 use super::clients::node_endpoint;
 use super::plasma::status_error;
-use super::push::{PushOutcome, reply_result};
+use super::push::{PushOutcome, Recovered, reply_result};
 use super::store::{State, Value};
 use crate::error::{Error, Result};
 use crate::object_ref::RefHandle;
@@ -48,6 +53,7 @@ struct QueuedTask {
 
 struct Leased {
     lease_id: Vec<u8>,
+    worker_id: Vec<u8>,
     endpoint: String,
     /// The raylet that granted the lease, to return it to.
     raylet: String,
@@ -76,6 +82,14 @@ fn in_flight_limit(avg_run_micros: Option<f64>) -> usize {
         Some(us) if us < 2_000.0 => 8,
         _ => 1,
     }
+}
+
+/// A granted lease: the worker and the raylet that granted it.
+struct Grant {
+    lease_id: Vec<u8>,
+    worker_id: Vec<u8>,
+    endpoint: String,
+    raylet: String,
 }
 
 /// Arguments in wire form, and the objects they read.
@@ -350,7 +364,12 @@ impl CoreWorker {
                 }
             }
             match self.acquire_lease(&resources).await {
-                Ok((lease_id, endpoint, raylet)) => {
+                Ok(Grant {
+                    lease_id,
+                    worker_id,
+                    endpoint,
+                    raylet,
+                }) => {
                     let lease_id_copy = lease_id.clone();
                     let mut keys = self.submitter.keys.lock();
                     match keys.get_mut(&key) {
@@ -358,6 +377,7 @@ impl CoreWorker {
                             st.pending_leases -= 1;
                             st.workers.push(Leased {
                                 lease_id,
+                                worker_id,
                                 endpoint,
                                 raylet,
                                 in_flight: 0,
@@ -440,9 +460,8 @@ impl CoreWorker {
             .any(|t| t.contains(resources)))
     }
 
-    /// Asks the local raylet for a lease, following spillback. Returns (lease id, worker
-    /// endpoint, granting raylet endpoint).
-    async fn acquire_lease(&self, resources: &Resources) -> Result<(Vec<u8>, String, String)> {
+    /// Asks the local raylet for a lease, following spillback.
+    async fn acquire_lease(&self, resources: &Resources) -> Result<Grant> {
         let mut target = self.raylet_endpoint.clone();
         let mut no_spillback = false;
         for _ in 0..=MAX_SPILLBACK_HOPS {
@@ -462,8 +481,12 @@ impl CoreWorker {
                     let worker = grant
                         .worker
                         .ok_or_else(|| Error::Internal("lease grant without a worker".into()))?;
-                    let endpoint = format!("{}:{}", worker.host, worker.port);
-                    return Ok((grant.lease_id, endpoint, target));
+                    return Ok(Grant {
+                        lease_id: grant.lease_id,
+                        endpoint: format!("{}:{}", worker.host, worker.port),
+                        worker_id: worker.worker_id,
+                        raylet: target,
+                    });
                 }
                 Some(request_worker_lease_reply::Outcome::Spillback(node)) => {
                     target = node_endpoint(&node);
@@ -484,50 +507,83 @@ impl CoreWorker {
         tasks: Vec<QueuedTask>,
     ) {
         let specs: Vec<TaskSpec> = tasks.iter().map(|t| t.spec.clone()).collect();
-        let PushOutcome { done, failure, .. } = self
+        let PushOutcome {
+            done,
+            failure,
+            delivered,
+        } = self
             .push_batch(&endpoint, specs, |i, reply| {
                 self.complete_task(&key, &lease_id, &tasks[i], reply)
             })
             .await;
         if let Some(reason) = failure {
-            warn!(worker = %endpoint, error = %reason, unfinished = tasks.len() - done, "worker failed while running tasks");
-            self.drop_failed_worker(&key, &lease_id).await;
-            // The worker runs a batch in order, so only the first unfinished task was
-            // running when it died; the ones behind it never started and keep their retries.
-            let mut unstarted = Vec::new();
-            for (i, mut task) in tasks.into_iter().skip(done).enumerate() {
-                if i > 0 {
-                    unstarted.push(task);
-                    continue;
+            let unfinished: Vec<QueuedTask> = tasks.into_iter().skip(done).collect();
+            warn!(worker = %endpoint, error = %reason, unfinished = unfinished.len(), "worker failed while running tasks");
+            let dropped = self.drop_failed_worker(&key, &lease_id).await;
+            let recovered = match dropped {
+                // Refused before anything was sent: none of it ran.
+                _ if !delivered => Recovered::Known(Default::default()),
+                Some((raylet, worker_id)) => {
+                    let specs: Vec<&TaskSpec> = unfinished.iter().map(|t| &t.spec).collect();
+                    self.recover_outcomes(&raylet, &worker_id, &specs, None)
+                        .await
                 }
-                let Ok(return_id) = ObjectId::from_bytes(&task.spec.return_id) else {
-                    continue;
-                };
-                if task.retries_left > 0 {
-                    task.retries_left -= 1;
-                    task.spec.attempt += 1;
-                    let mut keys = self.submitter.keys.lock();
-                    if let Some(st) = keys.get_mut(&key) {
-                        st.queue.push_front(task);
-                    }
-                } else {
-                    self.store.complete(
-                        return_id,
-                        Err(Error::WorkerDied {
-                            function: task.spec.function_name.clone(),
-                            attempts: task.spec.attempt + 1,
-                        }),
-                    );
-                }
-            }
-            let mut keys = self.submitter.keys.lock();
-            if let Some(st) = keys.get_mut(&key) {
-                for task in unstarted.into_iter().rev() {
-                    st.queue.push_front(task);
-                }
-            }
+                None => Recovered::Unknown,
+            };
+            self.settle_unfinished(&key, unfinished, &recovered);
         }
         self.pump(&key);
+    }
+
+    /// Decides the fate of each unfinished task of a failed push, in batch order: a task
+    /// that finished gets the reply the worker's journal kept; the task that was running
+    /// when the worker died spends a retry or fails with `WorkerDied`; a task that never
+    /// started is queued again as it is. When the raylet could not tell (its node is gone
+    /// too), any of them may have run, so each spends a retry, as in Ray when a node dies:
+    /// a task without retries must not run twice.
+    fn settle_unfinished(
+        self: &Arc<Self>,
+        key: &str,
+        unfinished: Vec<QueuedTask>,
+        recovered: &Recovered,
+    ) {
+        let mut requeue = Vec::new();
+        for mut task in unfinished {
+            let Ok(return_id) = ObjectId::from_bytes(&task.spec.return_id) else {
+                continue;
+            };
+            let was_running = match recovered.get(&task.spec.task_id) {
+                Some(Some(Some(reply))) => {
+                    self.store
+                        .complete(return_id, reply_result(reply.outcome.clone()));
+                    continue;
+                }
+                Some(Some(None)) => true,
+                Some(None) => false,
+                None => true,
+            };
+            if !was_running {
+                requeue.push(task);
+            } else if task.retries_left > 0 {
+                task.retries_left -= 1;
+                task.spec.attempt += 1;
+                requeue.push(task);
+            } else {
+                self.store.complete(
+                    return_id,
+                    Err(Error::WorkerDied {
+                        function: task.spec.function_name.clone(),
+                        attempts: task.spec.attempt + 1,
+                    }),
+                );
+            }
+        }
+        let mut keys = self.submitter.keys.lock();
+        if let Some(st) = keys.get_mut(key) {
+            for task in requeue.into_iter().rev() {
+                st.queue.push_front(task);
+            }
+        }
     }
 
     /// Records one task's reply: its result, the worker's load, the key's run-time average.
@@ -562,16 +618,17 @@ impl CoreWorker {
         }
     }
 
-    /// Forgets a worker whose push failed and returns its lease as broken.
-    async fn drop_failed_worker(&self, key: &str, lease_id: &[u8]) {
-        let raylet = {
+    /// Forgets a worker whose push failed and returns its lease as broken (so its raylet
+    /// stops it). Returns the raylet and the worker's id.
+    async fn drop_failed_worker(&self, key: &str, lease_id: &[u8]) -> Option<(String, Vec<u8>)> {
+        let leased = {
             let mut keys = self.submitter.keys.lock();
-            let Some(st) = keys.get_mut(key) else { return };
-            let Some(pos) = st.workers.iter().position(|w| w.lease_id == lease_id) else {
-                return;
-            };
-            st.workers.remove(pos).raylet
+            let st = keys.get_mut(key)?;
+            let pos = st.workers.iter().position(|w| w.lease_id == lease_id)?;
+            st.workers.remove(pos)
         };
-        self.return_lease(lease_id.to_vec(), &raylet, true).await;
+        self.return_lease(lease_id.to_vec(), &leased.raylet, true)
+            .await;
+        Some((leased.raylet, leased.worker_id))
     }
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use miniray::{Error, IntoArg, ObjectRef, TaskOptions};
 
 mod actors;
+mod retries;
 
 #[miniray::remote]
 fn square(x: u64) -> u64 {
@@ -287,9 +288,10 @@ fn run(scenario: &str) -> anyhow::Result<()> {
             let behind: Vec<_> = (10..20u64)
                 .map(|i| square::options().max_retries(0).remote(i))
                 .collect::<Result<_, _>>()?;
-            // A task before the crasher may have finished without its reply getting out
-            // (it then fails: it has no retries); the ones behind it cannot have started.
-            let _ = before.iter().map(miniray::get).count();
+            // The tasks before the crasher finished (their replies are recovered from the
+            // worker's journal if they had not left it); the ones behind it never started.
+            let before_ok = before.iter().filter(|r| miniray::get(*r).is_ok()).count();
+            out("batch_before_ok", before_ok);
             let survived = behind.iter().filter(|r| miniray::get(*r).is_ok()).count();
             out("batch_survivors", survived);
             report("batch_crasher", miniray::get(&crasher));
@@ -386,6 +388,11 @@ fn run(scenario: &str) -> anyhow::Result<()> {
                 "kept_intact",
                 fnv(&miniray::get(&b)?) == fnv(&pattern(100 << 20, 2)),
             );
+        }
+        "retry_accounting" => {
+            let dir = std::env::args().nth(2).unwrap_or_default();
+            retries::task_rounds(&dir, 12, 40, 20)?;
+            retries::actor_rounds(&dir, 6, 40, 20)?;
         }
         other => {
             if !actors::run(other)? {
