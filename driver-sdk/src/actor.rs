@@ -19,9 +19,10 @@ use miniray_common::ActorId;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, Result};
-use crate::object_ref::ObjectRef;
+use crate::object_ref::{ObjectRef, OwnerAddr};
 use crate::options::Arg;
 use crate::runtime::actors::actor_label;
+use crate::runtime::borrowing::{ActorHold, Held};
 use crate::runtime::{self, CoreWorker};
 
 pub use crate::runtime::actors::ActorOptions;
@@ -63,8 +64,14 @@ impl Drop for HandleInner {
 pub struct ActorCore(Arc<HandleInner>);
 
 impl ActorCore {
-    fn new(cw: &Arc<CoreWorker>, id: ActorId, class: &str, max_task_retries: u32) -> Self {
-        cw.add_actor_handle(id, actor_label(class, id), max_task_retries);
+    fn new(
+        cw: &Arc<CoreWorker>,
+        id: ActorId,
+        class: &str,
+        max_task_retries: u32,
+        creator: Option<OwnerAddr>,
+    ) -> Self {
+        cw.add_actor_handle(id, actor_label(class, id), max_task_retries, creator);
         Self(Arc::new(HandleInner {
             id,
             class: class.to_string(),
@@ -77,7 +84,13 @@ impl ActorCore {
         let cw = runtime::current()?;
         let retries = opts.max_task_retries;
         let id = cw.block_on(cw.create_actor(A::NAME, opts, args))??;
-        Ok(ActorHandle::from_core(Self::new(&cw, id, A::NAME, retries)))
+        Ok(ActorHandle::from_core(Self::new(
+            &cw,
+            id,
+            A::NAME,
+            retries,
+            None,
+        )))
     }
 
     /// `create` for async code.
@@ -88,7 +101,13 @@ impl ActorCore {
         let cw = runtime::current()?;
         let retries = opts.max_task_retries;
         let id = cw.create_actor(A::NAME, opts, args).await?;
-        Ok(ActorHandle::from_core(Self::new(&cw, id, A::NAME, retries)))
+        Ok(ActorHandle::from_core(Self::new(
+            &cw,
+            id,
+            A::NAME,
+            retries,
+            None,
+        )))
     }
 
     /// Submits a call of `method`; returns at once.
@@ -157,20 +176,32 @@ struct WireHandle {
     id: ActorId,
     class: String,
     max_task_retries: u32,
+    /// The process that ends the actor when no handle is left (`None` for a named actor).
+    creator: Option<OwnerAddr>,
 }
 
 impl<A: Actor> Serialize for ActorHandle<A> {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         let inner = &self.client.core().0;
         let mut max_task_retries = 0;
+        let mut creator = None;
         if let Some(cw) = inner.runtime.upgrade() {
-            cw.mark_actor_escaped(inner.id);
+            // Inside a capture the handle is held while the value is, and its receiver
+            // registers as a borrower; outside one it escapes untracked.
+            let tracked = runtime::borrowing::note_serialized(|| {
+                Some(Held::Actor(ActorHold::new(&cw, inner.id)))
+            });
+            if !tracked {
+                cw.mark_actor_escaped(inner.id);
+            }
             max_task_retries = cw.actor_max_task_retries(inner.id);
+            creator = cw.actor_owner(inner.id);
         }
         WireHandle {
             id: inner.id,
             class: inner.class.clone(),
             max_task_retries,
+            creator,
         }
         .serialize(s)
     }
@@ -192,6 +223,7 @@ impl<'de, A: Actor> Deserialize<'de> for ActorHandle<A> {
             wire.id,
             &wire.class,
             wire.max_task_retries,
+            wire.creator,
         )))
     }
 }
@@ -217,8 +249,9 @@ fn typed_handle<A: Actor>(
             A::NAME
         )));
     }
+    // A named actor is not ended by its handles: nobody to register with.
     Ok(ActorHandle::from_core(ActorCore::new(
-        cw, id, class, retries,
+        cw, id, class, retries, None,
     )))
 }
 

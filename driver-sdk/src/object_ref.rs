@@ -1,8 +1,8 @@
 //! `ObjectRef<T>`: a typed, reference-counted handle to an object owned by some process.
 //!
 //! Invariant: every live `RefHandle` counts once in its process's object store; the store
-//! frees an owned object when the count reaches zero and the object never left the process
-//! inside a serialized value (see `ObjectStore::mark_escaped`).
+//! frees an owned object when the count reaches zero, no other process is registered as its
+//! borrower, and it never left the process untracked (see `runtime/borrowing.rs`).
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -33,6 +33,16 @@ impl OwnerAddr {
         }
     }
 
+    /// `None` for an address with malformed ids (from another process: not trusted).
+    pub(crate) fn from_proto(a: &WorkerAddress) -> Option<Self> {
+        Some(OwnerAddr {
+            worker_id: WorkerId::from_bytes(&a.worker_id).ok()?,
+            node_id: NodeId::from_bytes(&a.node_id).ok()?,
+            host: a.host.clone(),
+            port: u16::try_from(a.port).ok()?,
+        })
+    }
+
     pub(crate) fn endpoint(&self) -> String {
         format!("{}:{}", self.host, self.port)
     }
@@ -47,7 +57,19 @@ pub(crate) struct RefHandle {
 
 impl RefHandle {
     pub(crate) fn new(cw: &Arc<CoreWorker>, id: ObjectId, owner: OwnerAddr) -> Arc<Self> {
-        cw.store.add_local_ref(id, owner.worker_id == cw.worker_id);
+        cw.store
+            .add_local_ref(id, &owner, owner.worker_id == cw.worker_id);
+        Arc::new(Self {
+            id,
+            owner,
+            runtime: Arc::downgrade(cw),
+        })
+    }
+
+    /// A handle to an object whose owner already counts this process as a borrower.
+    pub(crate) fn registered(cw: &Arc<CoreWorker>, id: ObjectId, owner: OwnerAddr) -> Arc<Self> {
+        cw.store
+            .add_registered_ref(id, &owner, owner.worker_id == cw.worker_id);
         Arc::new(Self {
             id,
             owner,
@@ -119,7 +141,10 @@ struct WireRef {
 
 impl<T> Serialize for ObjectRef<T> {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        if let Some(cw) = self.handle.runtime.upgrade() {
+        if !crate::runtime::borrowing::note_serialized(|| {
+            Some(crate::runtime::borrowing::Held::Object(self.handle.clone()))
+        }) && let Some(cw) = self.handle.runtime.upgrade()
+        {
             cw.store.mark_escaped(self.handle.id);
         }
         WireRef {

@@ -9,12 +9,14 @@ use crate::codec;
 use crate::error::{Error, Result};
 use crate::object_ref::{ObjectRef, RefHandle};
 use crate::runtime;
+use crate::runtime::borrowing::Held;
 
 /// One argument of a task: a value, or an object the task depends on.
 pub struct Arg(pub(crate) ArgKind);
 
 pub(crate) enum ArgKind {
-    Value(Vec<u8>),
+    /// An encoded value, and the references inside it (held until the task is done).
+    Value(Vec<u8>, Vec<Held>),
     Ref(Arc<RefHandle>),
 }
 
@@ -27,7 +29,8 @@ pub trait IntoArg<T> {
 
 impl<T: Serialize + 'static> IntoArg<T> for T {
     fn into_arg(self) -> Result<Arg> {
-        Ok(Arg(ArgKind::Value(codec::encode(&self)?)))
+        let (bytes, contained) = runtime::borrowing::capture_refs(|| codec::encode(&self));
+        Ok(Arg(ArgKind::Value(bytes?, contained)))
     }
 }
 

@@ -186,6 +186,7 @@ impl CoreWorker for FakeNode {
                     outcome: Some(outcome),
                     task_id: spec.task_id,
                     run_micros: 1,
+                    contained: Vec::new(),
                 })
             })
             .collect();
@@ -198,6 +199,12 @@ impl CoreWorker for FakeNode {
         unimplemented()
     }
     async fn exit(&self, _: Request<ExitRequest>) -> Result<Response<ExitReply>, Status> {
+        unimplemented()
+    }
+    async fn update_borrowers(
+        &self,
+        _: Request<UpdateBorrowersRequest>,
+    ) -> Result<Response<UpdateBorrowersReply>, Status> {
         unimplemented()
     }
 }

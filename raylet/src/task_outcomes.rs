@@ -171,6 +171,7 @@ mod tests {
             task_id: b"t1".to_vec(),
             run_micros: 5,
             outcome: None,
+            contained: Vec::new(),
         };
         write_journal(&reply_journal::session_path(&prefix, 0), &[]);
         write_journal(

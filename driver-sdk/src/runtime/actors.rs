@@ -13,15 +13,16 @@
 //!   `ActorDied`, and calls that never started are sent again as they are. When the raylet
 //!   cannot tell (node gone, or the worker still alive behind a broken connection), every
 //!   unfinished call may have run and spends a retry or fails, as in Ray;
-//! - the creating process of an unnamed actor kills it once the last handle is dropped and
-//!   its queue is empty, unless a handle left the process inside a value (then the actor
-//!   lives until its job ends: borrowers of handles are not tracked).
+//! - the creating process of an unnamed actor kills it once its last handle is dropped, its
+//!   queue is empty and no other process is registered as a borrower of a handle (handles
+//!   that travel inside values are tracked like object references, see `borrowing.rs`); a
+//!   handle that left the process untracked keeps the actor until its job ends.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use miniray_common::{ActorId, ErrorCode, ObjectId, TaskId, probe};
+use miniray_common::{ActorId, ErrorCode, ObjectId, TaskId, WorkerId, probe};
 use miniray_proto::{
     ActorInfo, ActorState, CreateActorRequest, GetActorRequest, GetAllNodesRequest,
     KillActorRequest, TaskSpec, push_task_reply,
@@ -30,12 +31,14 @@ use parking_lot::Mutex;
 use tracing::{debug, warn};
 
 use super::CoreWorker;
+use super::borrowing::{Held, Subject};
 use super::clients::node_endpoint;
 use super::plasma::status_error;
-use super::push::{PushOutcome, Recovered, reply_result};
+use super::push::{PushOutcome, Recovered};
+use super::store::Borrower;
 use super::submitter::PreparedArgs;
 use crate::error::{Error, Result};
-use crate::object_ref::RefHandle;
+use crate::object_ref::{OwnerAddr, RefHandle};
 use crate::options::{Arg, ResourceRequest};
 
 /// Most calls sent to an actor in one push.
@@ -124,7 +127,7 @@ struct Call {
     ready: bool,
     retries_left: u32,
     /// Objects the call reads: held until it is done.
-    _deps: Vec<Arc<RefHandle>>,
+    _deps: Vec<Held>,
 }
 
 /// The worker hosting one incarnation of the actor.
@@ -165,8 +168,13 @@ struct ActorQueue {
     owned: bool,
     named: bool,
     escaped: bool,
+    /// Owner: the processes registered as borrowers of a handle.
+    borrowers: Vec<Borrower>,
+    /// Borrower: the creating process, and how many registrations it holds for this one.
+    creator: Option<OwnerAddr>,
+    registrations: u32,
     /// Objects the constructor reads: kept for restarts, which re-run it.
-    _creation_deps: Vec<Arc<RefHandle>>,
+    _creation_deps: Vec<Held>,
 }
 
 impl ActorQueue {
@@ -184,6 +192,9 @@ impl ActorQueue {
             owned: false,
             named: false,
             escaped: false,
+            borrowers: Vec::new(),
+            creator: None,
+            registrations: 0,
             _creation_deps: Vec::new(),
         }
     }
@@ -195,7 +206,12 @@ impl ActorQueue {
 
     /// The owner may end the actor: nobody else can hold a handle.
     fn should_kill(&self) -> bool {
-        self.owned && !self.named && !self.escaped && self.dead.is_none() && self.unused()
+        self.owned
+            && !self.named
+            && !self.escaped
+            && self.borrowers.is_empty()
+            && self.dead.is_none()
+            && self.unused()
     }
 }
 
@@ -333,11 +349,14 @@ impl CoreWorker {
     }
 
     /// A new `ActorHandle` exists in this process.
+    /// `creator` is the process that ends the actor (for a handle that arrived inside a
+    /// value); this process registers with it as a borrower.
     pub(crate) fn add_actor_handle(
         self: &Arc<Self>,
         id: ActorId,
         label: String,
         max_task_retries: u32,
+        creator: Option<OwnerAddr>,
     ) {
         if !self
             .actors
@@ -347,11 +366,147 @@ impl CoreWorker {
             let cw = Arc::downgrade(self);
             self.handle.spawn(watch_actor_changes(cw));
         }
+        let mut created = false;
         let mut actors = self.actors.actors.lock();
-        let q = actors
-            .entry(id)
-            .or_insert_with(|| ActorQueue::new(label, max_task_retries));
+        let q = actors.entry(id).or_insert_with(|| {
+            created = true;
+            ActorQueue::new(label, max_task_retries)
+        });
         q.handles += 1;
+        // A handle of an actor another process created and ends: register as a borrower.
+        if created
+            && let Some(creator) = creator
+            && creator.worker_id != self.worker_id
+        {
+            q.creator = Some(creator.clone());
+            drop(actors);
+            self.borrows.queue(Subject::Actor(id), creator);
+        }
+    }
+
+    /// One more reference to an actor this process references already (a handle being
+    /// serialized into a value, held while the value is).
+    pub(crate) fn add_actor_hold(&self, id: ActorId) {
+        if let Some(q) = self.actors.actors.lock().get_mut(&id) {
+            q.handles += 1;
+        }
+    }
+
+    /// A reference to an actor whose creator already counts this process as a borrower (a
+    /// handle inside a task's return value).
+    pub(crate) fn add_registered_actor_hold(self: &Arc<Self>, id: ActorId, creator: OwnerAddr) {
+        let own = creator.worker_id == self.worker_id;
+        {
+            let mut actors = self.actors.actors.lock();
+            let q = actors
+                .entry(id)
+                .or_insert_with(|| ActorQueue::new(actor_label("actor", id), 0));
+            q.handles += 1;
+            if !own {
+                q.creator.get_or_insert(creator.clone());
+                q.registrations += 1;
+            }
+        }
+        if own {
+            // The registration was made with this very process: now a local reference.
+            self.update_actor_borrower(id, self.worker_id, "", -1);
+        }
+    }
+
+    /// The creator holds one more registration for this process.
+    pub(crate) fn count_actor_registration(&self, id: ActorId) -> bool {
+        match self.actors.actors.lock().get_mut(&id) {
+            Some(q) if !q.owned => {
+                q.registrations += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Adds or gives back registrations of a borrower of an actor this process created;
+    /// `false` for an add to an actor it no longer tracks.
+    pub(crate) fn update_actor_borrower(
+        self: &Arc<Self>,
+        id: ActorId,
+        worker: WorkerId,
+        endpoint: &str,
+        delta: i64,
+    ) -> bool {
+        {
+            let mut actors = self.actors.actors.lock();
+            let Some(q) = actors.get_mut(&id).filter(|q| q.owned) else {
+                return delta < 0;
+            };
+            let existing = q.borrowers.iter().position(|b| b.worker_id == worker);
+            if delta > 0 {
+                match existing {
+                    Some(i) => {
+                        q.borrowers[i].count = q.borrowers[i].count.saturating_add(delta as u32)
+                    }
+                    None => q.borrowers.push(Borrower {
+                        worker_id: worker,
+                        endpoint: endpoint.to_string(),
+                        count: delta as u32,
+                    }),
+                }
+                return true;
+            }
+            if let Some(i) = existing {
+                let b = &mut q.borrowers[i];
+                b.count = b.count.saturating_sub(delta.unsigned_abs() as u32);
+                if b.count == 0 {
+                    q.borrowers.swap_remove(i);
+                }
+            }
+        }
+        // The last borrower may be gone: the actor may be ended now.
+        self.pump_actor(id);
+        true
+    }
+
+    /// The process that created an unnamed actor (and ends it): `None` for a named actor.
+    pub(crate) fn actor_owner(&self, id: ActorId) -> Option<OwnerAddr> {
+        let actors = self.actors.actors.lock();
+        let q = actors.get(&id)?;
+        if q.named {
+            None
+        } else if q.owned {
+            Some(self.address.clone())
+        } else {
+            q.creator.clone()
+        }
+    }
+
+    /// The borrowers of actors this process created, with their endpoints.
+    pub(crate) fn actor_borrower_workers(&self) -> Vec<(WorkerId, String)> {
+        let mut out: Vec<(WorkerId, String)> = Vec::new();
+        for q in self.actors.actors.lock().values() {
+            for b in &q.borrowers {
+                if !out.iter().any(|(w, _)| *w == b.worker_id) {
+                    out.push((b.worker_id, b.endpoint.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Forgets every registration of a borrower that is gone.
+    pub(crate) fn drop_actor_borrower(self: &Arc<Self>, worker: WorkerId) {
+        let ids: Vec<ActorId> = {
+            let mut actors = self.actors.actors.lock();
+            actors
+                .iter_mut()
+                .filter_map(|(id, q)| {
+                    let before = q.borrowers.len();
+                    q.borrowers.retain(|b| b.worker_id != worker);
+                    (q.borrowers.len() != before).then_some(*id)
+                })
+                .collect()
+        };
+        for id in ids {
+            self.pump_actor(id);
+        }
     }
 
     /// An `ActorHandle` was dropped.
@@ -462,7 +617,7 @@ impl CoreWorker {
     /// Sends what can be sent, looks the actor up when its worker is unknown, fails calls
     /// of a dead actor, ends an actor its owner no longer references.
     fn pump_actor(self: &Arc<Self>, id: ActorId) {
-        let step = {
+        let (step, removed) = {
             let mut actors = self.actors.actors.lock();
             let Some(q) = actors.get_mut(&id) else { return };
             let step = if let Some(err) = q.dead.clone() {
@@ -501,14 +656,22 @@ impl CoreWorker {
             };
             // An entry nothing here needs any more goes, except the creator's entry of a
             // live actor: it holds the constructor's arguments for restarts.
-            if matches!(step, Step::Kill)
+            let remove = matches!(step, Step::Kill)
                 || (q.unused() && !q.owned)
-                || (q.unused() && q.dead.is_some())
-            {
-                actors.remove(&id);
-            }
-            step
+                || (q.unused() && q.dead.is_some());
+            (step, if remove { actors.remove(&id) } else { None })
         };
+        // Dropped outside the lock: the entry holds references (constructor arguments)
+        // whose release may come back to this table.
+        if let Some(q) = removed {
+            if q.registrations > 0
+                && let Some(creator) = q.creator.clone()
+            {
+                self.borrows
+                    .give_back(Subject::Actor(id), creator, q.registrations);
+            }
+            drop(q);
+        }
         match step {
             Step::Nothing => {}
             Step::Fail(calls, err) => {
@@ -640,7 +803,7 @@ impl CoreWorker {
             delivered,
         } = self
             .push_batch(&target.endpoint, specs, |i, reply| {
-                self.complete_actor_call(&calls[i], reply.outcome)
+                self.complete_actor_call(&calls[i], reply.outcome, reply.contained)
             })
             .await;
         let unfinished: Vec<Call> = calls.into_iter().skip(done).collect();
@@ -668,7 +831,7 @@ impl CoreWorker {
                     // started; unknown when the raylet could not tell: then it may have run.
                     let was_running = match recovered.get(&call.spec.task_id) {
                         Some(Some(Some(reply))) => {
-                            finished.push((call, reply.outcome.clone()));
+                            finished.push((call, reply.outcome.clone(), reply.contained.clone()));
                             continue;
                         }
                         Some(Some(None)) => true,
@@ -699,8 +862,8 @@ impl CoreWorker {
                 }
             }
         }
-        for (call, outcome) in finished {
-            self.complete_actor_call(&call, outcome);
+        for (call, outcome, contained) in finished {
+            self.complete_actor_call(&call, outcome, contained);
         }
         for (call, err) in failed_calls {
             if let Ok(rid) = ObjectId::from_bytes(&call.spec.return_id) {
@@ -730,11 +893,16 @@ impl CoreWorker {
             .await
     }
 
-    fn complete_actor_call(&self, call: &Call, outcome: Option<push_task_reply::Outcome>) {
+    fn complete_actor_call(
+        self: &Arc<Self>,
+        call: &Call,
+        outcome: Option<push_task_reply::Outcome>,
+        contained: Vec<miniray_proto::ContainedRef>,
+    ) {
         let Ok(return_id) = ObjectId::from_bytes(&call.spec.return_id) else {
             return;
         };
-        self.store.complete(return_id, reply_result(outcome));
+        self.complete_from_reply(return_id, outcome, contained);
     }
 }
 

@@ -13,10 +13,11 @@ use miniray_proto::{GetAllNodesRequest, NodeAddress, NodeState, RegisterWorkerRe
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
+use super::borrowing::{BorrowQueue, GiveBack};
 use super::clients::{Clients, node_endpoint};
 use super::cluster::{LocalCluster, LocalClusterOptions};
 use super::plasma::{PlasmaClient, status_error};
-use super::store::ObjectStore;
+use super::store::{Freed, ObjectStore};
 use super::submitter::Submitter;
 use super::{CoreWorker, Global, Mode, executor, install, job, server};
 use crate::error::{Error, Result};
@@ -154,10 +155,10 @@ pub(crate) fn start_driver(opts: InitOptions) -> Result<()> {
         .await
         .map_err(|_| unreachable(&gcs_address, "no answer in time"))?
     });
-    let (cw, listener, freed_rx) = started?;
+    let (cw, listener, background) = started?;
     let stop = {
         let _guard = rt.enter();
-        tokio::spawn(cw.clone().run_freer(freed_rx));
+        background.spawn(&cw);
         server::serve(&cw, listener, &token, None)
     };
     rt.block_on(job::register(&cw))?;
@@ -170,11 +171,7 @@ pub(crate) fn start_driver(opts: InitOptions) -> Result<()> {
     Ok(())
 }
 
-type Started = (
-    Arc<CoreWorker>,
-    TcpListener,
-    mpsc::UnboundedReceiver<super::store::Freed>,
-);
+type Started = (Arc<CoreWorker>, TcpListener, Background);
 
 async fn connect_driver(
     gcs_address: &str,
@@ -247,6 +244,7 @@ async fn build(
     let plasma = PlasmaClient::connect(raylet, raylet_endpoint.clone()).await?;
     let (listener, port) = bind_loopback().await?;
     let (freed_tx, freed_rx) = mpsc::unbounded_channel();
+    let (borrows, given_back_rx) = BorrowQueue::new();
     let cw = Arc::new(CoreWorker {
         mode,
         worker_id,
@@ -264,13 +262,37 @@ async fn build(
         gcs_address: gcs_address.to_string(),
         clients,
         plasma,
-        store: ObjectStore::new(freed_tx),
+        store: ObjectStore::new(freed_tx, borrows.clone()),
         submitter: Submitter::default(),
         actors: Default::default(),
         inline_threshold: DEFAULT_INLINE_THRESHOLD,
+        borrows,
         handle: tokio::runtime::Handle::current(),
     });
-    Ok((cw, listener, freed_rx))
+    Ok((
+        cw,
+        listener,
+        Background {
+            freed_rx,
+            given_back_rx,
+        },
+    ))
+}
+
+/// Receivers of the core worker's background tasks, started by `Background::spawn`.
+pub(crate) struct Background {
+    freed_rx: mpsc::UnboundedReceiver<Freed>,
+    given_back_rx: mpsc::UnboundedReceiver<GiveBack>,
+}
+
+impl Background {
+    /// Starts freeing plasma copies, giving borrows back and probing borrowers (inside the
+    /// runtime).
+    fn spawn(self, cw: &Arc<CoreWorker>) {
+        tokio::spawn(cw.clone().run_freer(self.freed_rx));
+        tokio::spawn(cw.clone().run_give_back(self.given_back_rx));
+        tokio::spawn(cw.clone().run_borrower_probe());
+    }
 }
 
 fn required_env(name: &str) -> String {
@@ -327,7 +349,7 @@ fn worker_main() -> Result<()> {
     let gcs = gcs_client(
         auth::connect_lazy(&gcs_address, &token).map_err(|e| unreachable(&gcs_address, e))?,
     );
-    let (cw, listener, freed_rx) = rt.block_on(build(
+    let (cw, listener, background) = rt.block_on(build(
         Mode::Worker,
         gcs,
         &gcs_address,
@@ -339,7 +361,7 @@ fn worker_main() -> Result<()> {
     ))?;
     let (exec_tx, exec_rx) = std::sync::mpsc::channel();
     let port = cw.address.port;
-    tokio::spawn(cw.clone().run_freer(freed_rx));
+    background.spawn(&cw);
     let journals = std::env::var_os(env::REPLY_JOURNAL)
         .and_then(|prefix| super::journal::Journals::start(prefix.into()));
     let stop = server::serve(

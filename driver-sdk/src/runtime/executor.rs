@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use miniray_common::ObjectId;
 use miniray_plasma::ObjectLocation;
-use miniray_proto::{PushTaskReply, TaskSpec, object_value, push_task_reply};
+use miniray_proto::{ContainedRef, PushTaskReply, TaskSpec, object_value, push_task_reply};
 use std::time::Instant;
 
 use parking_lot::Mutex;
@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::journal::SessionJournal;
-use super::{CoreWorker, set_in_task};
+use super::{CoreWorker, borrowing, set_in_task};
 use crate::codec::Encoded;
 use crate::error::{Error, Result};
 use crate::registry::{self, ActorClass, ActorInstance, ActorMethod, InvokeError, RemoteFunction};
@@ -75,15 +75,19 @@ pub(crate) fn run(cw: &Arc<CoreWorker>, rx: std::sync::mpsc::Receiver<ExecMsg>) 
                         j.lock().record_started(&spec.task_id);
                     }
                     let started = Instant::now();
-                    let outcome = match execute(cw, &spec, &mut hosted) {
-                        Ok(v) => push_task_reply::Outcome::Value(v),
-                        Err(e) => push_task_reply::Outcome::Error(e.to_task_error()),
+                    let (outcome, contained) = match execute(cw, &spec, &mut hosted) {
+                        Ok((v, lent)) => (push_task_reply::Outcome::Value(v), lent),
+                        Err(e) => (
+                            push_task_reply::Outcome::Error(e.to_task_error()),
+                            Vec::new(),
+                        ),
                     };
                     let run_micros = started.elapsed().as_micros() as u64;
                     let reply = PushTaskReply {
                         outcome: Some(outcome),
                         task_id: spec.task_id,
                         run_micros,
+                        contained,
                     };
                     // Recorded before the next task starts: a reply still held in `group`
                     // when this process dies is recovered from the journal.
@@ -168,63 +172,74 @@ pub(crate) fn short_name(path: &str) -> &str {
     path.rsplit("::").next().unwrap_or(path)
 }
 
+/// Runs one task: its result, and the references inside it lent to the caller.
 fn execute(
     cw: &Arc<CoreWorker>,
     spec: &TaskSpec,
     hosted: &mut Option<Hosted>,
-) -> Result<miniray_proto::ObjectValue> {
+) -> Result<(miniray_proto::ObjectValue, Vec<ContainedRef>)> {
     let target = target(spec, hosted)?;
     let name = display_name(spec, &target);
     let name = name.as_str();
 
     let mut pinned: Vec<ObjectId> = Vec::new();
     let fetched = cw.block_on(fetch_args(cw, spec, &mut pinned))?;
-    let result = fetched.and_then(|args| {
-        let slices = args
-            .iter()
-            .map(|a| match a {
-                ArgBytes::Inline(b) => Ok(*b),
-                ArgBytes::Plasma(loc) => cw.plasma.slice(*loc),
-            })
-            .collect::<Result<Vec<&[u8]>>>()?;
-        set_in_task(true);
-        let out = catch_unwind(AssertUnwindSafe(|| match &target {
-            Target::Function(f) => (f.invoke)(&slices).map(Some),
-            Target::CreateActor(class) => (class.construct)(&slices).map(|instance| {
-                *hosted = Some(Hosted {
-                    actor_id: spec.actor_id.clone(),
-                    class,
-                    instance,
-                });
-                None
-            }),
-            Target::Method(m) => match hosted.as_mut() {
-                Some(h) => (m.invoke)(h.instance.as_mut(), &slices).map(Some),
-                None => Err(InvokeError::WrongActor),
-            },
-        }));
-        set_in_task(false);
-        match out {
-            Ok(Ok(bytes)) => Ok(bytes),
-            Ok(Err(e)) => Err(Error::Deserialize {
-                what: format!("a value of {name}"),
-                reason: e.to_string(),
-            }),
-            Err(payload) => Err(Error::TaskFailed {
-                function: name.to_string(),
-                message: panic_message(payload.as_ref()),
-            }),
-        }
+    // References serialized during the task (into its return value) are captured and held
+    // until the caller is registered as their borrower (see `borrowing.rs`).
+    let (result, contained) = borrowing::capture_refs(|| {
+        fetched.and_then(|args| {
+            let slices = args
+                .iter()
+                .map(|a| match a {
+                    ArgBytes::Inline(b) => Ok(*b),
+                    ArgBytes::Plasma(loc) => cw.plasma.slice(*loc),
+                })
+                .collect::<Result<Vec<&[u8]>>>()?;
+            set_in_task(true);
+            let out = catch_unwind(AssertUnwindSafe(|| match &target {
+                Target::Function(f) => (f.invoke)(&slices).map(Some),
+                Target::CreateActor(class) => (class.construct)(&slices).map(|instance| {
+                    *hosted = Some(Hosted {
+                        actor_id: spec.actor_id.clone(),
+                        class,
+                        instance,
+                    });
+                    None
+                }),
+                Target::Method(m) => match hosted.as_mut() {
+                    Some(h) => (m.invoke)(h.instance.as_mut(), &slices).map(Some),
+                    None => Err(InvokeError::WrongActor),
+                },
+            }));
+            set_in_task(false);
+            match out {
+                Ok(Ok(bytes)) => Ok(bytes),
+                Ok(Err(e)) => Err(Error::Deserialize {
+                    what: format!("a value of {name}"),
+                    reason: e.to_string(),
+                }),
+                Err(payload) => Err(Error::TaskFailed {
+                    function: name.to_string(),
+                    message: panic_message(payload.as_ref()),
+                }),
+            }
+        })
     });
     if let Ok(Err(e)) = cw.block_on(cw.plasma.release(&pinned)) {
         warn!(error = %e, "releasing task arguments failed");
     }
+    // References decoded from the arguments are registered with their owners before the
+    // reply lets the caller drop its own.
+    cw.block_on(cw.register_new_borrows())?;
     // An actor's creation has no result object: the GCS only needs to hear it succeeded.
     let Some(bytes) = result? else {
-        return Ok(miniray_proto::ObjectValue {
-            location: Some(object_value::Location::Inline(Vec::new())),
-            size: 0,
-        });
+        return Ok((
+            miniray_proto::ObjectValue {
+                location: Some(object_value::Location::Inline(Vec::new())),
+                size: 0,
+            },
+            Vec::new(),
+        ));
     };
 
     let return_id =
@@ -233,8 +248,16 @@ fn execute(
         .caller
         .clone()
         .ok_or_else(|| Error::InvalidArgument("task without a caller".into()))?;
-    let value = cw.block_on(cw.store_encoded(return_id, owner, &Encoded::Owned(bytes)))??;
-    Ok(value.to_proto())
+    let value =
+        cw.block_on(cw.store_encoded(return_id, owner.clone(), &Encoded::Owned(bytes)))??;
+    let lent = if contained.is_empty() {
+        Vec::new()
+    } else {
+        cw.block_on(cw.lend_to(&owner, &contained))?
+    };
+    // Only now may this process's own references to them go.
+    drop(contained);
+    Ok((value.to_proto(), lent))
 }
 
 async fn fetch_args<'a>(

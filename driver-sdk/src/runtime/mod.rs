@@ -7,6 +7,7 @@
 
 pub(crate) mod actors;
 pub(crate) mod bootstrap;
+pub(crate) mod borrowing;
 mod clients;
 pub(crate) mod cluster;
 pub(crate) mod executor;
@@ -68,6 +69,9 @@ pub(crate) struct CoreWorker {
     pub(crate) submitter: Submitter,
     pub(crate) actors: actors::ActorSubmitter,
     pub(crate) inline_threshold: usize,
+    /// Borrowed references waiting for registration with their owners, and registrations
+    /// to give back (see `borrowing.rs`).
+    pub(crate) borrows: Arc<borrowing::BorrowQueue>,
     pub(crate) handle: Handle,
 }
 
@@ -280,6 +284,18 @@ impl CoreWorker {
         id: ObjectId,
         value: &Value,
     ) -> Result<T> {
+        let value = self.decode_value(id, value).await;
+        // References decoded from the value are registered with their owners before the
+        // caller can rely on them (see `borrowing.rs`).
+        self.register_new_borrows().await;
+        value
+    }
+
+    async fn decode_value<T: DeserializeOwned + 'static>(
+        &self,
+        id: ObjectId,
+        value: &Value,
+    ) -> Result<T> {
         match value {
             Value::Inline(bytes) => codec::decode(bytes),
             Value::Plasma { node, .. } => {
@@ -317,12 +333,14 @@ impl CoreWorker {
         self: &Arc<Self>,
         value: &T,
     ) -> Result<Arc<RefHandle>> {
-        let encoded = codec::encode_lazy(value)?;
+        let (encoded, contained) = borrowing::capture_refs(|| codec::encode_lazy(value));
+        let encoded = encoded?;
         let id = ObjectId::random();
         let v = self
             .store_encoded(id, self.address.to_proto(), &encoded)
             .await?;
-        self.store.insert_owned(id, State::Ready(v));
+        self.store
+            .insert_owned_holding(id, State::Ready(v), contained);
         Ok(RefHandle::new(self, id, self.address.clone()))
     }
 
@@ -347,9 +365,14 @@ impl CoreWorker {
     }
 
     /// Stores already-encoded bytes in the background; the handle resolves once stored.
-    pub(crate) fn put_in_background(self: &Arc<Self>, bytes: Vec<u8>) -> Arc<RefHandle> {
+    pub(crate) fn put_in_background(
+        self: &Arc<Self>,
+        bytes: Vec<u8>,
+        contained: Vec<borrowing::Held>,
+    ) -> Arc<RefHandle> {
         let id = ObjectId::random();
-        self.store.insert_owned(id, State::Pending);
+        self.store
+            .insert_owned_holding(id, State::Pending, contained);
         let handle = RefHandle::new(self, id, self.address.clone());
         let cw = self.clone();
         self.handle.spawn(async move {

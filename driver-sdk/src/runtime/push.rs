@@ -9,9 +9,11 @@
 //! every reply of its batch was read, so the next batch's replies are the next messages.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
+use miniray_common::ObjectId;
 use miniray_proto::{
     PushTaskReply, PushTasksRequest, RecoverTaskOutcomesRequest, TaskSpec, push_task_reply,
 };
@@ -223,6 +225,21 @@ impl CoreWorker {
             }
             Err(_) => Recovered::Unknown,
         }
+    }
+}
+
+impl CoreWorker {
+    /// Completes a task's return object from its reply, holding the references inside the
+    /// value that the worker lent to this process (see `borrowing.rs`).
+    pub(crate) fn complete_from_reply(
+        self: &Arc<Self>,
+        return_id: ObjectId,
+        outcome: Option<push_task_reply::Outcome>,
+        contained: Vec<miniray_proto::ContainedRef>,
+    ) {
+        let held = self.take_lent(contained);
+        self.store
+            .complete_holding(return_id, reply_result(outcome), held);
     }
 }
 

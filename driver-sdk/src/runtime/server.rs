@@ -4,13 +4,13 @@
 use std::sync::{Arc, Weak};
 
 use miniray_common::ErrorCode;
-use miniray_common::ObjectId;
 use miniray_common::auth::TokenCheck;
 use miniray_common::config::MAX_MESSAGE_SIZE;
+use miniray_common::{ObjectId, WorkerId};
 use miniray_proto::core_worker_server::{CoreWorker as CoreWorkerRpc, CoreWorkerServer};
 use miniray_proto::{
     ExitReply, ExitRequest, GetObjectStatusReply, GetObjectStatusRequest, PushTaskReply,
-    PushTasksRequest, get_object_status_reply,
+    PushTasksRequest, UpdateBorrowersReply, UpdateBorrowersRequest, get_object_status_reply,
 };
 use parking_lot::Mutex;
 use tokio::net::TcpListener;
@@ -22,6 +22,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::debug;
 
 use super::CoreWorker;
+use super::borrowing::Subject;
 use super::executor::ExecMsg;
 use super::journal::Journals;
 use super::store::State;
@@ -184,6 +185,39 @@ impl CoreWorkerRpc for CoreWorkerService {
                 error: Some(e.to_task_error()),
             },
         }))
+    }
+
+    async fn update_borrowers(
+        &self,
+        request: Request<UpdateBorrowersRequest>,
+    ) -> Result<Response<UpdateBorrowersReply>, Status> {
+        let invalid = |what: String| ErrorCode::InvalidArgument.status(what);
+        // Every update is checked before any is applied, so a bad request changes nothing.
+        let mut updates = Vec::new();
+        for u in request.into_inner().updates {
+            let subject = Subject::from_wire(&u.object_id, &u.actor_id)
+                .map_err(|e| invalid(e.to_string()))?;
+            let borrower = u
+                .borrower
+                .ok_or_else(|| invalid("a borrower update without a borrower".into()))?;
+            let worker =
+                WorkerId::from_bytes(&borrower.worker_id).map_err(|e| invalid(e.to_string()))?;
+            if u.delta == 0 {
+                return Err(invalid(format!(
+                    "a borrower update of {subject:?} changes nothing"
+                )));
+            }
+            let endpoint = format!("{}:{}", borrower.host, borrower.port);
+            updates.push((subject, worker, endpoint, i64::from(u.delta)));
+        }
+        let cw = self.cw()?;
+        let mut refused = Vec::new();
+        for (i, (subject, worker, endpoint, delta)) in updates.into_iter().enumerate() {
+            if !cw.update_borrower(subject, worker, &endpoint, delta) {
+                refused.push(i as u32);
+            }
+        }
+        Ok(Response::new(UpdateBorrowersReply { refused }))
     }
 
     async fn exit(&self, _request: Request<ExitRequest>) -> Result<Response<ExitReply>, Status> {

@@ -1,10 +1,17 @@
-//! The in-process object table: owned objects (their state, value or location, and local
-//! reference count) and borrowed objects (a cache of what their owner said).
+//! The in-process object table: owned objects (their state, value or location, local
+//! reference count and borrowers) and borrowed objects (a cache of what their owner said,
+//! and how many borrower registrations the owner holds for this process).
 //!
 //! Invariants:
-//! - an owned entry exists while a `RefHandle` for it is alive in this process or it has
-//!   escaped (was serialized into a value that left the process); escaped objects stay until
-//!   this process exits, since borrowers are not tracked yet;
+//! - an owned entry exists while a `RefHandle` for it is alive in this process, while
+//!   another process is registered as its borrower, or once it has escaped untracked (was
+//!   serialized outside `codec::capture_refs`, e.g. by user code into a file), in which case
+//!   it stays until this process exits;
+//! - a borrower registration is always made by a process that holds a counted reference at
+//!   the time and completes before that reference can go (see `borrowing.rs`), so an owner
+//!   never frees an object that a registration is still on its way for;
+//! - a borrowed entry gives back every registration made for it when it goes;
+//! - the references inside an object's value (`contained`) are held as long as its entry;
 //! - when an owned entry is removed and its value sits in plasma, its primary copy is freed
 //!   through `freed` (the owner is the only one who frees primary copies);
 //! - a task result arriving for an entry that is gone is freed at once.
@@ -12,11 +19,13 @@
 use std::sync::Arc;
 
 use dashmap::DashMap;
-use miniray_common::ObjectId;
+use miniray_common::{ObjectId, WorkerId};
 use miniray_proto::{NodeAddress, ObjectValue, object_value};
 use tokio::sync::{Notify, mpsc};
 
+use super::borrowing::{BorrowQueue, Held, Subject};
 use crate::error::{Error, Result};
+use crate::object_ref::OwnerAddr;
 
 /// Where a ready object's bytes are.
 #[derive(Clone, Debug)]
@@ -57,12 +66,47 @@ pub(crate) enum State {
     Failed(Error),
 }
 
+/// A process registered as a borrower of an owned object.
+pub(crate) struct Borrower {
+    pub worker_id: WorkerId,
+    pub endpoint: String,
+    /// Registrations not given back yet.
+    pub count: u32,
+}
+
 struct Entry {
     owned: bool,
     state: State,
     local_refs: u32,
     escaped: bool,
+    /// Owned: the processes registered as borrowers.
+    borrowers: Vec<Borrower>,
+    /// Borrowed: the owner, and how many registrations it holds for this process.
+    owner: Option<Box<OwnerAddr>>,
+    registrations: u32,
+    /// References inside this object's value, held while the entry lives.
+    contained: Vec<Held>,
     notify: Arc<Notify>,
+}
+
+impl Entry {
+    fn new(owned: bool, state: State) -> Self {
+        Entry {
+            owned,
+            state,
+            local_refs: 0,
+            escaped: false,
+            borrowers: Vec::new(),
+            owner: None,
+            registrations: 0,
+            contained: Vec::new(),
+            notify: Arc::new(Notify::new()),
+        }
+    }
+
+    fn unused(&self) -> bool {
+        self.local_refs == 0 && self.borrowers.is_empty() && !self.escaped
+    }
 }
 
 /// A primary plasma copy to free on `node`.
@@ -74,56 +118,198 @@ pub(crate) struct Freed {
 pub(crate) struct ObjectStore {
     entries: DashMap<ObjectId, Entry>,
     freed: mpsc::UnboundedSender<Freed>,
+    borrows: Arc<BorrowQueue>,
+}
+
+/// What leaves an entry when it is removed; dropped (or sent) outside the table's locks,
+/// since dropping contained references re-enters the table.
+struct Removed {
+    id: ObjectId,
+    entry: Entry,
 }
 
 impl ObjectStore {
-    pub(crate) fn new(freed: mpsc::UnboundedSender<Freed>) -> Self {
+    pub(crate) fn new(freed: mpsc::UnboundedSender<Freed>, borrows: Arc<BorrowQueue>) -> Self {
         Self {
             entries: DashMap::new(),
             freed,
+            borrows,
         }
+    }
+
+    fn finish_removal(&self, removed: Removed) {
+        let Removed { id, entry } = removed;
+        if entry.owned {
+            self.free_value(id, &entry.state);
+        } else if entry.registrations > 0
+            && let Some(owner) = entry.owner
+        {
+            self.borrows
+                .give_back(Subject::Object(id), *owner, entry.registrations);
+        }
+        // `entry.contained` drops here, outside every lock of the table.
     }
 
     /// Records a new owned object (before its first `RefHandle` is made).
     pub(crate) fn insert_owned(&self, id: ObjectId, state: State) {
-        self.entries.insert(
-            id,
-            Entry {
-                owned: true,
-                state,
-                local_refs: 0,
-                escaped: false,
-                notify: Arc::new(Notify::new()),
-            },
-        );
+        self.entries.insert(id, Entry::new(true, state));
     }
 
-    pub(crate) fn add_local_ref(&self, id: ObjectId, owned: bool) {
+    /// Records a new owned object holding the references inside its value.
+    pub(crate) fn insert_owned_holding(&self, id: ObjectId, state: State, contained: Vec<Held>) {
+        let mut entry = Entry::new(true, state);
+        entry.contained = contained;
+        self.entries.insert(id, entry);
+    }
+
+    /// Counts a new `RefHandle`. A borrowed object first referenced here is queued for
+    /// registration with its owner (`take_new_borrows`).
+    pub(crate) fn add_local_ref(&self, id: ObjectId, owner: &OwnerAddr, owned: bool) {
+        let mut created = false;
         self.entries
             .entry(id)
-            .or_insert_with(|| Entry {
-                owned,
-                state: State::Pending,
-                local_refs: 0,
-                escaped: false,
-                notify: Arc::new(Notify::new()),
+            .or_insert_with(|| {
+                created = true;
+                let mut e = if owned {
+                    // Every owned object is inserted before its first handle; one that is
+                    // gone was freed, and waiting for it would never end.
+                    Entry::new(
+                        true,
+                        State::Failed(Error::ObjectLost {
+                            object_id: id.to_string(),
+                            reason: "it was freed".into(),
+                        }),
+                    )
+                } else {
+                    Entry::new(false, State::Pending)
+                };
+                if !owned {
+                    e.owner = Some(Box::new(owner.clone()));
+                }
+                e
             })
             .local_refs += 1;
+        if created && !owned {
+            self.borrows.queue(Subject::Object(id), owner.clone());
+        }
+    }
+
+    /// Counts a new `RefHandle` for which the owner already holds a registration made on
+    /// this process's behalf (a reference inside a task's return value).
+    pub(crate) fn add_registered_ref(&self, id: ObjectId, owner: &OwnerAddr, owned: bool) {
+        if owned {
+            self.add_local_ref(id, owner, true);
+            // The registration was made with this very process: it is now a local reference.
+            self.update_borrower(id, owner.worker_id, "", -1);
+            return;
+        }
+        let mut e = self.entries.entry(id).or_insert_with(|| {
+            let mut e = Entry::new(false, State::Pending);
+            e.owner = Some(Box::new(owner.clone()));
+            e
+        });
+        e.local_refs += 1;
+        e.registrations += 1;
     }
 
     /// Drops one local reference; frees the object when nothing holds it any more.
     pub(crate) fn remove_local_ref(&self, id: ObjectId) {
         let removed = self.entries.remove_if_mut(&id, |_, e| {
             e.local_refs = e.local_refs.saturating_sub(1);
-            e.local_refs == 0 && !e.escaped
+            e.unused()
         });
-        if let Some((id, entry)) = removed
-            && entry.owned
-        {
-            self.free_value(id, &entry.state);
+        if let Some((id, entry)) = removed {
+            self.finish_removal(Removed { id, entry });
         }
     }
 
+    /// The owner holds one more registration for this process. `false` if the entry went
+    /// meanwhile: the caller gives the registration back itself.
+    pub(crate) fn count_registration(&self, id: ObjectId) -> bool {
+        match self.entries.get_mut(&id) {
+            Some(mut e) if !e.owned => {
+                e.registrations += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Adds (`delta > 0`) or gives back registrations of a borrower of an owned object.
+    /// Returns `false` for an add to an object this process no longer has.
+    pub(crate) fn update_borrower(
+        &self,
+        id: ObjectId,
+        worker_id: WorkerId,
+        endpoint: &str,
+        delta: i64,
+    ) -> bool {
+        if delta > 0 {
+            let Some(mut e) = self.entries.get_mut(&id) else {
+                return false;
+            };
+            if !e.owned {
+                return false;
+            }
+            match e.borrowers.iter_mut().find(|b| b.worker_id == worker_id) {
+                Some(b) => b.count = b.count.saturating_add(delta as u32),
+                None => e.borrowers.push(Borrower {
+                    worker_id,
+                    endpoint: endpoint.to_string(),
+                    count: delta as u32,
+                }),
+            }
+            return true;
+        }
+        let removed = self.entries.remove_if_mut(&id, |_, e| {
+            if let Some(i) = e.borrowers.iter().position(|b| b.worker_id == worker_id) {
+                let b = &mut e.borrowers[i];
+                b.count = b.count.saturating_sub(delta.unsigned_abs() as u32);
+                if b.count == 0 {
+                    e.borrowers.swap_remove(i);
+                }
+            }
+            e.owned && e.unused()
+        });
+        if let Some((id, entry)) = removed {
+            self.finish_removal(Removed { id, entry });
+        }
+        true
+    }
+
+    /// The borrowers of owned objects, by worker, with their endpoints.
+    pub(crate) fn borrower_workers(&self) -> Vec<(WorkerId, String)> {
+        let mut out: Vec<(WorkerId, String)> = Vec::new();
+        for e in self.entries.iter() {
+            for b in &e.borrowers {
+                if !out.iter().any(|(w, _)| *w == b.worker_id) {
+                    out.push((b.worker_id, b.endpoint.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Forgets every registration of a borrower that is gone.
+    pub(crate) fn drop_borrower(&self, worker_id: WorkerId) {
+        let ids: Vec<ObjectId> = self
+            .entries
+            .iter()
+            .filter(|e| e.borrowers.iter().any(|b| b.worker_id == worker_id))
+            .map(|e| *e.key())
+            .collect();
+        for id in ids {
+            let removed = self.entries.remove_if_mut(&id, |_, e| {
+                e.borrowers.retain(|b| b.worker_id != worker_id);
+                e.owned && e.unused()
+            });
+            if let Some((id, entry)) = removed {
+                self.finish_removal(Removed { id, entry });
+            }
+        }
+    }
+
+    /// The object left this process untracked: it stays until this process exits.
     pub(crate) fn mark_escaped(&self, id: ObjectId) {
         if let Some(mut e) = self.entries.get_mut(&id)
             && e.owned
@@ -144,17 +330,34 @@ impl ObjectStore {
 
     /// Sets the outcome of an owned object and wakes its waiters.
     pub(crate) fn complete(&self, id: ObjectId, outcome: Result<Value>) {
+        self.complete_holding(id, outcome, Vec::new());
+    }
+
+    /// `complete`, with the references inside the value, held as long as the object.
+    pub(crate) fn complete_holding(
+        &self,
+        id: ObjectId,
+        outcome: Result<Value>,
+        contained: Vec<Held>,
+    ) {
         let state = match outcome {
             Ok(v) => State::Ready(v),
             Err(e) => State::Failed(e),
         };
-        match self.entries.get_mut(&id) {
+        let unheld = match self.entries.get_mut(&id) {
             Some(mut e) => {
                 e.state = state;
+                e.contained.extend(contained);
                 e.notify.notify_waiters();
+                Vec::new()
             }
-            None => self.free_value(id, &state),
-        }
+            None => {
+                self.free_value(id, &state);
+                contained
+            }
+        };
+        // Dropped outside the entry's lock: dropping a reference re-enters the table.
+        drop(unheld);
     }
 
     /// Caches what a borrowed object's owner reported.
@@ -202,17 +405,105 @@ impl ObjectStore {
     /// Every owned object whose primary copy sits in plasma (freed at shutdown).
     pub(crate) fn drain_owned_plasma(&self) -> Vec<Freed> {
         let mut out = Vec::new();
+        let mut held = Vec::new();
         self.entries.retain(|id, e| {
             if let (true, State::Ready(Value::Plasma { node, .. })) = (e.owned, &e.state) {
                 out.push(Freed {
                     id: *id,
                     node: node.clone(),
                 });
+                held.append(&mut e.contained);
                 false
             } else {
                 true
             }
         });
+        // Dropped outside the table's locks (see `finish_removal`).
+        drop(held);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use miniray_common::NodeId;
+
+    use super::*;
+
+    fn store() -> (
+        ObjectStore,
+        mpsc::UnboundedReceiver<Freed>,
+        mpsc::UnboundedReceiver<super::super::borrowing::GiveBack>,
+    ) {
+        let (freed, freed_rx) = mpsc::unbounded_channel();
+        let (borrows, given_back_rx) = BorrowQueue::new();
+        (ObjectStore::new(freed, borrows), freed_rx, given_back_rx)
+    }
+
+    fn addr(worker_id: WorkerId) -> OwnerAddr {
+        OwnerAddr {
+            worker_id,
+            node_id: NodeId::random(),
+            host: "127.0.0.1".into(),
+            port: 1,
+        }
+    }
+
+    fn in_plasma() -> State {
+        State::Ready(Value::Plasma {
+            node: NodeAddress::default(),
+            size: 1,
+        })
+    }
+
+    #[test]
+    fn an_owned_object_lives_while_a_borrower_is_registered() {
+        let (store, mut freed, _) = store();
+        let me = addr(WorkerId::random());
+        let borrower = WorkerId::random();
+        let id = ObjectId::random();
+        store.insert_owned(id, in_plasma());
+        store.add_local_ref(id, &me, true);
+        assert!(store.update_borrower(id, borrower, "b:1", 2));
+        store.remove_local_ref(id);
+        assert!(store.is_owned(id), "two registrations still hold it");
+        assert!(store.update_borrower(id, borrower, "b:1", -1));
+        assert!(store.is_owned(id), "one registration still holds it");
+        assert!(store.update_borrower(id, borrower, "b:1", -1));
+        assert!(!store.is_owned(id), "freed with its last borrower");
+        assert_eq!(freed.try_recv().map(|f| f.id).ok(), Some(id));
+        assert!(
+            !store.update_borrower(id, borrower, "b:1", 1),
+            "an add for a freed object is refused"
+        );
+    }
+
+    #[test]
+    fn a_dead_borrower_is_forgotten() {
+        let (store, mut freed, _) = store();
+        let id = ObjectId::random();
+        let borrower = WorkerId::random();
+        store.insert_owned(id, in_plasma());
+        assert!(store.update_borrower(id, borrower, "b:1", 1));
+        store.drop_borrower(borrower);
+        assert!(!store.is_owned(id));
+        assert_eq!(freed.try_recv().map(|f| f.id).ok(), Some(id));
+    }
+
+    #[test]
+    fn a_borrowed_entry_gives_back_every_registration_when_it_goes() {
+        let (store, _, mut given_back) = store();
+        let owner = addr(WorkerId::random());
+        let id = ObjectId::random();
+        // First reference by decoding: queued for registration, then registered.
+        store.add_local_ref(id, &owner, false);
+        assert!(store.count_registration(id));
+        // A second registration made on this process's behalf (a returned value).
+        store.add_registered_ref(id, &owner, false);
+        store.remove_local_ref(id);
+        store.remove_local_ref(id);
+        let g = given_back.try_recv().expect("registrations given back");
+        assert_eq!((g.subject, g.count), (Subject::Object(id), 2));
+        assert!(!store.count_registration(id), "the entry is gone");
     }
 }

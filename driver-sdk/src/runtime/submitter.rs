@@ -29,9 +29,10 @@ use parking_lot::Mutex;
 use tracing::{debug, warn};
 
 use super::CoreWorker;
+use super::borrowing::Held;
 use super::clients::node_endpoint;
 use super::plasma::status_error;
-use super::push::{PushOutcome, Recovered, reply_result};
+use super::push::{PushOutcome, Recovered};
 use super::store::{State, Value};
 use crate::error::{Error, Result};
 use crate::object_ref::RefHandle;
@@ -48,7 +49,7 @@ struct QueuedTask {
     spec: TaskSpec,
     retries_left: u32,
     /// Objects the task reads: held so that they stay alive until it is done.
-    _deps: Vec<Arc<RefHandle>>,
+    _deps: Vec<Held>,
 }
 
 struct Leased {
@@ -96,7 +97,7 @@ struct Grant {
 pub(crate) struct PreparedArgs {
     pub args: Vec<TaskArg>,
     /// Held until the task is done, so that its arguments stay alive.
-    pub deps: Vec<Arc<RefHandle>>,
+    pub deps: Vec<Held>,
     /// Positions still to fill in once these objects are ready.
     pub unresolved: Vec<(usize, Arc<RefHandle>)>,
 }
@@ -179,20 +180,23 @@ impl CoreWorker {
         };
         for (i, arg) in args.into_iter().enumerate() {
             let handle = match arg.0 {
-                ArgKind::Value(bytes) if bytes.len() < self.inline_threshold => {
+                ArgKind::Value(bytes, contained) if bytes.len() < self.inline_threshold => {
                     prepared.args.push(TaskArg {
                         object_id: Vec::new(),
                         value: Some(Value::Inline(Arc::new(bytes)).to_proto()),
                     });
+                    // Held until the task is done: the worker registers as their borrower
+                    // before it replies (see `borrowing.rs`).
+                    prepared.deps.extend(contained);
                     continue;
                 }
                 // Too big to travel inline: store it like a `put` and pass the reference.
-                ArgKind::Value(bytes) => self.put_in_background(bytes),
+                ArgKind::Value(bytes, contained) => self.put_in_background(bytes, contained),
                 ArgKind::Ref(handle) => handle,
             };
             prepared.unresolved.push((i, handle.clone()));
             prepared.args.push(TaskArg::default());
-            prepared.deps.push(handle);
+            prepared.deps.push(Held::Object(handle));
         }
         prepared
     }
@@ -554,8 +558,11 @@ impl CoreWorker {
             };
             let was_running = match recovered.get(&task.spec.task_id) {
                 Some(Some(Some(reply))) => {
-                    self.store
-                        .complete(return_id, reply_result(reply.outcome.clone()));
+                    self.complete_from_reply(
+                        return_id,
+                        reply.outcome.clone(),
+                        reply.contained.clone(),
+                    );
                     continue;
                 }
                 Some(Some(None)) => true,
@@ -595,7 +602,7 @@ impl CoreWorker {
         reply: PushTaskReply,
     ) {
         if let Ok(return_id) = ObjectId::from_bytes(&task.spec.return_id) {
-            self.store.complete(return_id, reply_result(reply.outcome));
+            self.complete_from_reply(return_id, reply.outcome, reply.contained);
         }
         let refill = {
             let mut keys = self.submitter.keys.lock();

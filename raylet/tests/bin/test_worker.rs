@@ -40,6 +40,12 @@ impl CoreWorker for Peer {
         self.exit.send_replace(true);
         Ok(Response::new(ExitReply {}))
     }
+    async fn update_borrowers(
+        &self,
+        _: Request<UpdateBorrowersRequest>,
+    ) -> Result<Response<UpdateBorrowersReply>, Status> {
+        Err(Status::unimplemented("test worker owns no objects"))
+    }
 }
 
 fn var(name: &str) -> Result<String, String> {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use miniray::{Error, IntoArg, ObjectRef, TaskOptions};
 
 mod actors;
+mod borrowing;
 mod retries;
 
 #[miniray::remote]
@@ -394,6 +395,15 @@ fn run(scenario: &str) -> anyhow::Result<()> {
             retries::task_rounds(&dir, 12, 40, 20)?;
             retries::actor_rounds(&dir, 6, 40, 20)?;
         }
+        "borrow_loop" => {
+            let raylet = std::env::args().nth(2).unwrap_or_default();
+            let iterations = std::env::args()
+                .nth(3)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(10_000);
+            borrowing::borrow_loop(&raylet, iterations)?;
+        }
+        "borrowed_actor_handles" => borrowing::borrowed_actor_handles()?,
         other => {
             if !actors::run(other)? {
                 anyhow::bail!("unknown scenario {other:?}");
@@ -404,7 +414,7 @@ fn run(scenario: &str) -> anyhow::Result<()> {
 }
 
 /// Plasma bytes in use on the local node, read from the raylet (address in `stats`).
-fn plasma_used(raylet: &str) -> anyhow::Result<u64> {
+pub(crate) fn plasma_used(raylet: &str) -> anyhow::Result<u64> {
     let token = std::env::var("MINIRAY_TOKEN")?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
