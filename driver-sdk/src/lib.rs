@@ -60,6 +60,14 @@ pub mod __private {
         decode_arg, encode_return,
     };
     pub use inventory;
+
+    /// Takes a read pin on `r`'s copy in this node's object store and never releases it:
+    /// for tests of what the raylet gives back when a process dies or its job ends.
+    /// `false` if the object has no copy in this node's store.
+    pub fn hold_plasma_pin<T>(r: &crate::ObjectRef<T>) -> crate::Result<bool> {
+        let cw = crate::runtime::current()?;
+        Ok(cw.block_on(cw.plasma.pin(r.id()))??.is_some())
+    }
 }
 
 /// Connects this program to miniray: joins the cluster at `MINIRAY_ADDRESS`, or starts a

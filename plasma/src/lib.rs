@@ -41,4 +41,4 @@ pub mod store;
 pub use alloc::BLOCK;
 pub use client::SegmentMapping;
 pub use error::PlasmaError;
-pub use store::{ObjectLocation, PlasmaStore, StoreConfig, StoreStats};
+pub use store::{Disconnected, ObjectLocation, PlasmaStore, StoreConfig, StoreStats};

@@ -29,8 +29,17 @@
 //!   and the last `release` count as uses) and only when an allocation needs the room.
 //! - Pinned and unsealed objects are never evicted. When the room cannot be made,
 //!   `create` answers [`PlasmaError::ObjectStoreFull`] and nothing is lost.
+//!
+//! # Clients
+//!
+//! The `*_by` variants name the client (a driver or worker, by its [`WorkerId`]) that takes
+//! a reader pin or creates an object. The store remembers, per client, its reader pins and
+//! its unsealed objects, so that [`disconnect`](PlasmaStore::disconnect) can give back
+//! everything a dead client held: a process killed between `get` and `release`, or between
+//! `create` and `seal`, leaks nothing. Anonymous calls (the raylet's own transfers) are
+//! released by their callers. A client may only release pins it took itself.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::OpenOptions;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
@@ -39,7 +48,7 @@ use std::pin::pin;
 use std::time::Duration;
 
 use memmap2::{MmapOptions, MmapRaw};
-use miniray_common::{NodeId, ObjectId};
+use miniray_common::{NodeId, ObjectId, WorkerId};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
@@ -129,6 +138,8 @@ struct Entry {
     tick: u64,
     /// The key of this entry in `Inner::lru` while it is evictable.
     lru_key: Option<u64>,
+    /// The client that created it, while it is unsealed (for `disconnect`).
+    creator: Option<WorkerId>,
 }
 
 impl Entry {
@@ -152,15 +163,43 @@ impl Entry {
     }
 }
 
+/// What one client holds in the store.
+#[derive(Debug, Default)]
+struct ClientState {
+    /// Reader pins taken by this client and not yet released, per object.
+    readers: HashMap<ObjectId, u32>,
+    /// Unsealed objects this client created.
+    created: HashSet<ObjectId>,
+}
+
+impl ClientState {
+    fn is_empty(&self) -> bool {
+        self.readers.is_empty() && self.created.is_empty()
+    }
+}
+
+/// What [`PlasmaStore::disconnect`] gave back.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Disconnected {
+    /// Reader pins released.
+    pub pins_released: u64,
+    /// Unsealed objects the client created, now aborted.
+    pub aborted: Vec<ObjectId>,
+}
+
 /// The object table and allocator, guarded together by one mutex.
 ///
 /// Invariants:
 /// - an id is in `lru` iff its entry is `evictable()`, under the key `entry.lru_key`;
 /// - `evictable_bytes` is the sum of `alloc_len` over entries in `lru`;
-/// - the allocator's used bytes equal the sum of `alloc_len` over all entries.
+/// - the allocator's used bytes equal the sum of `alloc_len` over all entries;
+/// - a client's reader count for an object is at most that entry's `readers`, and an id is
+///   in a client's `created` iff its entry is unsealed, not doomed, with that `creator`;
+///   clients holding nothing are not in `clients`.
 #[derive(Debug)]
 struct Inner {
     objects: HashMap<ObjectId, Entry>,
+    clients: HashMap<WorkerId, ClientState>,
     alloc: Allocator,
     lru: BTreeMap<u64, ObjectId>,
     evictable_bytes: u64,
@@ -207,6 +246,9 @@ impl Inner {
     /// Removes `id` from the table and returns its bytes to the allocator.
     fn remove(&mut self, id: ObjectId) {
         if let Some(e) = self.objects.remove(&id) {
+            if let Some(c) = e.creator {
+                self.forget_created(c, id);
+            }
             if let Some(key) = e.lru_key {
                 self.lru.remove(&key);
                 self.evictable_bytes -= e.alloc_len;
@@ -219,6 +261,69 @@ impl Inner {
 
     fn pinned_bytes(&self) -> u64 {
         self.alloc.used_bytes() - self.evictable_bytes
+    }
+
+    /// Drops `id` from `client`'s unsealed objects (it was sealed, aborted or removed).
+    fn forget_created(&mut self, client: WorkerId, id: ObjectId) {
+        if let Some(c) = self.clients.get_mut(&client) {
+            c.created.remove(&id);
+            if c.is_empty() {
+                self.clients.remove(&client);
+            }
+        }
+    }
+
+    /// Discards an unsealed object: freed now, or doomed until its pins go.
+    fn abort_unsealed(&mut self, id: ObjectId) -> Result<(), PlasmaError> {
+        let e = self.live_mut(id, false)?;
+        let creator = e.creator.take();
+        if e.unpinned() {
+            self.remove(id);
+        } else {
+            e.doomed = true;
+        }
+        if let Some(c) = creator {
+            self.forget_created(c, id);
+        }
+        Ok(())
+    }
+
+    /// `pin_reader`, recorded against `client` when named.
+    fn pin_reader_by(&mut self, client: Option<WorkerId>, id: ObjectId) -> Option<ObjectLocation> {
+        let loc = self.pin_reader(id)?;
+        if let Some(c) = client {
+            *self
+                .clients
+                .entry(c)
+                .or_default()
+                .readers
+                .entry(id)
+                .or_insert(0) += 1;
+        }
+        Some(loc)
+    }
+
+    /// `release_reader` of a pin `client` took (anonymous when `None`). A named client
+    /// without a pin on `id` releases nothing, so it cannot drop another client's pin.
+    fn release_reader_by(&mut self, client: Option<WorkerId>, id: ObjectId) {
+        if let Some(c) = client {
+            let Some(state) = self.clients.get_mut(&c) else {
+                tracing::warn!(object_id = %id, client = %c, "release by a client without pins");
+                return;
+            };
+            let Some(n) = state.readers.get_mut(&id) else {
+                tracing::warn!(object_id = %id, client = %c, "release of an object this client did not pin");
+                return;
+            };
+            *n -= 1;
+            if *n == 0 {
+                state.readers.remove(&id);
+                if state.is_empty() {
+                    self.clients.remove(&c);
+                }
+            }
+        }
+        self.release_reader(id);
     }
 
     /// Allocates `len` bytes (a multiple of 64), evicting LRU objects while that helps.
@@ -381,6 +486,7 @@ impl PlasmaStore {
             map,
             inner: Mutex::new(Inner {
                 objects: HashMap::new(),
+                clients: HashMap::new(),
                 alloc: Allocator::new(arena),
                 lru: BTreeMap::new(),
                 evictable_bytes: 0,
@@ -422,6 +528,18 @@ impl PlasmaStore {
         size: u64,
         primary: bool,
     ) -> Result<ObjectLocation, PlasmaError> {
+        self.create_by(None, id, size, primary)
+    }
+
+    /// [`create`](Self::create) on behalf of `client`: if the client disconnects before
+    /// sealing, the object is aborted.
+    pub fn create_by(
+        &self,
+        client: Option<WorkerId>,
+        id: ObjectId,
+        size: u64,
+        primary: bool,
+    ) -> Result<ObjectLocation, PlasmaError> {
         let mut inner = self.inner.lock();
         if inner.objects.contains_key(&id) {
             return Err(PlasmaError::AlreadyExists(id));
@@ -457,8 +575,12 @@ impl PlasmaStore {
                 doomed: false,
                 tick,
                 lru_key: None,
+                creator: client,
             },
         );
+        if let Some(c) = client {
+            inner.clients.entry(c).or_default().created.insert(id);
+        }
         tracing::debug!(object_id = %id, size, offset, primary, "created object");
         Ok(ObjectLocation { offset, size })
     }
@@ -500,8 +622,12 @@ impl PlasmaStore {
             let mut inner = self.inner.lock();
             let e = inner.live_mut(id, false)?;
             e.sealed = true;
+            let creator = e.creator.take();
             let loc = e.location();
             inner.refresh_lru(id);
+            if let Some(c) = creator {
+                inner.forget_created(c, id);
+            }
             loc
         };
         tracing::debug!(object_id = %id, size = loc.size, "sealed object");
@@ -511,13 +637,7 @@ impl PlasmaStore {
 
     /// Discards an unsealed object (the creator gave up writing it).
     pub fn abort(&self, id: ObjectId) -> Result<(), PlasmaError> {
-        let mut inner = self.inner.lock();
-        let e = inner.live_mut(id, false)?;
-        if e.unpinned() {
-            inner.remove(id);
-        } else {
-            e.doomed = true;
-        }
+        self.inner.lock().abort_unsealed(id)?;
         tracing::debug!(object_id = %id, "aborted object");
         Ok(())
     }
@@ -526,6 +646,11 @@ impl PlasmaStore {
     /// or being deleted. Each `Some` must be matched by one [`release`](Self::release).
     pub fn get(&self, id: ObjectId) -> Option<ObjectLocation> {
         self.inner.lock().pin_reader(id)
+    }
+
+    /// [`get`](Self::get) for `client`; match with [`release_by`](Self::release_by).
+    pub fn get_by(&self, client: Option<WorkerId>, id: ObjectId) -> Option<ObjectLocation> {
+        self.inner.lock().pin_reader_by(client, id)
     }
 
     /// Waits until every id is sealed here or `timeout` passes, then answers like
@@ -538,9 +663,21 @@ impl PlasmaStore {
         ids: &[ObjectId],
         timeout: Duration,
     ) -> Vec<Option<ObjectLocation>> {
+        self.wait_get_by(None, ids, timeout).await
+    }
+
+    /// [`wait_get`](Self::wait_get) for `client`: its pins are released by
+    /// [`release_by`](Self::release_by) or [`disconnect`](Self::disconnect).
+    pub async fn wait_get_by(
+        &self,
+        client: Option<WorkerId>,
+        ids: &[ObjectId],
+        timeout: Duration,
+    ) -> Vec<Option<ObjectLocation>> {
         let deadline = tokio::time::Instant::now().checked_add(timeout);
         let mut pins = PinGuard {
             store: self,
+            client,
             found: vec![None; ids.len()],
         };
         loop {
@@ -552,7 +689,7 @@ impl PlasmaStore {
                 let mut inner = self.inner.lock();
                 for (slot, &id) in pins.found.iter_mut().zip(ids) {
                     if slot.is_none() {
-                        *slot = inner.pin_reader(id).map(|loc| (id, loc));
+                        *slot = inner.pin_reader_by(client, id).map(|loc| (id, loc));
                     }
                 }
             }
@@ -576,6 +713,51 @@ impl PlasmaStore {
         self.inner.lock().release_reader(id);
     }
 
+    /// Drops one reader pin `client` took; a client cannot drop pins it does not hold.
+    pub fn release_by(&self, client: Option<WorkerId>, id: ObjectId) {
+        self.inner.lock().release_reader_by(client, id);
+    }
+
+    /// `client` is gone: releases every reader pin it holds and aborts every object it
+    /// created and did not seal. Its sealed objects are untouched (their owner frees them).
+    pub fn disconnect(&self, client: WorkerId) -> Disconnected {
+        let mut inner = self.inner.lock();
+        let Some(state) = inner.clients.remove(&client) else {
+            return Disconnected::default();
+        };
+        let mut out = Disconnected::default();
+        for (id, n) in state.readers {
+            for _ in 0..n {
+                inner.release_reader(id);
+            }
+            out.pins_released += u64::from(n);
+        }
+        for id in state.created {
+            if let Some(e) = inner.objects.get_mut(&id) {
+                // Already forgotten from `clients`; keep `abort_unsealed` from looking again.
+                e.creator = None;
+            }
+            if inner.abort_unsealed(id).is_ok() {
+                out.aborted.push(id);
+            }
+        }
+        drop(inner);
+        if out.pins_released > 0 || !out.aborted.is_empty() {
+            tracing::info!(
+                client = %client,
+                pins_released = out.pins_released,
+                aborted = out.aborted.len(),
+                "released what a gone client held"
+            );
+        }
+        out
+    }
+
+    /// Clients that hold pins or unsealed objects here.
+    pub fn clients(&self) -> Vec<WorkerId> {
+        self.inner.lock().clients.keys().copied().collect()
+    }
+
     /// The owner frees the object: drops its primary pin and removes it. If readers still
     /// pin it, it turns invisible now and is freed at the last release. Deleting an
     /// unsealed object discards it like [`abort`](Self::abort). `false` if absent.
@@ -585,11 +767,15 @@ impl PlasmaStore {
             return false;
         };
         e.primary = false;
+        let creator = if e.sealed { None } else { e.creator.take() };
         if e.unpinned() {
             inner.remove(id);
         } else {
             e.doomed = true;
             inner.refresh_lru(id);
+        }
+        if let Some(c) = creator {
+            inner.forget_created(c, id);
         }
         tracing::debug!(object_id = %id, "deleted object");
         true
@@ -695,6 +881,7 @@ pub(crate) fn check_range(size: u64, offset: u64, len: u64) -> Result<(), Plasma
 /// Reader pins taken by an unfinished `wait_get`, released if its future is dropped.
 struct PinGuard<'a> {
     store: &'a PlasmaStore,
+    client: Option<WorkerId>,
     found: Vec<Option<(ObjectId, ObjectLocation)>>,
 }
 
@@ -712,7 +899,7 @@ impl Drop for PinGuard<'_> {
         if self.found.iter().any(Option::is_some) {
             let mut inner = self.store.inner.lock();
             for (id, _) in self.found.iter().flatten() {
-                inner.release_reader(*id);
+                inner.release_reader_by(self.client, *id);
             }
         }
     }

@@ -5,7 +5,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use miniray_common::{ErrorCode, ObjectId};
+use miniray_common::{ErrorCode, ObjectId, WorkerId};
 use miniray_plasma::{ObjectLocation, PlasmaError, PlasmaStore, SegmentMapping, StoreConfig};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -605,5 +605,125 @@ fn concurrent_clients_keep_the_accounting_exact() {
     assert_eq!(store.used(), 0);
     assert_eq!(store.num_objects(), 0);
     let store = Arc::try_unwrap(store).expect("sole owner");
+    finish(store);
+}
+
+#[test]
+fn disconnect_releases_a_clients_pins_and_aborts_its_unsealed_objects() {
+    let store = new_store(1 << 20);
+    let (a, b) = (WorkerId::random(), WorkerId::random());
+    // A sealed primary copy, pinned twice by `a` and once by `b`.
+    let shared = ObjectId::random();
+    put(&store, shared, &[7; 100], true);
+    assert!(store.get_by(Some(a), shared).is_some());
+    assert!(store.get_by(Some(a), shared).is_some());
+    assert!(store.get_by(Some(b), shared).is_some());
+    // A secondary copy only `a` pins, and two objects `a` created but never sealed.
+    let secondary = ObjectId::random();
+    put(&store, secondary, &[1; 64], false);
+    assert!(store.get_by(Some(a), secondary).is_some());
+    let unsealed = ObjectId::random();
+    store.create_by(Some(a), unsealed, 1000, true).unwrap();
+    let pulled = ObjectId::random();
+    store.create_by(Some(a), pulled, 10, false).unwrap();
+    // `b` creates and seals one: sealing ends what `disconnect` would abort.
+    let sealed_by_b = ObjectId::random();
+    store.create_by(Some(b), sealed_by_b, 10, true).unwrap();
+    store.seal(sealed_by_b).unwrap();
+    assert_eq!(store.used(), 128 + 64 + 1024 + 64 + 64);
+    let mut clients = store.clients();
+    clients.sort();
+    let mut expected = vec![a, b];
+    expected.sort();
+    assert_eq!(clients, expected);
+
+    // The owner frees the primary copy while `a` and `b` still read it.
+    assert!(store.delete(shared));
+    assert_eq!(store.used(), 128 + 64 + 1024 + 64 + 64);
+
+    let gone = store.disconnect(a);
+    assert_eq!(gone.pins_released, 3);
+    let mut aborted = gone.aborted.clone();
+    aborted.sort();
+    let mut want = vec![unsealed, pulled];
+    want.sort();
+    assert_eq!(aborted, want);
+    // `b`'s pin still keeps the deleted object; the secondary is evictable again.
+    assert_eq!(store.used(), 128 + 64 + 64);
+    assert_eq!(store.stats().pinned, 128 + 64);
+    assert_eq!(store.clients(), vec![b]);
+    // Nothing left to give back a second time.
+    assert_eq!(store.disconnect(a), Default::default());
+
+    let gone = store.disconnect(b);
+    assert_eq!(gone.pins_released, 1);
+    assert!(gone.aborted.is_empty());
+    assert!(store.clients().is_empty());
+    assert_eq!(store.used(), 64 + 64);
+    assert_eq!(store.stats().pinned, 64);
+    assert!(store.delete(sealed_by_b));
+    assert!(store.delete(secondary));
+    assert_eq!(store.used(), 0);
+    finish(store);
+}
+
+#[test]
+fn a_client_releases_only_its_own_pins() {
+    let store = new_store(1 << 20);
+    let (a, b) = (WorkerId::random(), WorkerId::random());
+    let id = ObjectId::random();
+    put(&store, id, b"bytes", true);
+    assert!(store.get_by(Some(a), id).is_some());
+    // `b` never pinned it: its release changes nothing, so `a`'s pin survives.
+    store.release_by(Some(b), id);
+    assert!(store.delete(id));
+    assert_eq!(store.used(), 64);
+    store.release_by(Some(a), id);
+    assert_eq!(store.used(), 0);
+    assert!(store.clients().is_empty());
+    // Explicit releases leave nothing for `disconnect`.
+    assert_eq!(store.disconnect(a), Default::default());
+    finish(store);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn wait_get_pins_belong_to_their_client() {
+    let store = Arc::new(new_store(1 << 20));
+    let client = WorkerId::random();
+    let id = ObjectId::random();
+    let waiter = {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            store
+                .wait_get_by(Some(client), &[id], Duration::from_secs(60))
+                .await
+        })
+    };
+    tokio::task::yield_now().await;
+    store.create_by(Some(client), id, 10, true).unwrap();
+    store.seal(id).unwrap();
+    let found = waiter.await.unwrap();
+    assert!(found[0].is_some());
+    assert!(store.delete(id));
+    assert_eq!(store.used(), 64, "the reader pin keeps the bytes");
+    // The client dies without releasing: its pin goes with it.
+    assert_eq!(store.disconnect(client).pins_released, 1);
+    assert_eq!(store.used(), 0);
+    let store = Arc::try_unwrap(store).expect("sole owner");
+    finish(store);
+}
+
+#[test]
+fn aborting_or_deleting_an_unsealed_object_forgets_its_creator() {
+    let store = new_store(1 << 20);
+    let client = WorkerId::random();
+    let (aborted, deleted) = (ObjectId::random(), ObjectId::random());
+    store.create_by(Some(client), aborted, 10, true).unwrap();
+    store.create_by(Some(client), deleted, 10, true).unwrap();
+    store.abort(aborted).unwrap();
+    assert!(store.delete(deleted));
+    assert!(store.clients().is_empty());
+    assert_eq!(store.disconnect(client), Default::default());
+    assert_eq!(store.used(), 0);
     finish(store);
 }

@@ -9,7 +9,8 @@
 //!   can see).
 //! - A GCS that does not answer is not a reason to stop: the raylet keeps serving local
 //!   leases and retries on the next tick.
-//! - Leases and workers of a job the GCS reports finished are reclaimed within a tick.
+//! - Leases and workers of a job the GCS reports finished are reclaimed within a tick, and
+//!   so is its plasma memory here (primary copies, pins, unsealed objects).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,10 +75,15 @@ pub(crate) async fn run(node: Arc<Node>) {
     }
 }
 
-/// Ends the leases and workers of jobs the GCS reports finished. Only jobs with a worker
-/// here are asked about, so the cost follows this node's load, not the job table's size.
+/// Ends the leases, workers and plasma memory of jobs the GCS reports finished. Only jobs
+/// with a worker, a primary copy or a store client here are asked about, so the cost
+/// follows this node's load, not the job table's size.
 async fn reclaim_finished_jobs(node: &Arc<Node>, gcs: &mut GcsClient<AuthedChannel>) {
-    for job in node.pool.jobs_present() {
+    let mut jobs = node.pool.jobs_present();
+    jobs.extend(node.ownership.lock().jobs());
+    jobs.sort();
+    jobs.dedup();
+    for job in jobs {
         let reply = tokio::time::timeout(
             GCS_CALL_TIMEOUT,
             gcs.get_job(GetJobRequest {

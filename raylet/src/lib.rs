@@ -21,6 +21,8 @@ pub mod executable_cache;
 mod heartbeat;
 mod node;
 pub mod object_manager;
+mod owner_liveness;
+mod ownership;
 pub mod scheduler;
 mod server;
 pub mod task_outcomes;
@@ -226,6 +228,7 @@ impl Raylet {
 
         let heartbeat = tokio::spawn(heartbeat::run(Arc::clone(&node)));
         tokio::spawn(watch_exits(Arc::clone(&node), exits));
+        tokio::spawn(owner_liveness::run(Arc::clone(&node)));
         let task = tokio::spawn(supervise(Arc::clone(&node), server, heartbeat));
         Ok(RayletHandle {
             node_id: cfg.node_id,

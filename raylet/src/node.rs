@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use miniray_common::auth::AuthedChannel;
 use miniray_common::ids::LeaseId;
-use miniray_common::{ErrorCode, JobId, NodeId, ObjectId, Resources, WorkerId};
+use miniray_common::{ErrorCode, JobId, NodeId, Resources, WorkerId};
 use miniray_plasma::PlasmaStore;
 use miniray_proto::gcs_client::GcsClient;
 use miniray_proto::request_worker_lease_reply::Outcome as WireOutcome;
@@ -31,6 +31,7 @@ use tonic::Status;
 use crate::config::RayletConfig;
 use crate::error::RayletError;
 use crate::object_manager::ObjectManager;
+use crate::ownership::Ownership;
 use crate::scheduler::{ClusterNode, LeaseRequest, Outcome, Scheduler, Submitted, Ticket};
 use crate::worker_pool::WorkerPool;
 
@@ -47,8 +48,9 @@ pub(crate) struct Node {
     pub pool: Arc<WorkerPool>,
     pub store: Arc<PlasmaStore>,
     pub objects: Arc<ObjectManager>,
-    /// Owner of each primary copy created through `PlasmaCreate`.
-    pub owners: parking_lot::Mutex<HashMap<ObjectId, WorkerAddress>>,
+    /// Owner and job of each primary copy created through `PlasmaCreate`, and the job of
+    /// each store client. Never held while calling into the store or the scheduler.
+    pub ownership: parking_lot::Mutex<Ownership>,
     pub gcs: GcsClient<AuthedChannel>,
     shutdown_tx: watch::Sender<bool>,
     /// Why the raylet stops, when it is not a plain request.
@@ -82,7 +84,7 @@ impl Node {
             pool,
             store,
             objects,
-            owners: parking_lot::Mutex::new(HashMap::new()),
+            ownership: parking_lot::Mutex::new(Ownership::default()),
             gcs,
             shutdown_tx,
             stop_reason: parking_lot::Mutex::new(None),
@@ -262,6 +264,7 @@ impl Node {
     /// the GCS needs to hear about. The report is spawned so the scheduler lock is never
     /// held across a network call.
     pub fn on_worker_exit(&self, worker_id: WorkerId, status: String) {
+        self.release_owner(worker_id, "worker exited");
         let held_lease = {
             let mut st = self.sched.lock();
             let lease = st.scheduler.lease_of_worker(&worker_id);
@@ -296,6 +299,60 @@ impl Node {
         };
         tracing::info!(job_id = %job, leases = ended, "job finished; reclaiming its leases and workers");
         self.pool.stop_job(job);
+        self.release_job(job);
+    }
+
+    /// A driver or worker is gone: the primary copies it owned here are deleted, and its
+    /// reader pins and unsealed objects released (the store frees what nobody else pins).
+    pub fn release_owner(&self, worker: WorkerId, why: &'static str) {
+        let owned = self.ownership.lock().take_owner(worker);
+        let deleted = owned.iter().filter(|id| self.store.delete(**id)).count();
+        let gone = self.store.disconnect(worker);
+        self.forget_aborted(&gone.aborted);
+        if deleted > 0 || gone.pins_released > 0 || !gone.aborted.is_empty() {
+            tracing::info!(
+                owner = %worker,
+                reason = why,
+                primary_copies = deleted,
+                pins = gone.pins_released,
+                unsealed = gone.aborted.len(),
+                "released the plasma memory of a gone owner"
+            );
+        }
+    }
+
+    /// A job ended: every primary copy its owners had here, and every pin and unsealed
+    /// object of its clients, is released.
+    pub fn release_job(&self, job: JobId) {
+        let (owned, clients) = self.ownership.lock().take_job(job);
+        let deleted = owned.iter().filter(|id| self.store.delete(**id)).count();
+        let (mut pins, mut unsealed) = (0, 0);
+        for client in clients {
+            let gone = self.store.disconnect(client);
+            self.forget_aborted(&gone.aborted);
+            pins += gone.pins_released;
+            unsealed += gone.aborted.len();
+        }
+        if deleted > 0 || pins > 0 || unsealed > 0 {
+            tracing::info!(
+                job_id = %job,
+                primary_copies = deleted,
+                pins,
+                unsealed,
+                "released the plasma memory of a finished job"
+            );
+        }
+    }
+
+    /// Aborted objects owe nothing to their owners any more.
+    fn forget_aborted(&self, aborted: &[miniray_common::ObjectId]) {
+        if aborted.is_empty() {
+            return;
+        }
+        let mut ownership = self.ownership.lock();
+        for id in aborted {
+            ownership.forget(*id);
+        }
     }
 
     /// A new view of the other alive nodes (from the GCS).

@@ -35,6 +35,18 @@ fn ids(raw: &[Vec<u8>]) -> Result<Vec<ObjectId>, Status> {
         .collect()
 }
 
+/// An id that may be left empty (older or anonymous clients); anything else must parse.
+fn optional_id<T>(
+    raw: &[u8],
+    parse: impl FnOnce(&[u8]) -> Result<T, miniray_common::ids::InvalidId>,
+) -> Result<Option<T>, Status> {
+    if raw.is_empty() {
+        Ok(None)
+    } else {
+        parse(raw).map(Some).map_err(invalid)
+    }
+}
+
 fn plasma_status(e: miniray_plasma::PlasmaError) -> Status {
     e.code().status(e.to_string())
 }
@@ -113,8 +125,14 @@ impl Raylet for RayletService {
 
     async fn plasma_info(
         &self,
-        _request: Request<PlasmaInfoRequest>,
+        request: Request<PlasmaInfoRequest>,
     ) -> Result<Response<PlasmaInfoReply>, Status> {
+        let req = request.into_inner();
+        let client = optional_id(&req.client_id, WorkerId::from_bytes)?;
+        let job = optional_id(&req.job_id, JobId::from_bytes)?;
+        if let (Some(client), Some(job)) = (client, job) {
+            self.node.ownership.lock().add_client(client, job);
+        }
         Ok(Response::new(PlasmaInfoReply {
             segment_path: self.node.store.segment_path().display().to_string(),
             capacity: self.node.store.capacity(),
@@ -128,13 +146,22 @@ impl Raylet for RayletService {
     ) -> Result<Response<PlasmaCreateReply>, Status> {
         let req = request.into_inner();
         let id = ObjectId::from_bytes(&req.object_id).map_err(invalid)?;
+        let client = optional_id(&req.client_id, WorkerId::from_bytes)?;
+        let job = optional_id(&req.job_id, JobId::from_bytes)?;
+        let owner = match req.owner {
+            Some(address) => Some((
+                WorkerId::from_bytes(&address.worker_id).map_err(invalid)?,
+                address,
+            )),
+            None => None,
+        };
         let loc = self
             .node
             .store
-            .create(id, req.data_size, true)
+            .create_by(client, id, req.data_size, true)
             .map_err(plasma_status)?;
-        if let Some(owner) = req.owner {
-            self.node.owners.lock().insert(id, owner);
+        if let Some((owner, address)) = owner {
+            self.node.ownership.lock().record(id, owner, address, job);
         }
         Ok(Response::new(PlasmaCreateReply { offset: loc.offset }))
     }
@@ -154,7 +181,7 @@ impl Raylet for RayletService {
     ) -> Result<Response<PlasmaAbortReply>, Status> {
         let id = ObjectId::from_bytes(&request.into_inner().object_id).map_err(invalid)?;
         self.node.store.abort(id).map_err(plasma_status)?;
-        self.node.owners.lock().remove(&id);
+        self.node.ownership.lock().forget(id);
         Ok(Response::new(PlasmaAbortReply {}))
     }
 
@@ -164,10 +191,13 @@ impl Raylet for RayletService {
     ) -> Result<Response<PlasmaGetReply>, Status> {
         let req = request.into_inner();
         let object_ids = ids(&req.object_ids)?;
+        let client = optional_id(&req.client_id, WorkerId::from_bytes)?;
         let wait = Duration::from_millis(req.timeout_ms).min(MAX_GET_WAIT);
         let store = Arc::clone(&self.node.store);
         let found = self
-            .unless_shutdown(async { Ok::<_, Status>(store.wait_get(&object_ids, wait).await) })
+            .unless_shutdown(async {
+                Ok::<_, Status>(store.wait_get_by(client, &object_ids, wait).await)
+            })
             .await?;
         let objects = object_ids
             .iter()
@@ -186,8 +216,10 @@ impl Raylet for RayletService {
         &self,
         request: Request<PlasmaReleaseRequest>,
     ) -> Result<Response<PlasmaReleaseReply>, Status> {
-        for id in ids(&request.into_inner().object_ids)? {
-            self.node.store.release(id);
+        let req = request.into_inner();
+        let client = optional_id(&req.client_id, WorkerId::from_bytes)?;
+        for id in ids(&req.object_ids)? {
+            self.node.store.release_by(client, id);
         }
         Ok(Response::new(PlasmaReleaseReply {}))
     }
@@ -198,7 +230,7 @@ impl Raylet for RayletService {
     ) -> Result<Response<PlasmaDeleteReply>, Status> {
         for id in ids(&request.into_inner().object_ids)? {
             self.node.store.delete(id);
-            self.node.owners.lock().remove(&id);
+            self.node.ownership.lock().forget(id);
         }
         Ok(Response::new(PlasmaDeleteReply {}))
     }

@@ -72,7 +72,7 @@ async fn plasma_round_trip_over_grpc() {
     let mut c = raylet_client(&raylet).await;
 
     let info = c
-        .plasma_info(PlasmaInfoRequest {})
+        .plasma_info(PlasmaInfoRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -92,6 +92,7 @@ async fn plasma_round_trip_over_grpc() {
                 host: "127.0.0.1".into(),
                 port: 1,
             }),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -109,6 +110,7 @@ async fn plasma_round_trip_over_grpc() {
             .plasma_get(PlasmaGetRequest {
                 object_ids: vec![id.to_vec()],
                 timeout_ms: 30_000,
+                ..Default::default()
             })
             .await
             .map(|r| r.into_inner())
@@ -130,6 +132,7 @@ async fn plasma_round_trip_over_grpc() {
         .plasma_get(PlasmaGetRequest {
             object_ids: vec![id.to_vec()],
             timeout_ms: 0,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -140,6 +143,7 @@ async fn plasma_round_trip_over_grpc() {
     assert_eq!(mapping.slice(loc).unwrap(), &payload[..]);
     c.plasma_release(PlasmaReleaseRequest {
         object_ids: vec![id.to_vec(), id.to_vec()],
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -150,6 +154,7 @@ async fn plasma_round_trip_over_grpc() {
         object_id: big.to_vec(),
         data_size: 40 << 20,
         owner: None,
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -158,6 +163,7 @@ async fn plasma_round_trip_over_grpc() {
             object_id: ObjectId::random().to_vec(),
             data_size: 40 << 20,
             owner: None,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -177,6 +183,7 @@ async fn plasma_round_trip_over_grpc() {
         .plasma_get(PlasmaGetRequest {
             object_ids: vec![id.to_vec()],
             timeout_ms: 0,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -217,7 +224,7 @@ async fn pulls_a_64_mib_object_between_raylets_once() {
     let size: u64 = 64 << 20;
     let id = ObjectId::random();
     let info_a = ca
-        .plasma_info(PlasmaInfoRequest {})
+        .plasma_info(PlasmaInfoRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -227,6 +234,7 @@ async fn pulls_a_64_mib_object_between_raylets_once() {
             object_id: id.to_vec(),
             data_size: size,
             owner: None,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -284,7 +292,7 @@ async fn pulls_a_64_mib_object_between_raylets_once() {
 
     // B has an identical sealed copy.
     let info_b = cb
-        .plasma_info(PlasmaInfoRequest {})
+        .plasma_info(PlasmaInfoRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -293,6 +301,7 @@ async fn pulls_a_64_mib_object_between_raylets_once() {
         .plasma_get(PlasmaGetRequest {
             object_ids: vec![id.to_vec()],
             timeout_ms: 0,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -309,6 +318,7 @@ async fn pulls_a_64_mib_object_between_raylets_once() {
     assert_eq!(checksum(copy), expected);
     cb.plasma_release(PlasmaReleaseRequest {
         object_ids: vec![id.to_vec()],
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -366,7 +376,10 @@ async fn refuses_unauthenticated_calls_and_bad_input() {
         .await
         .unwrap();
     let mut bare = RayletClient::new(channel);
-    let err = bare.plasma_info(PlasmaInfoRequest {}).await.unwrap_err();
+    let err = bare
+        .plasma_info(PlasmaInfoRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(ErrorCode::of_status(&err), ErrorCode::Unauthenticated);
 
     let mut c = raylet_client(&raylet).await;
@@ -396,6 +409,7 @@ async fn refuses_unauthenticated_calls_and_bad_input() {
         .plasma_get(PlasmaGetRequest {
             object_ids: vec![vec![0; 16], vec![9]],
             timeout_ms: 0,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -461,5 +475,139 @@ async fn refuses_unauthenticated_calls_and_bad_input() {
         .expect("raylet stops after the shutdown rpc")
         .unwrap();
     assert!(!segment_path(dir.path(), node_id).exists());
+    gcs.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_that_stops_answering_gives_back_its_plasma_memory() {
+    let gcs = start_gcs().await;
+    let dir = tempfile::tempdir().unwrap();
+    let raylet = start_raylet(&gcs, dir.path(), &[("CPU", 1.0)]).await;
+    let mut c = raylet_client(&raylet).await;
+    // An owner on this node whose address nobody listens on: a driver that was SIGKILLed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let dead = miniray_common::WorkerId::random();
+    let job = miniray_common::JobId::random();
+    let owner = WorkerAddress {
+        worker_id: dead.to_vec(),
+        node_id: raylet.node_id().to_vec(),
+        host: "127.0.0.1".into(),
+        port: u32::from(port),
+    };
+    c.plasma_info(PlasmaInfoRequest {
+        client_id: dead.to_vec(),
+        job_id: job.to_vec(),
+    })
+    .await
+    .unwrap();
+    let create =
+        |id: ObjectId, owner: Option<WorkerAddress>, client: Vec<u8>| PlasmaCreateRequest {
+            object_id: id.to_vec(),
+            data_size: 1 << 20,
+            owner,
+            job_id: job.to_vec(),
+            client_id: client,
+        };
+    // A sealed primary copy it owns and pins, and one it never sealed.
+    let (sealed, unsealed, anonymous) =
+        (ObjectId::random(), ObjectId::random(), ObjectId::random());
+    c.plasma_create(create(sealed, Some(owner.clone()), dead.to_vec()))
+        .await
+        .unwrap();
+    c.plasma_seal(PlasmaSealRequest {
+        object_id: sealed.to_vec(),
+    })
+    .await
+    .unwrap();
+    let got = c
+        .plasma_get(PlasmaGetRequest {
+            object_ids: vec![sealed.to_vec()],
+            timeout_ms: 0,
+            client_id: dead.to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(got.objects[0].found);
+    c.plasma_create(create(unsealed, Some(owner), dead.to_vec()))
+        .await
+        .unwrap();
+    // An object with no owner is nobody's to free.
+    c.plasma_create(create(anonymous, None, Vec::new()))
+        .await
+        .unwrap();
+    c.plasma_seal(PlasmaSealRequest {
+        object_id: anonymous.to_vec(),
+    })
+    .await
+    .unwrap();
+    let used = |c: &RayletClient<miniray_common::auth::AuthedChannel>| {
+        let mut c = c.clone();
+        async move {
+            c.get_node_stats(GetNodeStatsRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .object_store_used
+        }
+    };
+    assert_eq!(used(&c).await, 3 << 20);
+
+    // The owner fails its probes: its copy, its pin and its unsealed object all go.
+    eventually("the dead owner's memory to come back", || {
+        let c = c.clone();
+        async move { (used(&c).await == 1 << 20).then_some(()) }
+    })
+    .await;
+    let after = c
+        .plasma_get(PlasmaGetRequest {
+            object_ids: vec![sealed.to_vec(), anonymous.to_vec()],
+            timeout_ms: 0,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!after.objects[0].found);
+    assert!(after.objects[1].found);
+    // A release naming a client with no pins is refused quietly: the anonymous pin stays.
+    c.plasma_release(PlasmaReleaseRequest {
+        object_ids: vec![anonymous.to_vec()],
+        client_id: dead.to_vec(),
+    })
+    .await
+    .unwrap();
+    c.plasma_delete(PlasmaDeleteRequest {
+        object_ids: vec![anonymous.to_vec()],
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        used(&c).await,
+        1 << 20,
+        "the anonymous reader still pins it"
+    );
+    c.plasma_release(PlasmaReleaseRequest {
+        object_ids: vec![anonymous.to_vec()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(used(&c).await, 0);
+    // A malformed client id is refused.
+    let bad = c
+        .plasma_get(PlasmaGetRequest {
+            object_ids: vec![anonymous.to_vec()],
+            timeout_ms: 0,
+            client_id: vec![1, 2, 3],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(ErrorCode::of_status(&bad), ErrorCode::InvalidArgument);
+
+    raylet.shutdown().await;
     gcs.shutdown().await;
 }

@@ -241,7 +241,7 @@ async fn build(
     let raylet_endpoint = node_endpoint(&local_node);
     let clients = Clients::new(token.to_string());
     let raylet: RayletClient<AuthedChannel> = clients.raylet(&raylet_endpoint)?;
-    let plasma = PlasmaClient::connect(raylet, raylet_endpoint.clone()).await?;
+    let plasma = PlasmaClient::connect(raylet, raylet_endpoint.clone(), worker_id, job_id).await?;
     let (listener, port) = bind_loopback().await?;
     let (freed_tx, freed_rx) = mpsc::unbounded_channel();
     let (borrows, given_back_rx) = BorrowQueue::new();

@@ -1,17 +1,22 @@
 //! This process's view of its node's plasma store: the segment mapped into memory, and the
 //! raylet RPCs that create, seal, pin and release objects in it.
 //!
-//! Invariant: bytes are read straight out of the mapping (no copy before decoding) between a
-//! `PlasmaGet`, which pins the object, and the matching `PlasmaRelease`.
+//! Invariants:
+//! - Bytes are read straight out of the mapping (no copy before decoding) between a
+//!   `PlasmaGet`, which pins the object, and the matching `PlasmaRelease`.
+//! - Every call names this process (its worker id) as the client, so the raylet can give
+//!   back its pins and unsealed objects if it dies.
+//! - A created object is either sealed or aborted: a put that fails after `PlasmaCreate`
+//!   aborts it (best effort; if the raylet is unreachable it aborts it when we are gone).
 
 use miniray_common::ErrorCode;
-use miniray_common::ObjectId;
 use miniray_common::auth::AuthedChannel;
+use miniray_common::{JobId, ObjectId, WorkerId};
 use miniray_plasma::{ObjectLocation, SegmentMapping};
 use miniray_proto::raylet_client::RayletClient;
 use miniray_proto::{
-    NodeAddress, PlasmaCreateRequest, PlasmaGetRequest, PlasmaInfoRequest, PlasmaReleaseRequest,
-    PlasmaSealRequest, PullObjectRequest, WorkerAddress,
+    NodeAddress, PlasmaAbortRequest, PlasmaCreateRequest, PlasmaGetRequest, PlasmaInfoRequest,
+    PlasmaReleaseRequest, PlasmaSealRequest, PullObjectRequest, WorkerAddress,
 };
 use tonic::Status;
 
@@ -22,6 +27,9 @@ pub(crate) struct PlasmaClient {
     mapping: SegmentMapping,
     raylet: RayletClient<AuthedChannel>,
     raylet_address: String,
+    /// This process, as the raylet knows it: its worker id and job.
+    client_id: WorkerId,
+    job_id: JobId,
 }
 
 pub(crate) fn status_error(address: &str, status: Status) -> Error {
@@ -44,9 +52,14 @@ impl PlasmaClient {
     pub(crate) async fn connect(
         mut raylet: RayletClient<AuthedChannel>,
         raylet_address: String,
+        client_id: WorkerId,
+        job_id: JobId,
     ) -> Result<Self> {
         let info = raylet
-            .plasma_info(PlasmaInfoRequest {})
+            .plasma_info(PlasmaInfoRequest {
+                client_id: client_id.to_vec(),
+                job_id: job_id.to_vec(),
+            })
             .await
             .map_err(|s| status_error(&raylet_address, s))?
             .into_inner();
@@ -56,6 +69,8 @@ impl PlasmaClient {
             mapping,
             raylet,
             raylet_address,
+            client_id,
+            job_id,
         })
     }
 
@@ -77,6 +92,8 @@ impl PlasmaClient {
                 object_id: id.to_vec(),
                 data_size: size,
                 owner: Some(owner),
+                job_id: self.job_id.to_vec(),
+                client_id: self.client_id.to_vec(),
             })
             .await
             .map_err(|s| self.err(s))?
@@ -85,16 +102,40 @@ impl PlasmaClient {
         let loc = ObjectLocation { offset, size };
         // SAFETY: the store handed this range to us alone for an unsealed object we created;
         // nobody reads it before the seal below.
-        let dst = unsafe { self.mapping.slice_mut(loc) }
-            .map_err(|e| Error::Internal(format!("object store gave a bad range: {e}")))?;
+        let dst = match unsafe { self.mapping.slice_mut(loc) } {
+            Ok(dst) => dst,
+            Err(e) => {
+                self.abort(id).await;
+                return Err(Error::Internal(format!(
+                    "object store gave a bad range: {e}"
+                )));
+            }
+        };
         encoded.write_to(dst);
-        raylet
+        if let Err(s) = raylet
             .plasma_seal(PlasmaSealRequest {
                 object_id: id.to_vec(),
             })
             .await
-            .map_err(|s| self.err(s))?;
+        {
+            // An unsealed object is invisible and never evicted: give it back, not leak it.
+            self.abort(id).await;
+            return Err(self.err(s));
+        }
         Ok(size)
+    }
+
+    /// Discards an object this process created and could not seal.
+    async fn abort(&self, id: ObjectId) {
+        let mut raylet = self.raylet.clone();
+        if let Err(status) = raylet
+            .plasma_abort(PlasmaAbortRequest {
+                object_id: id.to_vec(),
+            })
+            .await
+        {
+            tracing::debug!(object_id = %id, error = %status, "aborting an unsealed object failed");
+        }
     }
 
     /// Pins the object if it is sealed in this node's store; pair with `release`.
@@ -104,6 +145,7 @@ impl PlasmaClient {
             .plasma_get(PlasmaGetRequest {
                 object_ids: vec![id.to_vec()],
                 timeout_ms: 0,
+                client_id: self.client_id.to_vec(),
             })
             .await
             .map_err(|s| self.err(s))?
@@ -134,6 +176,7 @@ impl PlasmaClient {
         raylet
             .plasma_release(PlasmaReleaseRequest {
                 object_ids: ids.iter().map(|id| id.to_vec()).collect(),
+                client_id: self.client_id.to_vec(),
             })
             .await
             .map_err(|s| self.err(s))?;

@@ -9,6 +9,7 @@ use miniray::{Error, IntoArg, ObjectRef, TaskOptions};
 
 mod actors;
 mod borrowing;
+mod plasma_memory;
 mod retries;
 
 #[miniray::remote]
@@ -405,7 +406,7 @@ fn run(scenario: &str) -> anyhow::Result<()> {
         }
         "borrowed_actor_handles" => borrowing::borrowed_actor_handles()?,
         other => {
-            if !actors::run(other)? {
+            if !actors::run(other)? && !plasma_memory::run(other)? {
                 anyhow::bail!("unknown scenario {other:?}");
             }
         }
