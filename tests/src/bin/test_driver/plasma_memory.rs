@@ -19,7 +19,8 @@ fn hold_arg(data: Vec<u8>, marker: String, ms: u64) -> u64 {
 }
 
 /// Puts a value in this worker's store and returns its reference inside a value: the
-/// worker owns it, and it escaped, so it lives until the worker is gone.
+/// worker owns it and the caller borrows it, so it lives until the caller drops it or is
+/// gone (or the job ends).
 #[miniray::remote]
 fn put_inside(len: u64, seed: u8) -> Vec<ObjectRef<Vec<u8>>> {
     let r = miniray::put(pattern(len as usize, seed)).unwrap_or_else(|e| panic!("put: {e}"));
@@ -45,7 +46,7 @@ pub(crate) fn run(scenario: &str) -> anyhow::Result<bool> {
     match scenario {
         "hold_plasma" => {
             // Driver-owned primary copies with driver read pins, a worker pinning one as its
-            // argument, and a worker-owned object that escaped; then wait to be killed.
+            // argument, and a worker-owned object the driver borrows; then wait to be killed.
             let dir = std::env::args().nth(2).unwrap_or_default();
             let refs = put_and_pin(4)?;
             let marker = format!("{dir}/hold_arg-started");
