@@ -198,6 +198,7 @@ impl Raylet {
                 GCS_CALL_TIMEOUT,
                 gcs.register_node(RegisterNodeRequest {
                     node: Some(node.node_info()),
+                    ..Default::default()
                 }),
             )
             .await

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use miniray::{Error, IntoArg, ObjectRef, TaskOptions};
 
 mod actors;
+mod gcs_faults;
 mod retries;
 
 #[miniray::remote]
@@ -393,6 +394,10 @@ fn run(scenario: &str) -> anyhow::Result<()> {
             let dir = std::env::args().nth(2).unwrap_or_default();
             retries::task_rounds(&dir, 12, 40, 20)?;
             retries::actor_rounds(&dir, 6, 40, 20)?;
+        }
+        "gcs_restart" => {
+            let dir = std::env::args().nth(2).unwrap_or_default();
+            gcs_faults::across_gcs_restart(&dir)?;
         }
         other => {
             if !actors::run(other)? {
