@@ -78,7 +78,7 @@ pub(crate) struct GcsState {
     /// Memory only, like `nodes`.
     jobs: Mutex<BTreeMap<JobId, JobInfo>>,
     /// Held around each persisted job change, like `node_writes`.
-    pub(crate) job_writes: tokio::sync::Mutex<()>,
+    job_writes: tokio::sync::Mutex<()>,
     events: broadcast::Sender<PubMessage>,
     pub(crate) actors: ActorManager,
     session_name: String,
@@ -509,21 +509,32 @@ impl Gcs for GcsService {
             .collect::<Result<Vec<_>, Status>>()?;
 
         let state = &self.state;
+        // A dead id stays dead: its objects and workers are gone, and reviving it would
+        // confuse everyone who already handled the death.
+        let dead_id = || {
+            ErrorCode::AlreadyExists.status(format!(
+                "node {id} was marked dead; restart the raylet with a new node id"
+            ))
+        };
+        let is_dead = |e: &NodeEntry| e.info.state == NodeState::Dead as i32;
+        if state.nodes.lock().get(&id).is_some_and(is_dead) {
+            return Err(dead_id());
+        }
+        let restored = jobs.len();
+        // Jobs first, so whoever sees the node registered sees its jobs too.
+        state.restore_jobs(jobs).await?;
         {
             let _writes = state.node_writes.lock().await;
+            // Checked again under the write lock: the node may have died meanwhile.
             let (known, dead) = match state.nodes.lock().get(&id) {
-                Some(e) => (true, e.info.state == NodeState::Dead as i32),
+                Some(e) => (true, is_dead(e)),
                 None => (false, false),
             };
             if dead {
-                // A dead id stays dead: its objects and workers are gone, and reviving it
-                // would confuse everyone who already handled the death.
-                return Err(ErrorCode::AlreadyExists.status(format!(
-                    "node {id} was marked dead; restart the raylet with a new node id"
-                )));
+                return Err(dead_id());
             }
             state.persist_node(&id, &info).await?;
-            tracing::info!(node_id = %id, host = %address_host(&info), is_head = info.is_head, reregistered = known, jobs = jobs.len(), "node registered");
+            tracing::info!(node_id = %id, host = %address_host(&info), is_head = info.is_head, was_known = known, jobs = restored, "node registered");
             state.nodes.lock().insert(
                 id,
                 NodeEntry {
@@ -533,7 +544,6 @@ impl Gcs for GcsService {
             );
             state.publish_node(&info);
         }
-        state.restore_jobs(jobs).await?;
         // Actors waiting for a node that fits look again.
         state.actors.cluster_changed();
         Ok(Response::new(RegisterNodeReply {}))
