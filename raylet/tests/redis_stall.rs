@@ -180,7 +180,6 @@ async fn a_stalled_redis_kills_no_node_and_loses_no_write() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let reads_during_stall = reads.load(Ordering::SeqCst);
-    let slowest_during_stall = Duration::from_micros(slowest_us.load(Ordering::SeqCst));
     redis.resume().expect("SIGCONT redis");
     let resumed_at = Instant::now();
     let resumed_ms = miniray_common::time::now_ms();
@@ -210,28 +209,32 @@ async fn a_stalled_redis_kills_no_node_and_loses_no_write() {
         .await;
     }
     stop.store(true, Ordering::SeqCst);
+    let mut not_alive_seen = Vec::new();
     for r in readers {
-        let not_alive = r.await.expect("reader task");
-        assert!(
-            not_alive.is_empty(),
-            "nodes not ALIVE during the stall: {:?}",
-            not_alive[0]
-        );
+        not_alive_seen.extend(r.await.expect("reader task"));
     }
+    // Read after the readers ended, so a read that was held up by the stall and finished
+    // after it counts too.
+    let slowest_read = Duration::from_micros(slowest_us.load(Ordering::SeqCst));
     eprintln!(
         "redis frozen {:.1}s: {reads_during_stall} read rounds, slowest GetAllNodes {:.1} ms; \
          writes made during the stall landed {:.0} ms after SIGCONT",
         STALL.as_secs_f64(),
-        slowest_during_stall.as_secs_f64() * 1000.0,
+        slowest_read.as_secs_f64() * 1000.0,
         writes_landed_after.as_secs_f64() * 1000.0
+    );
+    assert!(
+        slowest_read < MAX_READ_LATENCY,
+        "a GetAllNodes took {slowest_read:?} with redis frozen for {STALL:?}"
     );
     assert!(
         reads_during_stall >= 20,
         "only {reads_during_stall} read rounds during the stall"
     );
     assert!(
-        slowest_during_stall < MAX_READ_LATENCY,
-        "GetAllNodes took {slowest_during_stall:?} while redis was frozen"
+        not_alive_seen.is_empty(),
+        "nodes not ALIVE during the stall: {:?}",
+        not_alive_seen[0]
     );
 
     // Everything is in Redis, as a restarted GCS would read it.
