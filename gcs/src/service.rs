@@ -2,10 +2,22 @@
 //!
 //! Nodes and jobs are cached in memory (every read is served from there) and written
 //! through to the storage backend; KV entries and executables live only in the backend.
-//! Invariant: a node or job change reaches memory and subscribers only after the backend
-//! accepted it, so a failed write changes nothing and a restarted GCS sees everything
-//! that any client was told succeeded. Actors follow the same rule (see [`crate::actors`]).
-//! Lock order: `nodes` or `jobs` before the actor table, never the other way round.
+//!
+//! Invariants:
+//! - A node or job change reaches memory and subscribers only after the backend accepted
+//!   it, so a failed write changes nothing and a restarted GCS sees everything that any
+//!   client was told succeeded. Actors follow the same rule (see [`crate::actors`]).
+//! - A heartbeat is not a storage write: available resources, demand and counters live in
+//!   memory only (a restarted GCS gets them from the next heartbeat). The node table is
+//!   written on register, state change and death only.
+//! - No storage call is made while a table lock (`nodes`, `jobs`) is held: those are plain
+//!   mutexes held for memory work only, so reads, heartbeats and the health check never
+//!   wait for a slow backend, and a backend stall cannot make a healthy node miss its
+//!   deadline. Persisted changes of one table are serialized by its async write lock
+//!   (`node_writes`, `job_writes`), held around "write storage, then apply in memory", so
+//!   writes land in the order of the in-memory updates.
+//! - Lock order: `job_writes` before the actor manager's write lock, never the other way
+//!   round; `node_writes` and `job_writes` are never held together.
 
 use std::collections::{BTreeMap, HashSet};
 use std::pin::Pin;
@@ -29,8 +41,9 @@ use miniray_proto::{
     ReportWorkerFailureReply, ReportWorkerFailureRequest, ResourceDemand, ResourceSet,
     SubscribeRequest, UnregisterNodeReply, UnregisterNodeRequest, pub_message,
 };
+use parking_lot::Mutex;
 use prost::Message;
-use tokio::sync::{Mutex, broadcast, watch};
+use tokio::sync::{broadcast, watch};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::GcsError;
@@ -58,11 +71,14 @@ struct NodeEntry {
 /// Everything the service and the health checker share.
 pub(crate) struct GcsState {
     storage: Arc<dyn Storage>,
-    /// Held across the backend write of a node change so writes land in the same order as
-    /// the in-memory updates.
+    /// Memory only; never held across an await (see the module invariants).
     nodes: Mutex<BTreeMap<NodeId, NodeEntry>>,
-    /// Same discipline as `nodes`.
+    /// Held around each persisted node change: write storage, then apply in memory.
+    node_writes: tokio::sync::Mutex<()>,
+    /// Memory only, like `nodes`.
     jobs: Mutex<BTreeMap<JobId, JobInfo>>,
+    /// Held around each persisted job change, like `node_writes`.
+    job_writes: tokio::sync::Mutex<()>,
     events: broadcast::Sender<PubMessage>,
     pub(crate) actors: ActorManager,
     session_name: String,
@@ -116,7 +132,9 @@ impl GcsState {
         Ok(Self {
             storage,
             nodes: Mutex::new(nodes),
+            node_writes: tokio::sync::Mutex::new(()),
             jobs: Mutex::new(jobs),
+            job_writes: tokio::sync::Mutex::new(()),
             events,
             actors,
             session_name,
@@ -163,24 +181,58 @@ impl GcsState {
     /// Marks a job finished (persisted, then published). Returns false for an unknown job;
     /// finishing a finished job changes nothing.
     pub(crate) async fn finish_job(&self, id: JobId, why: &str) -> Result<bool, Status> {
-        let mut jobs = self.jobs.lock().await;
-        let Some(job) = jobs.get_mut(&id) else {
-            return Ok(false);
+        let _writes = self.job_writes.lock().await;
+        let finished = {
+            let jobs = self.jobs.lock();
+            let Some(job) = jobs.get(&id) else {
+                return Ok(false);
+            };
+            if job.finished {
+                return Ok(true);
+            }
+            JobInfo {
+                finished: true,
+                end_time_ms: now_ms(),
+                ..job.clone()
+            }
         };
-        if job.finished {
-            return Ok(true);
-        }
-        let mut finished = job.clone();
-        finished.finished = true;
-        finished.end_time_ms = now_ms();
         self.persist_job(&id, &finished).await?;
         tracing::info!(job_id = %id, why, "job finished");
-        *job = finished;
-        self.publish_job(job);
-        // Still under the job lock (jobs → actors), so no actor of the job can be created
-        // after this sweep.
+        self.jobs.lock().insert(id, finished.clone());
+        self.publish_job(&finished);
+        // Still under `job_writes` (job writes → actor writes), so no actor of the job can
+        // be registered after this sweep.
         self.actors.end_job(id).await;
         Ok(true)
+    }
+
+    /// Puts jobs a re-registering raylet reports (it has workers or cached state for them)
+    /// back into the job table of a GCS that lost them (restarted on the in-memory store).
+    /// A job the table knows keeps its record, finished or not. Jobs must be validated.
+    async fn restore_jobs(&self, jobs: Vec<(JobId, JobInfo)>) -> Result<(), Status> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let _writes = self.job_writes.lock().await;
+        for (id, mut job) in jobs {
+            if self.jobs.lock().contains_key(&id) {
+                continue;
+            }
+            // Its raylet still runs its workers, so it counts as running; if its driver is
+            // gone, the driver monitor ends it.
+            job.finished = false;
+            job.end_time_ms = 0;
+            self.persist_job(&id, &job).await?;
+            tracing::info!(job_id = %id, executable = %job.executable_hash, "job restored from a raylet's report");
+            self.jobs.lock().insert(id, job.clone());
+            self.publish_job(&job);
+        }
+        Ok(())
+    }
+
+    /// The job's record, if the table has it.
+    pub(crate) fn job(&self, id: &JobId) -> Option<JobInfo> {
+        self.jobs.lock().get(id).cloned()
     }
 
     /// Fires (or closes) when the server stops.
@@ -192,7 +244,6 @@ impl GcsState {
     pub(crate) async fn alive_nodes(&self) -> Vec<NodeInfo> {
         self.nodes
             .lock()
-            .await
             .values()
             .filter(|e| e.info.state == NodeState::Alive as i32)
             .map(|e| e.info.clone())
@@ -201,7 +252,7 @@ impl GcsState {
 
     /// Why the node is dead; `None` while it is not. An unknown node counts as dead.
     pub(crate) async fn node_death(&self, id: &NodeId) -> Option<String> {
-        match self.nodes.lock().await.get(id) {
+        match self.nodes.lock().get(id) {
             None => Some(format!("node {id} is unknown to the gcs")),
             Some(e) if e.info.state == NodeState::Dead as i32 => {
                 Some(if e.info.death_reason.is_empty() {
@@ -216,14 +267,13 @@ impl GcsState {
 
     /// Whether the job is known and not finished.
     pub(crate) async fn job_running(&self, id: &JobId) -> bool {
-        self.jobs.lock().await.get(id).is_some_and(|j| !j.finished)
+        self.jobs.lock().get(id).is_some_and(|j| !j.finished)
     }
 
     /// Running jobs and the core-worker address of their driver.
     pub(crate) async fn running_jobs(&self) -> Vec<(JobId, String)> {
         self.jobs
             .lock()
-            .await
             .iter()
             .filter(|(_, j)| !j.finished)
             .filter_map(|(id, j)| {
@@ -233,12 +283,30 @@ impl GcsState {
             .collect()
     }
 
-    /// Marks every live node silent for longer than `node_timeout` as dead. A node whose
-    /// death cannot be persisted stays alive and is retried at the next check.
+    /// The record of a live node silent for longer than `node_timeout`, marked dead.
+    fn expired(&self, id: &NodeId, now: Instant) -> Option<NodeInfo> {
+        let nodes = self.nodes.lock();
+        let e = nodes.get(id)?;
+        if e.info.state == NodeState::Dead as i32
+            || now.duration_since(e.last_seen) <= self.node_timeout
+        {
+            return None;
+        }
+        Some(NodeInfo {
+            state: NodeState::Dead as i32,
+            death_reason: format!("no heartbeat for {}s", self.node_timeout.as_secs_f64()),
+            ..e.info.clone()
+        })
+    }
+
+    /// Marks every live node silent for longer than `node_timeout` as dead. Silence is
+    /// judged from heartbeats in memory only, so a slow backend cannot cause it. A node
+    /// whose death cannot be persisted stays alive and is retried at the next check.
     pub(crate) async fn check_node_health(&self) {
         let now = Instant::now();
-        let mut nodes = self.nodes.lock().await;
-        let expired: Vec<NodeId> = nodes
+        let candidates: Vec<NodeId> = self
+            .nodes
+            .lock()
             .iter()
             .filter(|(_, e)| {
                 e.info.state != NodeState::Dead as i32
@@ -246,21 +314,26 @@ impl GcsState {
             })
             .map(|(id, _)| *id)
             .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let _writes = self.node_writes.lock().await;
         let mut died = false;
-        for id in expired {
-            let Some(entry) = nodes.get_mut(&id) else {
+        for id in candidates {
+            // Judged again under the write lock: the node may have re-registered, been
+            // unregistered or heartbeated while this check waited for it.
+            let Some(info) = self.expired(&id, Instant::now()) else {
                 continue;
             };
-            let mut info = entry.info.clone();
-            info.state = NodeState::Dead as i32;
-            info.death_reason = format!("no heartbeat for {}s", self.node_timeout.as_secs_f64());
             if let Err(status) = self.persist_node(&id, &info).await {
                 tracing::warn!(node_id = %id, error = %status.message(), "cannot persist node death; will retry");
                 continue;
             }
             tracing::warn!(node_id = %id, reason = %info.death_reason, "node marked dead");
-            entry.info = info;
-            self.publish_node(&entry.info);
+            if let Some(entry) = self.nodes.lock().get_mut(&id) {
+                entry.info = info.clone();
+            }
+            self.publish_node(&info);
             died = true;
         }
         if died {
@@ -319,6 +392,24 @@ fn parse_node_id(bytes: &[u8]) -> Result<NodeId, Status> {
 
 fn parse_job_id(bytes: &[u8]) -> Result<JobId, Status> {
     JobId::from_bytes(bytes).map_err(bad_id)
+}
+
+/// Checks a job record from the wire (`what` names it in errors) and normalizes it.
+fn validate_job(mut job: JobInfo, what: &str) -> Result<(JobId, JobInfo), Status> {
+    let id = JobId::from_bytes(&job.job_id).map_err(|e| invalid(format!("{what}: {e}")))?;
+    if let Some(driver) = &job.driver {
+        WorkerId::from_bytes(&driver.worker_id)
+            .map_err(|e| invalid(format!("{what} {id}: driver: {e}")))?;
+        NodeId::from_bytes(&driver.node_id)
+            .map_err(|e| invalid(format!("{what} {id}: driver node: {e}")))?;
+    }
+    if !job.executable_hash.is_empty() {
+        job.executable_hash = parse_executable_hash(&job.executable_hash)?;
+    }
+    if job.start_time_ms == 0 {
+        job.start_time_ms = now_ms();
+    }
+    Ok((id, job))
 }
 
 /// Validates a resource set from the wire and returns it in canonical form (no zeros).
@@ -383,8 +474,8 @@ impl Gcs for GcsService {
         &self,
         request: Request<RegisterNodeRequest>,
     ) -> Result<Response<RegisterNodeReply>, Status> {
+        let request = request.into_inner();
         let mut info = request
-            .into_inner()
             .node
             .ok_or_else(|| invalid("register node: missing node"))?;
         let address = info
@@ -410,29 +501,49 @@ impl Gcs for GcsService {
         info.state = NodeState::Alive as i32;
         info.last_heartbeat_ms = now_ms();
         info.death_reason.clear();
+        // Validated before anything changes, so a bad report registers nothing.
+        let jobs = request
+            .jobs
+            .into_iter()
+            .map(|job| validate_job(job, "register node: job"))
+            .collect::<Result<Vec<_>, Status>>()?;
 
         let state = &self.state;
-        let mut nodes = state.nodes.lock().await;
-        if nodes
-            .get(&id)
-            .is_some_and(|e| e.info.state == NodeState::Dead as i32)
-        {
-            // A dead id stays dead: its objects and workers are gone, and reviving it would
-            // confuse everyone who already handled the death.
-            return Err(ErrorCode::AlreadyExists.status(format!(
+        // A dead id stays dead: its objects and workers are gone, and reviving it would
+        // confuse everyone who already handled the death.
+        let dead_id = || {
+            ErrorCode::AlreadyExists.status(format!(
                 "node {id} was marked dead; restart the raylet with a new node id"
-            )));
+            ))
+        };
+        let is_dead = |e: &NodeEntry| e.info.state == NodeState::Dead as i32;
+        if state.nodes.lock().get(&id).is_some_and(is_dead) {
+            return Err(dead_id());
         }
-        state.persist_node(&id, &info).await?;
-        tracing::info!(node_id = %id, host = %address_host(&info), is_head = info.is_head, "node registered");
-        state.publish_node(&info);
-        nodes.insert(
-            id,
-            NodeEntry {
-                info,
-                last_seen: Instant::now(),
-            },
-        );
+        let restored = jobs.len();
+        // Jobs first, so whoever sees the node registered sees its jobs too.
+        state.restore_jobs(jobs).await?;
+        {
+            let _writes = state.node_writes.lock().await;
+            // Checked again under the write lock: the node may have died meanwhile.
+            let (known, dead) = match state.nodes.lock().get(&id) {
+                Some(e) => (true, is_dead(e)),
+                None => (false, false),
+            };
+            if dead {
+                return Err(dead_id());
+            }
+            state.persist_node(&id, &info).await?;
+            tracing::info!(node_id = %id, host = %address_host(&info), is_head = info.is_head, was_known = known, jobs = restored, "node registered");
+            state.nodes.lock().insert(
+                id,
+                NodeEntry {
+                    info: info.clone(),
+                    last_seen: Instant::now(),
+                },
+            );
+            state.publish_node(&info);
+        }
         // Actors waiting for a node that fits look again.
         state.actors.cluster_changed();
         Ok(Response::new(RegisterNodeReply {}))
@@ -447,8 +558,9 @@ impl Gcs for GcsService {
         let available = canonical_resources(req.available.as_ref(), "available resources")?;
         let demand = canonical_demand(&req.demand)?;
 
-        let state = &self.state;
-        let mut nodes = state.nodes.lock().await;
+        // Memory only (see the module invariants): what a heartbeat carries is stale by the
+        // next one, and a restarted GCS gets it again from the next one.
+        let mut nodes = self.state.nodes.lock();
         let Some(entry) = nodes.get_mut(&id) else {
             tracing::debug!(node_id = %id, "heartbeat from unknown node refused");
             return Ok(Response::new(HeartbeatReply { accepted: false }));
@@ -457,15 +569,13 @@ impl Gcs for GcsService {
             tracing::debug!(node_id = %id, "heartbeat from dead node refused");
             return Ok(Response::new(HeartbeatReply { accepted: false }));
         }
-        let mut info = entry.info.clone();
+        let info = &mut entry.info;
         info.available = Some(available);
         info.demand = demand;
         info.object_store_used = req.object_store_used;
         info.num_workers = req.num_workers;
         info.num_leased_workers = req.num_leased_workers;
         info.last_heartbeat_ms = now_ms();
-        state.persist_node(&id, &info).await?;
-        entry.info = info;
         entry.last_seen = Instant::now();
         Ok(Response::new(HeartbeatReply { accepted: true }))
     }
@@ -477,15 +587,17 @@ impl Gcs for GcsService {
         let req = request.into_inner();
         let id = parse_node_id(&req.node_id)?;
         let state = &self.state;
-        let mut nodes = state.nodes.lock().await;
-        let entry = nodes
-            .get_mut(&id)
+        let _writes = state.node_writes.lock().await;
+        let mut info = state
+            .nodes
+            .lock()
+            .get(&id)
+            .map(|e| e.info.clone())
             .ok_or_else(|| ErrorCode::NotFound.status(format!("unknown node {id}")))?;
-        if entry.info.state == NodeState::Dead as i32 {
+        if info.state == NodeState::Dead as i32 {
             // Already dead: keep the first reason, nothing to announce.
             return Ok(Response::new(UnregisterNodeReply {}));
         }
-        let mut info = entry.info.clone();
         info.state = NodeState::Dead as i32;
         info.death_reason = if req.reason.is_empty() {
             "unregistered".to_string()
@@ -494,8 +606,10 @@ impl Gcs for GcsService {
         };
         state.persist_node(&id, &info).await?;
         tracing::info!(node_id = %id, reason = %info.death_reason, "node unregistered");
-        entry.info = info;
-        state.publish_node(&entry.info);
+        if let Some(entry) = state.nodes.lock().get_mut(&id) {
+            entry.info = info.clone();
+        }
+        state.publish_node(&info);
         state.actors.cluster_changed();
         Ok(Response::new(UnregisterNodeReply {}))
     }
@@ -512,33 +626,23 @@ impl Gcs for GcsService {
         &self,
         request: Request<AddJobRequest>,
     ) -> Result<Response<AddJobReply>, Status> {
-        let mut job = request
+        let job = request
             .into_inner()
             .job
             .ok_or_else(|| invalid("add job: missing job"))?;
-        let id = parse_job_id(&job.job_id)?;
-        if let Some(driver) = &job.driver {
-            WorkerId::from_bytes(&driver.worker_id).map_err(bad_id)?;
-            parse_node_id(&driver.node_id)?;
-        }
-        if !job.executable_hash.is_empty() {
-            job.executable_hash = parse_executable_hash(&job.executable_hash)?;
-        }
-        if job.start_time_ms == 0 {
-            job.start_time_ms = now_ms();
-        }
+        let (id, mut job) = validate_job(job, "add job")?;
         job.finished = false;
         job.end_time_ms = 0;
 
         let state = &self.state;
-        let mut jobs = state.jobs.lock().await;
-        if jobs.contains_key(&id) {
+        let _writes = state.job_writes.lock().await;
+        if state.jobs.lock().contains_key(&id) {
             return Err(ErrorCode::AlreadyExists.status(format!("job {id} exists already")));
         }
         state.persist_job(&id, &job).await?;
         tracing::info!(job_id = %id, executable = %job.executable_hash, "job added");
+        state.jobs.lock().insert(id, job.clone());
         state.publish_job(&job);
-        jobs.insert(id, job);
         Ok(Response::new(AddJobReply {}))
     }
 
@@ -560,11 +664,7 @@ impl Gcs for GcsService {
         let id = parse_job_id(&request.into_inner().job_id)?;
         let job = self
             .state
-            .jobs
-            .lock()
-            .await
-            .get(&id)
-            .cloned()
+            .job(&id)
             .ok_or_else(|| ErrorCode::NotFound.status(format!("unknown job {id}")))?;
         Ok(Response::new(GetJobReply { job: Some(job) }))
     }
@@ -780,8 +880,14 @@ impl Gcs for GcsService {
             actors::validate_new(request.into_inner().actor, canonical_resources)?;
         let state = &self.state;
         let created = {
-            let jobs = state.jobs.lock().await;
-            state.actors.register(&jobs, id, job_id, info).await?
+            // Held across the registration (job writes → actor writes), so the job cannot
+            // finish between the check and the insert.
+            let _writes = state.job_writes.lock().await;
+            let job = state.job(&job_id);
+            state
+                .actors
+                .register(job.as_ref(), id, job_id, info)
+                .await?
         };
         if created {
             actors::supervisor::spawn(Arc::clone(state), id);
@@ -830,14 +936,13 @@ impl GcsService {
         self.state
             .nodes
             .lock()
-            .await
             .values()
             .map(|e| e.info.clone())
             .collect()
     }
 
     async fn all_jobs(&self) -> Vec<JobInfo> {
-        self.state.jobs.lock().await.values().cloned().collect()
+        self.state.jobs.lock().values().cloned().collect()
     }
 }
 

@@ -200,6 +200,10 @@ const REDIS_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one connection attempt may take.
 const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long the GCS may take to reach Redis at start (connect and first PING, retries
+/// included) before it gives up: a port that accepts but never answers must not hang it.
+pub const REDIS_START_DEADLINE: Duration = Duration::from_secs(10);
+
 /// Connect attempts after the first failed one.
 const REDIS_CONNECT_RETRIES: usize = 3;
 /// Longest pause between two connect attempts, in milliseconds.
@@ -222,11 +226,29 @@ impl RedisStorage {
     }
 
     /// Connects with a custom key prefix, so that several clusters can share one Redis.
+    /// Gives up after [`REDIS_START_DEADLINE`].
     pub async fn connect_with_prefix(url: &str, prefix: &str) -> Result<Self, StorageError> {
         let client = redis::Client::open(url).map_err(|e| StorageError::BadUrl {
             url: url.to_string(),
             reason: e.to_string(),
         })?;
+        let conn = tokio::time::timeout(REDIS_START_DEADLINE, Self::open(client, url))
+            .await
+            .map_err(|_| {
+                StorageError::Unavailable(format!(
+                    "redis at {url} did not answer within {}s",
+                    REDIS_START_DEADLINE.as_secs()
+                ))
+            })??;
+        tracing::info!(url, prefix, "connected to redis");
+        Ok(Self {
+            conn,
+            prefix: prefix.to_string(),
+        })
+    }
+
+    /// A connection that answered PING.
+    async fn open(client: redis::Client, url: &str) -> Result<ConnectionManager, StorageError> {
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(REDIS_CONNECT_TIMEOUT)
             .set_response_timeout(REDIS_RESPONSE_TIMEOUT)
@@ -239,17 +261,24 @@ impl RedisStorage {
             .await
             .map_err(|e| StorageError::Unavailable(format!("cannot connect to {url}: {e}")))?;
         // Fail at start rather than at the first RPC when the server is not Redis-compatible.
-        let pong: String = redis::cmd("PING").query_async(&mut conn).await?;
+        let pong: String = redis::cmd("PING")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| match StorageError::from(e) {
+                StorageError::Unavailable(m) => {
+                    StorageError::Unavailable(format!("redis at {url} failed PING: {m}"))
+                }
+                StorageError::Backend(m) => {
+                    StorageError::Backend(format!("redis at {url} failed PING: {m}"))
+                }
+                other => other,
+            })?;
         if pong != "PONG" {
             return Err(StorageError::Backend(format!(
                 "unexpected PING reply {pong:?} from {url}"
             )));
         }
-        tracing::info!(url, prefix, "connected to redis");
-        Ok(Self {
-            conn,
-            prefix: prefix.to_string(),
-        })
+        Ok(conn)
     }
 
     fn hash_key(&self, table: &str) -> String {

@@ -1,7 +1,8 @@
 //! Test harness shared by this crate's tests and the workspace integration tests: a real,
 //! throw-away `redis-server` on a free loopback port.
 
-use std::io::{Read, Write};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -85,6 +86,42 @@ impl RedisServer {
     pub fn port(&self) -> u16 {
         self.port
     }
+
+    /// Freezes the server (`SIGSTOP`): connections stay open, nothing is answered, as with
+    /// a Redis stalled by a fork, a swap storm or a slow disk.
+    pub fn pause(&self) -> std::io::Result<()> {
+        self.signal(libc::SIGSTOP)
+    }
+
+    /// Lets a paused server go on (`SIGCONT`); it then answers what queued up meanwhile.
+    pub fn resume(&self) -> std::io::Result<()> {
+        self.signal(libc::SIGCONT)
+    }
+
+    fn signal(&self, signal: libc::c_int) -> std::io::Result<()> {
+        let pid = libc::pid_t::try_from(self.child.id())
+            .map_err(|_| std::io::Error::other("pid out of range"))?;
+        // SAFETY: kill(2) on our own child, which is not reaped before `Drop`.
+        if unsafe { libc::kill(pid, signal) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// How many times each command ran on the server (`INFO commandstats`), by lowercase
+    /// name: `hset`, `hget`, ….
+    pub fn command_calls(&self) -> std::io::Result<BTreeMap<String, u64>> {
+        let info = info(self.port, "commandstats")?;
+        // Lines look like `cmdstat_hset:calls=12,usec=40,...`.
+        Ok(info
+            .lines()
+            .filter_map(|line| {
+                let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+                let calls = stats.split(',').find_map(|kv| kv.strip_prefix("calls="))?;
+                Some((name.to_string(), calls.parse().ok()?))
+            })
+            .collect())
+    }
 }
 
 impl Drop for RedisServer {
@@ -110,4 +147,23 @@ fn ping(port: u16) -> bool {
     }
     let mut buf = [0u8; 7];
     stream.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+}
+
+/// The text of `INFO section` from the server on `port` (RESP: one bulk string).
+fn info(port: u16, section: &str) -> std::io::Result<String> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(format!("INFO {section}\r\n").as_bytes())?;
+    let mut reader = BufReader::new(stream);
+    let mut header = String::new();
+    reader.read_line(&mut header)?;
+    let len: usize = header
+        .trim_end()
+        .strip_prefix('$')
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("unexpected INFO reply {header:?}")))?;
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body)?;
+    String::from_utf8(body).map_err(std::io::Error::other)
 }

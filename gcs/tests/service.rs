@@ -136,6 +136,7 @@ async fn register_heartbeat_and_list_nodes() {
     let err = client
         .register_node(RegisterNodeRequest {
             node: Some(node_info(id, NODE_PORT)),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -506,7 +507,10 @@ async fn bad_input_is_invalid_argument_and_changes_nothing() {
     no_address.address = None;
     for node in [bad_node, negative, no_address] {
         let err = client
-            .register_node(RegisterNodeRequest { node: Some(node) })
+            .register_node(RegisterNodeRequest {
+                node: Some(node),
+                ..Default::default()
+            })
             .await
             .unwrap_err();
         assert_eq!(code(&err), ErrorCode::InvalidArgument, "{err:?}");
@@ -632,13 +636,21 @@ async fn restart_on_redis_keeps_the_cluster_state() {
     assert_eq!(live_info.state, NodeState::Alive as i32);
     // Reloaded live nodes get a fresh grace period.
     assert!(live_info.last_heartbeat_ms >= before_restart);
-    assert_eq!(live_info.available.unwrap().amounts["CPU"], 2.5);
+    // Heartbeats are not persisted: the reloaded record is the registered one until the
+    // raylet's next heartbeat.
+    assert_eq!(live_info.available.unwrap().amounts["CPU"], 4.0);
     let gone_info = find(gone);
     assert_eq!(gone_info.state, NodeState::Dead as i32);
     assert_eq!(gone_info.death_reason, "stopped");
     // The surviving raylet keeps heartbeating into the new GCS; the dead one stays dead.
     assert!(heartbeat(&mut client, live, 3.0).await);
     assert!(!heartbeat(&mut client, gone, 3.0).await);
+    let live_info = all_nodes(&mut client)
+        .await
+        .into_iter()
+        .find(|n| node_id_of(n) == live.to_vec())
+        .unwrap();
+    assert_eq!(live_info.available.unwrap().amounts["CPU"], 3.0);
 
     let got = get_job(&mut client, &job.to_vec()).await.unwrap();
     assert!(!got.finished);
@@ -673,4 +685,91 @@ async fn wait_returns_after_a_shutdown_trigger() {
         .expect("wait did not return")
         .unwrap()
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_reregistering_raylet_brings_back_its_jobs() {
+    let (gcs, mut client) = start_with(config()).await;
+    let known = add_job(&mut client).await;
+    mark_job_finished(&mut client, &known.to_vec())
+        .await
+        .unwrap();
+    let lost = JobId::random();
+    let driver = WorkerAddress {
+        worker_id: WorkerId::random().to_vec(),
+        node_id: NodeId::random().to_vec(),
+        host: "127.0.0.1".into(),
+        port: 4100,
+    };
+    let hash = blake3::hash(b"exe").to_hex().to_string();
+    let report = |job: JobId, finished: bool| JobInfo {
+        job_id: job.to_vec(),
+        executable_hash: hash.to_uppercase(),
+        driver: Some(driver.clone()),
+        start_time_ms: 7,
+        finished,
+        ..Default::default()
+    };
+    let node = NodeId::random();
+
+    // A bad job record refuses the whole registration and changes nothing.
+    let mut bad = report(JobId::random(), false);
+    bad.job_id = vec![1, 2, 3];
+    let err = client
+        .register_node(RegisterNodeRequest {
+            node: Some(node_info(node, NODE_PORT)),
+            jobs: vec![report(lost, false), bad],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), ErrorCode::InvalidArgument);
+    assert!(all_nodes(&mut client).await.is_empty());
+    assert_eq!(
+        code(&get_job(&mut client, &lost.to_vec()).await.unwrap_err()),
+        ErrorCode::NotFound
+    );
+
+    let mut jobs_sub = subscribe(&mut client, Channel::JobChanges).await;
+    client
+        .register_node(RegisterNodeRequest {
+            node: Some(node_info(node, NODE_PORT)),
+            // A reported job counts as running; a job the table knows keeps its record.
+            jobs: vec![report(lost, true), report(known, false)],
+        })
+        .await
+        .unwrap();
+    let restored = get_job(&mut client, &lost.to_vec()).await.unwrap();
+    assert!(!restored.finished);
+    assert_eq!(restored.executable_hash, hash);
+    assert_eq!(restored.driver.as_ref(), Some(&driver));
+    assert_eq!(restored.start_time_ms, 7);
+    assert!(
+        get_job(&mut client, &known.to_vec())
+            .await
+            .unwrap()
+            .finished
+    );
+    match next_message(&mut jobs_sub).await.payload {
+        Some(pub_message::Payload::Job(j)) => assert_eq!(j.job_id, lost.to_vec()),
+        other => panic!("expected the restored job, got {other:?}"),
+    }
+    assert!(heartbeat(&mut client, node, 2.0).await);
+
+    // The same id registering again (a GCS that lost it) is accepted; a dead id is not.
+    register_node(&mut client, node, NODE_PORT).await;
+    unregister_node(&mut client, node, "stopped").await.unwrap();
+    let err = client
+        .register_node(RegisterNodeRequest {
+            node: Some(node_info(node, NODE_PORT)),
+            jobs: vec![report(JobId::random(), false)],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), ErrorCode::AlreadyExists);
+    assert_eq!(
+        all_jobs(&mut client).await.len(),
+        2,
+        "a dead node restored a job"
+    );
+    gcs.shutdown().await;
 }

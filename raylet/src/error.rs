@@ -31,7 +31,7 @@ pub enum RayletError {
         rpc: &'static str,
         status: tonic::Status,
     },
-    #[error("the gcs rejected this node's heartbeat (it considers the node dead or unknown)")]
+    #[error("the gcs considers this node dead (it refused its heartbeat and re-registration)")]
     HeartbeatRejected,
     #[error("grpc server failed: {0}")]
     Server(#[from] tonic::transport::Error),

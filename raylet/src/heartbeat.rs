@@ -5,8 +5,11 @@
 //! - One heartbeat per `heartbeat_interval` (missed ticks are delayed, not bunched), each
 //!   bounded by a timeout so a hung GCS cannot stall the loop.
 //! - A heartbeat answered `accepted = false` means the GCS considers this node dead or
-//!   unknown: the raylet logs it and shuts down (it must not keep granting leases nobody
-//!   can see).
+//!   unknown. The raylet re-registers under the same node id, reporting the jobs it has
+//!   workers for: a GCS restarted on the in-memory store lost the node and its jobs and
+//!   takes both back. Only when the GCS refuses with `ALREADY_EXISTS` (the id was marked
+//!   dead) does the raylet shut down (it must not keep granting leases nobody can see); any
+//!   other failure is retried on the next tick.
 //! - A GCS that does not answer is not a reason to stop: the raylet keeps serving local
 //!   leases and retries on the next tick.
 //! - Leases and workers of a job the GCS reports finished are reclaimed within a tick, and
@@ -15,9 +18,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use miniray_common::ErrorCode;
 use miniray_common::auth::AuthedChannel;
 use miniray_proto::gcs_client::GcsClient;
-use miniray_proto::{GetAllNodesRequest, GetJobRequest};
+use miniray_proto::{GetAllNodesRequest, GetJobRequest, RegisterNodeRequest};
 
 use crate::error::RayletError;
 use crate::node::Node;
@@ -44,8 +48,7 @@ pub(crate) async fn run(node: Arc<Node>) {
                     tracing::info!("gcs reachable again");
                     gcs_down = false;
                 }
-                if !reply.into_inner().accepted {
-                    tracing::error!(node_id = %node.node_id, "gcs rejected the heartbeat; shutting down");
+                if !reply.into_inner().accepted && !reregister(&node, &mut gcs).await {
                     node.trigger_shutdown(Some(RayletError::HeartbeatRejected));
                     return;
                 }
@@ -72,6 +75,35 @@ pub(crate) async fn run(node: Arc<Node>) {
             Err(_) => tracing::warn!("refreshing the cluster view timed out"),
         }
         reclaim_finished_jobs(&node, &mut gcs).await;
+    }
+}
+
+/// Registers again under the same node id after the GCS refused a heartbeat, with the jobs
+/// this node has workers or job records for. False when the GCS refuses for good (the id
+/// was marked dead); a failure that may pass is logged and left to the next tick.
+async fn reregister(node: &Arc<Node>, gcs: &mut GcsClient<AuthedChannel>) -> bool {
+    let request = RegisterNodeRequest {
+        node: Some(node.node_info()),
+        jobs: node.pool.job_records(),
+    };
+    let jobs = request.jobs.len();
+    match tokio::time::timeout(GCS_CALL_TIMEOUT, gcs.register_node(request)).await {
+        Ok(Ok(_)) => {
+            tracing::info!(node_id = %node.node_id, jobs, "the gcs did not know this node; registered again under the same id");
+            true
+        }
+        Ok(Err(status)) if ErrorCode::of_status(&status) == ErrorCode::AlreadyExists => {
+            tracing::error!(node_id = %node.node_id, error = %status.message(), "the gcs considers this node dead; shutting down");
+            false
+        }
+        Ok(Err(status)) => {
+            tracing::warn!(node_id = %node.node_id, error = %status, "registering again failed; retrying on the next tick");
+            true
+        }
+        Err(_) => {
+            tracing::warn!(node_id = %node.node_id, "registering again timed out; retrying on the next tick");
+            true
+        }
     }
 }
 

@@ -12,8 +12,8 @@
 //!   [`miniray_common::config::MAX_MESSAGE_SIZE`].
 //! - Workers get exactly the environment described in [`worker_pool`] and must call
 //!   `RegisterWorker` within `worker_start_timeout`.
-//! - Shutdown (`RayletHandle::shutdown`, the `Shutdown` RPC, a rejected heartbeat):
-//!   UnregisterNode, every worker process stopped and reaped, the segment removed.
+//! - Shutdown (`RayletHandle::shutdown`, the `Shutdown` RPC, the GCS refusing the node as
+//!   dead): UnregisterNode, every worker process stopped and reaped, the segment removed.
 
 pub mod config;
 pub mod error;
@@ -200,6 +200,7 @@ impl Raylet {
                 GCS_CALL_TIMEOUT,
                 gcs.register_node(RegisterNodeRequest {
                     node: Some(node.node_info()),
+                    ..Default::default()
                 }),
             )
             .await

@@ -501,6 +501,12 @@ impl WorkerPool {
         });
     }
 
+    /// The records of the jobs this node started workers for and has not seen finish, for a
+    /// GCS that lost its job table (see `heartbeat.rs`).
+    pub fn job_records(&self) -> Vec<JobInfo> {
+        self.jobs.lock().values().cloned().collect()
+    }
+
     /// Jobs that have a worker process on this node.
     pub fn jobs_present(&self) -> Vec<JobId> {
         let workers = self.workers.lock();

@@ -23,8 +23,12 @@
 //! - Whoever takes a lease out of an entry returns it to the raylet that granted it
 //!   (disconnecting the worker); a supervisor whose grant never made it into the entry
 //!   returns that grant itself.
-//! - Lock order: the GCS `nodes` or `jobs` lock may be held while taking `table`, never the
-//!   other way round.
+//! - No storage call is made while `table` (a plain mutex, memory work only) is held.
+//!   Persisted changes are serialized by `writes`, held around "write storage, then apply
+//!   in memory"; every version bump happens under it, so a change computed under `writes`
+//!   still applies to the version it was computed from when the write returns.
+//! - Lock order: the GCS `job_writes` may be held while taking `writes`, never the other
+//!   way round.
 //! - Dead actors stay in the table and in storage, so callers learn why an actor died.
 
 pub(crate) mod placement;
@@ -41,8 +45,9 @@ use miniray_proto::{
     ActorInfo, ActorState, Channel, GetActorRequest, JobInfo, KillActorRequest, NodeAddress,
     PubMessage, ReportWorkerFailureRequest, ResourceSet, WorkerAddress, pub_message,
 };
+use parking_lot::Mutex;
 use prost::Message;
-use tokio::sync::{Mutex, broadcast, watch};
+use tokio::sync::{broadcast, watch};
 use tonic::Status;
 
 use crate::GcsError;
@@ -211,9 +216,11 @@ pub(crate) struct ActorManager {
     events: broadcast::Sender<PubMessage>,
     /// The cluster token, for leases and pushes to raylets and workers.
     token: String,
-    /// Held across the backend write of a change, so writes land in the order of the
-    /// in-memory updates (same discipline as the node and job tables).
+    /// Memory only; never held across an await (see the module invariants).
     table: Mutex<BTreeMap<ActorId, ActorEntry>>,
+    /// Held around each persisted change, so writes land in the order of the in-memory
+    /// updates (same discipline as the node and job tables).
+    writes: tokio::sync::Mutex<()>,
     /// Bumped when a node registers or dies: waiting placements and supervisors watching
     /// their node re-check.
     cluster: watch::Sender<u64>,
@@ -251,6 +258,7 @@ impl ActorManager {
             events,
             token,
             table: Mutex::new(table),
+            writes: tokio::sync::Mutex::new(()),
             cluster: watch::Sender::new(0),
         })
     }
@@ -270,16 +278,17 @@ impl ActorManager {
     }
 
     /// Persists `next` as the actor's record, then installs it, wakes waiters and publishes
-    /// it. Returns the lease that the change ended, which the caller must return.
-    async fn commit(
-        &self,
-        id: ActorId,
-        entry: &mut ActorEntry,
-        next: ActorInfo,
-    ) -> Result<Option<Lease>, StorageError> {
+    /// it. Returns the lease that the change ended, which the caller must return. The caller
+    /// holds `writes` and computed `next` under it.
+    async fn commit(&self, id: ActorId, next: ActorInfo) -> Result<Option<Lease>, StorageError> {
         self.storage
             .put(ACTORS_TABLE, id.as_bytes(), &next.encode_to_vec())
             .await?;
+        let mut table = self.table.lock();
+        // Entries are never removed while `writes` is held, so the actor is still there.
+        let Some(entry) = table.get_mut(&id) else {
+            return Ok(None);
+        };
         let before = entry.lease();
         entry.info = next;
         entry.attempt = None;
@@ -293,41 +302,45 @@ impl ActorManager {
         Ok(before.filter(|b| entry.lease().as_ref() != Some(b)))
     }
 
-    /// Registers a validated new actor (`CreateActor`). `jobs` is the locked job table, so
-    /// a job cannot finish between the check and the insert. Returns true when the actor
-    /// is new and needs a supervisor; a repeated identical request returns false.
+    /// Registers a validated new actor (`CreateActor`). `job` is the actor's job as the
+    /// table has it; the caller holds the GCS `job_writes`, so the job cannot finish between
+    /// the check and the insert. Returns true when the actor is new and needs a supervisor;
+    /// a repeated identical request returns false.
     pub(crate) async fn register(
         &self,
-        jobs: &BTreeMap<JobId, JobInfo>,
+        job: Option<&JobInfo>,
         id: ActorId,
         job_id: JobId,
         info: ActorInfo,
     ) -> Result<bool, Status> {
-        let mut table = self.table.lock().await;
-        if let Some(existing) = table.get(&id) {
-            if same_request(&existing.info, &info) {
-                return Ok(false);
-            }
-            return Err(ErrorCode::AlreadyExists.status(format!(
-                "actor {id} exists already with a different definition"
-            )));
-        }
-        match jobs.get(&job_id) {
-            None => return Err(invalid(format!("create actor: unknown job {job_id}"))),
-            Some(job) if job.finished => {
-                return Err(invalid(format!("create actor: job {job_id} has finished")));
-            }
-            Some(_) => {}
-        }
-        if !info.name.is_empty()
-            && let Some((other, _)) = table
-                .iter()
-                .find(|(_, e)| !e.is_dead() && e.info.name == info.name)
+        let _writes = self.writes.lock().await;
         {
-            return Err(ErrorCode::AlreadyExists.status(format!(
-                "an actor named {:?} exists already (actor {other}); names are unique among actors that are not dead",
-                info.name
-            )));
+            let table = self.table.lock();
+            if let Some(existing) = table.get(&id) {
+                if same_request(&existing.info, &info) {
+                    return Ok(false);
+                }
+                return Err(ErrorCode::AlreadyExists.status(format!(
+                    "actor {id} exists already with a different definition"
+                )));
+            }
+            match job {
+                None => return Err(invalid(format!("create actor: unknown job {job_id}"))),
+                Some(job) if job.finished => {
+                    return Err(invalid(format!("create actor: job {job_id} has finished")));
+                }
+                Some(_) => {}
+            }
+            if !info.name.is_empty()
+                && let Some((other, _)) = table
+                    .iter()
+                    .find(|(_, e)| !e.is_dead() && e.info.name == info.name)
+            {
+                return Err(ErrorCode::AlreadyExists.status(format!(
+                    "an actor named {:?} exists already (actor {other}); names are unique among actors that are not dead",
+                    info.name
+                )));
+            }
         }
         self.storage
             .put(ACTORS_TABLE, id.as_bytes(), &info.encode_to_vec())
@@ -338,7 +351,7 @@ impl ActorManager {
             channel: Channel::ActorChanges as i32,
             payload: Some(pub_message::Payload::Actor(info.clone())),
         });
-        table.insert(id, ActorEntry::new(info));
+        self.table.lock().insert(id, ActorEntry::new(info));
         Ok(true)
     }
 
@@ -346,7 +359,7 @@ impl ActorManager {
     /// waiting until the actor is ALIVE with enough restarts, or DEAD, or the wait ends.
     pub(crate) async fn get(&self, req: GetActorRequest) -> Result<ActorInfo, Status> {
         let id = {
-            let table = self.table.lock().await;
+            let table = self.table.lock();
             if !req.actor_id.is_empty() {
                 let id = parse_actor_id(&req.actor_id)?;
                 if !table.contains_key(&id) {
@@ -372,7 +385,7 @@ impl ActorManager {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let mut changed = {
-                let table = self.table.lock().await;
+                let table = self.table.lock();
                 let entry = table
                     .get(&id)
                     .ok_or_else(|| ErrorCode::NotFound.status(format!("unknown actor {id}")))?;
@@ -392,7 +405,7 @@ impl ActorManager {
                 // Timed out (or the entry's sender is gone, which cannot happen while the
                 // table holds it): answer with the state as it is now.
                 Ok(Err(_)) | Err(_) => {
-                    let table = self.table.lock().await;
+                    let table = self.table.lock();
                     return table
                         .get(&id)
                         .map(|e| e.info.clone())
@@ -411,19 +424,20 @@ impl ActorManager {
             req.reason
         };
         let ended = {
-            let mut table = self.table.lock().await;
-            let entry = table
-                .get_mut(&id)
-                .ok_or_else(|| ErrorCode::NotFound.status(format!("unknown actor {id}")))?;
-            if entry.is_dead() {
-                return Ok(());
-            }
-            let next = dead(&entry.info, reason.clone());
-            let ended = self
-                .commit(id, entry, next)
-                .await
-                .map_err(|e| e.to_status())?;
-            tracing::info!(actor_id = %id, name = %entry.info.name, reason = %reason, "actor killed");
+            let _writes = self.writes.lock().await;
+            let next = {
+                let table = self.table.lock();
+                let entry = table
+                    .get(&id)
+                    .ok_or_else(|| ErrorCode::NotFound.status(format!("unknown actor {id}")))?;
+                if entry.is_dead() {
+                    return Ok(());
+                }
+                dead(&entry.info, reason.clone())
+            };
+            let name = next.name.clone();
+            let ended = self.commit(id, next).await.map_err(|e| e.to_status())?;
+            tracing::info!(actor_id = %id, name = %name, reason = %reason, "actor killed");
             ended
         };
         if let Some(lease) = ended {
@@ -447,24 +461,27 @@ impl ActorManager {
             format!("worker {worker_id} exited with {}", req.reason)
         };
         let (id, ended) = {
-            let mut table = self.table.lock().await;
-            let Some((id, entry)) = table.iter_mut().find(|(_, e)| {
-                !e.is_dead()
-                    && e.lease().is_some_and(|l| {
-                        l.worker.worker_id == worker_id.as_bytes()
-                            && l.node.node_id == node_id.as_bytes()
-                    })
-            }) else {
+            let _writes = self.writes.lock().await;
+            let found = self
+                .table
+                .lock()
+                .iter()
+                .find(|(_, e)| {
+                    !e.is_dead()
+                        && e.lease().is_some_and(|l| {
+                            l.worker.worker_id == worker_id.as_bytes()
+                                && l.node.node_id == node_id.as_bytes()
+                        })
+                })
+                .map(|(id, e)| (*id, after_worker_death(&e.info, &why)));
+            let Some((id, next)) = found else {
                 tracing::debug!(worker_id = %worker_id, node_id = %node_id, "failure of a worker hosting no actor ignored");
                 return Ok(());
             };
-            let id = *id;
-            let next = after_worker_death(&entry.info, &why);
-            let ended = self
-                .commit(id, entry, next)
-                .await
-                .map_err(|e| e.to_status())?;
-            tracing::warn!(actor_id = %id, name = %entry.info.name, node_id = %node_id, worker_id = %worker_id, state = ?entry.info.state(), reason = %entry.info.death_reason, "actor's worker died");
+            let (name, state, reason) =
+                (next.name.clone(), next.state(), next.death_reason.clone());
+            let ended = self.commit(id, next).await.map_err(|e| e.to_status())?;
+            tracing::warn!(actor_id = %id, name = %name, node_id = %node_id, worker_id = %worker_id, ?state, reason = %reason, "actor's worker died");
             (id, ended)
         };
         if let Some(lease) = ended {
@@ -475,22 +492,27 @@ impl ActorManager {
         Ok(())
     }
 
-    /// The job finished: every actor of it that is not dead dies. Called with the job
-    /// table locked (lock order jobs → actors). A change that cannot be persisted is
-    /// logged; the actor's supervisor retries it when it next looks at the actor.
+    /// The job finished: every actor of it that is not dead dies. Called with the GCS
+    /// `job_writes` held (lock order job writes → actor writes). A change that cannot be
+    /// persisted is logged; the actor's supervisor retries it when it next looks at the
+    /// actor.
     pub(crate) async fn end_job(&self, job_id: JobId) {
         let mut ended = Vec::new();
         {
-            let mut table = self.table.lock().await;
-            for (id, entry) in table.iter_mut() {
-                if entry.is_dead() || entry.info.job_id != job_id.as_bytes() {
-                    continue;
-                }
-                let next = dead(&entry.info, JOB_FINISHED_REASON.to_string());
-                match self.commit(*id, entry, next).await {
+            let _writes = self.writes.lock().await;
+            let changes: Vec<(ActorId, ActorInfo)> = self
+                .table
+                .lock()
+                .iter()
+                .filter(|(_, e)| !e.is_dead() && e.info.job_id == job_id.as_bytes())
+                .map(|(id, e)| (*id, dead(&e.info, JOB_FINISHED_REASON.to_string())))
+                .collect();
+            for (id, next) in changes {
+                let name = next.name.clone();
+                match self.commit(id, next).await {
                     Ok(lease) => {
-                        tracing::info!(actor_id = %id, job_id = %job_id, name = %entry.info.name, "actor ended with its job");
-                        ended.extend(lease.map(|l| (*id, l)));
+                        tracing::info!(actor_id = %id, job_id = %job_id, name = %name, "actor ended with its job");
+                        ended.extend(lease.map(|l| (id, l)));
                     }
                     Err(e) => {
                         tracing::warn!(actor_id = %id, job_id = %job_id, error = %e, "cannot persist the end of an actor; its supervisor will retry")
@@ -505,17 +527,12 @@ impl ActorManager {
 
     /// Every actor, dead ones included.
     pub(crate) async fn all(&self) -> Vec<ActorInfo> {
-        self.table
-            .lock()
-            .await
-            .values()
-            .map(|e| e.info.clone())
-            .collect()
+        self.table.lock().values().map(|e| e.info.clone()).collect()
     }
 
     /// The actor as it is now, with a receiver that fires on its next change.
     pub(crate) async fn snapshot(&self, id: ActorId) -> Option<Snapshot> {
-        let table = self.table.lock().await;
+        let table = self.table.lock();
         let entry = table.get(&id)?;
         Some(Snapshot {
             info: entry.info.clone(),
@@ -528,7 +545,6 @@ impl ActorManager {
     pub(crate) async fn not_dead(&self) -> Vec<(ActorId, bool)> {
         self.table
             .lock()
-            .await
             .iter()
             .filter(|(_, e)| !e.is_dead())
             .map(|(id, e)| (*id, e.info.state == ActorState::Alive as i32))
@@ -538,7 +554,7 @@ impl ActorManager {
     /// Actors that are not dead per node they live on or are being placed on.
     pub(crate) async fn placed_counts(&self) -> HashMap<NodeId, usize> {
         let mut counts = HashMap::new();
-        for entry in self.table.lock().await.values() {
+        for entry in self.table.lock().values() {
             if !entry.is_dead()
                 && let Some(node) = entry.node_id()
             {
@@ -555,7 +571,7 @@ impl ActorManager {
         version: u64,
         node: NodeAddress,
     ) -> bool {
-        let mut table = self.table.lock().await;
+        let mut table = self.table.lock();
         match table.get_mut(&id) {
             Some(e) if e.version == version && !e.is_dead() => {
                 e.attempt = Some(Attempt { node, lease: None });
@@ -569,7 +585,7 @@ impl ActorManager {
     /// on owns it (see the module invariants). False when the actor changed: the caller
     /// still owns the lease and must return it.
     pub(crate) async fn set_attempt_lease(&self, id: ActorId, version: u64, lease: Lease) -> bool {
-        let mut table = self.table.lock().await;
+        let mut table = self.table.lock();
         match table.get_mut(&id) {
             Some(e) if e.version == version && !e.is_dead() => {
                 e.attempt = Some(Attempt {
@@ -590,30 +606,33 @@ impl ActorManager {
         transition: &Transition,
     ) -> Result<(), UpdateError> {
         let ended = {
-            let mut table = self.table.lock().await;
-            let entry = table.get_mut(&id).ok_or(UpdateError::Unknown(id))?;
-            if entry.version != version || entry.is_dead() {
-                return Err(UpdateError::Stale(id));
-            }
-            let next = match transition {
-                Transition::Alive => {
-                    let lease = entry.lease().ok_or(UpdateError::Stale(id))?;
-                    ActorInfo {
-                        state: ActorState::Alive as i32,
-                        address: Some(lease.worker),
-                        lease_id: lease.lease_id.to_vec(),
-                        node: Some(lease.node),
-                        ..entry.info.clone()
+            let _writes = self.writes.lock().await;
+            let next = {
+                let table = self.table.lock();
+                let entry = table.get(&id).ok_or(UpdateError::Unknown(id))?;
+                if entry.version != version || entry.is_dead() {
+                    return Err(UpdateError::Stale(id));
+                }
+                match transition {
+                    Transition::Alive => {
+                        let lease = entry.lease().ok_or(UpdateError::Stale(id))?;
+                        ActorInfo {
+                            state: ActorState::Alive as i32,
+                            address: Some(lease.worker),
+                            lease_id: lease.lease_id.to_vec(),
+                            node: Some(lease.node),
+                            ..entry.info.clone()
+                        }
                     }
+                    Transition::ConstructorFailed(msg) => {
+                        dead(&entry.info, format!("its constructor failed: {msg}"))
+                    }
+                    Transition::WorkerDied(why) => after_worker_death(&entry.info, why),
+                    Transition::Dead(why) => dead(&entry.info, why.clone()),
                 }
-                Transition::ConstructorFailed(msg) => {
-                    dead(&entry.info, format!("its constructor failed: {msg}"))
-                }
-                Transition::WorkerDied(why) => after_worker_death(&entry.info, why),
-                Transition::Dead(why) => dead(&entry.info, why.clone()),
             };
-            let ended = self.commit(id, entry, next).await?;
-            let info = &entry.info;
+            let info = next.clone();
+            let ended = self.commit(id, next).await?;
             let node_id = info
                 .node
                 .as_ref()
@@ -754,6 +773,7 @@ mod tests {
             events,
             token: "t".into(),
             table: Mutex::new(BTreeMap::new()),
+            writes: tokio::sync::Mutex::new(()),
             cluster: watch::Sender::new(0),
         }
     }
@@ -762,13 +782,10 @@ mod tests {
     async fn pending(m: &ActorManager, max_restarts: i64) -> ActorId {
         let id = ActorId::random();
         let job = JobId::random();
-        let jobs = BTreeMap::from([(
-            job,
-            JobInfo {
-                job_id: job.to_vec(),
-                ..Default::default()
-            },
-        )]);
+        let job_info = JobInfo {
+            job_id: job.to_vec(),
+            ..Default::default()
+        };
         let info = ActorInfo {
             actor_id: id.to_vec(),
             job_id: job.to_vec(),
@@ -783,7 +800,7 @@ mod tests {
         };
         let (id, job, info) =
             validate_new(Some(info), |r, _| Ok(r.cloned().unwrap_or_default())).unwrap();
-        assert!(m.register(&jobs, id, job, info).await.unwrap());
+        assert!(m.register(Some(&job_info), id, job, info).await.unwrap());
         id
     }
 

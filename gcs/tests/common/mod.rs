@@ -88,6 +88,7 @@ pub async fn register_node(client: &mut Client, id: NodeId, port: u32) {
     client
         .register_node(RegisterNodeRequest {
             node: Some(node_info(id, port)),
+            ..Default::default()
         })
         .await
         .unwrap();

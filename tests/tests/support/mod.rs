@@ -177,6 +177,14 @@ impl Cluster {
         }
     }
 
+    /// Whether a node's raylet process is still running (false once it exited or was killed).
+    pub fn node_running(&mut self, index: usize) -> bool {
+        self.nodes[index]
+            .child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// Failure injection: SIGKILL the GCS.
     pub fn kill_gcs(&mut self) {
         if let Some(mut child) = self.gcs.take() {

@@ -9,6 +9,7 @@ use miniray::{Error, IntoArg, ObjectRef, TaskOptions};
 
 mod actors;
 mod borrowing;
+mod gcs_faults;
 mod plasma_memory;
 mod retries;
 
@@ -405,6 +406,10 @@ fn run(scenario: &str) -> anyhow::Result<()> {
             borrowing::borrow_loop(&raylet, iterations)?;
         }
         "borrowed_actor_handles" => borrowing::borrowed_actor_handles()?,
+        "gcs_restart" => {
+            let dir = std::env::args().nth(2).unwrap_or_default();
+            gcs_faults::across_gcs_restart(&dir)?;
+        }
         other => {
             if !actors::run(other)? && !plasma_memory::run(other)? {
                 anyhow::bail!("unknown scenario {other:?}");
