@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use miniray::{Error, IntoArg, ObjectRef, TaskOptions};
 
 mod actors;
+mod limits;
 mod retries;
 
 #[miniray::remote]
@@ -394,6 +395,8 @@ fn run(scenario: &str) -> anyhow::Result<()> {
             retries::task_rounds(&dir, 12, 40, 20)?;
             retries::actor_rounds(&dir, 6, 40, 20)?;
         }
+        "shm_full" => limits::shm_full()?,
+        "hold_actor" => limits::hold_actor()?,
         other => {
             if !actors::run(other)? {
                 anyhow::bail!("unknown scenario {other:?}");
