@@ -3,12 +3,18 @@
 //!
 //! Each metric runs a warm-up, then four timed trials; the printed value is the mean rate
 //! over the trials (`metric value`, one line each; the spread goes to stderr).
+//!
+//! Ray's `ray.put` always goes through its shared-memory store. Here a small object stays
+//! in its owner's process, so `single_client_put_calls` and `single_client_get_calls`
+//! measure that in-process store; their `_plasma` twins use objects just above the inline
+//! limit, which go through the node's plasma store as Ray's do.
 
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
 use miniray::{ActorHandle, ObjectRef};
+use miniray_common::config::DEFAULT_INLINE_THRESHOLD;
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -159,6 +165,17 @@ fn run_all(args: &BenchArgs) -> anyhow::Result<()> {
     b.timeit("single_client_put_calls", 1.0, || {
         miniray::put(0u64).map(|_| ())
     })?;
+
+    // One byte above the inline limit: the smallest object that lives in plasma.
+    let plasma_sized = vec![7u8; DEFAULT_INLINE_THRESHOLD + 1];
+    let value = miniray::put_ref(&plasma_sized)?;
+    b.timeit("single_client_get_calls_plasma", 1.0, || {
+        miniray::get(&value).map(|_| ())
+    })?;
+    b.timeit("single_client_put_calls_plasma", 1.0, || {
+        miniray::put_ref(&plasma_sized).map(|_| ())
+    })?;
+    drop(value);
 
     // 800 MiB per put, as Ray's 100 Mi int64 array; the rate is in GB/s (Ray's multiplier).
     // Ray's array is zeros, whose pages all map the kernel's zero page, so its source reads

@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use miniray::cluster::{DaemonSpec, GcsSpec, RayletSpec, SpawnedDaemon, spawn_daemon};
 use miniray_common::config::{self, DEFAULT_NODE_TIMEOUT};
+use miniray_common::shm;
 use miniray_common::{NodeId, Resources};
 
 use crate::daemons::{self, DaemonRecord};
@@ -36,7 +37,8 @@ pub struct StartArgs {
     /// Custom resources of this node as JSON, such as '{"GPU": 1}'.
     #[arg(long)]
     resources: Option<String>,
-    /// Plasma capacity of this node in bytes.
+    /// Plasma capacity of this node in bytes; must fit in the free space of the plasma
+    /// directory (default: 30% of memory, at most 8 GiB, capped to 90% of that free space).
     #[arg(long)]
     object_store_memory: Option<u64>,
     /// Touch every page of the object store at start (faster first writes).
@@ -49,6 +51,10 @@ pub struct StartArgs {
     /// Milliseconds without heartbeat after which the GCS marks a node dead.
     #[arg(long, default_value_t = DEFAULT_NODE_TIMEOUT.as_millis() as u64)]
     node_timeout_ms: u64,
+    /// Folder (a tmpfs) of the object store's shared-memory segment and the workers' reply
+    /// journals.
+    #[arg(long, env = "MINIRAY_PLASMA_DIR", default_value = shm::DEFAULT_PLASMA_DIR)]
+    plasma_directory: PathBuf,
 }
 
 #[derive(Args)]
@@ -82,9 +88,14 @@ pub fn start(args: StartArgs) -> anyhow::Result<()> {
     let resources = node_resources(&args)?;
     let session_dir = session_dir();
     let logs = session_dir.join("logs");
-    let object_store_memory = args
-        .object_store_memory
-        .unwrap_or_else(config::default_object_store_memory);
+    // Checked before any daemon starts, so a refusal leaves nothing running.
+    let object_store_memory = match args.object_store_memory {
+        Some(bytes) => {
+            shm::check_fits(&args.plasma_directory, bytes)?;
+            bytes
+        }
+        None => shm::default_object_store_memory(&args.plasma_directory)?,
+    };
 
     let (gcs_address, token) = if args.head {
         let token = args
@@ -144,6 +155,7 @@ pub fn start(args: StartArgs) -> anyhow::Result<()> {
             prefault_object_store: args.prefault_object_store,
             is_head: args.head,
             session_dir: session_dir.clone(),
+            plasma_dir: Some(args.plasma_directory.clone()),
         }),
         &logs.join("raylet.err"),
     )?;
@@ -194,21 +206,44 @@ fn spawn(exe: &Path, spec: &DaemonSpec, log: &Path) -> anyhow::Result<SpawnedDae
     })
 }
 
-/// Writes a file only the current user can read.
-fn write_private(path: &std::path::Path, contents: &str) -> anyhow::Result<()> {
+/// Writes a file only the current user can read: a fresh file (`O_EXCL | O_NOFOLLOW`, mode
+/// 0600, so a planted symlink or a file someone else opened cannot receive the token)
+/// renamed over `path` (a rename replaces a symlink instead of following it).
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let dir = path
+        .parent()
+        .with_context(|| format!("{} has no parent folder", path.display()))?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(
+        ".{name}.{}.{}.tmp",
+        std::process::id(),
+        NodeId::random().hex()
+    ));
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)?;
+        f.write_all(contents.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("writing {}", path.display()));
     }
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(contents.as_bytes())?;
     Ok(())
 }
 
@@ -284,5 +319,49 @@ fn alive(pid: u32) -> bool {
             .rsplit_once(')')
             .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
         Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn the_token_file_is_private_and_never_follows_a_symlink() {
+        let dir = std::env::temp_dir().join(format!(
+            "miniray-token-test-{}-{}",
+            std::process::id(),
+            NodeId::random().hex()
+        ));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let victim = dir.join("victim");
+        std::fs::write(&victim, "keep me").expect("victim");
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let token_file = dir.join("clusters").join("127_0_0_1_6379.token");
+        std::fs::create_dir_all(token_file.parent().expect("parent")).expect("mkdir");
+        std::os::unix::fs::symlink(&victim, &token_file).expect("plant a symlink");
+
+        write_private(&token_file, "secret").expect("write");
+        let meta = std::fs::symlink_metadata(&token_file).expect("stat");
+        assert!(meta.is_file(), "the symlink was replaced by a file");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::read_to_string(&token_file).expect("read"),
+            "secret"
+        );
+        assert_eq!(std::fs::read_to_string(&victim).expect("read"), "keep me");
+
+        // Rewriting replaces the file; no temporary file stays behind.
+        write_private(&token_file, "other").expect("rewrite");
+        assert_eq!(std::fs::read_to_string(&token_file).expect("read"), "other");
+        let names: Vec<_> = std::fs::read_dir(token_file.parent().expect("parent"))
+            .expect("list")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+        std::fs::remove_dir_all(&dir).expect("clean up");
     }
 }

@@ -45,6 +45,7 @@ impl Sandbox {
             .env_remove("MINIRAY_ADDRESS")
             .env_remove("MINIRAY_TOKEN")
             .env_remove("MINIRAY_ROLE")
+            .env_remove("MINIRAY_PLASMA_DIR")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -417,4 +418,72 @@ fn status_of_a_closed_port_fails_in_bounded_time() {
         "took {:?}",
         run.elapsed
     );
+}
+
+#[test]
+fn an_object_store_larger_than_the_plasma_directory_is_refused_and_the_default_fits() {
+    // Docker's default /dev/shm: 64 MiB.
+    let tmpfs = miniray_plasma::testing::Tmpfs::mount(64 << 20).expect("mount a tmpfs (root)");
+    let dir = tmpfs.path().to_string_lossy().to_string();
+    let sandbox = Sandbox::new("shm-limit");
+    let port = free_port();
+    let run = sandbox.run(&[
+        "start",
+        "--head",
+        "--port",
+        &port.to_string(),
+        "--num-cpus",
+        "1",
+        "--plasma-directory",
+        &dir,
+        "--object-store-memory",
+        "1073741824",
+    ]);
+    assert!(!run.success, "{}", run.describe());
+    let expected = format!(
+        "--object-store-memory 1073741824 bytes does not fit in {dir}: 67108864 bytes free"
+    );
+    assert!(run.stderr.contains(&expected), "{}", run.describe());
+    assert!(
+        sandbox.recorded_daemons().is_empty(),
+        "nothing may be started"
+    );
+
+    // Without --object-store-memory the store is sized to what the folder holds.
+    sandbox
+        .run(&[
+            "start",
+            "--head",
+            "--port",
+            &port.to_string(),
+            "--num-cpus",
+            "1",
+            "--plasma-directory",
+            &dir,
+        ])
+        .assert_success();
+    let address = format!("127.0.0.1:{port}");
+    let capacity = poll("the head node in status", CLUSTER_DEADLINE, || {
+        let run = sandbox.run(&["status", "--address", &address, "--format", "json"]);
+        let v: Value = serde_json::from_str(&run.stdout).map_err(|_| run.describe())?;
+        v["nodes"]
+            .as_array()
+            .and_then(|n| n.first())
+            .and_then(|n| n["object_store_capacity"].as_u64())
+            .ok_or_else(|| run.stdout.clone())
+    });
+    assert!(
+        capacity > 0 && capacity <= 64 << 20,
+        "default capacity {capacity} does not fit in 64 MiB"
+    );
+    // The segment lives in the plasma directory.
+    let segments = std::fs::read_dir(tmpfs.path())
+        .expect("read the tmpfs")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("miniray-"))
+        .count();
+    assert!(segments >= 1, "no segment in {dir}");
+    sandbox
+        .run(&["stop", "--grace-period", "5"])
+        .assert_success();
 }

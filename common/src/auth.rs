@@ -2,7 +2,9 @@
 //! server.
 //!
 //! Invariant: every tonic server in miniray is built with [`TokenCheck`] as its interceptor
-//! and every client channel with [`AddToken`]; there is no unauthenticated service.
+//! and every client channel with [`AddToken`]; there is no unauthenticated service. An
+//! empty token authenticates nothing: servers refuse to start with one, and a
+//! `TokenCheck` built with one refuses every request (it fails closed).
 
 use std::time::Duration;
 
@@ -49,10 +51,20 @@ pub struct TokenCheck {
 }
 
 impl TokenCheck {
+    /// A check for `token`. With an empty token it refuses every request; servers call
+    /// [`TokenCheck::try_new`] first so that they do not start at all.
     pub fn new(token: &str) -> Self {
         Self {
             expected: token.as_bytes().into(),
         }
+    }
+
+    /// A check for `token`, or [`AuthError::EmptyToken`].
+    pub fn try_new(token: &str) -> Result<Self, AuthError> {
+        if token.is_empty() {
+            return Err(AuthError::EmptyToken);
+        }
+        Ok(Self::new(token))
     }
 }
 
@@ -63,7 +75,8 @@ impl Interceptor for TokenCheck {
             .get(TOKEN_METADATA_KEY)
             .map(|v| v.as_bytes())
             .unwrap_or_default();
-        if constant_time_eq(presented, &self.expected) {
+        // Fail closed: an empty expected token would otherwise admit requests without one.
+        if !self.expected.is_empty() && constant_time_eq(presented, &self.expected) {
             Ok(req)
         } else {
             Err(ErrorCode::Unauthenticated.status("missing or wrong cluster token"))
@@ -89,6 +102,8 @@ pub enum AuthError {
     BadAddress { address: String, reason: String },
     #[error("cannot connect to {address}: {reason}")]
     Connect { address: String, reason: String },
+    #[error("the cluster token is empty")]
+    EmptyToken,
 }
 
 /// Timeout for establishing a TCP connection to a miniray server.
@@ -154,5 +169,18 @@ mod tests {
         assert!(check.call(add.call(Request::new(())).unwrap()).is_err());
         let mut add = AddToken::new("secret").unwrap();
         assert!(check.call(add.call(Request::new(())).unwrap()).is_ok());
+    }
+
+    #[test]
+    fn an_empty_token_admits_nothing() {
+        assert!(matches!(
+            TokenCheck::try_new(""),
+            Err(AuthError::EmptyToken)
+        ));
+        let mut check = TokenCheck::new("");
+        let err = check.call(Request::new(())).expect_err("no token");
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+        let mut add = AddToken::new("").unwrap();
+        assert!(check.call(add.call(Request::new(())).unwrap()).is_err());
     }
 }

@@ -27,6 +27,8 @@ pub mod env {
     pub const DAEMON_ARGS: &str = "MINIRAY_DAEMON_ARGS";
     /// Tracing filter (`info`, `miniray_raylet=debug`, ...).
     pub const LOG: &str = "MINIRAY_LOG";
+    /// Folder of the plasma segment and the reply journals (default `/dev/shm`).
+    pub const PLASMA_DIR: &str = "MINIRAY_PLASMA_DIR";
 }
 
 /// Objects below this size travel inline and live in the owner's process.
@@ -51,9 +53,16 @@ pub fn tmp_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/tmp/miniray"))
 }
 
-/// Default plasma capacity: 30% of physical memory, at most 8 GiB (the segment is sparse,
-/// so an unused store costs nothing).
+/// Default plasma capacity for a segment in [`crate::shm::plasma_dir`]: 30% of physical
+/// memory, at most 8 GiB (the segment is sparse, so an unused store costs nothing), capped
+/// to what fits in that folder (see [`crate::shm::default_object_store_memory`]).
 pub fn default_object_store_memory() -> u64 {
+    crate::shm::default_object_store_memory(&crate::shm::plasma_dir())
+        .unwrap_or_else(|_| memory_based_object_store_memory())
+}
+
+/// 30% of physical memory, at most 8 GiB, whatever the shared-memory folder holds.
+pub fn memory_based_object_store_memory() -> u64 {
     let total = physical_memory_bytes().unwrap_or(4 << 30);
     (total / 10 * 3).min(8 << 30)
 }

@@ -11,6 +11,7 @@ pub mod logging;
 pub mod probe;
 pub mod reply_journal;
 pub mod resources;
+pub mod shm;
 pub mod time;
 
 pub use error::ErrorCode;

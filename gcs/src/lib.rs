@@ -88,6 +88,8 @@ pub enum GcsError {
     Serve(String),
     #[error("gcs server task ended abnormally: {0}")]
     Task(String),
+    #[error(transparent)]
+    Auth(#[from] miniray_common::auth::AuthError),
 }
 
 /// Builds and starts the GCS.
@@ -108,6 +110,7 @@ impl GcsServer {
         cfg: GcsConfig,
         storage: Arc<dyn Storage>,
     ) -> Result<GcsHandle, GcsError> {
+        let token_check = TokenCheck::try_new(&cfg.token)?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let state = Arc::new(
             GcsState::load(
@@ -138,7 +141,7 @@ impl GcsServer {
         })
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
-        let grpc = InterceptedService::new(grpc, TokenCheck::new(&cfg.token));
+        let grpc = InterceptedService::new(grpc, token_check);
         let incoming = TcpListenerStream::new(listener).map(|conn| {
             if let Ok(stream) = &conn {
                 // Small RPCs (heartbeats, KV) must not wait for Nagle.

@@ -492,6 +492,19 @@ async fn rpcs_without_the_token_are_refused() {
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
     gcs.shutdown().await;
+
+    // A GCS with an empty token would admit anyone: it does not start.
+    let r = GcsServer::start(GcsConfig::new("")).await;
+    assert!(
+        matches!(
+            r,
+            Err(miniray_gcs::GcsError::Auth(
+                miniray_common::auth::AuthError::EmptyToken
+            ))
+        ),
+        "{:?}",
+        r.err()
+    );
 }
 
 #[tokio::test]

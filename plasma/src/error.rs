@@ -60,6 +60,19 @@ pub enum PlasmaError {
         #[source]
         source: std::io::Error,
     },
+    /// The segment's folder (a tmpfs such as `/dev/shm`) has no memory left for the pages
+    /// of a new object, although the store itself had room: other files took it. Travels as
+    /// [`ErrorCode::ObjectStoreFull`], like a store full of pinned objects.
+    #[error(
+        "object store full: no room in {dir} for the {requested} bytes requested ({source}); \
+         other files use that folder's memory"
+    )]
+    SegmentDirFull {
+        requested: u64,
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl PlasmaError {
@@ -74,7 +87,9 @@ impl PlasmaError {
             | PlasmaError::AlreadySealed(_)
             | PlasmaError::OutOfBounds { .. }
             | PlasmaError::InvalidConfig(_) => ErrorCode::InvalidArgument,
-            PlasmaError::ObjectStoreFull { .. } => ErrorCode::ObjectStoreFull,
+            PlasmaError::ObjectStoreFull { .. } | PlasmaError::SegmentDirFull { .. } => {
+                ErrorCode::ObjectStoreFull
+            }
             PlasmaError::TooLarge { .. } => ErrorCode::ResourceExhausted,
             PlasmaError::Io { .. } => ErrorCode::Internal,
         }

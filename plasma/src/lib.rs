@@ -37,8 +37,11 @@ mod alloc;
 mod client;
 mod error;
 pub mod store;
+pub mod testing;
 
 pub use alloc::BLOCK;
 pub use client::SegmentMapping;
 pub use error::PlasmaError;
-pub use store::{Disconnected, ObjectLocation, PlasmaStore, StoreConfig, StoreStats};
+pub use store::{
+    Disconnected, ObjectLocation, PlasmaStore, RESERVE_CHUNK, StoreConfig, StoreStats,
+};

@@ -39,9 +39,17 @@
 //! `create` and `seal`, leaks nothing. Anonymous calls (the raylet's own transfers) are
 //! released by their callers. A client may only release pins it took itself.
 
+//! # Memory behind the segment
+//!
+//! The segment file is sparse. `create` reserves the file's pages (`posix_fallocate`) in
+//! chunks of [`RESERVE_CHUNK`] the first time an allocation reaches them, before it hands
+//! the range out, so a writer never touches a page the folder could not back: a full
+//! tmpfs makes `create` answer [`PlasmaError::SegmentDirFull`] (an `ObjectStoreFull`)
+//! instead of killing the writer with `SIGBUS`. Reserved pages stay reserved.
+
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs::OpenOptions;
-use std::os::fd::AsRawFd;
+use std::fs::{File, OpenOptions};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::pin::pin;
@@ -54,6 +62,9 @@ use tokio::sync::Notify;
 
 use crate::alloc::{self, Allocator, BLOCK};
 use crate::error::PlasmaError;
+
+/// Granularity of page reservation in the segment file (see the module docs).
+pub const RESERVE_CHUNK: u64 = 2 << 20;
 
 /// Where an object's bytes sit inside the segment.
 ///
@@ -205,6 +216,93 @@ struct Inner {
     evictable_bytes: u64,
     next_tick: u64,
     num_evictions: u64,
+    reserved: Reservations,
+}
+
+/// Which [`RESERVE_CHUNK`]-sized chunks of the segment file have their pages reserved.
+#[derive(Debug)]
+struct Reservations {
+    /// One bit per chunk.
+    bits: Vec<u64>,
+    /// Bytes of the segment file.
+    len: u64,
+}
+
+impl Reservations {
+    fn new(len: u64, all: bool) -> Self {
+        let chunks = len.div_ceil(RESERVE_CHUNK) as usize;
+        let fill = if all { u64::MAX } else { 0 };
+        Reservations {
+            bits: vec![fill; chunks.div_ceil(64)],
+            len,
+        }
+    }
+
+    /// Reserves the pages of every chunk `[offset, offset + len)` touches that is not
+    /// reserved yet. On failure the chunks this call reserved are given back, so a failed
+    /// `create` leaves the folder's memory to its other users (reply journals).
+    fn reserve(&mut self, fd: RawFd, offset: u64, len: u64) -> std::io::Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let first = offset / RESERVE_CHUNK;
+        let last = (offset + len - 1) / RESERVE_CHUNK;
+        let mut fresh = Vec::new();
+        for chunk in first..=last {
+            if self.is_reserved(chunk) {
+                continue;
+            }
+            let (start, chunk_len) = self.range_of(chunk);
+            let rc = loop {
+                // SAFETY: plain syscall on the segment's file descriptor, which the store
+                // keeps open; it only allocates blocks of that file.
+                let rc = unsafe {
+                    libc::posix_fallocate(fd, start as libc::off_t, chunk_len as libc::off_t)
+                };
+                if rc != libc::EINTR {
+                    break rc;
+                }
+            };
+            if rc != 0 {
+                for chunk in fresh {
+                    self.release(fd, chunk);
+                }
+                return Err(std::io::Error::from_raw_os_error(rc));
+            }
+            self.bits[(chunk / 64) as usize] |= 1 << (chunk % 64);
+            fresh.push(chunk);
+        }
+        Ok(())
+    }
+
+    fn is_reserved(&self, chunk: u64) -> bool {
+        self.bits[(chunk / 64) as usize] & (1 << (chunk % 64)) != 0
+    }
+
+    /// Byte range of `chunk` in the file.
+    fn range_of(&self, chunk: u64) -> (u64, u64) {
+        let start = chunk * RESERVE_CHUNK;
+        (start, RESERVE_CHUNK.min(self.len - start))
+    }
+
+    /// Frees the pages of a chunk no object uses (it stays reserved if that fails).
+    fn release(&mut self, fd: RawFd, chunk: u64) {
+        let (start, chunk_len) = self.range_of(chunk);
+        // SAFETY: plain syscall on the segment's file descriptor; the chunk holds no object.
+        let rc = unsafe {
+            libc::fallocate(
+                fd,
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                start as libc::off_t,
+                chunk_len as libc::off_t,
+            )
+        };
+        if rc == 0 {
+            self.bits[(chunk / 64) as usize] &= !(1 << (chunk % 64));
+        } else {
+            tracing::debug!(chunk, error = %std::io::Error::last_os_error(), "cannot free reserved pages");
+        }
+    }
 }
 
 impl Inner {
@@ -326,8 +424,39 @@ impl Inner {
         self.release_reader(id);
     }
 
-    /// Allocates `len` bytes (a multiple of 64), evicting LRU objects while that helps.
-    fn allocate(&mut self, len: u64, capacity: u64) -> Result<u64, PlasmaError> {
+    /// Allocates `len` bytes (a multiple of 64) whose pages are reserved in the segment
+    /// file `fd` (in folder `dir`), evicting LRU objects while that helps.
+    fn allocate(
+        &mut self,
+        len: u64,
+        capacity: u64,
+        fd: RawFd,
+        dir: &Path,
+    ) -> Result<u64, PlasmaError> {
+        loop {
+            let off = self.allocate_range(len, capacity)?;
+            let Err(source) = self.reserved.reserve(fd, off, len) else {
+                return Ok(off);
+            };
+            self.alloc.free(off, len);
+            // The folder is out of memory, but the pages of an evicted object are already
+            // reserved: make room there and try again.
+            let Some((_, &victim)) = self.lru.first_key_value() else {
+                return Err(PlasmaError::SegmentDirFull {
+                    requested: len,
+                    dir: dir.to_path_buf(),
+                    source,
+                });
+            };
+            self.remove(victim);
+            self.num_evictions += 1;
+            tracing::debug!(object_id = %victim, "evicted object for reserved pages");
+        }
+    }
+
+    /// Allocates `len` bytes (a multiple of 64) of the arena, evicting LRU objects while
+    /// that helps.
+    fn allocate_range(&mut self, len: u64, capacity: u64) -> Result<u64, PlasmaError> {
         if let Some(off) = self.alloc.alloc(len) {
             return Ok(off);
         }
@@ -406,6 +535,8 @@ impl Inner {
 pub struct PlasmaStore {
     path: PathBuf,
     capacity: u64,
+    /// Kept open to reserve pages as allocations reach them.
+    file: File,
     map: MmapRaw,
     inner: Mutex<Inner>,
     /// Woken (all waiters) on every seal.
@@ -483,6 +614,7 @@ impl PlasmaStore {
         Ok(PlasmaStore {
             path,
             capacity: cfg.capacity,
+            file,
             map,
             inner: Mutex::new(Inner {
                 objects: HashMap::new(),
@@ -492,6 +624,7 @@ impl PlasmaStore {
                 evictable_bytes: 0,
                 next_tick: 0,
                 num_evictions: 0,
+                reserved: Reservations::new(cfg.capacity, cfg.prefault),
             }),
             sealed: Notify::new(),
         })
@@ -557,9 +690,13 @@ impl PlasmaStore {
         let offset = if alloc_len == 0 {
             0
         } else {
-            inner.allocate(alloc_len, self.capacity).inspect_err(|e| {
-                tracing::warn!(object_id = %id, size, error = %e, "object store full");
-            })?
+            let dir = self.path.parent().unwrap_or(Path::new("/"));
+            let fd = self.file.as_raw_fd();
+            inner
+                .allocate(alloc_len, self.capacity, fd, dir)
+                .inspect_err(|e| {
+                    tracing::warn!(object_id = %id, size, error = %e, "object store full");
+                })?
         };
         let tick = inner.tick();
         inner.objects.insert(

@@ -727,3 +727,78 @@ fn aborting_or_deleting_an_unsealed_object_forgets_its_creator() {
     assert_eq!(store.used(), 0);
     finish(store);
 }
+
+#[test]
+fn a_full_segment_folder_answers_object_store_full_instead_of_sigbus() {
+    // 6 MiB of memory under a 32 MiB store: the store has room, its folder does not.
+    let tmpfs = miniray_plasma::testing::Tmpfs::mount(6 << 20).expect("mount a tmpfs (root)");
+    let mut cfg = config(32 << 20);
+    cfg.segment_dir = tmpfs.path().to_path_buf();
+    let store = PlasmaStore::create_segment(cfg).expect("create segment");
+    let mapping = SegmentMapping::open(store.segment_path()).expect("map");
+    const MIB: u64 = 1 << 20;
+    let create_and_fill = |id: ObjectId, primary: bool, byte: u8| {
+        let loc = store.create(id, MIB, primary)?;
+        // Every byte of a created object is backed: writing it cannot SIGBUS.
+        unsafe { mapping.slice_mut(loc) }.expect("range").fill(byte);
+        store.seal(id)?;
+        Ok::<_, PlasmaError>(())
+    };
+
+    let mut ids = Vec::new();
+    let err = loop {
+        let id = ObjectId::random();
+        match create_and_fill(id, true, ids.len() as u8) {
+            Ok(()) => ids.push(id),
+            Err(e) => break e,
+        }
+        assert!(ids.len() <= 32, "the folder never filled up");
+    };
+    // Objects are laid out from offset 0, so exactly the folder's 6 MiB were usable.
+    assert_eq!(ids.len(), 6, "{err}");
+    assert!(matches!(err, PlasmaError::SegmentDirFull { .. }), "{err}");
+    assert_eq!(err.code(), ErrorCode::ObjectStoreFull);
+    assert!(
+        err.to_string()
+            .contains(&tmpfs.path().display().to_string()),
+        "{err}"
+    );
+    // Nothing was lost and the failed create took nothing.
+    assert_eq!(store.num_objects(), 6);
+    assert_eq!(store.used(), 6 * MIB);
+    for (i, id) in ids.iter().enumerate() {
+        let loc = store.get(*id).expect("sealed");
+        assert!(
+            mapping
+                .slice(loc)
+                .expect("range")
+                .iter()
+                .all(|&b| b == i as u8)
+        );
+        store.release(*id);
+    }
+
+    // Freed pages stay reserved and are reused.
+    assert!(store.delete(ids[0]));
+    create_and_fill(ObjectId::random(), true, 9).expect("reuses the freed pages");
+    assert!(create_and_fill(ObjectId::random(), true, 9).is_err());
+
+    // Evicting an unpinned object makes room in pages already reserved.
+    for id in &ids[1..] {
+        assert!(store.delete(*id));
+    }
+    let cached: Vec<ObjectId> = (0..5).map(|_| ObjectId::random()).collect();
+    for id in &cached {
+        create_and_fill(*id, false, 3).expect("secondary copy");
+    }
+    assert_eq!(store.stats().num_evictions, 0);
+    create_and_fill(ObjectId::random(), true, 4).expect("evicts to make room");
+    assert_eq!(store.stats().num_evictions, 1);
+    assert!(
+        !store.contains(cached[0]),
+        "the least recently used copy goes first"
+    );
+
+    drop(mapping);
+    finish(store);
+}

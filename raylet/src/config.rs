@@ -29,7 +29,7 @@ pub struct RayletConfig {
     pub node_id: NodeId,
     /// Total resources of the node. `CPU` defaults to the core count when left out.
     pub resources: Resources,
-    /// Capacity of the plasma segment in bytes.
+    /// Capacity of the plasma segment in bytes. Must fit in the free space of `plasma_dir`.
     pub object_store_memory: u64,
     /// Touch every page of the segment at start (slower start, no page faults later).
     pub prefault_object_store: bool,
@@ -41,6 +41,9 @@ pub struct RayletConfig {
     /// Idle workers above the per-job soft limit exit after this long.
     pub idle_worker_timeout: Duration,
     pub labels: HashMap<String, String>,
+    /// Folder of the plasma segment and the workers' reply journals: a tmpfs
+    /// (`MINIRAY_PLASMA_DIR`, default `/dev/shm`).
+    pub plasma_dir: PathBuf,
 }
 
 impl RayletConfig {
@@ -95,6 +98,7 @@ impl Default for RayletConfig {
             worker_start_timeout: DEFAULT_WORKER_START_TIMEOUT,
             idle_worker_timeout: DEFAULT_IDLE_WORKER_TIMEOUT,
             labels: HashMap::new(),
+            plasma_dir: miniray_common::shm::plasma_dir(),
         }
     }
 }

@@ -37,4 +37,6 @@ pub enum RayletError {
     Server(#[from] tonic::transport::Error),
     #[error("raylet task failed: {0}")]
     Internal(String),
+    #[error(transparent)]
+    SharedMemory(#[from] miniray_common::shm::ShmError),
 }

@@ -1,23 +1,36 @@
 //! The local cache of job executables, content-addressed by blake3 hash.
 //!
 //! Invariants:
+//! - The cache folder is a directory of its own (never a symlink) owned by this process's
+//!   user, mode 0700; `ensure` refuses any other (and tightens a looser mode of its own).
 //! - `<tmp_root>/executables/<hash>` only ever appears by an atomic `rename` of a fully
-//!   written, hash-verified, mode-0755 file from the same folder, so a file under its final
-//!   name is always complete and correct. Several raylets on one machine may fetch the same
-//!   hash at once: each writes its own uniquely named temporary file and the last rename
-//!   wins with identical content.
+//!   written, hash-verified, mode-0700 file from the same folder. Several raylets on one
+//!   machine may fetch the same hash at once: each writes its own uniquely named temporary
+//!   file and the last rename wins with identical content.
+//! - A cached file is checked before each use: a regular file of ours, writable by nobody
+//!   else, whose content hashes to its name. A file that fails is removed and fetched again.
+//!   The hash of an unchanged file is not recomputed: the file's identity (device, inode,
+//!   size, mtime, ctime) at verification is remembered, and trusted only once its ctime is
+//!   a second older than the verification, because timestamps are coarse and a write
+//!   within the same tick could otherwise keep them (git's "racy" entries).
 //! - The hash is validated as 64 lowercase hex characters before it touches a path, so a
 //!   hostile job record cannot escape the cache folder.
 
 use std::collections::HashMap;
-use std::os::unix::fs::PermissionsExt;
+use std::io::Read;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use miniray_common::auth::AuthedChannel;
 use miniray_proto::GetExecutableRequest;
 use miniray_proto::gcs_client::GcsClient;
 use tokio::io::AsyncWriteExt;
+
+/// How much older than its verification a file's ctime must be for its identity to stand
+/// for its content (see the module docs).
+const RACY_WINDOW: Duration = Duration::from_secs(1);
 
 /// Why an executable could not be made available.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +47,9 @@ pub enum ExecutableError {
         #[source]
         source: std::io::Error,
     },
+    /// The cache folder could be changed by someone else: nothing in it is run.
+    #[error("refusing the executable cache folder {dir}: {reason}")]
+    UnsafeDir { dir: PathBuf, reason: String },
 }
 
 impl ExecutableError {
@@ -43,16 +59,64 @@ impl ExecutableError {
             ExecutableError::BadHash(_) => ErrorCode::InvalidArgument,
             ExecutableError::Fetch { status, .. } => ErrorCode::of_status(status),
             ExecutableError::Corrupt { .. } => ErrorCode::Unavailable,
-            ExecutableError::Io { .. } => ErrorCode::Internal,
+            ExecutableError::Io { .. } | ExecutableError::UnsafeDir { .. } => ErrorCode::Internal,
         }
+    }
+}
+
+/// What identifies a file's content without reading it, as far as timestamps allow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileIdentity {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileIdentity {
+    fn of(m: &std::fs::Metadata) -> Self {
+        FileIdentity {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        }
+    }
+
+    fn ctime(&self) -> SystemTime {
+        let (secs, nanos) = self.ctime;
+        let since_epoch = Duration::new(secs.max(0) as u64, nanos.clamp(0, 999_999_999) as u32);
+        SystemTime::UNIX_EPOCH + since_epoch
+    }
+}
+
+/// A file whose content was hashed at `at`.
+#[derive(Clone, Copy, Debug)]
+struct Verified {
+    identity: FileIdentity,
+    at: SystemTime,
+}
+
+impl Verified {
+    /// Whether a file with `identity` still has the verified content.
+    fn stands_for(&self, identity: &FileIdentity) -> bool {
+        self.identity == *identity
+            && identity
+                .ctime()
+                .checked_add(RACY_WINDOW)
+                .is_some_and(|t| t < self.at)
     }
 }
 
 /// Fetches executables from the GCS into the cache folder, once per hash per process.
 pub struct ExecutableCache {
     dir: PathBuf,
-    /// Serializes fetches of the same hash inside this process.
+    /// Serializes fetches and checks of the same hash inside this process.
     locks: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Files whose content was verified in this process, by hash.
+    verified: parking_lot::Mutex<HashMap<String, Verified>>,
 }
 
 impl ExecutableCache {
@@ -60,6 +124,7 @@ impl ExecutableCache {
         Self {
             dir,
             locks: parking_lot::Mutex::new(HashMap::new()),
+            verified: parking_lot::Mutex::new(HashMap::new()),
         }
     }
 
@@ -79,16 +144,14 @@ impl ExecutableCache {
         Ok(self.dir.join(hash))
     }
 
-    /// The path of the cached executable, fetching it from the GCS first if absent.
+    /// The path of the cached executable, verified, fetching it from the GCS first if it is
+    /// absent or fails verification.
     pub async fn ensure(
         &self,
         gcs: &mut GcsClient<AuthedChannel>,
         hash: &str,
     ) -> Result<PathBuf, ExecutableError> {
         let path = self.path_of(hash)?;
-        if path.is_file() {
-            return Ok(path);
-        }
         let lock = self
             .locks
             .lock()
@@ -96,15 +159,22 @@ impl ExecutableCache {
             .or_default()
             .clone();
         let _guard = lock.lock().await;
-        if path.is_file() {
+        self.prepare_dir()?;
+        let known = self.verified.lock().get(hash).copied();
+        let checked = {
+            let (path, hash) = (path.clone(), hash.to_string());
+            tokio::task::spawn_blocking(move || check_cached(&path, &hash, known))
+                .await
+                .map_err(|e| ExecutableError::Io {
+                    path: self.dir.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })??
+        };
+        if let Some(verified) = checked {
+            self.verified.lock().insert(hash.to_string(), verified);
             return Ok(path);
         }
-        tokio::fs::create_dir_all(&self.dir)
-            .await
-            .map_err(|source| ExecutableError::Io {
-                path: self.dir.clone(),
-                source,
-            })?;
+        self.verified.lock().remove(hash);
         let tmp = self.dir.join(format!(
             ".{hash}.{}.{}.tmp",
             std::process::id(),
@@ -114,7 +184,51 @@ impl ExecutableCache {
         if result.is_err() {
             let _ = tokio::fs::remove_file(&tmp).await;
         }
-        result.map(|()| path)
+        let verified = result?;
+        self.verified.lock().insert(hash.to_string(), verified);
+        Ok(path)
+    }
+
+    /// Creates the cache folder (mode 0700) or checks that the existing one is ours alone.
+    fn prepare_dir(&self) -> Result<(), ExecutableError> {
+        let dir = &self.dir;
+        let unsafe_dir = |reason: String| ExecutableError::UnsafeDir {
+            dir: dir.clone(),
+            reason,
+        };
+        let io_err = |source| ExecutableError::Io {
+            path: dir.clone(),
+            source,
+        };
+        if let Some(parent) = dir.parent() {
+            std::fs::create_dir_all(parent).map_err(io_err)?;
+        }
+        match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_err(e)),
+        }
+        let meta = std::fs::symlink_metadata(dir).map_err(io_err)?;
+        if meta.file_type().is_symlink() {
+            return Err(unsafe_dir("it is a symbolic link".into()));
+        }
+        if !meta.is_dir() {
+            return Err(unsafe_dir("it is not a directory".into()));
+        }
+        let me = current_uid();
+        if meta.uid() != me {
+            return Err(unsafe_dir(format!(
+                "it is owned by uid {}, not by this user (uid {me})",
+                meta.uid()
+            )));
+        }
+        if meta.mode() & 0o077 != 0 {
+            // Ours, but others may read or change it: make it private before using it.
+            tracing::warn!(dir = %dir.display(), mode = format!("{:o}", meta.mode() & 0o777), "executable cache folder was not private; setting mode 0700");
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(io_err)?;
+        }
+        Ok(())
     }
 
     async fn fetch_into(
@@ -123,7 +237,7 @@ impl ExecutableCache {
         hash: &str,
         tmp: &Path,
         dest: &Path,
-    ) -> Result<(), ExecutableError> {
+    ) -> Result<Verified, ExecutableError> {
         let fetch_err = |status| ExecutableError::Fetch {
             hash: hash.to_string(),
             status,
@@ -139,7 +253,14 @@ impl ExecutableCache {
             .await
             .map_err(fetch_err)?
             .into_inner();
-        let mut file = tokio::fs::File::create(tmp).await.map_err(io_err)?;
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o700)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(tmp)
+            .await
+            .map_err(io_err)?;
         let mut hasher = blake3::Hasher::new();
         let mut written: u64 = 0;
         let mut expected: Option<u64> = None;
@@ -168,14 +289,88 @@ impl ExecutableCache {
         }
         file.flush().await.map_err(io_err)?;
         file.sync_all().await.map_err(io_err)?;
-        drop(file);
-        tokio::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o755))
+        // The umask may have narrowed the mode further; the owner must be able to run it.
+        file.set_permissions(std::fs::Permissions::from_mode(0o700))
             .await
             .map_err(io_err)?;
+        let meta = file.metadata().await.map_err(io_err)?;
+        drop(file);
+        let at = SystemTime::now();
         tokio::fs::rename(tmp, dest).await.map_err(io_err)?;
         tracing::info!(hash, bytes = written, path = %dest.display(), "cached job executable");
-        Ok(())
+        Ok(Verified {
+            identity: FileIdentity::of(&meta),
+            at,
+        })
     }
+}
+
+/// Whether `path` holds the executable `hash`, safe to run; removes a file that is not.
+/// `known` is what this process verified of it before.
+fn check_cached(
+    path: &Path,
+    hash: &str,
+    known: Option<Verified>,
+) -> Result<Option<Verified>, ExecutableError> {
+    let io_err = |source| ExecutableError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(e)),
+    };
+    let identity = FileIdentity::of(&meta);
+    let problem = if !meta.file_type().is_file() {
+        "not a regular file".to_string()
+    } else if meta.uid() != current_uid() {
+        format!("owned by uid {}", meta.uid())
+    } else if meta.mode() & 0o022 != 0 {
+        format!("mode {:o} lets others write it", meta.mode() & 0o777)
+    } else if known.is_some_and(|v| v.stands_for(&identity)) {
+        return Ok(known);
+    } else {
+        let at = SystemTime::now();
+        match hash_file(path, &identity) {
+            Ok(got) if got == hash => return Ok(Some(Verified { identity, at })),
+            Ok(got) => format!("content hashes to {got}"),
+            Err(e) => format!("cannot read it: {e}"),
+        }
+    };
+    tracing::warn!(path = %path.display(), problem, "cached executable failed verification; fetching it again");
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(e)),
+    }
+}
+
+/// The blake3 hex of the file at `path`, which must still be the file `identity` names.
+fn hash_file(path: &Path, identity: &FileIdentity) -> std::io::Result<String> {
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if (meta.dev(), meta.ino()) != (identity.dev, identity.ino) {
+        return Err(std::io::Error::other("the file was replaced while checked"));
+    }
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
+fn current_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
 }
 
 fn rand_suffix() -> [u8; 8] {

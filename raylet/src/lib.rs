@@ -5,7 +5,7 @@
 //! busy), moves objects between nodes, and keeps the GCS informed by heartbeats.
 //!
 //! Contracts other processes rely on:
-//! - Start order: plasma segment `/dev/shm/miniray-<session>-<node id hex>` exists and the
+//! - Start order: plasma segment `<plasma dir>/miniray-<session>-<node id hex>` exists and the
 //!   gRPC server listens *before* the node registers with the GCS, so any node the GCS
 //!   lists as ALIVE can be called at once.
 //! - Every RPC needs the cluster token (`TokenCheck`); messages up to
@@ -101,6 +101,8 @@ impl Raylet {
         if cfg.token.is_empty() {
             return Err(RayletError::Config("the cluster token is empty".into()));
         }
+        // A sparse segment larger than its folder's free memory would SIGBUS its writers.
+        miniray_common::shm::check_fits(&cfg.plasma_dir, cfg.object_store_memory)?;
         let total = cfg.effective_resources();
         let log_dir = cfg.session_dir.join("logs");
         std::fs::create_dir_all(&log_dir).map_err(|source| RayletError::Io {
@@ -110,7 +112,7 @@ impl Raylet {
 
         let store = Arc::new(PlasmaStore::create_segment(StoreConfig {
             capacity: cfg.object_store_memory,
-            segment_dir: PathBuf::from("/dev/shm"),
+            segment_dir: cfg.plasma_dir.clone(),
             segment_name: segment_name(&cfg.session_dir, cfg.node_id),
             prefault: cfg.prefault_object_store,
         })?);
@@ -146,7 +148,7 @@ impl Raylet {
                 start_timeout: cfg.worker_start_timeout,
                 idle_timeout: cfg.idle_worker_timeout,
                 idle_soft_limit,
-                journal_dir: PathBuf::from("/dev/shm"),
+                journal_dir: cfg.plasma_dir.clone(),
                 journal_name: segment_name(&cfg.session_dir, cfg.node_id),
             },
             ExecutableCache::new(ExecutableCache::default_dir()),

@@ -360,6 +360,25 @@ async fn pulls_a_64_mib_object_between_raylets_once() {
 async fn refuses_unauthenticated_calls_and_bad_input() {
     let gcs = start_gcs().await;
     let dir = tempfile::tempdir().unwrap();
+    // Nothing starts with an empty token, or with a store its plasma folder cannot hold.
+    let mut cfg = raylet_config(&gcs, dir.path(), &[("CPU", 1.0)]);
+    cfg.token = String::new();
+    let r = miniray_raylet::Raylet::start(cfg).await;
+    assert!(
+        matches!(r, Err(miniray_raylet::RayletError::Config(_))),
+        "{:?}",
+        r.err()
+    );
+    let mut cfg = raylet_config(&gcs, dir.path(), &[("CPU", 1.0)]);
+    cfg.object_store_memory = 1 << 60;
+    let err = miniray_raylet::Raylet::start(cfg)
+        .await
+        .err()
+        .expect("a store larger than the plasma folder is refused");
+    assert!(
+        err.to_string().contains(&(1u64 << 60).to_string()) && err.to_string().contains("free"),
+        "{err}"
+    );
     let raylet = start_raylet(&gcs, dir.path(), &[("CPU", 1.0)]).await;
     let addr = raylet.address().to_string();
     let node_id = raylet.node_id();

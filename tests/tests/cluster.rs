@@ -264,6 +264,97 @@ fn unauthenticated_calls_are_refused() {
             .expect_err("refused");
         assert_eq!(err.code(), tonic::Code::Unauthenticated);
     });
+
+    // The CoreWorker servers of a worker (hosting an actor) and of a driver refuse too.
+    let release = Release(cluster.session_dir.join("release-auth-probe"));
+    let driver = cluster.spawn_driver(&["hold_actor", &release.0.to_string_lossy()]);
+    rt.block_on(async {
+        let (worker, driver) = core_worker_addresses(&cluster).await;
+        for (who, addr) in [("worker", worker), ("driver", driver)] {
+            let request = || miniray_proto::GetObjectStatusRequest {
+                object_id: miniray_common::ObjectId::random().to_vec(),
+                wait: false,
+            };
+            let call = |channel| async move {
+                miniray_proto::core_worker_client::CoreWorkerClient::new(channel)
+                    .get_object_status(request())
+                    .await
+                    .map(|_| ())
+            };
+            let bare = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .expect("uri")
+                .connect()
+                .await
+                .expect("connect");
+            let err = miniray_proto::core_worker_client::CoreWorkerClient::new(bare)
+                .get_object_status(request())
+                .await
+                .expect_err("refused without a token");
+            assert_eq!(err.code(), tonic::Code::Unauthenticated, "{who}");
+            let wrong = miniray_common::auth::connect(&addr, "wrong-token")
+                .await
+                .expect("connect");
+            let err = call(wrong).await.expect_err("refused with a wrong token");
+            assert_eq!(err.code(), tonic::Code::Unauthenticated, "{who}");
+            let right = miniray_common::auth::connect(&addr, &cluster.token)
+                .await
+                .expect("connect");
+            call(right).await.expect("answered with the token");
+        }
+    });
+    drop(release);
+    let run = support::DriverRun::wait(driver, support::DRIVER_DEADLINE);
+    run.assert_success();
+    assert_eq!(run.get("incr"), "2");
+}
+
+/// Creates its file when dropped: lets a `hold_actor` driver finish even if a test fails.
+struct Release(std::path::PathBuf);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.0, b"go");
+    }
+}
+
+/// `HOST:PORT` of the worker hosting the `auth-probe` actor and of the running driver.
+async fn core_worker_addresses(cluster: &Cluster) -> (String, String) {
+    let channel = miniray_common::auth::connect(&cluster.gcs_address, &cluster.token)
+        .await
+        .expect("connect to the gcs");
+    let mut gcs = miniray_proto::gcs_client::GcsClient::new(channel);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let actors = gcs
+            .get_all_actors(miniray_proto::GetAllActorsRequest {})
+            .await
+            .map(|r| r.into_inner().actors)
+            .unwrap_or_default();
+        let worker = actors
+            .into_iter()
+            .find(|a| a.name == "auth-probe" && a.state == miniray_proto::ActorState::Alive as i32)
+            .and_then(|a| a.address);
+        let jobs = gcs
+            .get_all_jobs(miniray_proto::GetAllJobsRequest {})
+            .await
+            .map(|r| r.into_inner().jobs)
+            .unwrap_or_default();
+        let driver = jobs
+            .into_iter()
+            .find(|j| !j.finished)
+            .and_then(|j| j.driver);
+        if let (Some(w), Some(d)) = (worker, driver) {
+            return (
+                format!("{}:{}", w.host, w.port),
+                format!("{}:{}", d.host, d.port),
+            );
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the actor and its driver never showed up in the gcs"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }
 
 #[test]

@@ -115,6 +115,9 @@ pub(crate) fn start_driver(opts: InitOptions) -> Result<()> {
         .or_else(|| std::env::var(env::ADDRESS).ok().filter(|a| !a.is_empty()));
     let (cluster, gcs_address, token, own_node) = match address {
         Some(addr) => {
+            if opts.token.as_deref() == Some("") {
+                return Err(Error::Startup("the cluster token is empty".into()));
+            }
             let token = opts
                 .token
                 .clone()

@@ -59,6 +59,10 @@ pub struct RayletSpec {
     pub prefault_object_store: bool,
     pub is_head: bool,
     pub session_dir: PathBuf,
+    /// Folder of the plasma segment and reply journals; `None` for `MINIRAY_PLASMA_DIR` or
+    /// `/dev/shm`.
+    #[serde(default)]
+    pub plasma_dir: Option<PathBuf>,
 }
 
 impl DaemonSpec {
@@ -267,6 +271,9 @@ async fn run_daemon(spec: DaemonSpec, exit_with_parent: bool) -> i32 {
             cfg.object_store_memory = s.object_store_memory;
             cfg.prefault_object_store = s.prefault_object_store;
             cfg.is_head = s.is_head;
+            if let Some(dir) = s.plasma_dir {
+                cfg.plasma_dir = dir;
+            }
             match miniray_raylet::Raylet::start(cfg).await {
                 Ok(h) => {
                     let trigger = h.shutdown_trigger();
@@ -338,6 +345,15 @@ impl LocalCluster {
     pub(crate) fn start(opts: &LocalClusterOptions) -> Result<Self> {
         let exe = std::env::current_exe()
             .map_err(|e| Error::Startup(format!("cannot find this program's executable: {e}")))?;
+        // Refused here with both numbers rather than by a raylet that fails to start.
+        let object_store_memory = match opts.object_store_memory {
+            Some(bytes) => {
+                miniray_common::shm::check_fits(&miniray_common::shm::plasma_dir(), bytes)
+                    .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+                bytes
+            }
+            None => miniray_common::config::default_object_store_memory(),
+        };
         let session_name = format!(
             "session_{}_{}",
             miniray_common::time::now_ms(),
@@ -374,12 +390,11 @@ impl LocalCluster {
                 port: 0,
                 node_id,
                 resources,
-                object_store_memory: opts
-                    .object_store_memory
-                    .unwrap_or_else(miniray_common::config::default_object_store_memory),
+                object_store_memory,
                 prefault_object_store: false,
                 is_head: true,
                 session_dir: session_dir.clone(),
+                plasma_dir: None,
             }),
             &logs.join("raylet.err"),
             true,

@@ -50,6 +50,7 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
     redis: Option<String>,
     node_timeout: Duration,
+    plasma_dir: PathBuf,
 }
 
 pub struct Options {
@@ -58,6 +59,8 @@ pub struct Options {
     pub node_timeout: Duration,
     pub redis: Option<String>,
     pub object_store_memory: u64,
+    /// Folder of the nodes' plasma segments (default `/dev/shm`).
+    pub plasma_dir: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -68,6 +71,7 @@ impl Default for Options {
             node_timeout: Duration::from_secs(10),
             redis: None,
             object_store_memory: 1 << 30,
+            plasma_dir: None,
         }
     }
 }
@@ -120,6 +124,9 @@ impl Cluster {
             nodes: Vec::new(),
             redis: opts.redis,
             node_timeout: opts.node_timeout,
+            plasma_dir: opts
+                .plasma_dir
+                .unwrap_or_else(miniray_common::shm::plasma_dir),
         };
         cluster.add_node(
             opts.head_cpus,
@@ -156,6 +163,7 @@ impl Cluster {
                 prefault_object_store: false,
                 is_head,
                 session_dir: self.session_dir.clone(),
+                plasma_dir: Some(self.plasma_dir.clone()),
             }),
             &self.session_dir.join(format!("logs/raylet-{index}.err")),
             true,
@@ -263,7 +271,7 @@ impl Cluster {
             .expect("driver starts")
     }
 
-    /// Plasma segments of this cluster's session still in /dev/shm.
+    /// Plasma segments of this cluster's session still in its plasma folder.
     pub fn leftover_segments(&self) -> Vec<String> {
         let prefix = format!(
             "miniray-{}",
@@ -272,7 +280,7 @@ impl Cluster {
                 .map(|s| s.to_string_lossy().to_string())
                 .unwrap_or_default()
         );
-        std::fs::read_dir("/dev/shm")
+        std::fs::read_dir(&self.plasma_dir)
             .map(|d| {
                 d.flatten()
                     .map(|e| e.file_name().to_string_lossy().to_string())
@@ -280,6 +288,16 @@ impl Cluster {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Whether the GCS and every node not killed on purpose are still running.
+    pub fn all_alive(&mut self) -> bool {
+        let running = |c: &mut Child| matches!(c.try_wait(), Ok(None));
+        self.gcs.as_mut().is_some_and(running)
+            && self
+                .nodes
+                .iter_mut()
+                .all(|n| n.child.as_mut().is_none_or(running))
     }
 
     /// Stops everything and returns what was left behind (segments of nodes that stopped
@@ -301,7 +319,7 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         self.stop();
         for name in self.leftover_segments() {
-            let _ = std::fs::remove_file(Path::new("/dev/shm").join(name));
+            let _ = std::fs::remove_file(self.plasma_dir.join(name));
         }
     }
 }

@@ -10,6 +10,7 @@ use miniray::{Error, IntoArg, ObjectRef, TaskOptions};
 mod actors;
 mod borrowing;
 mod gcs_faults;
+mod limits;
 mod plasma_memory;
 mod retries;
 
@@ -410,6 +411,8 @@ fn run(scenario: &str) -> anyhow::Result<()> {
             let dir = std::env::args().nth(2).unwrap_or_default();
             gcs_faults::across_gcs_restart(&dir)?;
         }
+        "shm_full" => limits::shm_full()?,
+        "hold_actor" => limits::hold_actor()?,
         other => {
             if !actors::run(other)? && !plasma_memory::run(other)? {
                 anyhow::bail!("unknown scenario {other:?}");
