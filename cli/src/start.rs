@@ -49,6 +49,10 @@ pub struct StartArgs {
     /// Milliseconds without heartbeat after which the GCS marks a node dead.
     #[arg(long, default_value_t = DEFAULT_NODE_TIMEOUT.as_millis() as u64)]
     node_timeout_ms: u64,
+    /// Dead actors the GCS remembers (so callers learn why they died); older ones are
+    /// forgotten first.
+    #[arg(long, default_value_t = miniray::cluster::DEFAULT_MAX_DESTROYED_ACTORS)]
+    max_destroyed_actors: usize,
 }
 
 #[derive(Args)]
@@ -106,6 +110,7 @@ pub fn start(args: StartArgs) -> anyhow::Result<()> {
                 session_name,
                 redis_address: args.redis_address.clone(),
                 node_timeout_ms: args.node_timeout_ms,
+                max_destroyed_actors: Some(args.max_destroyed_actors),
             }),
             &logs.join("gcs.err"),
         )?;
