@@ -50,6 +50,7 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
     redis: Option<String>,
     node_timeout: Duration,
+    max_destroyed_actors: Option<usize>,
 }
 
 pub struct Options {
@@ -58,6 +59,8 @@ pub struct Options {
     pub node_timeout: Duration,
     pub redis: Option<String>,
     pub object_store_memory: u64,
+    /// Dead actors the GCS keeps (its default when `None`).
+    pub max_destroyed_actors: Option<usize>,
 }
 
 impl Default for Options {
@@ -68,6 +71,7 @@ impl Default for Options {
             node_timeout: Duration::from_secs(10),
             redis: None,
             object_store_memory: 1 << 30,
+            max_destroyed_actors: None,
         }
     }
 }
@@ -81,6 +85,7 @@ fn gcs_spec(
     token: &str,
     redis: Option<String>,
     node_timeout: Duration,
+    max_destroyed_actors: Option<usize>,
 ) -> DaemonSpec {
     DaemonSpec::Gcs(GcsSpec {
         bind,
@@ -88,6 +93,7 @@ fn gcs_spec(
         session_name: "test".into(),
         redis_address: redis,
         node_timeout_ms: node_timeout.as_millis() as u64,
+        max_destroyed_actors,
     })
 }
 
@@ -107,6 +113,7 @@ impl Cluster {
                 &token,
                 opts.redis.clone(),
                 opts.node_timeout,
+                opts.max_destroyed_actors,
             ),
             &session_dir.join("logs/gcs.err"),
             true,
@@ -120,6 +127,7 @@ impl Cluster {
             nodes: Vec::new(),
             redis: opts.redis,
             node_timeout: opts.node_timeout,
+            max_destroyed_actors: opts.max_destroyed_actors,
         };
         cluster.add_node(
             opts.head_cpus,
@@ -195,7 +203,13 @@ impl Cluster {
             .expect("the gcs address is HOST:PORT");
         let gcs = spawn_daemon(
             exe(),
-            &gcs_spec(bind, &self.token, self.redis.clone(), self.node_timeout),
+            &gcs_spec(
+                bind,
+                &self.token,
+                self.redis.clone(),
+                self.node_timeout,
+                self.max_destroyed_actors,
+            ),
             // A new log, so the old GCS's last words are kept.
             &self
                 .session_dir
@@ -243,7 +257,12 @@ impl Cluster {
 
     /// Starts the test driver with `args` against this cluster; `DriverRun::wait` ends it.
     pub fn spawn_driver(&self, args: &[&str]) -> Child {
-        Command::new(exe())
+        self.spawn_driver_from(exe(), args)
+    }
+
+    /// Like [`Cluster::spawn_driver`], from another copy of the test driver executable.
+    pub fn spawn_driver_from(&self, exe: &Path, args: &[&str]) -> Child {
+        Command::new(exe)
             .args(args)
             .env("MINIRAY_ADDRESS", &self.gcs_address)
             .env("MINIRAY_TOKEN", &self.token)
@@ -253,6 +272,35 @@ impl Cluster {
             .stderr(Stdio::piped())
             .spawn()
             .expect("driver starts")
+    }
+
+    /// Process id of the GCS, while it runs.
+    pub fn gcs_pid(&self) -> Option<u32> {
+        self.gcs.as_ref().map(Child::id)
+    }
+
+    /// Process id of a node's raylet, while it runs.
+    pub fn node_pid(&self, index: usize) -> Option<u32> {
+        self.nodes.get(index)?.child.as_ref().map(Child::id)
+    }
+
+    /// A GCS client of this cluster on a runtime of its own, for tests without one.
+    pub fn gcs_call<T>(
+        &self,
+        call: impl AsyncFnOnce(
+            &mut GcsClient<miniray_common::auth::AuthedChannel>,
+        ) -> Result<T, tonic::Status>,
+    ) -> Result<T, tonic::Status> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let channel = miniray_common::auth::connect(&self.gcs_address, &self.token)
+                .await
+                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            call(&mut GcsClient::new(channel)).await
+        })
     }
 
     /// Plasma segments of this cluster's session still in /dev/shm.

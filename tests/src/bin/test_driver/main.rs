@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use miniray::{Error, IntoArg, ObjectRef, TaskOptions};
 
 mod actors;
+mod bounded;
 mod retries;
 
 #[miniray::remote]
@@ -395,7 +396,7 @@ fn run(scenario: &str) -> anyhow::Result<()> {
             retries::actor_rounds(&dir, 6, 40, 20)?;
         }
         other => {
-            if !actors::run(other)? {
+            if !actors::run(other)? && !bounded::run(other)? {
                 anyhow::bail!("unknown scenario {other:?}");
             }
         }
