@@ -55,6 +55,10 @@ pub struct StartArgs {
     /// journals.
     #[arg(long, env = "MINIRAY_PLASMA_DIR", default_value = shm::DEFAULT_PLASMA_DIR)]
     plasma_directory: PathBuf,
+    /// Dead actors the GCS remembers (so callers learn why they died); older ones are
+    /// forgotten first.
+    #[arg(long, default_value_t = miniray::cluster::DEFAULT_MAX_DESTROYED_ACTORS)]
+    max_destroyed_actors: usize,
 }
 
 #[derive(Args)]
@@ -117,6 +121,7 @@ pub fn start(args: StartArgs) -> anyhow::Result<()> {
                 session_name,
                 redis_address: args.redis_address.clone(),
                 node_timeout_ms: args.node_timeout_ms,
+                max_destroyed_actors: Some(args.max_destroyed_actors),
             }),
             &logs.join("gcs.err"),
         )?;

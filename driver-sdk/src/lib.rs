@@ -46,9 +46,18 @@ pub use runtime::bootstrap::InitOptions;
 /// Daemon roles of a miniray executable, for `miniray start` and tests.
 pub mod cluster {
     pub use crate::runtime::cluster::{
-        DaemonSpec, GcsSpec, RayletSpec, SpawnedDaemon, run_daemon_from_env, spawn_daemon,
-        stop_daemon,
+        DEFAULT_MAX_DESTROYED_ACTORS, DaemonSpec, GcsSpec, RayletSpec, SpawnedDaemon,
+        run_daemon_from_env, spawn_daemon, stop_daemon,
     };
+}
+
+/// Sizes of the core worker's internal tables, for tests of their bounds; not a public API.
+#[doc(hidden)]
+pub mod __debug {
+    /// Resource shapes the submitter keeps state for.
+    pub fn submitter_keys() -> crate::Result<usize> {
+        Ok(crate::runtime::current()?.submitter.key_count())
+    }
 }
 
 /// Used by the code `#[miniray::remote]` and `#[miniray::actor]` generate; not a public API.

@@ -53,7 +53,14 @@ pub struct GcsConfig {
     pub node_timeout: Duration,
     /// Reported by `GetClusterStatus`.
     pub session_name: String,
+    /// Dead actors kept in the actor table (and storage) so callers learn why an actor
+    /// died; older ones are forgotten first. Live actors are never forgotten.
+    pub max_destroyed_actors: usize,
 }
+
+/// Default of [`GcsConfig::max_destroyed_actors`] (Ray's
+/// `maximum_gcs_destroyed_actor_cached_count`).
+pub const DEFAULT_MAX_DESTROYED_ACTORS: usize = 10_000;
 
 impl GcsConfig {
     /// Loopback on a free port, in-memory storage, the default node timeout.
@@ -64,6 +71,7 @@ impl GcsConfig {
             storage: StorageConfig::Memory,
             node_timeout: DEFAULT_NODE_TIMEOUT,
             session_name: format!("session_{}", miniray_common::time::now_ms()),
+            max_destroyed_actors: DEFAULT_MAX_DESTROYED_ACTORS,
         }
     }
 }
@@ -118,10 +126,14 @@ impl GcsServer {
                 cfg.token.clone(),
                 cfg.session_name.clone(),
                 cfg.node_timeout,
+                cfg.max_destroyed_actors,
                 shutdown_rx.clone(),
             )
             .await?,
         );
+        // Executables left by jobs that ended while no GCS ran (or before this GCS
+        // reclaimed them) go now.
+        state.remove_unused_executables().await;
         let listener = TcpListener::bind(cfg.bind)
             .await
             .map_err(|source| GcsError::Bind {

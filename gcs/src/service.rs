@@ -85,6 +85,10 @@ pub(crate) struct GcsState {
     node_timeout: Duration,
     /// Flips to true (or closes) when the server stops; ends subscriber streams.
     shutdown: watch::Receiver<bool>,
+    /// Held while an executable is checked for use and removed, and by `AddJob` from its
+    /// existence check until the job is in the table (lock order: this before `job_writes`
+    /// and `jobs`); see [`GcsState::release_executable`]. Async: storage calls run under it.
+    executables: tokio::sync::Mutex<()>,
 }
 
 impl GcsState {
@@ -96,6 +100,7 @@ impl GcsState {
         token: String,
         session_name: String,
         node_timeout: Duration,
+        max_destroyed_actors: usize,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Self, GcsError> {
         let now = Instant::now();
@@ -128,7 +133,13 @@ impl GcsState {
             );
         }
         let (events, _) = broadcast::channel(PUBSUB_CAPACITY);
-        let actors = ActorManager::load(Arc::clone(&storage), events.clone(), token).await?;
+        let actors = ActorManager::load(
+            Arc::clone(&storage),
+            events.clone(),
+            token,
+            max_destroyed_actors,
+        )
+        .await?;
         Ok(Self {
             storage,
             nodes: Mutex::new(nodes),
@@ -140,6 +151,7 @@ impl GcsState {
             session_name,
             node_timeout,
             shutdown,
+            executables: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -181,7 +193,7 @@ impl GcsState {
     /// Marks a job finished (persisted, then published). Returns false for an unknown job;
     /// finishing a finished job changes nothing.
     pub(crate) async fn finish_job(&self, id: JobId, why: &str) -> Result<bool, Status> {
-        let _writes = self.job_writes.lock().await;
+        let writes = self.job_writes.lock().await;
         let finished = {
             let jobs = self.jobs.lock();
             let Some(job) = jobs.get(&id) else {
@@ -203,6 +215,9 @@ impl GcsState {
         // Still under `job_writes` (job writes → actor writes), so no actor of the job can
         // be registered after this sweep.
         self.actors.end_job(id).await;
+        // After `job_writes` goes: `executables` is taken before it (see `add_job`).
+        drop(writes);
+        self.release_executable(&finished.executable_hash).await;
         Ok(true)
     }
 
@@ -339,6 +354,83 @@ impl GcsState {
         if died {
             // Supervisors of actors on (or being placed on) these nodes react.
             self.actors.cluster_changed();
+        }
+    }
+}
+
+/// Executables of finished jobs: an executable is kept while a running job uses it, and
+/// removed from storage when the last such job finishes, so a developer who rebuilds and
+/// reruns does not fill the GCS with old binaries.
+///
+/// Invariant: `AddJob` and the removal both run under `executables`, and `AddJob` checks
+/// there that the executable exists. So either the new job is in the table before the
+/// removal looks (and the executable stays), or the removal went first and `AddJob`
+/// answers NOT_FOUND: the driver uploads again and retries (`driver-sdk` `job.rs`).
+impl GcsState {
+    /// For `AddJob`: the guard to hold until the job is in the table, or NOT_FOUND when
+    /// the executable is not (or no longer) stored. A job without an executable passes.
+    async fn executable_for_new_job(
+        &self,
+        hash: &str,
+    ) -> Result<tokio::sync::MutexGuard<'_, ()>, Status> {
+        let guard = self.executables.lock().await;
+        if !hash.is_empty()
+            && !self
+                .storage
+                .exists(EXECUTABLES_TABLE, hash.as_bytes())
+                .await
+                .map_err(|e| e.to_status())?
+        {
+            return Err(ErrorCode::NotFound.status(format!(
+                "executable {hash} is not stored; upload it (again) before adding the job"
+            )));
+        }
+        Ok(guard)
+    }
+
+    /// Removes the executable `hash` from storage unless a running job uses it. A failed
+    /// removal is logged; the next GCS start sweeps it (see `remove_unused_executables`).
+    pub(crate) async fn release_executable(&self, hash: &str) {
+        if hash.is_empty() {
+            return;
+        }
+        let _guard = self.executables.lock().await;
+        let in_use = self
+            .jobs
+            .lock()
+            .values()
+            .any(|j| !j.finished && j.executable_hash == hash);
+        if in_use {
+            return;
+        }
+        match self
+            .storage
+            .delete(EXECUTABLES_TABLE, hash.as_bytes())
+            .await
+        {
+            Ok(true) => tracing::info!(hash, "executable removed: no running job uses it"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(hash, error = %e, "cannot remove an unused executable"),
+        }
+    }
+
+    /// Removes every stored executable no running job uses (at start: those of jobs that
+    /// finished while no GCS was there to remove them).
+    pub(crate) async fn remove_unused_executables(&self) {
+        let stored = match self.storage.keys_with_prefix(EXECUTABLES_TABLE, b"").await {
+            Ok(keys) => keys,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list stored executables");
+                return;
+            }
+        };
+        for key in stored {
+            match String::from_utf8(key) {
+                Ok(hash) => self.release_executable(&hash).await,
+                Err(e) => {
+                    tracing::warn!(key = %hex::encode(e.as_bytes()), "stored executable with a non-utf8 name left alone")
+                }
+            }
         }
     }
 }
@@ -635,6 +727,9 @@ impl Gcs for GcsService {
         job.end_time_ms = 0;
 
         let state = &self.state;
+        // Held until the job is in the table, so its executable cannot go meanwhile. Lock
+        // order: `executables` before `job_writes`.
+        let _executable = state.executable_for_new_job(&job.executable_hash).await?;
         let _writes = state.job_writes.lock().await;
         if state.jobs.lock().contains_key(&id) {
             return Err(ErrorCode::AlreadyExists.status(format!("job {id} exists already")));

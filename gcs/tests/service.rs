@@ -289,9 +289,11 @@ async fn job_table_and_job_events() {
     let mut events = subscribe(&mut client, Channel::JobChanges).await;
 
     let id = JobId::random();
+    let exe_hash = blake3::hash(b"exe").to_hex().to_string();
+    upload(&mut client, &exe_hash, 3, b"exe").await.unwrap();
     let job = JobInfo {
         job_id: id.to_vec(),
-        executable_hash: blake3::hash(b"exe").to_hex().to_string(),
+        executable_hash: exe_hash,
         driver: Some(WorkerAddress {
             worker_id: WorkerId::random().to_vec(),
             node_id: NodeId::random().to_vec(),
@@ -377,6 +379,87 @@ async fn has(client: &mut Client, hash: &str) -> bool {
         .unwrap()
         .into_inner()
         .present
+}
+
+fn job_of(hash: &str) -> JobInfo {
+    JobInfo {
+        job_id: JobId::random().to_vec(),
+        executable_hash: hash.to_string(),
+        ..Default::default()
+    }
+}
+
+async fn add(client: &mut Client, job: &JobInfo) -> Result<(), tonic::Status> {
+    client
+        .add_job(AddJobRequest {
+            job: Some(job.clone()),
+        })
+        .await
+        .map(|_| ())
+}
+
+/// An executable stays while a running job uses it and goes with the last one; a job of
+/// an executable that is not stored is refused with NOT_FOUND (the driver then uploads
+/// again). Checked on both backends, and across a restart on Redis.
+#[tokio::test]
+async fn executables_of_finished_jobs_are_removed() {
+    let redis = miniray_gcs::testing::RedisServer::start().unwrap();
+    let mut redis_cfg = config();
+    redis_cfg.storage = StorageConfig::Redis { url: redis.url() };
+    for cfg in [config(), redis_cfg.clone()] {
+        let (gcs, mut client) = start_with(cfg).await;
+        let data = b"a build of some program".to_vec();
+        let hash = blake3::hash(&data).to_hex().to_string();
+        let err = add(&mut client, &job_of(&hash)).await.unwrap_err();
+        assert_eq!(code(&err), ErrorCode::NotFound, "{err}");
+
+        upload(&mut client, &hash, data.len() as u64, &data)
+            .await
+            .unwrap();
+        let (a, b) = (job_of(&hash), job_of(&hash));
+        add(&mut client, &a).await.unwrap();
+        add(&mut client, &b).await.unwrap();
+        mark_job_finished(&mut client, &a.job_id).await.unwrap();
+        assert!(has(&mut client, &hash).await, "job b still runs it");
+        mark_job_finished(&mut client, &b.job_id).await.unwrap();
+        assert!(!has(&mut client, &hash).await, "no running job uses it");
+        let late = job_of(&hash);
+        let err = add(&mut client, &late).await.unwrap_err();
+        assert_eq!(code(&err), ErrorCode::NotFound);
+        assert_eq!(
+            code(&get_job(&mut client, &late.job_id).await.unwrap_err()),
+            ErrorCode::NotFound,
+            "a refused job is not recorded"
+        );
+        // What the driver does then: upload again, add again.
+        upload(&mut client, &hash, data.len() as u64, &data)
+            .await
+            .unwrap();
+        add(&mut client, &late).await.unwrap();
+        mark_job_finished(&mut client, &late.job_id).await.unwrap();
+        assert!(!has(&mut client, &hash).await);
+        gcs.shutdown().await;
+    }
+
+    // On Redis, an executable left by a job that finished while no GCS could remove it
+    // (here: uploaded, never used) is removed when the next GCS starts, and one a running
+    // job uses is kept.
+    let (gcs, mut client) = start_with(redis_cfg.clone()).await;
+    let (orphan, used) = (b"orphan".to_vec(), b"used".to_vec());
+    let orphan_hash = blake3::hash(&orphan).to_hex().to_string();
+    let used_hash = blake3::hash(&used).to_hex().to_string();
+    upload(&mut client, &orphan_hash, orphan.len() as u64, &orphan)
+        .await
+        .unwrap();
+    upload(&mut client, &used_hash, used.len() as u64, &used)
+        .await
+        .unwrap();
+    add(&mut client, &job_of(&used_hash)).await.unwrap();
+    gcs.shutdown().await;
+    let (gcs, mut client) = start_with(redis_cfg).await;
+    assert!(!has(&mut client, &orphan_hash).await);
+    assert!(has(&mut client, &used_hash).await);
+    gcs.shutdown().await;
 }
 
 #[tokio::test]
@@ -631,6 +714,8 @@ async fn restart_on_redis_keeps_the_cluster_state() {
     upload(&mut client, &hash, exe.len() as u64, &exe)
         .await
         .unwrap();
+    // A running job uses it, so the restarted GCS keeps it.
+    add(&mut client, &job_of(&hash)).await.unwrap();
     gcs.shutdown().await;
     drop(client);
 

@@ -15,6 +15,13 @@
 //!   within the same tick could otherwise keep them (git's "racy" entries).
 //! - The hash is validated as 64 lowercase hex characters before it touches a path, so a
 //!   hostile job record cannot escape the cache folder.
+//! - A raylet removes a cached executable once no job it knows of uses it ([`remove`]).
+//!   Several raylets on one machine share the folder, so a file can vanish between
+//!   [`ensure`] and the spawn of another raylet: that spawn fails with ENOENT and the
+//!   worker pool fetches it again (`spawn_refetching`). A running worker is unaffected.
+//!
+//! [`remove`]: ExecutableCache::remove
+//! [`ensure`]: ExecutableCache::ensure
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -229,6 +236,22 @@ impl ExecutableCache {
                 .map_err(io_err)?;
         }
         Ok(())
+    }
+
+    /// Deletes the cached executable `hash` (and forgets its fetch lock and what was
+    /// verified of it). Called by the worker pool once no job it knows of uses it.
+    pub fn remove(&self, hash: &str) -> Result<(), ExecutableError> {
+        let path = self.path_of(hash)?;
+        self.locks.lock().remove(hash);
+        self.verified.lock().remove(hash);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                tracing::info!(hash, path = %path.display(), "removed cached executable: no job here uses it");
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(ExecutableError::Io { path, source }),
+        }
     }
 
     async fn fetch_into(

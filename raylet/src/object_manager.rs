@@ -163,6 +163,12 @@ impl ObjectManager {
         Ok(rx)
     }
 
+    /// Drops the cached clients of nodes not in `alive` (dead ones), so the map follows the
+    /// cluster rather than every node ever met. A peer needed again reconnects.
+    pub fn retain_peers(&self, alive: &std::collections::HashSet<NodeId>) {
+        self.peers.lock().retain(|node, _| alive.contains(node));
+    }
+
     fn peer(&self, source: &NodeAddress) -> Result<RayletClient<AuthedChannel>, PullError> {
         let node = NodeId::from_bytes(&source.node_id)
             .map_err(|e| PullError::new(ErrorCode::InvalidArgument, e.to_string()))?;

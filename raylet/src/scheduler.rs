@@ -22,6 +22,8 @@ use miniray_proto::{NodeAddress, ResourceDemand};
 
 /// Quantities this close to zero count as zero.
 const EPSILON: f64 = 1e-9;
+/// Distinct infeasible shapes warned about before the memory of them is cleared.
+const MAX_WARNED_INFEASIBLE: usize = 1024;
 
 /// Identifies one queued request until it is granted, spilled or cancelled.
 pub type Ticket = u64;
@@ -268,6 +270,11 @@ impl Scheduler {
     }
 
     fn warn_infeasible(&mut self, req: &Resources) {
+        // Shapes come from clients: start over rather than remember every one ever seen
+        // (the cost is a repeated warning).
+        if self.warned_infeasible.len() >= MAX_WARNED_INFEASIBLE {
+            self.warned_infeasible.clear();
+        }
         if self.warned_infeasible.insert(req.shape_key()) {
             tracing::warn!(
                 shape = %req,

@@ -365,7 +365,7 @@ impl WorkerPool {
                 exited,
             },
         );
-        let child = match spawn_retrying_busy(&mut cmd).await {
+        let child = match self.spawn_refetching(&mut cmd, &info.executable_hash).await {
             Ok(child) => child,
             Err(source) => {
                 self.workers.lock().remove(&worker_id);
@@ -507,10 +507,12 @@ impl WorkerPool {
         self.jobs.lock().values().cloned().collect()
     }
 
-    /// Jobs that have a worker process on this node.
+    /// Jobs that have a worker process on this node, or whose record it keeps (their
+    /// workers may all have exited): the heartbeat asks the GCS whether they finished, so
+    /// that both are forgotten.
     pub fn jobs_present(&self) -> Vec<JobId> {
-        let workers = self.workers.lock();
-        let mut jobs: Vec<JobId> = workers.values().map(|w| w.job_id).collect();
+        let mut jobs: Vec<JobId> = self.workers.lock().values().map(|w| w.job_id).collect();
+        jobs.extend(self.jobs.lock().keys().copied());
         jobs.sort();
         jobs.dedup();
         jobs
@@ -526,9 +528,27 @@ impl WorkerPool {
                 .map(|(id, _)| *id)
                 .collect()
         };
-        self.jobs.lock().remove(&job);
+        self.forget_job(job);
         for id in ids {
             self.stop(id);
+        }
+    }
+
+    /// Drops a finished job's record, and its cached executable when no other job known
+    /// here uses it. The file is removed under the `jobs` lock: a new job of the same
+    /// executable is in `jobs` before its first spawn looks for the file, so that spawn
+    /// either kept the file alive or fetches it again.
+    fn forget_job(&self, job: JobId) {
+        let mut jobs = self.jobs.lock();
+        let Some(info) = jobs.remove(&job) else {
+            return;
+        };
+        let hash = info.executable_hash;
+        if hash.is_empty() || jobs.values().any(|j| j.executable_hash == hash) {
+            return;
+        }
+        if let Err(e) = self.cache.remove(&hash) {
+            tracing::warn!(job_id = %job, error = %e, "cannot remove the cached executable of a finished job");
         }
     }
 
@@ -633,6 +653,34 @@ impl WorkerPool {
             }
         }
         let _ = self.exits.send((worker_id, status));
+    }
+}
+
+impl WorkerPool {
+    /// Spawns `cmd`, the cached executable `hash`. When the file is gone (another raylet
+    /// sharing the cache folder removed it after `ensure`), fetches it again and retries.
+    async fn spawn_refetching(
+        &self,
+        cmd: &mut tokio::process::Command,
+        hash: &str,
+    ) -> std::io::Result<tokio::process::Child> {
+        for _ in 1..START_ATTEMPTS {
+            match spawn_retrying_busy(cmd).await {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    tracing::info!(
+                        hash,
+                        "cached executable vanished before the spawn; fetching it again"
+                    );
+                    let mut gcs = self.gcs.clone();
+                    self.cache
+                        .ensure(&mut gcs, hash)
+                        .await
+                        .map_err(std::io::Error::other)?;
+                }
+                other => return other,
+            }
+        }
+        spawn_retrying_busy(cmd).await
     }
 }
 

@@ -44,6 +44,7 @@ fn gcs_against(redis_url: &str) -> (bool, String, Duration) {
         session_name: "gcs_faults".into(),
         redis_address: Some(redis_url.to_string()),
         node_timeout_ms: 10_000,
+        max_destroyed_actors: None,
     });
     let start = Instant::now();
     let mut child = Command::new(DRIVER)

@@ -23,6 +23,8 @@ use tracing::{info, warn};
 
 use crate::error::{Error, Result};
 
+pub use miniray_gcs::DEFAULT_MAX_DESTROYED_ACTORS;
+
 const READY_PREFIX: &str = "MINIRAY_READY ";
 const EXIT_WITH_PARENT: &str = "MINIRAY_EXIT_WITH_PARENT";
 /// How long a daemon may take to start serving.
@@ -45,6 +47,9 @@ pub struct GcsSpec {
     pub session_name: String,
     pub redis_address: Option<String>,
     pub node_timeout_ms: u64,
+    /// Dead actors the GCS keeps (default [`miniray_gcs::DEFAULT_MAX_DESTROYED_ACTORS`]).
+    #[serde(default)]
+    pub max_destroyed_actors: Option<usize>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -245,6 +250,9 @@ async fn run_daemon(spec: DaemonSpec, exit_with_parent: bool) -> i32 {
                 storage,
                 node_timeout: Duration::from_millis(s.node_timeout_ms),
                 session_name: s.session_name,
+                max_destroyed_actors: s
+                    .max_destroyed_actors
+                    .unwrap_or(miniray_gcs::DEFAULT_MAX_DESTROYED_ACTORS),
             };
             match miniray_gcs::GcsServer::start(cfg).await {
                 Ok(h) => {
@@ -370,6 +378,7 @@ impl LocalCluster {
                 session_name,
                 redis_address: None,
                 node_timeout_ms: miniray_common::config::DEFAULT_NODE_TIMEOUT.as_millis() as u64,
+                max_destroyed_actors: None,
             }),
             &logs.join("gcs.err"),
             true,

@@ -1,10 +1,14 @@
 //! Registering the driver's job: its executable (content-addressed, uploaded once) and the
 //! job record raylets read to start workers.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
+use miniray_common::ErrorCode;
+use miniray_common::auth::AuthedChannel;
 use miniray_common::config::TRANSFER_CHUNK_SIZE;
 use miniray_common::time::now_ms;
+use miniray_proto::gcs_client::GcsClient;
 use miniray_proto::{
     AddJobRequest, ExecutableChunk, HasExecutableRequest, JobInfo, MarkJobFinishedRequest,
 };
@@ -33,49 +37,70 @@ pub(crate) async fn register(cw: &Arc<CoreWorker>) -> Result<()> {
         .into_inner()
         .present;
     if !present {
-        info!(size = bytes.len(), %hash, "uploading the job executable");
-        let total_size = bytes.len() as u64;
-        let chunks: Vec<ExecutableChunk> = bytes
-            .chunks(TRANSFER_CHUNK_SIZE)
-            .enumerate()
-            .map(|(i, c)| ExecutableChunk {
-                hash: if i == 0 { hash.clone() } else { String::new() },
-                total_size: if i == 0 { total_size } else { 0 },
-                data: c.to_vec(),
-            })
-            .collect();
-        let chunks = if chunks.is_empty() {
-            vec![ExecutableChunk {
-                hash: hash.clone(),
-                total_size: 0,
-                data: Vec::new(),
-            }]
-        } else {
-            chunks
-        };
-        gcs.put_executable(futures::stream::iter(chunks))
-            .await
-            .map_err(err)?;
+        upload(&mut gcs, &hash, &bytes).await.map_err(err)?;
     } else {
         debug!(%hash, "job executable already registered");
     }
-    let env = FORWARDED_ENV
+    let env: HashMap<String, String> = FORWARDED_ENV
         .iter()
         .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
         .collect();
-    gcs.add_job(AddJobRequest {
+    let job = AddJobRequest {
         job: Some(JobInfo {
             job_id: cw.job_id.to_vec(),
-            executable_hash: hash,
+            executable_hash: hash.clone(),
             driver: Some(cw.address.to_proto()),
             start_time_ms: now_ms(),
             end_time_ms: 0,
             finished: false,
             env,
         }),
-    })
-    .await
-    .map_err(err)?;
+    };
+    match gcs.add_job(job.clone()).await {
+        Ok(_) => Ok(()),
+        // The last job using this executable finished after it was found present, and the
+        // GCS removed it: upload it again and retry once.
+        Err(status) if ErrorCode::of_status(&status) == ErrorCode::NotFound => {
+            debug!(%hash, "job executable was removed meanwhile; uploading it again");
+            upload(&mut gcs, &hash, &bytes).await.map_err(err)?;
+            gcs.add_job(job).await.map_err(err)?;
+            Ok(())
+        }
+        Err(status) => Err(err(status)),
+    }
+}
+
+/// Uploads the executable in `TRANSFER_CHUNK_SIZE` chunks; the first names hash and size.
+async fn upload(
+    gcs: &mut GcsClient<AuthedChannel>,
+    hash: &str,
+    bytes: &[u8],
+) -> std::result::Result<(), tonic::Status> {
+    info!(size = bytes.len(), %hash, "uploading the job executable");
+    let total_size = bytes.len() as u64;
+    let chunks: Vec<ExecutableChunk> = bytes
+        .chunks(TRANSFER_CHUNK_SIZE)
+        .enumerate()
+        .map(|(i, c)| ExecutableChunk {
+            hash: if i == 0 {
+                hash.to_string()
+            } else {
+                String::new()
+            },
+            total_size: if i == 0 { total_size } else { 0 },
+            data: c.to_vec(),
+        })
+        .collect();
+    let chunks = if chunks.is_empty() {
+        vec![ExecutableChunk {
+            hash: hash.to_string(),
+            total_size: 0,
+            data: Vec::new(),
+        }]
+    } else {
+        chunks
+    };
+    gcs.put_executable(futures::stream::iter(chunks)).await?;
     Ok(())
 }
 

@@ -74,6 +74,33 @@ struct KeyState {
     avg_run_micros: Option<f64>,
 }
 
+impl KeyState {
+    fn new(resources: Resources) -> Self {
+        Self {
+            resources,
+            queue: VecDeque::new(),
+            workers: Vec::new(),
+            pending_leases: 0,
+            feasibility_checked: false,
+            avg_run_micros: None,
+        }
+    }
+
+    /// Nothing queued, leased or being leased: the state can go (a later task of the key
+    /// starts a fresh one, at the cost of one feasibility check and a new run-time average).
+    fn is_idle(&self) -> bool {
+        self.queue.is_empty() && self.workers.is_empty() && self.pending_leases == 0
+    }
+}
+
+/// Drops the state of `key` if it is idle, so a process that submits tasks of many
+/// shapes over its life keeps state only for the shapes in use.
+fn forget_if_idle(keys: &mut HashMap<String, KeyState>, key: &str) {
+    if keys.get(key).is_some_and(KeyState::is_idle) {
+        keys.remove(key);
+    }
+}
+
 /// How many tasks one worker may hold at once. Short tasks are pipelined in batches, since
 /// the round trip then dominates; long or unknown ones go one at a time so that they spread
 /// over all the workers leased.
@@ -108,6 +135,11 @@ pub(crate) struct Submitter {
 }
 
 impl Submitter {
+    /// Resource shapes with state (queued, leased or being leased tasks).
+    pub(crate) fn key_count(&self) -> usize {
+        self.keys.lock().len()
+    }
+
     /// Leases held now (returned at shutdown).
     fn take_all_leases(&self) -> Vec<(Vec<u8>, String)> {
         let mut keys = self.keys.lock();
@@ -222,14 +254,7 @@ impl CoreWorker {
         {
             let mut keys = self.submitter.keys.lock();
             keys.entry(key.clone())
-                .or_insert_with(|| KeyState {
-                    resources,
-                    queue: VecDeque::new(),
-                    workers: Vec::new(),
-                    pending_leases: 0,
-                    feasibility_checked: false,
-                    avg_run_micros: None,
-                })
+                .or_insert_with(|| KeyState::new(resources))
                 .queue
                 .push_back(task);
         }
@@ -268,6 +293,7 @@ impl CoreWorker {
                 st.pending_leases += 1;
                 new_leases += 1;
             }
+            forget_if_idle(&mut keys, key);
         }
         for (lease_id, endpoint, batch) in pushes {
             let cw = self.clone();
@@ -302,7 +328,9 @@ impl CoreWorker {
                     last_seen = Some(w.generation);
                     continue;
                 }
-                st.workers.remove(pos).raylet
+                let raylet = st.workers.remove(pos).raylet;
+                forget_if_idle(&mut keys, &key);
+                raylet
             };
             self.return_lease(lease_id, &raylet, false).await;
             return;
@@ -340,6 +368,7 @@ impl CoreWorker {
                 let Some(st) = keys.get_mut(&key) else { return };
                 if st.queue.is_empty() {
                     st.pending_leases -= 1;
+                    forget_if_idle(&mut keys, &key);
                     return;
                 }
                 let check = !st.feasibility_checked;
@@ -419,7 +448,9 @@ impl CoreWorker {
             let mut keys = self.submitter.keys.lock();
             let Some(st) = keys.get_mut(key) else { return };
             st.pending_leases = st.pending_leases.saturating_sub(1);
-            st.queue.drain(..).collect()
+            let tasks = st.queue.drain(..).collect();
+            forget_if_idle(&mut keys, key);
+            tasks
         };
         for t in tasks {
             if let Ok(id) = ObjectId::from_bytes(&t.spec.return_id) {
@@ -585,7 +616,21 @@ impl CoreWorker {
                 );
             }
         }
+        let Some(first) = requeue.first() else {
+            return;
+        };
         let mut keys = self.submitter.keys.lock();
+        if !keys.contains_key(key) {
+            // The key went idle (and was forgotten) while the push failed; its tasks'
+            // specs carry the shape to start it over.
+            let resources = first
+                .spec
+                .resources
+                .as_ref()
+                .and_then(|r| Resources::from_proto(r).ok())
+                .unwrap_or_default();
+            keys.insert(key.to_string(), KeyState::new(resources));
+        }
         if let Some(st) = keys.get_mut(key) {
             for task in requeue.into_iter().rev() {
                 st.queue.push_front(task);

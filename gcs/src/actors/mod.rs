@@ -29,12 +29,15 @@
 //!   still applies to the version it was computed from when the write returns.
 //! - Lock order: the GCS `job_writes` may be held while taking `writes`, never the other
 //!   way round.
-//! - Dead actors stay in the table and in storage, so callers learn why an actor died.
+//! - Dead actors stay in the table and in storage, so callers learn why an actor died, but
+//!   only the last `max_destroyed` of them (Ray's `maximum_gcs_destroyed_actor_cached_count`):
+//!   beyond that the one that died first is forgotten (removed from storage, then from the
+//!   table). Actors that are not dead are never forgotten; a forgotten actor is NOT_FOUND.
 
 pub(crate) mod placement;
 pub(crate) mod supervisor;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -149,6 +152,7 @@ fn dead(info: &ActorInfo, reason: String) -> ActorInfo {
     ActorInfo {
         state: ActorState::Dead as i32,
         death_reason: reason,
+        end_time_ms: now_ms(),
         ..without_worker(info)
     }
 }
@@ -224,6 +228,10 @@ pub(crate) struct ActorManager {
     /// Bumped when a node registers or dies: waiting placements and supervisors watching
     /// their node re-check.
     cluster: watch::Sender<u64>,
+    /// Dead actors kept before the oldest is forgotten.
+    max_destroyed: usize,
+    /// Ids of the dead actors in the table, the first to die first (see the invariants).
+    destroyed: parking_lot::Mutex<VecDeque<ActorId>>,
 }
 
 impl ActorManager {
@@ -233,6 +241,7 @@ impl ActorManager {
         storage: Arc<dyn Storage>,
         events: broadcast::Sender<PubMessage>,
         token: String,
+        max_destroyed: usize,
     ) -> Result<Self, GcsError> {
         let mut table = BTreeMap::new();
         for (key, value) in storage.get_all(ACTORS_TABLE).await? {
@@ -253,14 +262,56 @@ impl ActorManager {
                 "reloaded actors from storage"
             );
         }
-        Ok(Self {
+        let mut dead: Vec<(u64, u64, ActorId)> = table
+            .iter()
+            .filter(|(_, e)| e.is_dead())
+            .map(|(id, e)| (e.info.end_time_ms, e.info.create_time_ms, *id))
+            .collect();
+        dead.sort();
+        let manager = Self {
             storage,
             events,
             token,
             table: Mutex::new(table),
             writes: tokio::sync::Mutex::new(()),
             cluster: watch::Sender::new(0),
-        })
+            max_destroyed,
+            destroyed: parking_lot::Mutex::new(dead.into_iter().map(|(_, _, id)| id).collect()),
+        };
+        manager.evict_destroyed().await;
+        Ok(manager)
+    }
+
+    /// Forgets the dead actors that died first while more than `max_destroyed` are kept.
+    /// One that cannot be removed from storage stays (in the table too) and is retried at
+    /// the next death.
+    async fn evict_destroyed(&self) {
+        let victims: Vec<ActorId> = {
+            let mut destroyed = self.destroyed.lock();
+            let excess = destroyed.len().saturating_sub(self.max_destroyed);
+            destroyed.drain(..excess).collect()
+        };
+        if victims.is_empty() {
+            return;
+        }
+        // Under `writes` (storage first, then memory), never under `table`.
+        let _writes = self.writes.lock().await;
+        for (i, id) in victims.iter().enumerate() {
+            // Only dead actors are listed, and a dead actor never changes again.
+            if !self.table.lock().get(id).is_some_and(ActorEntry::is_dead) {
+                continue;
+            }
+            if let Err(e) = self.storage.delete(ACTORS_TABLE, id.as_bytes()).await {
+                tracing::warn!(actor_id = %id, error = %e, "cannot forget a dead actor; will retry");
+                let mut destroyed = self.destroyed.lock();
+                for id in victims[i..].iter().rev() {
+                    destroyed.push_front(*id);
+                }
+                return;
+            }
+            self.table.lock().remove(id);
+            tracing::debug!(actor_id = %id, "dead actor forgotten");
+        }
     }
 
     pub(crate) fn token(&self) -> &str {
@@ -290,6 +341,10 @@ impl ActorManager {
             return Ok(None);
         };
         let before = entry.lease();
+        if is_dead(&next) {
+            // Deaths are final, so each actor is listed once (see `evict_destroyed`).
+            self.destroyed.lock().push_back(id);
+        }
         entry.info = next;
         entry.attempt = None;
         entry.version += 1;
@@ -443,6 +498,7 @@ impl ActorManager {
         if let Some(lease) = ended {
             supervisor::return_lease(self.token.clone(), id, lease);
         }
+        self.evict_destroyed().await;
         Ok(())
     }
 
@@ -489,6 +545,7 @@ impl ActorManager {
             // "whoever takes a lease out returns it" without exceptions.
             supervisor::return_lease(self.token.clone(), id, lease);
         }
+        self.evict_destroyed().await;
         Ok(())
     }
 
@@ -523,6 +580,7 @@ impl ActorManager {
         for (id, lease) in ended {
             supervisor::return_lease(self.token.clone(), id, lease);
         }
+        self.evict_destroyed().await;
     }
 
     /// Every actor, dead ones included.
@@ -651,6 +709,7 @@ impl ActorManager {
         if let Some(lease) = ended {
             supervisor::return_lease(self.token.clone(), id, lease);
         }
+        self.evict_destroyed().await;
         Ok(())
     }
 }
@@ -775,6 +834,8 @@ mod tests {
             table: Mutex::new(BTreeMap::new()),
             writes: tokio::sync::Mutex::new(()),
             cluster: watch::Sender::new(0),
+            max_destroyed: 10,
+            destroyed: Default::default(),
         }
     }
 
@@ -936,6 +997,85 @@ mod tests {
         let dead = m.snapshot(id).await.unwrap().info;
         assert_eq!(dead.state(), ActorState::Dead);
         assert_eq!(dead.death_reason, "its constructor failed: boom");
+    }
+
+    #[tokio::test]
+    async fn only_the_last_dead_actors_are_kept() {
+        let m = manager();
+        let live = pending(&m, 0).await;
+        let mut killed = Vec::new();
+        for _ in 0..m.max_destroyed + 5 {
+            let id = pending(&m, 0).await;
+            m.kill(KillActorRequest {
+                actor_id: id.to_vec(),
+                reason: String::new(),
+            })
+            .await
+            .unwrap();
+            killed.push(id);
+        }
+        let (forgotten, kept) = killed.split_at(5);
+        let lookup = |id: &ActorId| GetActorRequest {
+            actor_id: id.to_vec(),
+            ..Default::default()
+        };
+        for id in forgotten {
+            let err = m.get(lookup(id)).await.unwrap_err();
+            assert_eq!(ErrorCode::of_status(&err), ErrorCode::NotFound);
+            assert!(!m.storage.exists(ACTORS_TABLE, id.as_bytes()).await.unwrap());
+        }
+        for id in kept {
+            let info = m.get(lookup(id)).await.unwrap();
+            assert_eq!(info.state(), ActorState::Dead);
+            assert!(info.end_time_ms > 0);
+            assert!(m.storage.exists(ACTORS_TABLE, id.as_bytes()).await.unwrap());
+        }
+        // The live actor is never forgotten, however many die after it.
+        assert_eq!(
+            m.get(lookup(&live)).await.unwrap().state(),
+            ActorState::PendingCreation
+        );
+        assert_eq!(m.all().await.len(), m.max_destroyed + 1);
+
+        // A GCS reloading more dead actors than it keeps forgets those that died first.
+        let storage: Arc<dyn Storage> = Arc::new(crate::storage::MemoryStorage::new());
+        let record = |id: ActorId, state: ActorState, end_time_ms: u64| ActorInfo {
+            actor_id: id.to_vec(),
+            state: state as i32,
+            end_time_ms,
+            ..Default::default()
+        };
+        let dead_ids: Vec<ActorId> = (0..5).map(|_| ActorId::random()).collect();
+        // Stored out of death order: the reload sorts by end time.
+        for (i, id) in dead_ids.iter().enumerate().rev() {
+            let info = record(*id, ActorState::Dead, 100 + i as u64);
+            storage
+                .put(ACTORS_TABLE, id.as_bytes(), &info.encode_to_vec())
+                .await
+                .unwrap();
+        }
+        let alive = ActorId::random();
+        let info = record(alive, ActorState::Restarting, 0);
+        storage
+            .put(ACTORS_TABLE, alive.as_bytes(), &info.encode_to_vec())
+            .await
+            .unwrap();
+        let (events, _) = broadcast::channel(16);
+        let reloaded = ActorManager::load(Arc::clone(&storage), events, "t".into(), 3)
+            .await
+            .unwrap();
+        let mut ids: Vec<Vec<u8>> = reloaded
+            .all()
+            .await
+            .into_iter()
+            .map(|a| a.actor_id)
+            .collect();
+        let mut expected: Vec<Vec<u8>> = dead_ids[2..].iter().map(|id| id.to_vec()).collect();
+        expected.push(alive.to_vec());
+        ids.sort();
+        expected.sort();
+        assert_eq!(ids, expected);
+        assert_eq!(storage.get_all(ACTORS_TABLE).await.unwrap().len(), 4);
     }
 
     #[test]

@@ -51,6 +51,7 @@ pub struct Cluster {
     redis: Option<String>,
     node_timeout: Duration,
     plasma_dir: PathBuf,
+    max_destroyed_actors: Option<usize>,
 }
 
 pub struct Options {
@@ -61,6 +62,8 @@ pub struct Options {
     pub object_store_memory: u64,
     /// Folder of the nodes' plasma segments (default `/dev/shm`).
     pub plasma_dir: Option<PathBuf>,
+    /// Dead actors the GCS keeps (its default when `None`).
+    pub max_destroyed_actors: Option<usize>,
 }
 
 impl Default for Options {
@@ -72,6 +75,7 @@ impl Default for Options {
             redis: None,
             object_store_memory: 1 << 30,
             plasma_dir: None,
+            max_destroyed_actors: None,
         }
     }
 }
@@ -85,6 +89,7 @@ fn gcs_spec(
     token: &str,
     redis: Option<String>,
     node_timeout: Duration,
+    max_destroyed_actors: Option<usize>,
 ) -> DaemonSpec {
     DaemonSpec::Gcs(GcsSpec {
         bind,
@@ -92,6 +97,7 @@ fn gcs_spec(
         session_name: "test".into(),
         redis_address: redis,
         node_timeout_ms: node_timeout.as_millis() as u64,
+        max_destroyed_actors,
     })
 }
 
@@ -111,6 +117,7 @@ impl Cluster {
                 &token,
                 opts.redis.clone(),
                 opts.node_timeout,
+                opts.max_destroyed_actors,
             ),
             &session_dir.join("logs/gcs.err"),
             true,
@@ -127,6 +134,7 @@ impl Cluster {
             plasma_dir: opts
                 .plasma_dir
                 .unwrap_or_else(miniray_common::shm::plasma_dir),
+            max_destroyed_actors: opts.max_destroyed_actors,
         };
         cluster.add_node(
             opts.head_cpus,
@@ -211,7 +219,13 @@ impl Cluster {
             .expect("the gcs address is HOST:PORT");
         let gcs = spawn_daemon(
             exe(),
-            &gcs_spec(bind, &self.token, self.redis.clone(), self.node_timeout),
+            &gcs_spec(
+                bind,
+                &self.token,
+                self.redis.clone(),
+                self.node_timeout,
+                self.max_destroyed_actors,
+            ),
             // A new log, so the old GCS's last words are kept.
             &self
                 .session_dir
@@ -259,7 +273,12 @@ impl Cluster {
 
     /// Starts the test driver with `args` against this cluster; `DriverRun::wait` ends it.
     pub fn spawn_driver(&self, args: &[&str]) -> Child {
-        Command::new(exe())
+        self.spawn_driver_from(exe(), args)
+    }
+
+    /// Like [`Cluster::spawn_driver`], from another copy of the test driver executable.
+    pub fn spawn_driver_from(&self, exe: &Path, args: &[&str]) -> Child {
+        Command::new(exe)
             .args(args)
             .env("MINIRAY_ADDRESS", &self.gcs_address)
             .env("MINIRAY_TOKEN", &self.token)
@@ -269,6 +288,35 @@ impl Cluster {
             .stderr(Stdio::piped())
             .spawn()
             .expect("driver starts")
+    }
+
+    /// Process id of the GCS, while it runs.
+    pub fn gcs_pid(&self) -> Option<u32> {
+        self.gcs.as_ref().map(Child::id)
+    }
+
+    /// Process id of a node's raylet, while it runs.
+    pub fn node_pid(&self, index: usize) -> Option<u32> {
+        self.nodes.get(index)?.child.as_ref().map(Child::id)
+    }
+
+    /// A GCS client of this cluster on a runtime of its own, for tests without one.
+    pub fn gcs_call<T>(
+        &self,
+        call: impl AsyncFnOnce(
+            &mut GcsClient<miniray_common::auth::AuthedChannel>,
+        ) -> Result<T, tonic::Status>,
+    ) -> Result<T, tonic::Status> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let channel = miniray_common::auth::connect(&self.gcs_address, &self.token)
+                .await
+                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            call(&mut GcsClient::new(channel)).await
+        })
     }
 
     /// Plasma segments of this cluster's session still in its plasma folder.

@@ -9,6 +9,7 @@ use miniray::{Error, IntoArg, ObjectRef, TaskOptions};
 
 mod actors;
 mod borrowing;
+mod bounded;
 mod gcs_faults;
 mod limits;
 mod plasma_memory;
@@ -414,7 +415,7 @@ fn run(scenario: &str) -> anyhow::Result<()> {
         "shm_full" => limits::shm_full()?,
         "hold_actor" => limits::hold_actor()?,
         other => {
-            if !actors::run(other)? && !plasma_memory::run(other)? {
+            if !actors::run(other)? && !plasma_memory::run(other)? && !bounded::run(other)? {
                 anyhow::bail!("unknown scenario {other:?}");
             }
         }
