@@ -13,27 +13,8 @@ use std::time::{Duration, Instant};
 
 use miniray::cluster::{DaemonSpec, GcsSpec};
 use miniray_common::config::env;
-use miniray_proto::gcs_client::GcsClient;
-use miniray_proto::{GetAllJobsRequest, JobInfo, NodeState};
+use miniray_proto::NodeState;
 use support::{Cluster, DRIVER, DRIVER_DEADLINE, DriverRun, Options, wait_until};
-
-/// The job table, as a client holding the cluster token sees it.
-fn jobs(cluster: &Cluster) -> Result<Vec<JobInfo>, String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    rt.block_on(async {
-        let channel = miniray_common::auth::connect(&cluster.gcs_address, &cluster.token)
-            .await
-            .map_err(|e| e.to_string())?;
-        let reply = GcsClient::new(channel)
-            .get_all_jobs(GetAllJobsRequest {})
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(reply.into_inner().jobs)
-    })
-}
 
 /// How a GCS daemon (the real executable in its GCS role) pointed at `redis_url` ended:
 /// exit success, stderr, and how long it took.
@@ -155,7 +136,7 @@ fn a_restarted_in_memory_gcs_takes_its_raylet_and_jobs_back() {
     wait_until("the driver's first tasks", DRIVER_DEADLINE, || {
         dir.join("ready").exists()
     });
-    let before = jobs(&cluster).expect("the job table");
+    let before = cluster.jobs().expect("the job table");
     assert_eq!(before.len(), 1, "one running driver, one job");
     let job = before[0].clone();
     assert!(!job.finished);
@@ -170,7 +151,7 @@ fn a_restarted_in_memory_gcs_takes_its_raylet_and_jobs_back() {
         || cluster.node_state(head) == Some(NodeState::Alive),
     );
     assert!(cluster.node_running(0), "the raylet exited");
-    let restored = jobs(&cluster).expect("the job table after the restart");
+    let restored = cluster.jobs().expect("the job table after the restart");
     let restored = restored
         .iter()
         .find(|j| j.job_id == job.job_id)

@@ -9,28 +9,8 @@ use std::time::{Duration, Instant};
 use miniray_common::config::DEFAULT_HEARTBEAT_INTERVAL;
 use miniray_gcs::testing::RedisServer;
 use miniray_proto::gcs_client::GcsClient;
-use miniray_proto::{
-    ActorState, GetAllActorsRequest, GetAllJobsRequest, JobInfo, NodeInfo, NodeState,
-};
+use miniray_proto::{ActorState, GetAllActorsRequest, NodeInfo, NodeState};
 use support::{Cluster, DRIVER_DEADLINE, DriverRun, Options, wait_until};
-
-/// The job table, as a client holding the cluster token sees it.
-fn jobs(cluster: &Cluster) -> Result<Vec<JobInfo>, String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    rt.block_on(async {
-        let channel = miniray_common::auth::connect(&cluster.gcs_address, &cluster.token)
-            .await
-            .map_err(|e| e.to_string())?;
-        let reply = GcsClient::new(channel)
-            .get_all_jobs(GetAllJobsRequest {})
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(reply.into_inner().jobs)
-    })
-}
 
 /// Whether the GCS reports an ALIVE actor named `name`.
 fn actor_alive(cluster: &Cluster, name: &str) -> bool {
@@ -87,7 +67,7 @@ fn a_gcs_restarted_on_the_same_redis_keeps_nodes_and_jobs() {
     let first = cluster.run_driver(&["basic"]);
     first.assert_success();
     assert_eq!(first.get("chained"), "2401");
-    let before = jobs(&cluster).expect("the job table");
+    let before = cluster.jobs().expect("the job table");
     assert_eq!(before.len(), 1, "one job after one driver run");
     let first_job = before[0].clone();
     assert!(
@@ -133,7 +113,7 @@ fn a_gcs_restarted_on_the_same_redis_keeps_nodes_and_jobs() {
         "heartbeats did not continue after the restart"
     );
 
-    let after = jobs(&cluster).expect("the job table after the restart");
+    let after = cluster.jobs().expect("the job table after the restart");
     let reloaded = after
         .iter()
         .find(|j| j.job_id == first_job.job_id)
@@ -168,7 +148,7 @@ fn a_gcs_restarted_on_the_same_redis_keeps_nodes_and_jobs() {
         second.get("sum100"),
         (0..100u64).map(|x| x * x).sum::<u64>().to_string()
     );
-    let jobs = jobs(&cluster).expect("the job table after the second run");
+    let jobs = cluster.jobs().expect("the job table after the second run");
     assert_eq!(jobs.len(), 2, "both runs' jobs are in the table");
 
     assert!(cluster.stop().is_empty(), "segments left behind");

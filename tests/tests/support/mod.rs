@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use miniray::cluster::{DaemonSpec, GcsSpec, RayletSpec, spawn_daemon, stop_daemon};
 use miniray_common::{NodeId, Resources};
 use miniray_proto::gcs_client::GcsClient;
-use miniray_proto::{GetAllNodesRequest, NodeInfo, NodeState};
+use miniray_proto::{GetAllJobsRequest, GetAllNodesRequest, JobInfo, NodeInfo, NodeState};
 
 pub const DRIVER: &str = env!("CARGO_BIN_EXE_test-driver");
 
@@ -317,6 +317,15 @@ impl Cluster {
                 .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
             call(&mut GcsClient::new(channel)).await
         })
+    }
+
+    /// The job table, as a client holding the cluster token sees it.
+    pub fn jobs(&self) -> Result<Vec<JobInfo>, String> {
+        self.gcs_call(async |gcs| {
+            let reply = gcs.get_all_jobs(GetAllJobsRequest {}).await?;
+            Ok(reply.into_inner().jobs)
+        })
+        .map_err(|s| s.to_string())
     }
 
     /// Plasma segments of this cluster's session still in its plasma folder.
