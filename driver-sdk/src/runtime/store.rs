@@ -79,14 +79,20 @@ struct Entry {
     state: State,
     local_refs: u32,
     escaped: bool,
+    /// Borrowing state; boxed and absent for most objects, which keeps the hot table small.
+    extra: Option<Box<Extra>>,
+    notify: Arc<Notify>,
+}
+
+#[derive(Default)]
+struct Extra {
     /// Owned: the processes registered as borrowers.
     borrowers: Vec<Borrower>,
     /// Borrowed: the owner, and how many registrations it holds for this process.
-    owner: Option<Box<OwnerAddr>>,
+    owner: Option<OwnerAddr>,
     registrations: u32,
     /// References inside this object's value, held while the entry lives.
     contained: Vec<Held>,
-    notify: Arc<Notify>,
 }
 
 impl Entry {
@@ -96,16 +102,21 @@ impl Entry {
             state,
             local_refs: 0,
             escaped: false,
-            borrowers: Vec::new(),
-            owner: None,
-            registrations: 0,
-            contained: Vec::new(),
+            extra: None,
             notify: Arc::new(Notify::new()),
         }
     }
 
     fn unused(&self) -> bool {
-        self.local_refs == 0 && self.borrowers.is_empty() && !self.escaped
+        self.local_refs == 0 && !self.escaped && self.borrowers().is_empty()
+    }
+
+    fn extra(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Default::default)
+    }
+
+    fn borrowers(&self) -> &[Borrower] {
+        self.extra.as_ref().map_or(&[], |x| &x.borrowers)
     }
 }
 
@@ -141,13 +152,14 @@ impl ObjectStore {
         let Removed { id, entry } = removed;
         if entry.owned {
             self.free_value(id, &entry.state);
-        } else if entry.registrations > 0
-            && let Some(owner) = entry.owner
+        } else if let Some(extra) = entry.extra
+            && extra.registrations > 0
+            && let Some(owner) = extra.owner
         {
             self.borrows
-                .give_back(Subject::Object(id), *owner, entry.registrations);
+                .give_back(Subject::Object(id), owner, extra.registrations);
         }
-        // `entry.contained` drops here, outside every lock of the table.
+        // The contained references drop here, outside every lock of the table.
     }
 
     /// Records a new owned object (before its first `RefHandle` is made).
@@ -158,7 +170,9 @@ impl ObjectStore {
     /// Records a new owned object holding the references inside its value.
     pub(crate) fn insert_owned_holding(&self, id: ObjectId, state: State, contained: Vec<Held>) {
         let mut entry = Entry::new(true, state);
-        entry.contained = contained;
+        if !contained.is_empty() {
+            entry.extra().contained = contained;
+        }
         self.entries.insert(id, entry);
     }
 
@@ -184,7 +198,7 @@ impl ObjectStore {
                     Entry::new(false, State::Pending)
                 };
                 if !owned {
-                    e.owner = Some(Box::new(owner.clone()));
+                    e.extra().owner = Some(owner.clone());
                 }
                 e
             })
@@ -205,11 +219,11 @@ impl ObjectStore {
         }
         let mut e = self.entries.entry(id).or_insert_with(|| {
             let mut e = Entry::new(false, State::Pending);
-            e.owner = Some(Box::new(owner.clone()));
+            e.extra().owner = Some(owner.clone());
             e
         });
         e.local_refs += 1;
-        e.registrations += 1;
+        e.extra().registrations += 1;
     }
 
     /// Drops one local reference; frees the object when nothing holds it any more.
@@ -228,7 +242,7 @@ impl ObjectStore {
     pub(crate) fn count_registration(&self, id: ObjectId) -> bool {
         match self.entries.get_mut(&id) {
             Some(mut e) if !e.owned => {
-                e.registrations += 1;
+                e.extra().registrations += 1;
                 true
             }
             _ => false,
@@ -251,9 +265,10 @@ impl ObjectStore {
             if !e.owned {
                 return false;
             }
-            match e.borrowers.iter_mut().find(|b| b.worker_id == worker_id) {
+            let borrowers = &mut e.extra().borrowers;
+            match borrowers.iter_mut().find(|b| b.worker_id == worker_id) {
                 Some(b) => b.count = b.count.saturating_add(delta as u32),
-                None => e.borrowers.push(Borrower {
+                None => borrowers.push(Borrower {
                     worker_id,
                     endpoint: endpoint.to_string(),
                     count: delta as u32,
@@ -262,11 +277,13 @@ impl ObjectStore {
             return true;
         }
         let removed = self.entries.remove_if_mut(&id, |_, e| {
-            if let Some(i) = e.borrowers.iter().position(|b| b.worker_id == worker_id) {
-                let b = &mut e.borrowers[i];
+            if let Some(x) = e.extra.as_mut()
+                && let Some(i) = x.borrowers.iter().position(|b| b.worker_id == worker_id)
+            {
+                let b = &mut x.borrowers[i];
                 b.count = b.count.saturating_sub(delta.unsigned_abs() as u32);
                 if b.count == 0 {
-                    e.borrowers.swap_remove(i);
+                    x.borrowers.swap_remove(i);
                 }
             }
             e.owned && e.unused()
@@ -281,7 +298,7 @@ impl ObjectStore {
     pub(crate) fn borrower_workers(&self) -> Vec<(WorkerId, String)> {
         let mut out: Vec<(WorkerId, String)> = Vec::new();
         for e in self.entries.iter() {
-            for b in &e.borrowers {
+            for b in e.borrowers() {
                 if !out.iter().any(|(w, _)| *w == b.worker_id) {
                     out.push((b.worker_id, b.endpoint.clone()));
                 }
@@ -295,12 +312,14 @@ impl ObjectStore {
         let ids: Vec<ObjectId> = self
             .entries
             .iter()
-            .filter(|e| e.borrowers.iter().any(|b| b.worker_id == worker_id))
+            .filter(|e| e.borrowers().iter().any(|b| b.worker_id == worker_id))
             .map(|e| *e.key())
             .collect();
         for id in ids {
             let removed = self.entries.remove_if_mut(&id, |_, e| {
-                e.borrowers.retain(|b| b.worker_id != worker_id);
+                if let Some(x) = e.extra.as_mut() {
+                    x.borrowers.retain(|b| b.worker_id != worker_id);
+                }
                 e.owned && e.unused()
             });
             if let Some((id, entry)) = removed {
@@ -347,7 +366,9 @@ impl ObjectStore {
         let unheld = match self.entries.get_mut(&id) {
             Some(mut e) => {
                 e.state = state;
-                e.contained.extend(contained);
+                if !contained.is_empty() {
+                    e.extra().contained.extend(contained);
+                }
                 e.notify.notify_waiters();
                 Vec::new()
             }
@@ -412,7 +433,9 @@ impl ObjectStore {
                     id: *id,
                     node: node.clone(),
                 });
-                held.append(&mut e.contained);
+                if let Some(x) = e.extra.as_mut() {
+                    held.append(&mut x.contained);
+                }
                 false
             } else {
                 true
