@@ -31,11 +31,10 @@ use parking_lot::Mutex;
 use tracing::{debug, warn};
 
 use super::CoreWorker;
-use super::borrowing::{Held, Subject};
+use super::borrowing::{Borrower, Held, Subject, apply_borrower_delta, collect_borrower_workers};
 use super::clients::node_endpoint;
 use super::plasma::status_error;
 use super::push::{PushOutcome, Recovered};
-use super::store::Borrower;
 use super::submitter::PreparedArgs;
 use crate::error::{Error, Result};
 use crate::object_ref::{OwnerAddr, RefHandle};
@@ -438,26 +437,9 @@ impl CoreWorker {
             let Some(q) = actors.get_mut(&id).filter(|q| q.owned) else {
                 return delta < 0;
             };
-            let existing = q.borrowers.iter().position(|b| b.worker_id == worker);
+            apply_borrower_delta(&mut q.borrowers, worker, endpoint, delta);
             if delta > 0 {
-                match existing {
-                    Some(i) => {
-                        q.borrowers[i].count = q.borrowers[i].count.saturating_add(delta as u32)
-                    }
-                    None => q.borrowers.push(Borrower {
-                        worker_id: worker,
-                        endpoint: endpoint.to_string(),
-                        count: delta as u32,
-                    }),
-                }
                 return true;
-            }
-            if let Some(i) = existing {
-                let b = &mut q.borrowers[i];
-                b.count = b.count.saturating_sub(delta.unsigned_abs() as u32);
-                if b.count == 0 {
-                    q.borrowers.swap_remove(i);
-                }
             }
         }
         // The last borrower may be gone: the actor may be ended now.
@@ -478,17 +460,11 @@ impl CoreWorker {
         }
     }
 
-    /// The borrowers of actors this process created, with their endpoints.
-    pub(crate) fn actor_borrower_workers(&self) -> Vec<(WorkerId, String)> {
-        let mut out: Vec<(WorkerId, String)> = Vec::new();
+    /// Adds the borrowers of actors this process created to `out`, once per worker.
+    pub(crate) fn actor_borrower_workers(&self, out: &mut Vec<(WorkerId, String)>) {
         for q in self.actors.actors.lock().values() {
-            for b in &q.borrowers {
-                if !out.iter().any(|(w, _)| *w == b.worker_id) {
-                    out.push((b.worker_id, b.endpoint.clone()));
-                }
-            }
+            collect_borrower_workers(out, &q.borrowers);
         }
-        out
     }
 
     /// Forgets every registration of a borrower that is gone.

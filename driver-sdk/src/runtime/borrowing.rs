@@ -86,6 +86,49 @@ impl Subject {
     }
 }
 
+/// A process registered as a borrower of something this process owns.
+pub(crate) struct Borrower {
+    pub worker_id: WorkerId,
+    pub endpoint: String,
+    /// Registrations not given back yet.
+    pub count: u32,
+}
+
+/// Adds (`delta > 0`) or gives back registrations of `worker` in an owner's list.
+pub(crate) fn apply_borrower_delta(
+    borrowers: &mut Vec<Borrower>,
+    worker: WorkerId,
+    endpoint: &str,
+    delta: i64,
+) {
+    let existing = borrowers.iter().position(|b| b.worker_id == worker);
+    if delta > 0 {
+        match existing {
+            Some(i) => borrowers[i].count = borrowers[i].count.saturating_add(delta as u32),
+            None => borrowers.push(Borrower {
+                worker_id: worker,
+                endpoint: endpoint.to_string(),
+                count: delta as u32,
+            }),
+        }
+    } else if let Some(i) = existing {
+        let b = &mut borrowers[i];
+        b.count = b.count.saturating_sub(delta.unsigned_abs() as u32);
+        if b.count == 0 {
+            borrowers.swap_remove(i);
+        }
+    }
+}
+
+/// Adds the workers of `borrowers` not in `out` yet (for the borrower probe).
+pub(crate) fn collect_borrower_workers(out: &mut Vec<(WorkerId, String)>, borrowers: &[Borrower]) {
+    for b in borrowers {
+        if !out.iter().any(|(w, _)| *w == b.worker_id) {
+            out.push((b.worker_id, b.endpoint.clone()));
+        }
+    }
+}
+
 /// A borrowed subject first referenced in this process, to register with its owner.
 pub(crate) struct NewBorrow {
     pub subject: Subject,
@@ -454,12 +497,9 @@ impl CoreWorker {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let mut borrowers = self.store.borrower_workers();
-            for b in self.actor_borrower_workers() {
-                if !borrowers.iter().any(|(w, _)| *w == b.0) {
-                    borrowers.push(b);
-                }
-            }
+            let mut borrowers = Vec::new();
+            self.store.borrower_workers(&mut borrowers);
+            self.actor_borrower_workers(&mut borrowers);
             borrowers.retain(|(w, _)| *w != self.worker_id);
             failing.retain(|w, _| borrowers.iter().any(|(b, _)| b == w));
             for (worker, endpoint) in borrowers {

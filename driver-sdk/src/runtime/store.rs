@@ -23,7 +23,9 @@ use miniray_common::{ObjectId, WorkerId};
 use miniray_proto::{NodeAddress, ObjectValue, object_value};
 use tokio::sync::{Notify, mpsc};
 
-use super::borrowing::{BorrowQueue, Held, Subject};
+use super::borrowing::{
+    BorrowQueue, Borrower, Held, Subject, apply_borrower_delta, collect_borrower_workers,
+};
 use crate::error::{Error, Result};
 use crate::object_ref::OwnerAddr;
 
@@ -64,14 +66,6 @@ pub(crate) enum State {
     Pending,
     Ready(Value),
     Failed(Error),
-}
-
-/// A process registered as a borrower of an owned object.
-pub(crate) struct Borrower {
-    pub worker_id: WorkerId,
-    pub endpoint: String,
-    /// Registrations not given back yet.
-    pub count: u32,
 }
 
 struct Entry {
@@ -265,26 +259,12 @@ impl ObjectStore {
             if !e.owned {
                 return false;
             }
-            let borrowers = &mut e.extra().borrowers;
-            match borrowers.iter_mut().find(|b| b.worker_id == worker_id) {
-                Some(b) => b.count = b.count.saturating_add(delta as u32),
-                None => borrowers.push(Borrower {
-                    worker_id,
-                    endpoint: endpoint.to_string(),
-                    count: delta as u32,
-                }),
-            }
+            apply_borrower_delta(&mut e.extra().borrowers, worker_id, endpoint, delta);
             return true;
         }
         let removed = self.entries.remove_if_mut(&id, |_, e| {
-            if let Some(x) = e.extra.as_mut()
-                && let Some(i) = x.borrowers.iter().position(|b| b.worker_id == worker_id)
-            {
-                let b = &mut x.borrowers[i];
-                b.count = b.count.saturating_sub(delta.unsigned_abs() as u32);
-                if b.count == 0 {
-                    x.borrowers.swap_remove(i);
-                }
+            if let Some(x) = e.extra.as_mut() {
+                apply_borrower_delta(&mut x.borrowers, worker_id, endpoint, delta);
             }
             e.owned && e.unused()
         });
@@ -294,17 +274,11 @@ impl ObjectStore {
         true
     }
 
-    /// The borrowers of owned objects, by worker, with their endpoints.
-    pub(crate) fn borrower_workers(&self) -> Vec<(WorkerId, String)> {
-        let mut out: Vec<(WorkerId, String)> = Vec::new();
+    /// Adds the borrowers of owned objects to `out`, once per worker.
+    pub(crate) fn borrower_workers(&self, out: &mut Vec<(WorkerId, String)>) {
         for e in self.entries.iter() {
-            for b in e.borrowers() {
-                if !out.iter().any(|(w, _)| *w == b.worker_id) {
-                    out.push((b.worker_id, b.endpoint.clone()));
-                }
-            }
+            collect_borrower_workers(out, e.borrowers());
         }
-        out
     }
 
     /// Forgets every registration of a borrower that is gone.
