@@ -47,7 +47,7 @@ pub use runtime::bootstrap::InitOptions;
 pub mod cluster {
     pub use crate::runtime::cluster::{
         DEFAULT_MAX_DESTROYED_ACTORS, DaemonSpec, GcsSpec, RayletSpec, SpawnedDaemon,
-        run_daemon_from_env, spawn_daemon, stop_daemon,
+        run_daemon_from_env, spawn_daemon, spawn_daemon_via, stop_daemon,
     };
 }
 

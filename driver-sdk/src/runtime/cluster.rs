@@ -95,6 +95,19 @@ pub fn spawn_daemon(
     log_file: &Path,
     attached: bool,
 ) -> Result<SpawnedDaemon> {
+    spawn_daemon_via(&[], exe, spec, log_file, attached)
+}
+
+/// Like [`spawn_daemon`], with `exe` run through `wrapper` (a command and its arguments that
+/// end by exec'ing the rest of the command line, such as `ip netns exec NS`), so the child's
+/// pid is still the daemon's. An empty `wrapper` runs `exe` directly.
+pub fn spawn_daemon_via(
+    wrapper: &[String],
+    exe: &Path,
+    spec: &DaemonSpec,
+    log_file: &Path,
+    attached: bool,
+) -> Result<SpawnedDaemon> {
     use std::os::unix::process::CommandExt;
 
     let json = serde_json::to_string(spec)
@@ -105,7 +118,14 @@ pub fn spawn_daemon(
     }
     let log = std::fs::File::create(log_file)
         .map_err(|e| Error::Startup(format!("cannot create {}: {e}", log_file.display())))?;
-    let mut cmd = Command::new(exe);
+    let mut cmd = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut cmd = Command::new(program);
+            cmd.args(args).arg(exe);
+            cmd
+        }
+        None => Command::new(exe),
+    };
     cmd.env(env::ROLE, spec.role())
         .env(env::DAEMON_ARGS, json)
         .env(EXIT_WITH_PARENT, if attached { "1" } else { "0" })
@@ -116,9 +136,11 @@ pub fn spawn_daemon(
     if !attached {
         cmd.process_group(0);
     }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| Error::Startup(format!("cannot start {}: {e}", exe.display())))?;
+    let mut child = cmd.spawn().map_err(|e| {
+        let mut line = wrapper.join(" ");
+        line.push_str(if line.is_empty() { "" } else { " " });
+        Error::Startup(format!("cannot start {line}{}: {e}", exe.display()))
+    })?;
     let Some(stdout) = child.stdout.take() else {
         let _ = child.kill();
         return Err(Error::Internal("daemon stdout was not captured".into()));

@@ -2,19 +2,26 @@
 //! raylets, each the test driver executable in a daemon role), drivers run as real
 //! programs, failure injection (SIGKILL a node), and waiting on predicates with deadlines.
 //!
+//! With [`Options::hosts`] the cluster spreads over [`netns::Hosts`] instead: the GCS and
+//! the head raylet on host 0, further nodes and drivers on the hosts a test names, each
+//! process in its host's network namespace and bound to its host's IP.
+//!
 //! Every cluster cleans up after itself: daemons are stopped (or killed) and any plasma
-//! segment of its session left in /dev/shm (a SIGKILLed raylet cannot remove its own) is
-//! removed and reported.
+//! segment of its session left in /dev/shm (shared by all hosts; a SIGKILLed raylet cannot
+//! remove its own) is removed and reported.
 
 #![allow(dead_code)]
+
+pub mod netns;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use miniray::cluster::{DaemonSpec, GcsSpec, RayletSpec, spawn_daemon, stop_daemon};
+use miniray::cluster::{DaemonSpec, GcsSpec, RayletSpec, spawn_daemon_via, stop_daemon};
 use miniray_common::{NodeId, Resources};
 use miniray_proto::gcs_client::GcsClient;
 use miniray_proto::{GetAllJobsRequest, GetAllNodesRequest, JobInfo, NodeInfo, NodeState};
@@ -39,6 +46,8 @@ pub fn wait_until(what: &str, deadline: Duration, mut pred: impl FnMut() -> bool
 pub struct Node {
     pub node_id: NodeId,
     pub address: String,
+    /// The host it runs on (always 0 on loopback).
+    pub host: usize,
     child: Option<Child>,
 }
 
@@ -52,6 +61,7 @@ pub struct Cluster {
     node_timeout: Duration,
     plasma_dir: PathBuf,
     max_destroyed_actors: Option<usize>,
+    hosts: Option<Arc<netns::Hosts>>,
 }
 
 pub struct Options {
@@ -64,6 +74,8 @@ pub struct Options {
     pub plasma_dir: Option<PathBuf>,
     /// Dead actors the GCS keeps (its default when `None`).
     pub max_destroyed_actors: Option<usize>,
+    /// Hosts to spread the cluster over (the GCS and head on host 0); loopback when `None`.
+    pub hosts: Option<Arc<netns::Hosts>>,
 }
 
 impl Default for Options {
@@ -76,12 +88,18 @@ impl Default for Options {
             object_store_memory: 1 << 30,
             plasma_dir: None,
             max_destroyed_actors: None,
+            hosts: None,
         }
     }
 }
 
 fn exe() -> &'static Path {
     Path::new(DRIVER)
+}
+
+/// The command prefix that runs a program on `host` (none on loopback).
+fn wrapper(hosts: &Option<Arc<netns::Hosts>>, host: usize) -> Vec<String> {
+    hosts.as_ref().map(|h| h.wrapper(host)).unwrap_or_default()
 }
 
 fn gcs_spec(
@@ -110,10 +128,12 @@ impl Cluster {
             NodeId::random().hex().get(..6).unwrap_or("x")
         ));
         let token = miniray_common::auth::generate_token();
-        let gcs = spawn_daemon(
+        let gcs_host = opts.hosts.as_ref().map_or("127.0.0.1", |h| h.ip(0));
+        let gcs = spawn_daemon_via(
+            &wrapper(&opts.hosts, 0),
             exe(),
             &gcs_spec(
-                "127.0.0.1:0".parse().expect("literal address"),
+                format!("{gcs_host}:0").parse().expect("a host IP"),
                 &token,
                 opts.redis.clone(),
                 opts.node_timeout,
@@ -123,6 +143,9 @@ impl Cluster {
             true,
         )
         .expect("gcs starts");
+        if let Some(hosts) = &opts.hosts {
+            hosts.adopt(0, gcs.child.id());
+        }
         let mut cluster = Cluster {
             gcs_address: gcs.address,
             token,
@@ -135,6 +158,7 @@ impl Cluster {
                 .plasma_dir
                 .unwrap_or_else(miniray_common::shm::plasma_dir),
             max_destroyed_actors: opts.max_destroyed_actors,
+            hosts: opts.hosts,
         };
         cluster.add_node(
             opts.head_cpus,
@@ -145,9 +169,21 @@ impl Cluster {
         cluster
     }
 
-    /// Starts a raylet; returns its index in `nodes`.
+    /// Starts a raylet (on host 0 when the cluster has hosts); returns its index in `nodes`.
     pub fn add_node(
         &mut self,
+        cpus: f64,
+        resources: &[(&str, f64)],
+        is_head: bool,
+        object_store_memory: u64,
+    ) -> usize {
+        self.add_node_on(0, cpus, resources, is_head, object_store_memory)
+    }
+
+    /// Starts a raylet on `host`, bound to its IP; returns its index in `nodes`.
+    pub fn add_node_on(
+        &mut self,
+        host: usize,
         cpus: f64,
         resources: &[(&str, f64)],
         is_head: bool,
@@ -158,12 +194,13 @@ impl Cluster {
         r.set("CPU", cpus).expect("valid cpus");
         let node_id = NodeId::random();
         let index = self.nodes.len();
-        let raylet = spawn_daemon(
+        let raylet = spawn_daemon_via(
+            &wrapper(&self.hosts, host),
             exe(),
             &DaemonSpec::Raylet(RayletSpec {
                 gcs_address: self.gcs_address.clone(),
                 token: self.token.clone(),
-                bind_host: "127.0.0.1".into(),
+                bind_host: self.host_ip(host).into(),
                 port: 0,
                 node_id,
                 resources: r,
@@ -177,12 +214,26 @@ impl Cluster {
             true,
         )
         .expect("raylet starts");
+        if let Some(hosts) = &self.hosts {
+            hosts.adopt(host, raylet.child.id());
+        }
         self.nodes.push(Node {
             node_id,
             address: raylet.address,
+            host,
             child: Some(raylet.child),
         });
         index
+    }
+
+    /// The hosts the cluster spreads over, if any.
+    pub fn hosts(&self) -> Option<&netns::Hosts> {
+        self.hosts.as_deref()
+    }
+
+    /// The IP address of `host` (loopback without hosts).
+    pub fn host_ip(&self, host: usize) -> &str {
+        self.hosts.as_ref().map_or("127.0.0.1", |h| h.ip(host))
     }
 
     /// Failure injection: SIGKILL a node's raylet (its workers follow it).
@@ -217,7 +268,8 @@ impl Cluster {
             .gcs_address
             .parse()
             .expect("the gcs address is HOST:PORT");
-        let gcs = spawn_daemon(
+        let gcs = spawn_daemon_via(
+            &wrapper(&self.hosts, 0),
             exe(),
             &gcs_spec(
                 bind,
@@ -233,6 +285,9 @@ impl Cluster {
             true,
         )
         .expect("gcs restarts");
+        if let Some(hosts) = &self.hosts {
+            hosts.adopt(0, gcs.child.id());
+        }
         self.gcs = Some(gcs.child);
         assert_eq!(gcs.address, self.gcs_address, "the gcs moved");
     }
@@ -280,6 +335,7 @@ impl Cluster {
     pub fn spawn_driver_from(&self, exe: &Path, args: &[&str]) -> Child {
         Command::new(exe)
             .args(args)
+            .env_remove("MINIRAY_NODE_IP")
             .env("MINIRAY_ADDRESS", &self.gcs_address)
             .env("MINIRAY_TOKEN", &self.token)
             .env_remove("MINIRAY_ROLE")
@@ -288,6 +344,31 @@ impl Cluster {
             .stderr(Stdio::piped())
             .spawn()
             .expect("driver starts")
+    }
+
+    /// Runs the test driver with `args` on `host` (its network namespace, `MINIRAY_NODE_IP`
+    /// its IP) and waits (with a deadline).
+    pub fn run_driver_on(&self, host: usize, args: &[&str]) -> DriverRun {
+        DriverRun::wait(self.spawn_driver_on(host, args), DRIVER_DEADLINE)
+    }
+
+    /// Starts the test driver with `args` on `host`; `DriverRun::wait` ends it.
+    pub fn spawn_driver_on(&self, host: usize, args: &[&str]) -> Child {
+        let hosts = self.hosts.as_ref().expect("a cluster with hosts");
+        let child = hosts
+            .command(host, exe())
+            .args(args)
+            .env("MINIRAY_NODE_IP", hosts.ip(host))
+            .env("MINIRAY_ADDRESS", &self.gcs_address)
+            .env("MINIRAY_TOKEN", &self.token)
+            .env_remove("MINIRAY_ROLE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("driver starts");
+        hosts.adopt(host, child.id());
+        child
     }
 
     /// Process id of the GCS, while it runs.
@@ -360,6 +441,10 @@ impl Cluster {
     /// Stops everything and returns what was left behind (segments of nodes that stopped
     /// gracefully must be gone; those of SIGKILLed nodes are removed here).
     pub fn stop(&mut self) -> Vec<String> {
+        // A cut host's daemons must hear their SIGTERM and reach the GCS to stop in time.
+        if let Some(hosts) = &self.hosts {
+            (0..hosts.len()).for_each(|h| hosts.restore_link(h));
+        }
         for node in &mut self.nodes {
             if let Some(mut child) = node.child.take() {
                 stop_daemon(&mut child);

@@ -199,8 +199,13 @@ fn run(scenario: &str) -> anyhow::Result<()> {
             out("driver_node", miniray::node_id()?);
         }
         "spill" => {
-            // Two 1-CPU nodes, two slow tasks at once: one must run on each node.
-            let refs: Vec<_> = (0..2)
+            // As many slow tasks at once as 1-CPU nodes (two unless given): one must run on
+            // each node.
+            let count = std::env::args()
+                .nth(2)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(2);
+            let refs: Vec<_> = (0..count)
                 .map(|_| where_slow::remote(1500))
                 .collect::<Result<_, _>>()?;
             let nodes: BTreeSet<String> = miniray::get_all(&refs)?.into_iter().collect();
