@@ -74,8 +74,33 @@ fn the_sandbox_makes_and_removes_hosts_and_sweeps_leftovers() {
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default()
     };
-    let own = format!("mrn-{}-", std::process::id());
-    assert_eq!(namespaces().matches(&own).count(), 2, "{}", namespaces());
+    let own: Vec<String> = (0..2)
+        .filter_map(|h| hosts.namespace(h).map(String::from))
+        .collect();
+    let listed = |name: &str| {
+        namespaces()
+            .lines()
+            .any(|l| l.starts_with(&format!("{name} ")) || l == name)
+    };
+    let links = hosts.links();
+    let linked = |name: &String| {
+        Command::new("ip")
+            .args(["link", "show", name])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    assert_eq!(
+        (own.len(), links.len()),
+        (2, 3),
+        "two namespaces, two veths, a bridge"
+    );
+    assert!(links.iter().all(linked), "{links:?}");
+    assert!(
+        own.iter().all(|ns| listed(ns)),
+        "{own:?} in {}",
+        namespaces()
+    );
     // Each host sees its own address only, and a loopback of its own.
     let addresses = hosts
         .command(1, "ip")
@@ -93,17 +118,26 @@ fn the_sandbox_makes_and_removes_hosts_and_sweeps_leftovers() {
     );
     assert!(addresses.contains(" 127.0.0.1/"), "{addresses}");
     drop(hosts);
-    assert_eq!(namespaces().matches(&own).count(), 0, "{}", namespaces());
+    assert!(
+        !own.iter().any(|ns| listed(ns)),
+        "{own:?} in {}",
+        namespaces()
+    );
+    assert!(!links.iter().any(linked), "{links:?} left behind");
 
-    // A crashed run's namespace (its owner pid no longer runs) goes at the next creation.
+    // A crashed run's namespace and bridge (their owner pid no longer runs) go at the next
+    // creation.
     let stale = format!("mrn-{dead_pid}-0-0");
-    let made = Command::new("ip")
-        .args(["netns", "add", &stale])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(made, "cannot add {stale}");
+    let stale_bridge = format!("mrn{dead_pid}x0b");
+    let ip = |args: &[&str]| {
+        let made = Command::new("ip").args(args).status();
+        assert!(made.is_ok_and(|s| s.success()), "ip {args:?} failed");
+    };
+    ip(&["netns", "add", &stale]);
+    ip(&["link", "add", &stale_bridge, "type", "bridge"]);
     let hosts = Hosts::new(1);
-    assert!(!namespaces().contains(&stale), "{stale} was not swept");
+    assert!(!listed(&stale), "{stale} was not swept");
+    assert!(!linked(&stale_bridge), "{stale_bridge} was not swept");
     drop(hosts);
 }
 

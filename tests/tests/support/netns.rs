@@ -106,6 +106,21 @@ impl Hosts {
         &self.hosts[host].ip
     }
 
+    /// The network namespace of `host` (`None` in the fallback).
+    pub fn namespace(&self, host: usize) -> Option<&str> {
+        self.hosts[host].netns.as_ref().map(|(ns, _)| ns.as_str())
+    }
+
+    /// The links of this sandbox in the test's own network stack: the bridge and the
+    /// bridge-side veths (none in the fallback).
+    pub fn links(&self) -> Vec<String> {
+        let veths = self.hosts.iter().filter_map(|h| h.netns.as_ref());
+        veths
+            .map(|(_, veth)| veth.clone())
+            .chain(self.bridge.clone())
+            .collect()
+    }
+
     /// The command that runs the rest of a command line on `host` (empty in the fallback).
     pub fn wrapper(&self, host: usize) -> Vec<String> {
         match &self.hosts[host].netns {
