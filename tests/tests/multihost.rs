@@ -18,6 +18,12 @@ use support::{Cluster, DriverRun, Options, wait_until};
 const NODE_HOSTS: usize = 3;
 const DRIVER_HOST: usize = 3;
 const STORE: u64 = 1 << 30;
+/// How long one driver run may take: a hang fails in bounded time.
+const RUN_DEADLINE: Duration = Duration::from_secs(120);
+
+fn run_driver(cluster: &Cluster, args: &[&str]) -> DriverRun {
+    DriverRun::wait(cluster.spawn_driver_on(DRIVER_HOST, args), RUN_DEADLINE)
+}
 
 /// Three 1-CPU nodes on hosts 0–2; the one on host 2 has the custom resource "remote".
 fn cluster_on_hosts(node_timeout: Duration) -> Cluster {
@@ -147,7 +153,7 @@ fn tasks_objects_and_actors_cross_hosts() {
     assert_nodes_on_their_hosts(&cluster);
 
     // Three slow tasks at once on three 1-CPU nodes: one runs on each.
-    let run = cluster.run_driver_on(DRIVER_HOST, &["spill", "3"]);
+    let run = run_driver(&cluster, &["spill", "3"]);
     run.assert_success();
     let task_nodes: BTreeSet<String> = run.all("task_node").into_iter().collect();
     let node_ids: BTreeSet<String> = cluster
@@ -157,19 +163,19 @@ fn tasks_objects_and_actors_cross_hosts() {
         .collect();
     assert_eq!(task_nodes, node_ids, "{}", run.stdout);
 
-    let run = cluster.run_driver_on(DRIVER_HOST, &["basic"]);
+    let run = run_driver(&cluster, &["basic"]);
     run.assert_success();
     assert_eq!(run.get("chained"), "2401");
     assert_eq!(run.get("add"), "50");
     assert_eq!(run.get("borrowed"), (49 + 2401).to_string());
 
-    let run = cluster.run_driver_on(DRIVER_HOST, &["cross_node_object"]);
+    let run = run_driver(&cluster, &["cross_node_object"]);
     run.assert_success();
     assert_eq!(run.get("remote_node"), cluster.nodes[2].node_id.to_string());
     assert_eq!(run.get("to_remote_ok"), "true");
     assert_eq!(run.get("from_remote_ok"), "true");
 
-    let run = cluster.run_driver_on(DRIVER_HOST, &["actor_order"]);
+    let run = run_driver(&cluster, &["actor_order"]);
     run.assert_success();
     assert_eq!(run.get("lens_in_order"), "true");
     assert_eq!(run.get("seen_in_order"), "true");
