@@ -6,7 +6,7 @@
 mod netns;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
@@ -24,7 +24,8 @@ const CLUSTER_DEADLINE: Duration = Duration::from_secs(60);
 /// The daemons of the test; stopped on drop, with any plasma segment they left removed,
 /// also when an assertion fails.
 struct Daemons {
-    session_dir: PathBuf,
+    /// Names of plasma segments of this session start with it.
+    segment_prefix: String,
     children: Vec<Child>,
 }
 
@@ -34,16 +35,13 @@ impl Drop for Daemons {
         while let Some(mut child) = self.children.pop() {
             stop_daemon(&mut child);
         }
-        let prefix = format!(
-            "miniray-{}",
-            self.session_dir
-                .file_name()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        );
         let shm = miniray_common::shm::plasma_dir();
         for entry in std::fs::read_dir(&shm).into_iter().flatten().flatten() {
-            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(&self.segment_prefix)
+            {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
@@ -59,13 +57,14 @@ fn spawn(hosts: &Hosts, host: usize, spec: &DaemonSpec, log: &Path) -> (Child, S
 #[test]
 fn status_from_another_host_lists_each_node_with_its_own_ip() {
     let hosts = Hosts::new(NODE_HOSTS + 1);
-    let session_dir = std::env::temp_dir().join(format!(
+    let session = format!(
         "miniray-multihost-status-{}-{}",
         std::process::id(),
         NodeId::random().hex().get(..6).unwrap_or("x")
-    ));
+    );
+    let session_dir = std::env::temp_dir().join(&session);
     let mut daemons = Daemons {
-        session_dir: session_dir.clone(),
+        segment_prefix: format!("miniray-{session}"),
         children: Vec::new(),
     };
     let token = miniray_common::auth::generate_token();

@@ -333,9 +333,24 @@ impl Cluster {
 
     /// Like [`Cluster::spawn_driver`], from another copy of the test driver executable.
     pub fn spawn_driver_from(&self, exe: &Path, args: &[&str]) -> Child {
-        Command::new(exe)
-            .args(args)
-            .env_remove("MINIRAY_NODE_IP")
+        self.start_driver(Command::new(exe), None, args)
+    }
+
+    /// Starts the test driver with `args` on `host` (its network namespace, with
+    /// `MINIRAY_NODE_IP` its IP); `DriverRun::wait` ends it.
+    pub fn spawn_driver_on(&self, host: usize, args: &[&str]) -> Child {
+        let hosts = self.hosts.as_ref().expect("a cluster with hosts");
+        let child = self.start_driver(hosts.command(host, exe()), Some(hosts.ip(host)), args);
+        hosts.adopt(host, child.id());
+        child
+    }
+
+    fn start_driver(&self, mut cmd: Command, node_ip: Option<&str>, args: &[&str]) -> Child {
+        match node_ip {
+            Some(ip) => cmd.env("MINIRAY_NODE_IP", ip),
+            None => cmd.env_remove("MINIRAY_NODE_IP"),
+        };
+        cmd.args(args)
             .env("MINIRAY_ADDRESS", &self.gcs_address)
             .env("MINIRAY_TOKEN", &self.token)
             .env_remove("MINIRAY_ROLE")
@@ -344,31 +359,6 @@ impl Cluster {
             .stderr(Stdio::piped())
             .spawn()
             .expect("driver starts")
-    }
-
-    /// Runs the test driver with `args` on `host` (its network namespace, `MINIRAY_NODE_IP`
-    /// its IP) and waits (with a deadline).
-    pub fn run_driver_on(&self, host: usize, args: &[&str]) -> DriverRun {
-        DriverRun::wait(self.spawn_driver_on(host, args), DRIVER_DEADLINE)
-    }
-
-    /// Starts the test driver with `args` on `host`; `DriverRun::wait` ends it.
-    pub fn spawn_driver_on(&self, host: usize, args: &[&str]) -> Child {
-        let hosts = self.hosts.as_ref().expect("a cluster with hosts");
-        let child = hosts
-            .command(host, exe())
-            .args(args)
-            .env("MINIRAY_NODE_IP", hosts.ip(host))
-            .env("MINIRAY_ADDRESS", &self.gcs_address)
-            .env("MINIRAY_TOKEN", &self.token)
-            .env_remove("MINIRAY_ROLE")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("driver starts");
-        hosts.adopt(host, child.id());
-        child
     }
 
     /// Process id of the GCS, while it runs.

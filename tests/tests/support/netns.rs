@@ -151,12 +151,9 @@ impl Hosts {
     /// Failure injection: `host` goes silent. Its bridge-side veth goes down (or, in the
     /// fallback, its adopted processes and their descendants are SIGSTOPped).
     pub fn cut_link(&self, host: usize) {
-        match &self.hosts[host].netns {
-            Some((_, veth)) => {
-                if let Err(e) = ip(&["link", "set", veth, "down"]) {
-                    panic!("cannot cut the link of host {host}: {e}");
-                }
-            }
+        match self.set_link(host, "down") {
+            Some(Err(e)) => panic!("cannot cut the link of host {host}: {e}"),
+            Some(Ok(())) => {}
             None => {
                 let mut pids = BTreeSet::new();
                 for &pid in &lock(&self.adopted)[host] {
@@ -171,20 +168,23 @@ impl Hosts {
         }
     }
 
-    /// Undoes [`Hosts::cut_link`].
+    /// Undoes [`Hosts::cut_link`]. Also runs on cleanup, so a failure is only reported.
     pub fn restore_link(&self, host: usize) {
-        match &self.hosts[host].netns {
-            Some((_, veth)) => {
-                if let Err(e) = ip(&["link", "set", veth, "up"]) {
-                    panic!("cannot restore the link of host {host}: {e}");
-                }
-            }
+        match self.set_link(host, "up") {
+            Some(Err(e)) => eprintln!("netns sandbox: cannot restore the link of host {host}: {e}"),
+            Some(Ok(())) => {}
             None => {
                 for pid in std::mem::take(&mut lock(&self.stopped)[host]) {
                     signal(pid, libc::SIGCONT);
                 }
             }
         }
+    }
+
+    /// Sets the bridge-side veth of `host` `up` or `down`; `None` in the fallback.
+    fn set_link(&self, host: usize, state: &str) -> Option<Result<(), String>> {
+        let (_, veth) = self.hosts[host].netns.as_ref()?;
+        Some(ip(&["link", "set", veth, state]).map(drop))
     }
 }
 
