@@ -64,6 +64,8 @@ pub struct Options {
     pub plasma_dir: Option<PathBuf>,
     /// Dead actors the GCS keeps (its default when `None`).
     pub max_destroyed_actors: Option<usize>,
+    /// The head's node IP (its raylet's `bind_host`; default `127.0.0.1`).
+    pub head_bind_host: Option<String>,
 }
 
 impl Default for Options {
@@ -76,6 +78,7 @@ impl Default for Options {
             object_store_memory: 1 << 30,
             plasma_dir: None,
             max_destroyed_actors: None,
+            head_bind_host: None,
         }
     }
 }
@@ -136,7 +139,8 @@ impl Cluster {
                 .unwrap_or_else(miniray_common::shm::plasma_dir),
             max_destroyed_actors: opts.max_destroyed_actors,
         };
-        cluster.add_node(
+        cluster.add_node_on(
+            opts.head_bind_host.as_deref().unwrap_or("127.0.0.1"),
             opts.head_cpus,
             &opts.head_resources,
             true,
@@ -153,6 +157,18 @@ impl Cluster {
         is_head: bool,
         object_store_memory: u64,
     ) -> usize {
+        self.add_node_on("127.0.0.1", cpus, resources, is_head, object_store_memory)
+    }
+
+    /// [`Cluster::add_node`] with the raylet's node IP (`bind_host`).
+    pub fn add_node_on(
+        &mut self,
+        bind_host: &str,
+        cpus: f64,
+        resources: &[(&str, f64)],
+        is_head: bool,
+        object_store_memory: u64,
+    ) -> usize {
         let mut r = Resources::from_pairs(resources.iter().map(|(k, v)| (*k, *v)))
             .expect("valid resources");
         r.set("CPU", cpus).expect("valid cpus");
@@ -163,7 +179,7 @@ impl Cluster {
             &DaemonSpec::Raylet(RayletSpec {
                 gcs_address: self.gcs_address.clone(),
                 token: self.token.clone(),
-                bind_host: "127.0.0.1".into(),
+                bind_host: bind_host.into(),
                 port: 0,
                 node_id,
                 resources: r,
@@ -278,16 +294,23 @@ impl Cluster {
 
     /// Like [`Cluster::spawn_driver`], from another copy of the test driver executable.
     pub fn spawn_driver_from(&self, exe: &Path, args: &[&str]) -> Child {
-        Command::new(exe)
+        self.driver_command(exe, args)
+            .spawn()
+            .expect("driver starts")
+    }
+
+    /// The command that runs a driver against this cluster, to add to before spawning.
+    pub fn driver_command(&self, exe: &Path, args: &[&str]) -> Command {
+        let mut command = Command::new(exe);
+        command
             .args(args)
             .env("MINIRAY_ADDRESS", &self.gcs_address)
             .env("MINIRAY_TOKEN", &self.token)
             .env_remove("MINIRAY_ROLE")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("driver starts")
+            .stderr(Stdio::piped());
+        command
     }
 
     /// Process id of the GCS, while it runs.
