@@ -29,6 +29,10 @@ pub mod env {
     pub const LOG: &str = "MINIRAY_LOG";
     /// Folder of the plasma segment and the reply journals (default `/dev/shm`).
     pub const PLASMA_DIR: &str = "MINIRAY_PLASMA_DIR";
+    /// The IP of this process's node: what it binds and advertises. Given by a raylet to
+    /// its workers; a driver on a machine with several interfaces may set it (otherwise it
+    /// takes the address of the interface that routes to the GCS).
+    pub const NODE_IP: &str = "MINIRAY_NODE_IP";
 }
 
 /// Objects below this size travel inline and live in the owner's process.

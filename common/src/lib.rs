@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod ids;
 pub mod logging;
+pub mod net;
 pub mod probe;
 pub mod reply_journal;
 pub mod resources;

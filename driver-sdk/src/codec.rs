@@ -51,6 +51,28 @@ impl Encoded<'_> {
         }
     }
 
+    /// The encoding in pieces of at most `size` bytes, each copied out: for streaming it
+    /// to a store this process cannot map.
+    pub(crate) fn chunks(&self, size: usize) -> impl Iterator<Item = Vec<u8>> + '_ {
+        let size = size.max(1);
+        let len = self.len();
+        let (head, tail): (&[u8], &[u8]) = match self {
+            Encoded::Owned(v) => (v, &[]),
+            Encoded::Bytes { header, payload } => (header, payload),
+        };
+        (0..len).step_by(size).map(move |start| {
+            let end = (start + size).min(len);
+            let mut out = Vec::with_capacity(end - start);
+            if start < head.len() {
+                out.extend_from_slice(&head[start..end.min(head.len())]);
+            }
+            if end > head.len() {
+                out.extend_from_slice(&tail[start.max(head.len()) - head.len()..end - head.len()]);
+            }
+            out
+        })
+    }
+
     pub(crate) fn into_vec(self) -> Vec<u8> {
         match self {
             Encoded::Owned(v) => v,
@@ -139,6 +161,25 @@ pub fn decode<T: DeserializeOwned + 'static>(bytes: &[u8]) -> Result<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunks_cover_the_encoding_in_order() {
+        let payload: Vec<u8> = (0..100u8).collect();
+        let lazy = Encoded::Bytes {
+            header: vec![200, 201, 202],
+            payload: &payload,
+        };
+        let whole = Encoded::Owned(lazy.chunks(usize::MAX).flatten().collect()).into_vec();
+        for size in [1, 2, 3, 4, 7, 103, 1000] {
+            let chunks: Vec<Vec<u8>> = lazy.chunks(size).collect();
+            assert!(chunks.iter().all(|c| !c.is_empty() && c.len() <= size));
+            assert_eq!(chunks.concat(), whole, "chunk size {size}");
+            let owned = Encoded::Owned(whole.clone());
+            assert_eq!(owned.chunks(size).collect::<Vec<_>>().concat(), whole);
+        }
+        assert_eq!(whole.len(), 103);
+        assert_eq!(Encoded::Owned(Vec::new()).chunks(4).count(), 0);
+    }
 
     #[test]
     fn fast_path_matches_postcard() {

@@ -93,6 +93,12 @@ impl Raylet for FakeNode {
     ) -> Result<Response<PlasmaSealReply>, Status> {
         unimplemented()
     }
+    async fn plasma_write(
+        &self,
+        _: Request<tonic::Streaming<PlasmaWriteChunk>>,
+    ) -> Result<Response<PlasmaWriteReply>, Status> {
+        unimplemented()
+    }
     async fn plasma_abort(
         &self,
         _: Request<PlasmaAbortRequest>,

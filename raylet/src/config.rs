@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use miniray_common::config::{DEFAULT_HEARTBEAT_INTERVAL, default_object_store_memory, num_cpus};
+use miniray_common::net::{self, AddrError};
 use miniray_common::{NodeId, Resources};
 
 /// Default time a freshly spawned worker has to call `RegisterWorker`.
@@ -21,8 +22,9 @@ pub struct RayletConfig {
     pub gcs_address: String,
     /// The cluster token; required on every RPC this raylet serves and sent on every RPC it makes.
     pub token: String,
-    /// Interface the gRPC server binds. Also the host this node advertises, except for an
-    /// unspecified address (`0.0.0.0`, `::`), where `127.0.0.1` is advertised.
+    /// The node IP: the interface the gRPC server binds, and the host this node and its
+    /// workers advertise. An unspecified address (`0.0.0.0`, `::`) listens on every
+    /// interface and advertises the address of the one that routes to the GCS.
     pub bind_host: String,
     /// 0 picks any free port.
     pub port: u16,
@@ -72,11 +74,14 @@ impl RayletConfig {
         r
     }
 
-    /// The host other processes use to reach this raylet and its workers.
-    pub fn advertised_host(&self) -> String {
-        match self.bind_host.parse::<std::net::IpAddr>() {
-            Ok(ip) if ip.is_unspecified() => "127.0.0.1".to_string(),
-            _ => self.bind_host.clone(),
+    /// The host other processes use to reach this raylet and its workers: `bind_host`,
+    /// unless it is unspecified; then the address of the interface that routes to the GCS
+    /// (never a hard-coded loopback, which other machines would take for themselves).
+    pub async fn advertised_host(&self) -> Result<String, AddrError> {
+        if net::is_unspecified(&self.bind_host) {
+            Ok(net::route_ip_to(&self.gcs_address).await?.to_string())
+        } else {
+            Ok(self.bind_host.clone())
         }
     }
 }
@@ -111,13 +116,23 @@ mod tests {
     fn cpu_defaults_to_core_count_only_when_absent() {
         let cfg = RayletConfig::default();
         assert_eq!(cfg.effective_resources().get("CPU"), num_cpus() as f64);
-        let mut cfg = RayletConfig {
+        let cfg = RayletConfig {
             resources: Resources::from_pairs([("CPU", 3.0)]).unwrap(),
             ..RayletConfig::default()
         };
         assert_eq!(cfg.effective_resources().get("CPU"), 3.0);
-        assert_eq!(cfg.advertised_host(), "127.0.0.1");
-        cfg.bind_host = "0.0.0.0".into();
-        assert_eq!(cfg.advertised_host(), "127.0.0.1");
+    }
+
+    #[tokio::test]
+    async fn an_unspecified_bind_host_advertises_the_route_to_the_gcs() {
+        let mut cfg = RayletConfig::new("127.0.0.3:6379", "t", "/tmp/x");
+        cfg.bind_host = "127.0.0.2".into();
+        assert_eq!(cfg.advertised_host().await.unwrap(), "127.0.0.2");
+        for any in ["0.0.0.0", "::"] {
+            cfg.bind_host = any.into();
+            assert_eq!(cfg.advertised_host().await.unwrap(), "127.0.0.3");
+        }
+        cfg.gcs_address = "no-such-host.invalid:1".into();
+        assert!(cfg.advertised_host().await.is_err());
     }
 }

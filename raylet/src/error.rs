@@ -39,4 +39,6 @@ pub enum RayletError {
     Internal(String),
     #[error(transparent)]
     SharedMemory(#[from] miniray_common::shm::ShmError),
+    #[error("choosing the node address: {0}")]
+    NodeAddress(#[from] miniray_common::net::AddrError),
 }

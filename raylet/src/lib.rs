@@ -118,7 +118,7 @@ impl Raylet {
         })?);
         // From here on, an early return drops `store`, which removes the segment.
 
-        let bind = format!("{}:{}", cfg.bind_host, cfg.port);
+        let bind = miniray_common::net::host_port(&cfg.bind_host, cfg.port);
         let listener = tokio::net::TcpListener::bind(&bind)
             .await
             .map_err(|source| RayletError::Bind {
@@ -129,8 +129,9 @@ impl Raylet {
             address: bind.clone(),
             source,
         })?;
-        let host = cfg.advertised_host();
-        let raylet_address = format!("{host}:{}", local.port());
+        let host = cfg.advertised_host().await?;
+        let raylet_address = miniray_common::net::host_port(&host, local.port());
+        tracing::info!(bind = %bind, node_ip = %host, "raylet listening");
 
         let gcs = GcsClient::new(connect(&cfg.gcs_address, &cfg.token).await?)
             .max_decoding_message_size(MAX_MESSAGE_SIZE)

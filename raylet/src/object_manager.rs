@@ -6,15 +6,16 @@
 //!   (or until the reader goes away), so it cannot be evicted or freed mid-transfer.
 //! - At most one pull per object id runs at a time in this raylet; concurrent `pull`s of
 //!   the same id wait for that one and share its result.
-//! - A pull that fails leaves nothing behind: its unsealed secondary copy is aborted.
+//! - A pull (or a `PlasmaWrite`, see `fill_and_seal`) that fails leaves nothing behind: its
+//!   unsealed copy is aborted.
 //!   A pull that succeeds leaves a sealed secondary (`primary = false`, evictable) copy.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
+use futures::{FutureExt, Stream, StreamExt};
 use miniray_common::auth::{AuthedChannel, connect_lazy};
 use miniray_common::config::{MAX_MESSAGE_SIZE, TRANSFER_CHUNK_SIZE};
 use miniray_common::{ErrorCode, NodeId, ObjectId};
@@ -39,7 +40,7 @@ pub struct PullError {
 }
 
 impl PullError {
-    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),
@@ -270,59 +271,73 @@ impl ObjectManager {
         self.store
             .create(id, total, false)
             .map_err(|e| PullError::new(e.code(), e.to_string()))?;
-        let mut guard = AbortOnDrop {
-            store: &self.store,
-            id,
-            armed: true,
-        };
-        let mut received = 0u64;
-        let mut next = Some(first);
-        loop {
-            let chunk = match next.take() {
-                Some(c) => c,
-                None => match stream
-                    .message()
-                    .await
-                    .map_err(|s| unavailable("stream failed", s))?
-                {
-                    Some(c) => c,
-                    None => break,
-                },
-            };
-            if chunk.offset != received || chunk.total_size != total {
-                return Err(PullError::new(
-                    ErrorCode::Unavailable,
-                    format!(
-                        "pulling object {id}: out-of-order chunk at {} (expected {received}, size {})",
-                        chunk.offset, chunk.total_size
-                    ),
-                ));
-            }
-            let len = chunk.data.len() as u64;
-            let store = Arc::clone(&self.store);
-            let offset = chunk.offset;
-            tokio::task::spawn_blocking(move || store.write(id, offset, &chunk.data))
-                .await
-                .map_err(|e| {
-                    PullError::new(ErrorCode::Internal, format!("write task failed: {e}"))
-                })?
-                .map_err(|e| PullError::new(e.code(), e.to_string()))?;
-            received += len;
-            self.bytes_pulled.fetch_add(len, Ordering::Relaxed);
-        }
-        if received != total {
-            return Err(PullError::new(
-                ErrorCode::Unavailable,
-                format!("pulling object {id}: stream ended after {received} of {total} bytes"),
-            ));
-        }
-        self.store
-            .seal(id)
-            .map_err(|e| PullError::new(e.code(), e.to_string()))?;
-        guard.armed = false;
+        let chunks = futures::stream::once(async { Ok(first) })
+            .chain(stream)
+            .map(move |chunk| {
+                let chunk = chunk.map_err(|s| unavailable("stream failed", s))?;
+                if chunk.total_size != total {
+                    return Err(PullError::new(
+                        ErrorCode::Unavailable,
+                        format!(
+                            "pulling object {id}: chunk of an object of {} bytes, expected {total}",
+                            chunk.total_size
+                        ),
+                    ));
+                }
+                Ok((chunk.offset, chunk.data))
+            });
+        let pulled = fill_and_seal(&self.store, id, total, "pulling", chunks).await?;
+        self.bytes_pulled.fetch_add(pulled, Ordering::Relaxed);
         tracing::debug!(object_id = %id, bytes = total, "pulled object");
         Ok(total)
     }
+}
+
+/// Copies `chunks` (each its offset in the object and its bytes, in order from 0) into
+/// the unsealed object `id` of `total` bytes, then seals it. A failed, out-of-order, long
+/// or short stream aborts the object, and so does dropping this future: nothing
+/// half-written stays. Shared by pulls from peers and `PlasmaWrite` from remote clients.
+pub(crate) async fn fill_and_seal(
+    store: &Arc<PlasmaStore>,
+    id: ObjectId,
+    total: u64,
+    what: &str,
+    chunks: impl Stream<Item = Result<(u64, Vec<u8>), PullError>>,
+) -> Result<u64, PullError> {
+    let mut guard = AbortOnDrop {
+        store,
+        id,
+        armed: true,
+    };
+    let mut chunks = std::pin::pin!(chunks);
+    let mut received = 0u64;
+    while let Some(chunk) = chunks.next().await {
+        let (offset, data) = chunk?;
+        if offset != received {
+            return Err(PullError::new(
+                ErrorCode::Unavailable,
+                format!("{what} object {id}: out-of-order chunk at {offset} (expected {received})"),
+            ));
+        }
+        let len = data.len() as u64;
+        let store = Arc::clone(store);
+        tokio::task::spawn_blocking(move || store.write(id, offset, &data))
+            .await
+            .map_err(|e| PullError::new(ErrorCode::Internal, format!("write task failed: {e}")))?
+            .map_err(|e| PullError::new(e.code(), e.to_string()))?;
+        received += len;
+    }
+    if received != total {
+        return Err(PullError::new(
+            ErrorCode::Unavailable,
+            format!("{what} object {id}: stream ended after {received} of {total} bytes"),
+        ));
+    }
+    store
+        .seal(id)
+        .map_err(|e| PullError::new(e.code(), e.to_string()))?;
+    guard.armed = false;
+    Ok(total)
 }
 
 /// Drops a reader pin when a served stream ends.

@@ -7,8 +7,10 @@
 //! Invariants:
 //! - an owner is declared gone only after `FAILURES_BEFORE_GONE` failed probes in a row
 //!   spanning at least `MIN_SILENCE`, so one slow answer from a busy process frees nothing;
-//! - an owner whose address is loopback on another node is never probed (the probe would
-//!   reach this machine, not the owner); its copies go when its job ends;
+//! - an owner whose address is loopback on another node is never probed from a node with a
+//!   real address (the probe would reach this machine, not the owner); its copies go when
+//!   its job ends. An owner with a real address (a remote driver, say) is probed wherever
+//!   it runs;
 //! - probes run concurrently, each bounded by `PROBE_TIMEOUT`, so one hung owner does not
 //!   delay the others.
 
@@ -16,9 +18,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use miniray_common::WorkerId;
 use miniray_common::auth::{AuthedChannel, connect_lazy};
 use miniray_common::probe::core_worker_answers;
+use miniray_common::{WorkerId, net};
 use miniray_proto::WorkerAddress;
 use miniray_proto::core_worker_client::CoreWorkerClient;
 use tokio::time::Instant;
@@ -103,10 +105,31 @@ fn probeable(node: &Node, address: &WorkerAddress) -> bool {
     if address.node_id == node.node_id.as_bytes() {
         return true;
     }
-    let loopback = address.host == "localhost"
-        || address
-            .host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified());
-    !loopback
+    owner_reachable_from(&node.address.host, &address.host)
+}
+
+/// Whether an owner advertising `owner_host` (on another node) is reached by a probe from a
+/// node advertising `node_host`. A loopback owner is reached only from a node that is
+/// itself on loopback: such a node is reachable from this machine alone, so the owner runs
+/// here too. From a node with a real address the probe would reach the wrong machine.
+fn owner_reachable_from(node_host: &str, owner_host: &str) -> bool {
+    if net::is_unspecified(owner_host) {
+        return false;
+    }
+    !net::is_loopback(owner_host) || net::is_loopback(node_host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::owner_reachable_from;
+
+    #[test]
+    fn loopback_owners_are_probed_only_from_loopback_nodes() {
+        assert!(owner_reachable_from("10.0.0.2", "10.0.0.9"));
+        assert!(owner_reachable_from("127.0.0.2", "10.0.0.9"));
+        assert!(owner_reachable_from("127.0.0.2", "127.0.0.4"));
+        assert!(!owner_reachable_from("10.0.0.2", "127.0.0.1"));
+        assert!(!owner_reachable_from("10.0.0.2", "localhost"));
+        assert!(!owner_reachable_from("127.0.0.2", "0.0.0.0"));
+    }
 }

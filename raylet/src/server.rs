@@ -13,13 +13,15 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use miniray_common::{ErrorCode, JobId, ObjectId, WorkerId};
 use miniray_proto::raylet_server::Raylet;
 use miniray_proto::*;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::node::{Node, invalid};
+use crate::object_manager::{PullError, fill_and_seal};
 use crate::worker_pool::RegisterError;
 
 /// Longest `PlasmaGet` wait honoured; longer requests are clamped.
@@ -51,7 +53,47 @@ fn plasma_status(e: miniray_plasma::PlasmaError) -> Status {
     e.code().status(e.to_string())
 }
 
+/// A primary copy just created for a client: where it is and who owns it.
+struct Created {
+    id: ObjectId,
+    offset: u64,
+    owner: Option<(WorkerId, WorkerAddress, Option<JobId>)>,
+}
+
 impl RayletService {
+    /// Validates a create request (every id before anything changes) and allocates the
+    /// unsealed primary copy; recording its owner is left to the caller.
+    fn create_primary(
+        &self,
+        object_id: &[u8],
+        data_size: u64,
+        owner: Option<WorkerAddress>,
+        job_id: &[u8],
+        client_id: &[u8],
+    ) -> Result<Created, Status> {
+        let id = ObjectId::from_bytes(object_id).map_err(invalid)?;
+        let client = optional_id(client_id, WorkerId::from_bytes)?;
+        let job = optional_id(job_id, JobId::from_bytes)?;
+        let owner = match owner {
+            Some(address) => Some((
+                WorkerId::from_bytes(&address.worker_id).map_err(invalid)?,
+                address,
+                job,
+            )),
+            None => None,
+        };
+        let loc = self
+            .node
+            .store
+            .create_by(client, id, data_size, true)
+            .map_err(plasma_status)?;
+        Ok(Created {
+            id,
+            offset: loc.offset,
+            owner,
+        })
+    }
+
     /// Runs `fut` unless the raylet starts shutting down first.
     async fn unless_shutdown<T>(
         &self,
@@ -145,25 +187,67 @@ impl Raylet for RayletService {
         request: Request<PlasmaCreateRequest>,
     ) -> Result<Response<PlasmaCreateReply>, Status> {
         let req = request.into_inner();
-        let id = ObjectId::from_bytes(&req.object_id).map_err(invalid)?;
-        let client = optional_id(&req.client_id, WorkerId::from_bytes)?;
-        let job = optional_id(&req.job_id, JobId::from_bytes)?;
-        let owner = match req.owner {
-            Some(address) => Some((
-                WorkerId::from_bytes(&address.worker_id).map_err(invalid)?,
-                address,
-            )),
-            None => None,
-        };
-        let loc = self
-            .node
-            .store
-            .create_by(client, id, req.data_size, true)
-            .map_err(plasma_status)?;
-        if let Some((owner, address)) = owner {
+        let created = self.create_primary(
+            &req.object_id,
+            req.data_size,
+            req.owner,
+            &req.job_id,
+            &req.client_id,
+        )?;
+        if let Some((owner, address, job)) = created.owner {
+            self.node
+                .ownership
+                .lock()
+                .record(created.id, owner, address, job);
+        }
+        Ok(Response::new(PlasmaCreateReply {
+            offset: created.offset,
+        }))
+    }
+
+    async fn plasma_write(
+        &self,
+        request: Request<Streaming<PlasmaWriteChunk>>,
+    ) -> Result<Response<PlasmaWriteReply>, Status> {
+        let mut stream = request.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| invalid("PlasmaWrite stream without a first chunk"))?;
+        let total = first.data_size;
+        let created = self.create_primary(
+            &first.object_id,
+            total,
+            first.owner.clone(),
+            &first.job_id,
+            &first.client_id,
+        )?;
+        let id = created.id;
+        let chunks = futures::stream::once(async { Ok(first) })
+            .chain(stream)
+            .map(move |chunk| {
+                let chunk = chunk.map_err(|s| {
+                    PullError::new(
+                        ErrorCode::Unavailable,
+                        format!("writing object {id}: stream failed: {}", s.message()),
+                    )
+                })?;
+                Ok((chunk.offset, chunk.data))
+            });
+        // A dropped future (client gone, shutdown) aborts the object, as a failure does.
+        let store = Arc::clone(&self.node.store);
+        self.unless_shutdown(async {
+            fill_and_seal(&store, id, total, "writing", chunks)
+                .await
+                .map_err(|e| e.to_status())
+        })
+        .await?;
+        // Recorded once sealed, so an aborted write leaves no owner record behind.
+        if let Some((owner, address, job)) = created.owner {
             self.node.ownership.lock().record(id, owner, address, job);
         }
-        Ok(Response::new(PlasmaCreateReply { offset: loc.offset }))
+        tracing::debug!(object_id = %id, bytes = total, "object written by a remote client");
+        Ok(Response::new(PlasmaWriteReply { size: total }))
     }
 
     async fn plasma_seal(

@@ -4,7 +4,8 @@
 //! no arguments, stdin closed, stdout/stderr to `<session_dir>/logs/worker-<id>.out|.err`,
 //! and this environment on top of the raylet's own: the job's `env` map, then
 //! `MINIRAY_ROLE=worker`, `MINIRAY_GCS_ADDRESS`, `MINIRAY_RAYLET_ADDRESS` (host:port of this
-//! raylet), `MINIRAY_NODE_ID`, `MINIRAY_WORKER_ID` (fresh, chosen here), `MINIRAY_JOB_ID`
+//! raylet), `MINIRAY_NODE_ID`, `MINIRAY_NODE_IP` (the advertised host, which the worker
+//! binds and advertises), `MINIRAY_WORKER_ID` (fresh, chosen here), `MINIRAY_JOB_ID`
 //! (hex) and `MINIRAY_TOKEN`. It must call `RegisterWorker(worker_id, port, pid, job_id)`
 //! once its CoreWorker server listens on `<advertised host>:port`.
 //!
@@ -160,7 +161,8 @@ pub struct PoolConfig {
     pub node_id: NodeId,
     pub gcs_address: String,
     pub raylet_address: String,
-    /// Host workers are reachable on (their registered port is on this host).
+    /// The node IP: workers bind it and are reachable on it (their registered port is on
+    /// this host); given to them as `MINIRAY_NODE_IP`.
     pub worker_host: String,
     pub token: String,
     pub log_dir: PathBuf,
@@ -344,6 +346,8 @@ impl WorkerPool {
             .env(env::GCS_ADDRESS, &self.cfg.gcs_address)
             .env(env::RAYLET_ADDRESS, &self.cfg.raylet_address)
             .env(env::NODE_ID, self.cfg.node_id.hex())
+            // The node IP: what the worker binds and advertises.
+            .env(env::NODE_IP, &self.cfg.worker_host)
             .env(env::WORKER_ID, worker_id.hex())
             .env(env::JOB_ID, job.hex())
             .env(env::TOKEN, &self.cfg.token)
@@ -483,7 +487,7 @@ impl WorkerPool {
             }
             (w.port, w.signal_tx.clone(), w.exited.clone())
         };
-        let address = port.map(|p| format!("{}:{p}", self.cfg.worker_host));
+        let address = port.map(|p| miniray_common::net::host_port(&self.cfg.worker_host, p));
         let token = self.cfg.token.clone();
         tokio::spawn(async move {
             let asked = match address {

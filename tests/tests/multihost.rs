@@ -34,8 +34,8 @@ fn cluster_on_hosts(node_timeout: Duration) -> Cluster {
         hosts: Some(hosts),
         ..Options::default()
     });
-    cluster.add_node_on(1, 1.0, &[], false, STORE);
-    cluster.add_node_on(2, 1.0, &[("remote", 1.0)], false, STORE);
+    cluster.add_node_on_host(1, 1.0, &[], false, STORE);
+    cluster.add_node_on_host(2, 1.0, &[("remote", 1.0)], false, STORE);
     cluster
 }
 

@@ -1,12 +1,13 @@
 //! Bringing a process's core worker up: as a driver (joining or starting a cluster) or as a
 //! worker started by a raylet.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use miniray_common::auth::{self, AuthedChannel};
 use miniray_common::config::{self, DEFAULT_INLINE_THRESHOLD, MAX_MESSAGE_SIZE, env};
-use miniray_common::{JobId, NodeId, WorkerId};
+use miniray_common::{JobId, NodeId, WorkerId, net};
 use miniray_proto::gcs_client::GcsClient;
 use miniray_proto::raylet_client::RayletClient;
 use miniray_proto::{GetAllNodesRequest, NodeAddress, NodeState, RegisterWorkerRequest};
@@ -89,10 +90,14 @@ fn unreachable(address: &str, reason: impl ToString) -> Error {
     }
 }
 
-async fn bind_loopback() -> Result<(TcpListener, u16)> {
-    let listener = TcpListener::bind(("127.0.0.1", 0))
+/// Listens on a free port of `host`, the node IP this process advertises.
+async fn bind_node_ip(host: &str) -> Result<(TcpListener, u16)> {
+    let ip = net::bind_ip(host)
         .await
-        .map_err(|e| Error::Startup(format!("cannot listen on loopback: {e}")))?;
+        .map_err(|e| Error::Startup(e.to_string()))?;
+    let listener = TcpListener::bind((ip, 0))
+        .await
+        .map_err(|e| Error::Startup(format!("cannot listen on {ip}: {e}")))?;
     let port = listener
         .local_addr()
         .map_err(|e| Error::Startup(e.to_string()))?
@@ -191,61 +196,105 @@ async fn connect_driver(
         .map_err(|s| status_error(gcs_address, s))?
         .into_inner()
         .nodes;
-    // The local raylet: the one this driver started, else the head if it runs on loopback,
-    // else any alive node on loopback.
     let alive: Vec<_> = nodes
         .into_iter()
         .filter(|n| n.state == NodeState::Alive as i32)
         .filter_map(|n| n.address.map(|a| (a, n.is_head)))
         .collect();
-    let pick = match own_node {
-        Some(id) => alive.iter().find(|(a, _)| a.node_id == id.as_bytes()),
-        None => alive
-            .iter()
-            .filter(|(a, _)| is_local_host(&a.host))
-            .max_by_key(|(_, head)| *head),
+    let (node_ip, home) = match own_node {
+        // The private cluster of `init()` stays on loopback, whatever MINIRAY_NODE_IP says.
+        Some(id) => (
+            IpAddr::from(Ipv4Addr::LOCALHOST),
+            alive
+                .iter()
+                .find(|(a, _)| a.node_id == id.as_bytes())
+                .map(|(a, _)| (a, true)),
+        ),
+        None => {
+            let node_ip = net::node_ip(gcs_address)
+                .await
+                .map_err(|e| Error::Startup(format!("cannot choose this driver's address: {e}")))?;
+            (node_ip, choose_home(&alive, node_ip))
+        }
     };
-    let (local_node, _) = pick
-        .cloned()
-        .ok_or_else(|| unreachable(gcs_address, "the cluster has no alive node on this machine"))?;
-    let node_id = NodeId::from_bytes(&local_node.node_id)
+    let (home, local) =
+        home.ok_or_else(|| unreachable(gcs_address, "the cluster has no alive node"))?;
+    tracing::info!(
+        node_ip = %node_ip,
+        raylet = %node_endpoint(home),
+        remote = !local,
+        "driver attached to its home raylet"
+    );
+    let node_id = NodeId::from_bytes(&home.node_id)
         .map_err(|e| Error::Internal(format!("GCS sent a bad node id: {e}")))?;
     build(
         Mode::Driver,
         gcs,
         gcs_address,
         token,
-        local_node,
-        node_id,
+        Node {
+            address: home.clone(),
+            id: node_id,
+            ip: node_ip.to_string(),
+            local,
+        },
         WorkerId::random(),
         JobId::random(),
     )
     .await
 }
 
-fn is_local_host(host: &str) -> bool {
-    host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified())
+/// The raylet a driver on `node_ip` works through, and whether it runs on this machine:
+/// an alive node advertising `node_ip` (the head first), else, for a driver with no raylet
+/// on its machine, the head if alive, else any alive node (remote mode: reached over the
+/// network, its store not mapped).
+fn choose_home(alive: &[(NodeAddress, bool)], node_ip: IpAddr) -> Option<(&NodeAddress, bool)> {
+    let on_this_node = |a: &NodeAddress| {
+        a.host.parse::<IpAddr>().ok() == Some(node_ip)
+            || (a.host == "localhost" && node_ip.is_loopback())
+    };
+    let head_first = |(_, head): &&(NodeAddress, bool)| *head;
+    if let Some((a, _)) = alive
+        .iter()
+        .filter(|(a, _)| on_this_node(a))
+        .max_by_key(head_first)
+    {
+        return Some((a, true));
+    }
+    alive.iter().max_by_key(head_first).map(|(a, _)| (a, false))
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The node a core worker belongs to: its raylet, its IP, and whether that raylet's store
+/// can be mapped here.
+struct Node {
+    address: NodeAddress,
+    id: NodeId,
+    /// What this process binds and advertises.
+    ip: String,
+    local: bool,
+}
+
 async fn build(
     mode: Mode,
     gcs: GcsClient<AuthedChannel>,
     gcs_address: &str,
     token: &str,
-    local_node: NodeAddress,
-    node_id: NodeId,
+    node: Node,
     worker_id: WorkerId,
     job_id: JobId,
 ) -> Result<Started> {
+    let Node {
+        address: local_node,
+        id: node_id,
+        ip,
+        local,
+    } = node;
     let raylet_endpoint = node_endpoint(&local_node);
     let clients = Clients::new(token.to_string());
     let raylet: RayletClient<AuthedChannel> = clients.raylet(&raylet_endpoint)?;
-    let plasma = PlasmaClient::connect(raylet, raylet_endpoint.clone(), worker_id, job_id).await?;
-    let (listener, port) = bind_loopback().await?;
+    let plasma =
+        PlasmaClient::connect(raylet, raylet_endpoint.clone(), worker_id, job_id, local).await?;
+    let (listener, port) = bind_node_ip(&ip).await?;
     let (freed_tx, freed_rx) = mpsc::unbounded_channel();
     let (borrows, given_back_rx) = BorrowQueue::new();
     let cw = Arc::new(CoreWorker {
@@ -256,7 +305,7 @@ async fn build(
         address: OwnerAddr {
             worker_id,
             node_id,
-            host: "127.0.0.1".into(),
+            host: ip,
             port,
         },
         local_node,
@@ -340,6 +389,13 @@ fn worker_main() -> Result<()> {
         .rsplit_once(':')
         .and_then(|(h, p)| p.parse::<u32>().ok().map(|p| (h.to_string(), p)))
         .ok_or_else(|| Error::Startup(format!("bad raylet address {raylet_address:?}")))?;
+    // The node IP the raylet advertises; a raylet of an older build sets no MINIRAY_NODE_IP,
+    // and its own host is then the node's.
+    let ip = std::env::var(env::NODE_IP)
+        .ok()
+        .filter(|ip| !ip.is_empty())
+        .or_else(|| net::host_of(&raylet_address).map(str::to_string))
+        .unwrap_or_else(|| host.clone());
     let local_node = NodeAddress {
         node_id: node_id.to_vec(),
         host,
@@ -357,8 +413,12 @@ fn worker_main() -> Result<()> {
         gcs,
         &gcs_address,
         &token,
-        local_node,
-        node_id,
+        Node {
+            address: local_node,
+            id: node_id,
+            ip,
+            local: true,
+        },
         worker_id,
         job_id,
     ))?;

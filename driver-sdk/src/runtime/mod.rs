@@ -298,6 +298,16 @@ impl CoreWorker {
     ) -> Result<T> {
         match value {
             Value::Inline(bytes) => codec::decode(bytes),
+            Value::Plasma { node, .. } if self.plasma.is_remote() => {
+                // Read straight from the node holding the copy rather than pulling it into
+                // the home raylet first: one transfer instead of two, no secondary copy
+                // taking room there, and the holder's reader pin keeps the copy for the
+                // stream's length (a pulled secondary copy could be evicted before read).
+                let endpoint = node_endpoint(node);
+                let holder = self.clients.raylet(&endpoint)?;
+                let bytes = self.plasma.read_remote(id, holder, &endpoint).await?;
+                codec::decode(&bytes)
+            }
             Value::Plasma { node, .. } => {
                 self.make_local(id, node).await?;
                 match self.plasma.with_object(id, codec::decode::<T>).await? {

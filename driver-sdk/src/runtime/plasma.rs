@@ -1,6 +1,11 @@
 //! This process's view of its node's plasma store: the segment mapped into memory, and the
 //! raylet RPCs that create, seal, pin and release objects in it.
 //!
+//! A driver with no raylet on its own machine (a laptop, a CI runner, another Pod) uses a
+//! *home raylet* over the network instead, without a mapping (remote mode): a put streams
+//! the bytes to it (`PlasmaWrite`), a get streams them from the node holding the copy
+//! (`ReadObject`) into a buffer. Workers always run next to their raylet and map it.
+//!
 //! Invariants:
 //! - Bytes are read straight out of the mapping (no copy before decoding) between a
 //!   `PlasmaGet`, which pins the object, and the matching `PlasmaRelease`.
@@ -11,12 +16,14 @@
 
 use miniray_common::ErrorCode;
 use miniray_common::auth::AuthedChannel;
+use miniray_common::config::TRANSFER_CHUNK_SIZE;
 use miniray_common::{JobId, ObjectId, WorkerId};
 use miniray_plasma::{ObjectLocation, SegmentMapping};
 use miniray_proto::raylet_client::RayletClient;
 use miniray_proto::{
     NodeAddress, PlasmaAbortRequest, PlasmaCreateRequest, PlasmaGetRequest, PlasmaInfoRequest,
-    PlasmaReleaseRequest, PlasmaSealRequest, PullObjectRequest, WorkerAddress,
+    PlasmaReleaseRequest, PlasmaSealRequest, PlasmaWriteChunk, PullObjectRequest,
+    ReadObjectRequest, WorkerAddress,
 };
 use tonic::Status;
 
@@ -24,7 +31,8 @@ use crate::codec::Encoded;
 use crate::error::{Error, Result};
 
 pub(crate) struct PlasmaClient {
-    mapping: SegmentMapping,
+    /// The segment of a raylet on this machine; `None` in remote mode.
+    mapping: Option<SegmentMapping>,
     raylet: RayletClient<AuthedChannel>,
     raylet_address: String,
     /// This process, as the raylet knows it: its worker id and job.
@@ -49,11 +57,14 @@ pub(crate) fn status_error(address: &str, status: Status) -> Error {
 }
 
 impl PlasmaClient {
+    /// Registers this process as a store client of `raylet`; maps its segment when `local`
+    /// (the raylet runs on this machine), else works in remote mode.
     pub(crate) async fn connect(
         mut raylet: RayletClient<AuthedChannel>,
         raylet_address: String,
         client_id: WorkerId,
         job_id: JobId,
+        local: bool,
     ) -> Result<Self> {
         let info = raylet
             .plasma_info(PlasmaInfoRequest {
@@ -63,8 +74,14 @@ impl PlasmaClient {
             .await
             .map_err(|s| status_error(&raylet_address, s))?
             .into_inner();
-        let mapping = SegmentMapping::open(std::path::Path::new(&info.segment_path))
-            .map_err(|e| Error::Startup(format!("cannot map the object store: {e}")))?;
+        let mapping = if local {
+            Some(
+                SegmentMapping::open(std::path::Path::new(&info.segment_path))
+                    .map_err(|e| Error::Startup(format!("cannot map the object store: {e}")))?,
+            )
+        } else {
+            None
+        };
         Ok(Self {
             mapping,
             raylet,
@@ -78,6 +95,17 @@ impl PlasmaClient {
         status_error(&self.raylet_address, status)
     }
 
+    /// Whether this process works without a mapping (see the module doc).
+    pub(crate) fn is_remote(&self) -> bool {
+        self.mapping.is_none()
+    }
+
+    fn mapping(&self) -> Result<&SegmentMapping> {
+        self.mapping.as_ref().ok_or_else(|| {
+            Error::Internal("the object store of a remote raylet is not mapped here".into())
+        })
+    }
+
     /// Creates, writes in place, and seals a primary copy owned by `owner`.
     pub(crate) async fn put(
         &self,
@@ -85,6 +113,9 @@ impl PlasmaClient {
         owner: WorkerAddress,
         encoded: &Encoded<'_>,
     ) -> Result<u64> {
+        let Some(mapping) = &self.mapping else {
+            return self.put_remote(id, owner, encoded).await;
+        };
         let size = encoded.len() as u64;
         let mut raylet = self.raylet.clone();
         let offset = raylet
@@ -102,7 +133,7 @@ impl PlasmaClient {
         let loc = ObjectLocation { offset, size };
         // SAFETY: the store handed this range to us alone for an unsealed object we created;
         // nobody reads it before the seal below.
-        let dst = match unsafe { self.mapping.slice_mut(loc) } {
+        let dst = match unsafe { mapping.slice_mut(loc) } {
             Ok(dst) => dst,
             Err(e) => {
                 self.abort(id).await;
@@ -123,6 +154,103 @@ impl PlasmaClient {
             return Err(self.err(s));
         }
         Ok(size)
+    }
+
+    /// Streams a primary copy to the home raylet, which creates, fills and seals it; a
+    /// failure on either side aborts it there, so nothing half-written stays.
+    async fn put_remote(
+        &self,
+        id: ObjectId,
+        owner: WorkerAddress,
+        encoded: &Encoded<'_>,
+    ) -> Result<u64> {
+        let size = encoded.len() as u64;
+        // Two chunks in flight: the copy of the next overlaps the send of the last.
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let mut raylet = self.raylet.clone();
+        let call = raylet.plasma_write(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let feed = async move {
+            let mut chunks = encoded.chunks(TRANSFER_CHUNK_SIZE);
+            let mut next = PlasmaWriteChunk {
+                object_id: id.to_vec(),
+                data_size: size,
+                owner: Some(owner),
+                job_id: self.job_id.to_vec(),
+                client_id: self.client_id.to_vec(),
+                offset: 0,
+                data: chunks.next().unwrap_or_default(),
+            };
+            loop {
+                let sent = next.data.len() as u64;
+                let offset = next.offset;
+                // A closed channel means the call ended (an error the call reports).
+                if tx.send(next).await.is_err() {
+                    return;
+                }
+                let Some(data) = chunks.next() else { return };
+                next = PlasmaWriteChunk {
+                    offset: offset + sent,
+                    data,
+                    ..Default::default()
+                };
+            }
+        };
+        let (reply, ()) = tokio::join!(call, feed);
+        reply.map_err(|s| self.err(s))?;
+        Ok(size)
+    }
+
+    /// Reads a sealed object's bytes from the store of the raylet behind `source` (at
+    /// `address`), whose reader pin holds the object for the length of the stream.
+    pub(crate) async fn read_remote(
+        &self,
+        id: ObjectId,
+        mut source: RayletClient<AuthedChannel>,
+        address: &str,
+    ) -> Result<Vec<u8>> {
+        let lost = |s: Status| match ErrorCode::of_status(&s) {
+            ErrorCode::NotFound | ErrorCode::Unavailable => Error::ObjectLost {
+                object_id: id.to_string(),
+                reason: format!("cannot read it from node {address}: {}", s.message()),
+            },
+            _ => status_error(address, s),
+        };
+        let mut stream = source
+            .read_object(ReadObjectRequest {
+                object_id: id.to_vec(),
+                chunk_size: TRANSFER_CHUNK_SIZE as u64,
+            })
+            .await
+            .map_err(lost)?
+            .into_inner();
+        let mut out: Vec<u8> = Vec::new();
+        let mut total = None;
+        while let Some(chunk) = stream.message().await.map_err(lost)? {
+            let expected = *total.get_or_insert(chunk.total_size);
+            if chunk.total_size != expected || chunk.offset != out.len() as u64 {
+                return Err(Error::Internal(format!(
+                    "{address} sent object {id} out of order (chunk at {} of {}, expected {} of {expected})",
+                    chunk.offset,
+                    chunk.total_size,
+                    out.len()
+                )));
+            }
+            if out.capacity() == 0 {
+                // Sized once from the announced total, so a bogus size fails here cleanly.
+                out.try_reserve_exact(usize::try_from(expected).unwrap_or(usize::MAX))
+                    .map_err(|e| {
+                        Error::Internal(format!("cannot hold object {id} of {expected} bytes: {e}"))
+                    })?;
+            }
+            out.extend_from_slice(&chunk.data);
+        }
+        match total {
+            Some(t) if out.len() as u64 == t => Ok(out),
+            _ => Err(Error::ObjectLost {
+                object_id: id.to_string(),
+                reason: format!("the stream from {address} ended after {} bytes", out.len()),
+            }),
+        }
     }
 
     /// Discards an object this process created and could not seal.
@@ -162,7 +290,7 @@ impl PlasmaClient {
 
     /// The bytes of a pinned object, straight from the mapping.
     pub(crate) fn slice(&self, loc: ObjectLocation) -> Result<&[u8]> {
-        self.mapping
+        self.mapping()?
             .slice(loc)
             .map_err(|e| Error::Internal(format!("object store gave a bad range: {e}")))
     }
@@ -189,6 +317,16 @@ impl PlasmaClient {
         id: ObjectId,
         f: impl FnOnce(&[u8]) -> R,
     ) -> Result<Option<R>> {
+        if self.is_remote() {
+            let bytes = self
+                .read_remote(id, self.raylet.clone(), &self.raylet_address)
+                .await;
+            return match bytes {
+                Ok(bytes) => Ok(Some(f(&bytes))),
+                Err(Error::ObjectLost { .. }) => Ok(None),
+                Err(e) => Err(e),
+            };
+        }
         let Some(loc) = self.pin(id).await? else {
             return Ok(None);
         };

@@ -76,6 +76,8 @@ pub struct Options {
     pub max_destroyed_actors: Option<usize>,
     /// Hosts to spread the cluster over (the GCS and head on host 0); loopback when `None`.
     pub hosts: Option<Arc<netns::Hosts>>,
+    /// The head's node IP (its raylet's `bind_host`; default `127.0.0.1`, or host 0's IP).
+    pub head_bind_host: Option<String>,
 }
 
 impl Default for Options {
@@ -89,6 +91,7 @@ impl Default for Options {
             plasma_dir: None,
             max_destroyed_actors: None,
             hosts: None,
+            head_bind_host: None,
         }
     }
 }
@@ -160,7 +163,9 @@ impl Cluster {
             max_destroyed_actors: opts.max_destroyed_actors,
             hosts: opts.hosts,
         };
-        cluster.add_node(
+        cluster.start_node(
+            0,
+            opts.head_bind_host.as_deref(),
             opts.head_cpus,
             &opts.head_resources,
             true,
@@ -177,13 +182,39 @@ impl Cluster {
         is_head: bool,
         object_store_memory: u64,
     ) -> usize {
-        self.add_node_on(0, cpus, resources, is_head, object_store_memory)
+        self.start_node(0, None, cpus, resources, is_head, object_store_memory)
+    }
+
+    /// [`Cluster::add_node`] with the raylet's node IP (`bind_host`).
+    pub fn add_node_on(
+        &mut self,
+        bind_host: &str,
+        cpus: f64,
+        resources: &[(&str, f64)],
+        is_head: bool,
+        object_store_memory: u64,
+    ) -> usize {
+        let bind_host = Some(bind_host);
+        self.start_node(0, bind_host, cpus, resources, is_head, object_store_memory)
     }
 
     /// Starts a raylet on `host`, bound to its IP; returns its index in `nodes`.
-    pub fn add_node_on(
+    pub fn add_node_on_host(
         &mut self,
         host: usize,
+        cpus: f64,
+        resources: &[(&str, f64)],
+        is_head: bool,
+        object_store_memory: u64,
+    ) -> usize {
+        self.start_node(host, None, cpus, resources, is_head, object_store_memory)
+    }
+
+    /// Starts a raylet on `host`, bound to `bind_host` (default: the host's IP).
+    fn start_node(
+        &mut self,
+        host: usize,
+        bind_host: Option<&str>,
         cpus: f64,
         resources: &[(&str, f64)],
         is_head: bool,
@@ -200,7 +231,7 @@ impl Cluster {
             &DaemonSpec::Raylet(RayletSpec {
                 gcs_address: self.gcs_address.clone(),
                 token: self.token.clone(),
-                bind_host: self.host_ip(host).into(),
+                bind_host: bind_host.unwrap_or(self.host_ip(host)).into(),
                 port: 0,
                 node_id,
                 resources: r,
@@ -333,32 +364,40 @@ impl Cluster {
 
     /// Like [`Cluster::spawn_driver`], from another copy of the test driver executable.
     pub fn spawn_driver_from(&self, exe: &Path, args: &[&str]) -> Child {
-        self.start_driver(Command::new(exe), None, args)
+        self.driver_command(exe, args)
+            .spawn()
+            .expect("driver starts")
+    }
+
+    /// The command that runs a driver against this cluster, to add to before spawning.
+    pub fn driver_command(&self, exe: &Path, args: &[&str]) -> Command {
+        self.with_driver_env(Command::new(exe), args)
     }
 
     /// Starts the test driver with `args` on `host` (its network namespace, with
     /// `MINIRAY_NODE_IP` its IP); `DriverRun::wait` ends it.
     pub fn spawn_driver_on(&self, host: usize, args: &[&str]) -> Child {
         let hosts = self.hosts.as_ref().expect("a cluster with hosts");
-        let child = self.start_driver(hosts.command(host, exe()), Some(hosts.ip(host)), args);
+        let child = self
+            .with_driver_env(hosts.command(host, exe()), args)
+            .env("MINIRAY_NODE_IP", hosts.ip(host))
+            .spawn()
+            .expect("driver starts");
         hosts.adopt(host, child.id());
         child
     }
 
-    fn start_driver(&self, mut cmd: Command, node_ip: Option<&str>, args: &[&str]) -> Child {
-        match node_ip {
-            Some(ip) => cmd.env("MINIRAY_NODE_IP", ip),
-            None => cmd.env_remove("MINIRAY_NODE_IP"),
-        };
-        cmd.args(args)
+    fn with_driver_env(&self, mut command: Command, args: &[&str]) -> Command {
+        command
+            .args(args)
+            .env_remove("MINIRAY_NODE_IP")
             .env("MINIRAY_ADDRESS", &self.gcs_address)
             .env("MINIRAY_TOKEN", &self.token)
             .env_remove("MINIRAY_ROLE")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("driver starts")
+            .stderr(Stdio::piped());
+        command
     }
 
     /// Process id of the GCS, while it runs.
