@@ -92,6 +92,7 @@ fn the_sandbox_makes_and_removes_hosts_and_sweeps_leftovers() {
     let linked = |name: &String| {
         Command::new("ip")
             .args(["link", "show", name])
+            .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .status()
             .is_ok_and(|s| s.success())
