@@ -29,6 +29,12 @@ pub mod env {
     pub const LOG: &str = "MINIRAY_LOG";
     /// Folder of the plasma segment and the reply journals (default `/dev/shm`).
     pub const PLASMA_DIR: &str = "MINIRAY_PLASMA_DIR";
+    /// PEM certificate chain of this process (mutual TLS; all three `TLS_*` or none).
+    pub const TLS_CERT: &str = "MINIRAY_TLS_CERT";
+    /// PEM private key of [`TLS_CERT`].
+    pub const TLS_KEY: &str = "MINIRAY_TLS_KEY";
+    /// PEM certificate of the cluster's CA: peers must present a certificate it signed.
+    pub const TLS_CA: &str = "MINIRAY_TLS_CA";
 }
 
 /// Objects below this size travel inline and live in the owner's process.

@@ -15,6 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use miniray::cluster::{DaemonSpec, GcsSpec, RayletSpec, spawn_daemon, stop_daemon};
+use miniray_common::tls::TlsFiles;
 use miniray_common::{NodeId, Resources};
 use miniray_proto::gcs_client::GcsClient;
 use miniray_proto::{GetAllJobsRequest, GetAllNodesRequest, JobInfo, NodeInfo, NodeState};
@@ -52,6 +53,7 @@ pub struct Cluster {
     node_timeout: Duration,
     plasma_dir: PathBuf,
     max_destroyed_actors: Option<usize>,
+    tls: Option<TlsFiles>,
 }
 
 pub struct Options {
@@ -64,6 +66,8 @@ pub struct Options {
     pub plasma_dir: Option<PathBuf>,
     /// Dead actors the GCS keeps (its default when `None`).
     pub max_destroyed_actors: Option<usize>,
+    /// Mutual TLS for the daemons and drivers (the test process installs its own setting).
+    pub tls: Option<TlsFiles>,
 }
 
 impl Default for Options {
@@ -76,6 +80,7 @@ impl Default for Options {
             object_store_memory: 1 << 30,
             plasma_dir: None,
             max_destroyed_actors: None,
+            tls: None,
         }
     }
 }
@@ -90,6 +95,7 @@ fn gcs_spec(
     redis: Option<String>,
     node_timeout: Duration,
     max_destroyed_actors: Option<usize>,
+    tls: Option<TlsFiles>,
 ) -> DaemonSpec {
     DaemonSpec::Gcs(GcsSpec {
         bind,
@@ -98,6 +104,7 @@ fn gcs_spec(
         redis_address: redis,
         node_timeout_ms: node_timeout.as_millis() as u64,
         max_destroyed_actors,
+        tls,
     })
 }
 
@@ -118,6 +125,7 @@ impl Cluster {
                 opts.redis.clone(),
                 opts.node_timeout,
                 opts.max_destroyed_actors,
+                opts.tls.clone(),
             ),
             &session_dir.join("logs/gcs.err"),
             true,
@@ -135,6 +143,7 @@ impl Cluster {
                 .plasma_dir
                 .unwrap_or_else(miniray_common::shm::plasma_dir),
             max_destroyed_actors: opts.max_destroyed_actors,
+            tls: opts.tls,
         };
         cluster.add_node(
             opts.head_cpus,
@@ -172,6 +181,7 @@ impl Cluster {
                 is_head,
                 session_dir: self.session_dir.clone(),
                 plasma_dir: Some(self.plasma_dir.clone()),
+                tls: self.tls.clone(),
             }),
             &self.session_dir.join(format!("logs/raylet-{index}.err")),
             true,
@@ -225,6 +235,7 @@ impl Cluster {
                 self.redis.clone(),
                 self.node_timeout,
                 self.max_destroyed_actors,
+                self.tls.clone(),
             ),
             // A new log, so the old GCS's last words are kept.
             &self
@@ -278,8 +289,14 @@ impl Cluster {
 
     /// Like [`Cluster::spawn_driver`], from another copy of the test driver executable.
     pub fn spawn_driver_from(&self, exe: &Path, args: &[&str]) -> Child {
-        Command::new(exe)
-            .args(args)
+        let mut cmd = Command::new(exe);
+        for (name, path) in TlsFiles::env(self.tls.as_ref()) {
+            match path {
+                Some(path) => cmd.env(name, path),
+                None => cmd.env_remove(name),
+            };
+        }
+        cmd.args(args)
             .env("MINIRAY_ADDRESS", &self.gcs_address)
             .env("MINIRAY_TOKEN", &self.token)
             .env_remove("MINIRAY_ROLE")
