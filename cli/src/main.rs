@@ -7,6 +7,7 @@ mod daemons;
 mod microbenchmark;
 mod start;
 mod status;
+mod tls;
 
 use clap::{Parser, Subcommand};
 
@@ -31,6 +32,9 @@ enum Command {
     Status(status::StatusArgs),
     /// Run Ray's core microbenchmark loops and print `metric value` lines.
     Microbenchmark(microbenchmark::BenchArgs),
+    /// Mutual TLS certificates.
+    #[command(subcommand)]
+    Tls(tls::TlsCommand),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,5 +48,6 @@ fn main() -> anyhow::Result<()> {
         Command::Stop(args) => start::stop(args),
         Command::Status(args) => status::status(args),
         Command::Microbenchmark(args) => microbenchmark::run(args),
+        Command::Tls(command) => tls::run(command),
     }
 }

@@ -59,6 +59,8 @@ pub struct StartArgs {
     /// forgotten first.
     #[arg(long, default_value_t = miniray::cluster::DEFAULT_MAX_DESTROYED_ACTORS)]
     max_destroyed_actors: usize,
+    #[command(flatten)]
+    tls: crate::tls::TlsArgs,
 }
 
 #[derive(Args)]
@@ -88,6 +90,8 @@ fn session_dir() -> PathBuf {
 }
 
 pub fn start(args: StartArgs) -> anyhow::Result<()> {
+    // Checked before any daemon starts, so a refusal leaves nothing running.
+    let tls = args.tls.install()?;
     let exe = std::env::current_exe().context("locating the miniray executable")?;
     let resources = node_resources(&args)?;
     let session_dir = session_dir();
@@ -122,6 +126,7 @@ pub fn start(args: StartArgs) -> anyhow::Result<()> {
                 redis_address: args.redis_address.clone(),
                 node_timeout_ms: args.node_timeout_ms,
                 max_destroyed_actors: Some(args.max_destroyed_actors),
+                tls: tls.clone(),
             }),
             &logs.join("gcs.err"),
         )?;
@@ -161,6 +166,7 @@ pub fn start(args: StartArgs) -> anyhow::Result<()> {
             is_head: args.head,
             session_dir: session_dir.clone(),
             plasma_dir: Some(args.plasma_directory.clone()),
+            tls: tls.clone(),
         }),
         &logs.join("raylet.err"),
     )?;
@@ -184,6 +190,9 @@ pub fn start(args: StartArgs) -> anyhow::Result<()> {
         println!("  miniray start --address {gcs_address}");
         println!("From another machine, also pass the token:");
         println!("  export MINIRAY_TOKEN={token}");
+        if let Some(files) = &tls {
+            crate::tls::print_driver_env(files);
+        }
     } else {
         println!("Started a miniray worker node joining {gcs_address}.");
         println!("  raylet: {}", raylet.address);

@@ -106,6 +106,7 @@ fn resolve_address(given: Option<String>) -> anyhow::Result<String> {
 
 pub fn status(args: StatusArgs) -> anyhow::Result<()> {
     let address = resolve_address(args.address)?;
+    miniray_common::tls::install_from_env()?;
     let token = config::find_token(&address)
         .with_context(|| format!("no token for {address}: set MINIRAY_TOKEN"))?;
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -46,6 +46,9 @@ impl Sandbox {
             .env_remove("MINIRAY_TOKEN")
             .env_remove("MINIRAY_ROLE")
             .env_remove("MINIRAY_PLASMA_DIR")
+            .env_remove("MINIRAY_TLS_CERT")
+            .env_remove("MINIRAY_TLS_KEY")
+            .env_remove("MINIRAY_TLS_CA")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -486,4 +489,142 @@ fn an_object_store_larger_than_the_plasma_directory_is_refused_and_the_default_f
     sandbox
         .run(&["stop", "--grace-period", "5"])
         .assert_success();
+}
+
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[test]
+fn tls_init_writes_private_keys_never_overwrites_and_its_files_start_a_tls_head() {
+    let sandbox = Sandbox::new("tls-init");
+    let dir = sandbox.root.join("certs");
+    let d = dir.to_string_lossy().to_string();
+    let run = sandbox.run(&[
+        "tls",
+        "init",
+        &d,
+        "--ip",
+        "127.0.0.1",
+        "--dns",
+        "head.local",
+    ]);
+    run.assert_success();
+    for (name, mode) in [
+        ("ca.pem", 0o644),
+        ("ca.key", 0o600),
+        ("node.pem", 0o644),
+        ("node.key", 0o600),
+    ] {
+        assert_eq!(mode_of(&dir.join(name)), mode, "{name}");
+    }
+    let (cert, key, ca) = (
+        format!("{d}/node.pem"),
+        format!("{d}/node.key"),
+        format!("{d}/ca.pem"),
+    );
+    assert!(
+        run.stdout
+            .contains(&format!("--tls-cert {cert} --tls-key {key} --tls-ca {ca}"))
+            && run.stdout.contains(&format!("MINIRAY_TLS_CA={ca}")),
+        "{}",
+        run.describe()
+    );
+
+    let key_before = std::fs::read(dir.join("node.key")).expect("read node.key");
+    let again = sandbox.run(&["tls", "init", &d]);
+    assert!(!again.success, "{}", again.describe());
+    assert!(
+        again.stderr.contains("already exists") && again.stderr.contains("--force"),
+        "{}",
+        again.describe()
+    );
+    assert_eq!(
+        std::fs::read(dir.join("node.key")).expect("read"),
+        key_before
+    );
+    sandbox
+        .run(&["tls", "init", &d, "--force"])
+        .assert_success();
+    assert_ne!(
+        std::fs::read(dir.join("node.key")).expect("read"),
+        key_before
+    );
+    assert_eq!(mode_of(&dir.join("node.key")), 0o600);
+
+    // A head with these files: `status` gets in with them (from the environment) only.
+    let port = free_port();
+    let address = format!("127.0.0.1:{port}");
+    sandbox
+        .run(&[
+            "start",
+            "--head",
+            "--port",
+            &port.to_string(),
+            "--num-cpus",
+            "1",
+            "--object-store-memory",
+            "268435456",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--tls-ca",
+            &ca,
+        ])
+        .assert_success();
+    let status_args = ["status", "--address", &address];
+    poll("status over TLS", CLUSTER_DEADLINE, || {
+        let mut cmd = sandbox.command(&status_args);
+        cmd.env("MINIRAY_TLS_CERT", &cert)
+            .env("MINIRAY_TLS_KEY", &key)
+            .env("MINIRAY_TLS_CA", &ca);
+        let run = run_to_end(cmd, &status_args);
+        if run.success {
+            Ok(())
+        } else {
+            Err(run.describe())
+        }
+    });
+    let plain = sandbox.run(&status_args);
+    assert!(!plain.success, "{}", plain.describe());
+}
+
+#[test]
+fn start_with_incomplete_or_unreadable_tls_files_is_refused() {
+    let sandbox = Sandbox::new("tls-refused");
+    let port = free_port().to_string();
+    let base = ["start", "--head", "--port", &port, "--num-cpus", "1"];
+    let run = sandbox.run(&[&base[..], &["--tls-cert", "/nonexistent/node.pem"]].concat());
+    assert!(!run.success, "{}", run.describe());
+    assert!(
+        run.stderr
+            .contains("missing: --tls-key (MINIRAY_TLS_KEY), --tls-ca (MINIRAY_TLS_CA)"),
+        "{}",
+        run.describe()
+    );
+    let all = [
+        "--tls-cert",
+        "/nonexistent/node.pem",
+        "--tls-key",
+        "/nonexistent/node.key",
+        "--tls-ca",
+        "/nonexistent/ca.pem",
+    ];
+    let run = sandbox.run(&[&base[..], &all[..]].concat());
+    assert!(!run.success, "{}", run.describe());
+    assert!(
+        run.stderr.contains("/nonexistent/node.pem"),
+        "{}",
+        run.describe()
+    );
+    assert!(
+        sandbox.recorded_daemons().is_empty(),
+        "nothing may be started"
+    );
 }

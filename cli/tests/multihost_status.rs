@@ -78,6 +78,7 @@ fn status_from_another_host_lists_each_node_with_its_own_ip() {
             redis_address: None,
             node_timeout_ms: 10_000,
             max_destroyed_actors: None,
+            tls: None,
         }),
         &session_dir.join("logs/gcs.err"),
     );
@@ -100,6 +101,7 @@ fn status_from_another_host_lists_each_node_with_its_own_ip() {
                 is_head: host == 0,
                 session_dir: session_dir.clone(),
                 plasma_dir: None,
+                tls: None,
             }),
             &session_dir.join(format!("logs/raylet-{host}.err")),
         );

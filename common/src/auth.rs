@@ -4,15 +4,14 @@
 //! Invariant: every tonic server in miniray is built with [`TokenCheck`] as its interceptor
 //! and every client channel with [`AddToken`]; there is no unauthenticated service. An
 //! empty token authenticates nothing: servers refuse to start with one, and a
-//! `TokenCheck` built with one refuses every request (it fails closed).
-
-use std::time::Duration;
+//! `TokenCheck` built with one refuses every request (it fails closed). How channels and
+//! servers are configured (keepalive, TLS) is [`crate::transport`]'s business.
 
 use miniray_proto::TOKEN_METADATA_KEY;
 use tonic::metadata::MetadataValue;
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Status};
 
 use crate::error::ErrorCode;
@@ -106,26 +105,7 @@ pub enum AuthError {
     EmptyToken,
 }
 
-/// Timeout for establishing a TCP connection to a miniray server.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-fn endpoint(address: &str) -> Result<Endpoint, AuthError> {
-    let uri = if address.starts_with("http://") || address.starts_with("https://") {
-        address.to_string()
-    } else {
-        format!("http://{address}")
-    };
-    Ok(Endpoint::from_shared(uri)
-        .map_err(|e| AuthError::BadAddress {
-            address: address.to_string(),
-            reason: e.to_string(),
-        })?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .http2_adaptive_window(true)
-        .initial_stream_window_size(Some(8 << 20))
-        .initial_connection_window_size(Some(32 << 20)))
-}
+use crate::transport::endpoint;
 
 /// Connects at once; fails fast when nothing answers.
 pub async fn connect(address: &str, token: &str) -> Result<AuthedChannel, AuthError> {

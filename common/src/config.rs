@@ -33,6 +33,12 @@ pub mod env {
     /// its workers; a driver on a machine with several interfaces may set it (otherwise it
     /// takes the address of the interface that routes to the GCS).
     pub const NODE_IP: &str = "MINIRAY_NODE_IP";
+    /// PEM certificate chain of this process (mutual TLS; all three `TLS_*` or none).
+    pub const TLS_CERT: &str = "MINIRAY_TLS_CERT";
+    /// PEM private key of [`TLS_CERT`].
+    pub const TLS_KEY: &str = "MINIRAY_TLS_KEY";
+    /// PEM certificate of the cluster's CA: peers must present a certificate it signed.
+    pub const TLS_CA: &str = "MINIRAY_TLS_CA";
 }
 
 /// Objects below this size travel inline and live in the owner's process.

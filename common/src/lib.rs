@@ -1,4 +1,5 @@
-//! Shared vocabulary of miniray: ids, error codes, cluster configuration, token auth.
+//! Shared vocabulary of miniray: ids, error codes, cluster configuration, token auth, and
+//! the transport (keepalive, TLS) of every server and channel.
 //!
 //! This crate sits at the bottom of the workspace next to `miniray-proto`; it must not
 //! depend on any other miniray crate.
@@ -14,6 +15,8 @@ pub mod reply_journal;
 pub mod resources;
 pub mod shm;
 pub mod time;
+pub mod tls;
+pub mod transport;
 
 pub use error::ErrorCode;
 pub use ids::{ActorId, JobId, NodeId, ObjectId, TaskId, WorkerId};

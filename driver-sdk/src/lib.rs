@@ -90,10 +90,18 @@ pub fn init() -> Result<()> {
 /// `init` with options: the cluster address and token, or the shape of the local cluster.
 pub fn init_with(opts: InitOptions) -> Result<()> {
     match std::env::var(miniray_common::config::env::ROLE).as_deref() {
-        Ok("worker") => runtime::bootstrap::run_worker(),
+        Ok("worker") => {
+            if let Err(e) = miniray_common::tls::install_from_env() {
+                eprintln!("miniray worker: cannot start: {e}");
+                std::process::exit(1);
+            }
+            runtime::bootstrap::run_worker()
+        }
         Ok("gcs") | Ok("raylet") => runtime::cluster::run_daemon_from_env(),
         _ => {}
     }
+    // Drivers: mutual TLS when `MINIRAY_TLS_*` say so, before any channel is made.
+    miniray_common::tls::install_from_env().map_err(|e| Error::Startup(e.to_string()))?;
     if runtime::is_initialized() {
         return Err(Error::InvalidArgument(
             "miniray is already initialized; call shutdown() first".into(),

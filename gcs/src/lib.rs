@@ -162,7 +162,7 @@ impl GcsServer {
             conn
         });
         let mut stop = shutdown_rx.clone();
-        let serve = tonic::transport::Server::builder()
+        let serve = miniray_common::transport::server_builder()
             .add_service(grpc)
             // A closed channel (every handle dropped) stops the server too.
             .serve_with_incoming_shutdown(incoming, async move { stopped(&mut stop).await });

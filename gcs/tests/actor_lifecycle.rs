@@ -237,7 +237,7 @@ async fn start_harness() -> Harness {
     };
     let (stop_fake, mut stop) = watch::channel(false);
     tokio::spawn(
-        tonic::transport::Server::builder()
+        miniray_common::transport::server_builder()
             .add_service(InterceptedService::new(
                 RayletServer::new(node.clone()),
                 TokenCheck::new(TOKEN),

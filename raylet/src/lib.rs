@@ -182,9 +182,7 @@ impl Raylet {
             let svc = InterceptedService::new(svc, TokenCheck::new(&cfg.token));
             let mut signal = node.shutdown_signal();
             tokio::spawn(
-                tonic::transport::Server::builder()
-                    .initial_stream_window_size(Some(8 << 20))
-                    .initial_connection_window_size(Some(32 << 20))
+                miniray_common::transport::server_builder()
                     .add_service(svc)
                     // Nodelay must be set on the accepted sockets: the builder's setting only
                     // applies to listeners tonic binds itself.

@@ -352,6 +352,13 @@ impl WorkerPool {
             .env(env::JOB_ID, job.hex())
             .env(env::TOKEN, &self.cfg.token)
             .env(env::REPLY_JOURNAL, self.journal_prefix(worker_id));
+        // Workers use this raylet's TLS files, or none (whatever the job's env says).
+        for (name, value) in miniray_common::tls::child_env() {
+            match value {
+                Some(path) => cmd.env(name, path),
+                None => cmd.env_remove(name),
+            };
+        }
         // The entry exists before the process does: a worker that starts and registers
         // while this thread is still descheduled after the fork must be found.
         let (start_tx, start_rx) = oneshot::channel();

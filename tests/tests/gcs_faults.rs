@@ -26,6 +26,7 @@ fn gcs_against(redis_url: &str) -> (bool, String, Duration) {
         redis_address: Some(redis_url.to_string()),
         node_timeout_ms: 10_000,
         max_destroyed_actors: None,
+        tls: None,
     });
     let start = Instant::now();
     let mut child = Command::new(DRIVER)

@@ -17,6 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use miniray_common::config::env;
+use miniray_common::tls::TlsFiles;
 use miniray_common::{NodeId, Resources};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
@@ -50,6 +51,9 @@ pub struct GcsSpec {
     /// Dead actors the GCS keeps (default [`miniray_gcs::DEFAULT_MAX_DESTROYED_ACTORS`]).
     #[serde(default)]
     pub max_destroyed_actors: Option<usize>,
+    /// Mutual TLS for the daemon's server and its calls (`None`: plaintext).
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -68,6 +72,9 @@ pub struct RayletSpec {
     /// `/dev/shm`.
     #[serde(default)]
     pub plasma_dir: Option<PathBuf>,
+    /// Mutual TLS for the raylet, its calls and its workers (`None`: plaintext).
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
 }
 
 impl DaemonSpec {
@@ -75,6 +82,13 @@ impl DaemonSpec {
         match self {
             DaemonSpec::Gcs(_) => "gcs",
             DaemonSpec::Raylet(_) => "raylet",
+        }
+    }
+
+    fn tls(&self) -> Option<&TlsFiles> {
+        match self {
+            DaemonSpec::Gcs(s) => s.tls.as_ref(),
+            DaemonSpec::Raylet(s) => s.tls.as_ref(),
         }
     }
 }
@@ -203,6 +217,12 @@ pub fn run_daemon_from_env() -> ! {
             std::process::exit(2);
         }
     };
+    // Before any server or channel exists: they all take the process-wide setting.
+    let tls = spec.tls().map(TlsFiles::load).transpose();
+    if let Err(e) = tls.and_then(miniray_common::tls::install) {
+        eprintln!("miniray {}: cannot start: {e}", spec.role());
+        std::process::exit(1);
+    }
     let exit_with_parent = std::env::var(EXIT_WITH_PARENT).is_ok_and(|v| v == "1");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -392,6 +412,10 @@ impl LocalCluster {
         let session_dir = miniray_common::config::tmp_root().join(&session_name);
         let logs = session_dir.join("logs");
         let token = miniray_common::auth::generate_token();
+        // The private cluster uses the driver's own TLS setting.
+        let tls = miniray_common::tls::current()
+            .and_then(miniray_common::tls::Tls::files)
+            .cloned();
         let mut gcs = spawn_daemon(
             &exe,
             &DaemonSpec::Gcs(GcsSpec {
@@ -401,6 +425,7 @@ impl LocalCluster {
                 redis_address: None,
                 node_timeout_ms: miniray_common::config::DEFAULT_NODE_TIMEOUT.as_millis() as u64,
                 max_destroyed_actors: None,
+                tls: tls.clone(),
             }),
             &logs.join("gcs.err"),
             true,
@@ -426,6 +451,7 @@ impl LocalCluster {
                 is_head: true,
                 session_dir: session_dir.clone(),
                 plasma_dir: None,
+                tls,
             }),
             &logs.join("raylet.err"),
             true,

@@ -252,7 +252,7 @@ pub(crate) fn serve(
         // Nodelay on the accepted sockets (the builder's option only covers listeners tonic
         // binds itself): replies and trailers must not wait for Nagle.
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        let result = tonic::transport::Server::builder()
+        let result = miniray_common::transport::server_builder()
             .add_service(server)
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stop_rx.await;

@@ -77,7 +77,7 @@ async fn main() -> Result<(), String> {
     );
     let mut stop = exit_rx.clone();
     let server = tokio::spawn(
-        tonic::transport::Server::builder()
+        miniray_common::transport::server_builder()
             .add_service(svc)
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),

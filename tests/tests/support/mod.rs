@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use miniray::cluster::{DaemonSpec, GcsSpec, RayletSpec, spawn_daemon_via, stop_daemon};
+use miniray_common::tls::TlsFiles;
 use miniray_common::{NodeId, Resources};
 use miniray_proto::gcs_client::GcsClient;
 use miniray_proto::{GetAllJobsRequest, GetAllNodesRequest, JobInfo, NodeInfo, NodeState};
@@ -62,6 +63,7 @@ pub struct Cluster {
     plasma_dir: PathBuf,
     max_destroyed_actors: Option<usize>,
     hosts: Option<Arc<netns::Hosts>>,
+    tls: Option<TlsFiles>,
 }
 
 pub struct Options {
@@ -78,6 +80,7 @@ pub struct Options {
     pub hosts: Option<Arc<netns::Hosts>>,
     /// The head's node IP (its raylet's `bind_host`; default `127.0.0.1`, or host 0's IP).
     pub head_bind_host: Option<String>,
+    pub tls: Option<TlsFiles>,
 }
 
 impl Default for Options {
@@ -92,6 +95,7 @@ impl Default for Options {
             max_destroyed_actors: None,
             hosts: None,
             head_bind_host: None,
+            tls: None,
         }
     }
 }
@@ -111,6 +115,7 @@ fn gcs_spec(
     redis: Option<String>,
     node_timeout: Duration,
     max_destroyed_actors: Option<usize>,
+    tls: Option<TlsFiles>,
 ) -> DaemonSpec {
     DaemonSpec::Gcs(GcsSpec {
         bind,
@@ -119,6 +124,7 @@ fn gcs_spec(
         redis_address: redis,
         node_timeout_ms: node_timeout.as_millis() as u64,
         max_destroyed_actors,
+        tls,
     })
 }
 
@@ -141,6 +147,7 @@ impl Cluster {
                 opts.redis.clone(),
                 opts.node_timeout,
                 opts.max_destroyed_actors,
+                opts.tls.clone(),
             ),
             &session_dir.join("logs/gcs.err"),
             true,
@@ -162,6 +169,7 @@ impl Cluster {
                 .unwrap_or_else(miniray_common::shm::plasma_dir),
             max_destroyed_actors: opts.max_destroyed_actors,
             hosts: opts.hosts,
+            tls: opts.tls,
         };
         cluster.start_node(
             0,
@@ -240,6 +248,7 @@ impl Cluster {
                 is_head,
                 session_dir: self.session_dir.clone(),
                 plasma_dir: Some(self.plasma_dir.clone()),
+                tls: self.tls.clone(),
             }),
             &self.session_dir.join(format!("logs/raylet-{index}.err")),
             true,
@@ -308,6 +317,7 @@ impl Cluster {
                 self.redis.clone(),
                 self.node_timeout,
                 self.max_destroyed_actors,
+                self.tls.clone(),
             ),
             // A new log, so the old GCS's last words are kept.
             &self
@@ -388,6 +398,12 @@ impl Cluster {
     }
 
     fn with_driver_env(&self, mut command: Command, args: &[&str]) -> Command {
+        for (name, path) in TlsFiles::env(self.tls.as_ref()) {
+            match path {
+                Some(path) => command.env(name, path),
+                None => command.env_remove(name),
+            };
+        }
         command
             .args(args)
             .env_remove("MINIRAY_NODE_IP")
