@@ -1,6 +1,6 @@
 //! `miniray start` and `miniray stop`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -8,8 +8,8 @@ use anyhow::{Context, bail};
 use clap::Args;
 use miniray::cluster::{DaemonSpec, GcsSpec, RayletSpec, SpawnedDaemon, spawn_daemon};
 use miniray_common::config::{self, DEFAULT_NODE_TIMEOUT};
-use miniray_common::shm;
 use miniray_common::{NodeId, Resources};
+use miniray_common::{net, shm};
 
 use crate::daemons::{self, DaemonRecord};
 
@@ -24,9 +24,15 @@ pub struct StartArgs {
     /// GCS port of a head node.
     #[arg(long, default_value_t = 6379)]
     port: u16,
-    /// Interface the daemons listen on. Anything but loopback exposes them to the network.
+    /// Interface the head's GCS listens on. Anything but loopback exposes it to the
+    /// network; `0.0.0.0` (every interface) needs an explicitly given token.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
+    /// This node's IP: the raylet and its workers listen on it and advertise it (default:
+    /// for a head, `--host`, or when that is every interface the address of the default
+    /// route; for a worker node, the address of the interface that routes to the GCS).
+    #[arg(long)]
+    node_ip_address: Option<String>,
     /// Write the GCS tables through to this Redis (`redis://HOST:PORT`), so a restarted
     /// head loses nothing.
     #[arg(long)]
@@ -89,9 +95,63 @@ fn session_dir() -> PathBuf {
     ))
 }
 
+/// What `start` listens on, decided before any daemon starts.
+#[derive(Debug, PartialEq)]
+struct Addresses {
+    /// The GCS listen address of a head.
+    host: IpAddr,
+    /// What the raylet binds and advertises.
+    node_ip: IpAddr,
+}
+
+impl Addresses {
+    fn every_interface(&self) -> bool {
+        self.host.is_unspecified()
+    }
+}
+
+/// Checks `--host` and `--node-ip-address` and picks the node IP. `detect` finds the
+/// default: for a head the address of the default route, for a worker node the address of
+/// the interface that routes to the GCS.
+fn addresses(
+    args: &StartArgs,
+    detect: impl FnOnce(&StartArgs) -> anyhow::Result<Option<IpAddr>>,
+) -> anyhow::Result<Addresses> {
+    let host: IpAddr = args
+        .host
+        .parse()
+        .with_context(|| format!("--host {:?} is not an IP address", args.host))?;
+    let token_given = args.token.as_deref().is_some_and(|t| !t.is_empty());
+    if host.is_unspecified() && !token_given {
+        bail!(
+            "--host {host} listens on every interface, reachable from the network: give the \
+             cluster token explicitly (--token or MINIRAY_TOKEN)"
+        );
+    }
+    let node_ip = match &args.node_ip_address {
+        Some(given) => net::parse_node_ip("--node-ip-address", given)?,
+        None if args.head && !host.is_unspecified() => host,
+        None => detect(args)?.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+    };
+    Ok(Addresses { host, node_ip })
+}
+
+/// The default node IP when neither `--node-ip-address` nor a specific head `--host` says.
+fn detect_node_ip(args: &StartArgs) -> anyhow::Result<Option<IpAddr>> {
+    if args.head {
+        return Ok(net::default_route_ip());
+    }
+    let gcs = args.address.as_deref().context("--address is required")?;
+    let ip = net::route_ip_to_blocking(gcs)
+        .context("choosing this node's IP (pass --node-ip-address)")?;
+    Ok(Some(ip))
+}
+
 pub fn start(args: StartArgs) -> anyhow::Result<()> {
-    // Checked before any daemon starts, so a refusal leaves nothing running.
+    // Checked before anything starts, so a refusal leaves nothing running.
     let tls = args.tls.install()?;
+    let addrs = addresses(&args, detect_node_ip)?;
+    let node_ip = addrs.node_ip.to_string();
     let exe = std::env::current_exe().context("locating the miniray executable")?;
     let resources = node_resources(&args)?;
     let session_dir = session_dir();
@@ -110,9 +170,7 @@ pub fn start(args: StartArgs) -> anyhow::Result<()> {
             .token
             .clone()
             .unwrap_or_else(miniray_common::auth::generate_token);
-        let bind: SocketAddr = format!("{}:{}", args.host, args.port)
-            .parse()
-            .with_context(|| format!("bad --host/--port {}:{}", args.host, args.port))?;
+        let bind = SocketAddr::new(addrs.host, args.port);
         let session_name = session_dir
             .file_name()
             .map(|n| n.to_string_lossy().to_string())
@@ -137,9 +195,15 @@ pub fn start(args: StartArgs) -> anyhow::Result<()> {
             exe: exe.clone(),
             session_dir: session_dir.clone(),
         })?;
-        let token_file = config::token_file(&gcs.address);
+        // A GCS on every interface is reached at the node IP: `0.0.0.0:PORT` names no host
+        // another machine could dial.
+        let address = match gcs.address.parse::<SocketAddr>() {
+            Ok(a) if a.ip().is_unspecified() => net::host_port(&node_ip, a.port()),
+            _ => gcs.address,
+        };
+        let token_file = config::token_file(&address);
         write_private(&token_file, &token)?;
-        (gcs.address, token)
+        (address, token)
     } else {
         let address = args.address.clone().context("--address is required")?;
         let token = args
@@ -157,7 +221,7 @@ pub fn start(args: StartArgs) -> anyhow::Result<()> {
         &DaemonSpec::Raylet(RayletSpec {
             gcs_address: gcs_address.clone(),
             token: token.clone(),
-            bind_host: args.host.clone(),
+            bind_host: node_ip.clone(),
             port: 0,
             node_id: NodeId::random(),
             resources,
@@ -181,7 +245,14 @@ pub fn start(args: StartArgs) -> anyhow::Result<()> {
     if args.head {
         println!("Started a miniray head node.");
         println!("  GCS address: {gcs_address}");
+        println!("  node IP:     {node_ip}");
         println!("  raylet:      {}", raylet.address);
+        if addrs.every_interface() {
+            println!(
+                "  the GCS is listening on every interface ({}): the token guards it",
+                addrs.host
+            );
+        }
         println!("  logs:        {}", logs.display());
         println!();
         println!("Run a driver on this cluster:");
@@ -195,8 +266,9 @@ pub fn start(args: StartArgs) -> anyhow::Result<()> {
         }
     } else {
         println!("Started a miniray worker node joining {gcs_address}.");
-        println!("  raylet: {}", raylet.address);
-        println!("  logs:   {}", logs.display());
+        println!("  node IP: {node_ip}");
+        println!("  raylet:  {}", raylet.address);
+        println!("  logs:    {}", logs.display());
     }
     Ok(())
 }
@@ -340,7 +412,83 @@ fn alive(pid: u32) -> bool {
 mod tests {
     use std::os::unix::fs::PermissionsExt;
 
+    use clap::Parser;
+
     use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        start: StartArgs,
+    }
+
+    fn args(argv: &[&str]) -> StartArgs {
+        Cli::try_parse_from(std::iter::once("start").chain(argv.iter().copied()))
+            .expect("valid arguments")
+            .start
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("an IP")
+    }
+
+    fn detected(_: &StartArgs) -> anyhow::Result<Option<IpAddr>> {
+        Ok(Some(ip("10.9.8.7")))
+    }
+
+    #[test]
+    fn the_node_ip_is_given_or_follows_the_host_or_is_detected() {
+        let plan = |argv: &[&str]| addresses(&args(argv), detected);
+        // A head: --host, unless every interface, then the detected address.
+        let a = plan(&["--head"]).unwrap();
+        assert_eq!((a.host, a.node_ip), (ip("127.0.0.1"), ip("127.0.0.1")));
+        assert!(!a.every_interface());
+        let a = plan(&["--head", "--host", "10.1.1.1"]).unwrap();
+        assert_eq!(a.node_ip, ip("10.1.1.1"));
+        let a = plan(&["--head", "--host", "0.0.0.0", "--token", "t"]).unwrap();
+        assert_eq!(a.node_ip, ip("10.9.8.7"));
+        assert!(a.every_interface());
+        // No detectable route: loopback.
+        let a = addresses(&args(&["--head", "--host", "::", "--token", "t"]), |_| {
+            Ok(None)
+        })
+        .unwrap();
+        assert_eq!(a.node_ip, ip("127.0.0.1"));
+        // A worker node: the route to the GCS; given beats detected everywhere.
+        let a = plan(&["--address", "10.0.0.1:6379"]).unwrap();
+        assert_eq!(a.node_ip, ip("10.9.8.7"));
+        let a = plan(&["--address", "x:1", "--node-ip-address", "10.2.2.2"]).unwrap();
+        assert_eq!(a.node_ip, ip("10.2.2.2"));
+        let a = plan(&[
+            "--head",
+            "--host",
+            "10.1.1.1",
+            "--node-ip-address",
+            "10.2.2.2",
+        ])
+        .unwrap();
+        assert_eq!(a.node_ip, ip("10.2.2.2"));
+    }
+
+    #[test]
+    fn every_interface_needs_an_explicit_token_and_bad_addresses_are_refused() {
+        let plan = |argv: &[&str]| addresses(&args(argv), detected);
+        for any in ["0.0.0.0", "::"] {
+            let e = plan(&["--head", "--host", any]).unwrap_err().to_string();
+            assert!(
+                e.contains("every interface") && e.contains("--token"),
+                "{e}"
+            );
+            let e = plan(&["--head", "--host", any, "--token", ""]).unwrap_err();
+            assert!(e.to_string().contains("every interface"), "{e}");
+        }
+        for bad in ["0.0.0.0", "not-an-ip", "300.1.1.1", "224.0.0.1"] {
+            let e = plan(&["--head", "--node-ip-address", bad]).unwrap_err();
+            assert!(e.to_string().contains("--node-ip-address"), "{e}");
+        }
+        let e = plan(&["--head", "--host", "localhost"]).unwrap_err();
+        assert!(e.to_string().contains("--host"), "{e}");
+    }
 
     #[test]
     fn the_token_file_is_private_and_never_follows_a_symlink() {

@@ -229,10 +229,24 @@ fn start_status_stop_a_two_node_cluster() {
             "268435456",
         ])
         .assert_success();
-    // The worker node finds the token the head wrote under the same temp root.
-    sandbox
-        .run(&["start", "--address", &address, "--num-cpus", "2"])
-        .assert_success();
+    // The worker node finds the token the head wrote under the same temp root. Its node IP
+    // is its own (all of 127/8 is this machine).
+    let joined = sandbox.run(&[
+        "start",
+        "--address",
+        &address,
+        "--num-cpus",
+        "2",
+        "--node-ip-address",
+        "127.0.0.2",
+    ]);
+    joined.assert_success();
+    assert!(
+        joined.stdout.contains("node IP: 127.0.0.2")
+            && joined.stdout.contains("raylet:  127.0.0.2:"),
+        "{}",
+        joined.describe()
+    );
 
     let status = poll(
         "2 alive nodes with 3 CPU and 1 GPU",
@@ -267,6 +281,16 @@ fn start_status_stop_a_two_node_cluster() {
         .find(|n| n["is_head"] == true)
         .expect("a head node");
     assert_eq!(head["total"]["GPU"], 1.0, "{status:#}");
+    let worker = nodes
+        .iter()
+        .find(|n| n["is_head"] == false)
+        .expect("a worker node");
+    assert!(
+        worker["address"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("127.0.0.2:")),
+        "{status:#}"
+    );
     assert_eq!(head["object_store_capacity"], 268435456, "{status:#}");
     assert_eq!(status["gcs_address"], address.as_str());
 
@@ -360,6 +384,94 @@ fn joining_without_a_token_fails_clearly() {
     assert!(
         sandbox.recorded_daemons().is_empty(),
         "nothing may be started"
+    );
+}
+
+#[test]
+fn every_interface_without_a_token_and_a_bad_node_ip_are_refused_before_anything_starts() {
+    let sandbox = Sandbox::new("addresses");
+    let port = free_port().to_string();
+    let refused = |args: &[&str], expected: &[&str]| {
+        let run = sandbox.run(args);
+        assert!(!run.success, "{}", run.describe());
+        for part in expected {
+            assert!(
+                run.stderr.contains(part),
+                "{part:?} missing\n{}",
+                run.describe()
+            );
+        }
+        assert!(
+            sandbox.recorded_daemons().is_empty() && !miniray_token_file_exists(&sandbox.root),
+            "nothing may be started\n{}",
+            run.describe()
+        );
+    };
+    for any in ["0.0.0.0", "::"] {
+        refused(
+            &["start", "--head", "--port", &port, "--host", any],
+            &["every interface", "--token"],
+        );
+    }
+    for bad in ["999.1.1.1", "0.0.0.0", "somewhere"] {
+        refused(
+            &["start", "--head", "--port", &port, "--node-ip-address", bad],
+            &["--node-ip-address", bad],
+        );
+        refused(
+            &[
+                "start",
+                "--address",
+                &format!("127.0.0.1:{port}"),
+                "--token",
+                "t",
+                "--node-ip-address",
+                bad,
+            ],
+            &["--node-ip-address", bad],
+        );
+    }
+}
+
+#[test]
+fn a_head_on_every_interface_with_a_token_advertises_its_node_ip() {
+    let sandbox = Sandbox::new("every-interface");
+    let port = free_port().to_string();
+    let run = sandbox.run(&[
+        "start",
+        "--head",
+        "--port",
+        &port,
+        "--host",
+        "0.0.0.0",
+        "--token",
+        "every-interface-token",
+        "--node-ip-address",
+        "127.0.0.3",
+        "--num-cpus",
+        "1",
+        "--object-store-memory",
+        "67108864",
+    ]);
+    run.assert_success();
+    for line in [
+        "listening on every interface (0.0.0.0)".to_string(),
+        format!("GCS address: 127.0.0.3:{port}"),
+        "node IP:     127.0.0.3".to_string(),
+        "raylet:      127.0.0.3:".to_string(),
+    ] {
+        assert!(run.stdout.contains(&line), "{line:?}\n{}", run.describe());
+    }
+    // Every interface: the GCS answers on another local address too.
+    let status = sandbox
+        .command(&["status", "--address", &format!("127.0.0.1:{port}")])
+        .env("MINIRAY_TOKEN", "every-interface-token")
+        .output()
+        .expect("status runs");
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
     );
 }
 

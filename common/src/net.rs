@@ -85,13 +85,31 @@ pub fn route_to(target: SocketAddr) -> io::Result<IpAddr> {
 /// The local address of the interface that routes to `address` (`HOST:PORT`; a hostname is
 /// resolved). A loopback target gives a loopback address.
 pub async fn route_ip_to(address: &str) -> Result<IpAddr, AddrError> {
-    let targets: Vec<SocketAddr> = tokio::net::lookup_host(address)
+    let targets = tokio::net::lookup_host(address)
         .await
         .map_err(|source| AddrError::Resolve {
             address: address.to_string(),
             source,
-        })?
-        .collect();
+        })?;
+    route_among(address, targets)
+}
+
+/// [`route_ip_to`] for callers without a runtime (the CLI).
+pub fn route_ip_to_blocking(address: &str) -> Result<IpAddr, AddrError> {
+    use std::net::ToSocketAddrs;
+    let targets = address
+        .to_socket_addrs()
+        .map_err(|source| AddrError::Resolve {
+            address: address.to_string(),
+            source,
+        })?;
+    route_among(address, targets)
+}
+
+fn route_among(
+    address: &str,
+    targets: impl Iterator<Item = SocketAddr>,
+) -> Result<IpAddr, AddrError> {
     let mut last = String::from("the name resolved to no address");
     for target in targets {
         match route_to(target) {
@@ -209,6 +227,11 @@ mod tests {
             route_ip_to("no port").await,
             Err(AddrError::Resolve { .. })
         ));
+        assert_eq!(
+            route_ip_to_blocking("127.0.0.5:1").unwrap(),
+            "127.0.0.5".parse::<IpAddr>().unwrap()
+        );
+        assert!(route_ip_to_blocking("no-such-host.invalid:1").is_err());
     }
 
     #[test]

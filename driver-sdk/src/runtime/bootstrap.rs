@@ -468,3 +468,44 @@ fn worker_main() -> Result<()> {
     super::shutdown();
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(host: &str, id: u8) -> NodeAddress {
+        NodeAddress {
+            node_id: vec![id; 16],
+            host: host.into(),
+            port: 1000 + u32::from(id),
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("an IP")
+    }
+
+    #[test]
+    fn the_home_raylet_is_on_the_node_ip_else_the_head_over_the_network() {
+        let alive = vec![
+            (node("10.0.0.1", 1), false),
+            (node("10.0.0.2", 2), false),
+            (node("10.0.0.2", 3), true),
+        ];
+        // On a node's IP: that node, the head among several.
+        let (home, local) = choose_home(&alive, ip("10.0.0.1")).unwrap();
+        assert_eq!((home.node_id[0], local), (1, true));
+        let (home, local) = choose_home(&alive, ip("10.0.0.2")).unwrap();
+        assert_eq!((home.node_id[0], local), (3, true));
+        // No raylet on this IP: the head, remote.
+        let (home, local) = choose_home(&alive, ip("10.0.0.9")).unwrap();
+        assert_eq!((home.node_id[0], local), (3, false));
+        // No head alive: any node, remote.
+        let (_, local) = choose_home(&alive[..2], ip("10.0.0.9")).unwrap();
+        assert!(!local);
+        assert!(choose_home(&[], ip("10.0.0.9")).is_none());
+        // A raylet named `localhost` is on a loopback driver's node.
+        let named = vec![(node("localhost", 4), false)];
+        assert!(choose_home(&named, ip("127.0.0.1")).unwrap().1);
+    }
+}

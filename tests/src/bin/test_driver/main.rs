@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use miniray::{Error, IntoArg, ObjectRef, TaskOptions};
 
 mod actors;
+mod addresses;
 mod borrowing;
 mod bounded;
 mod gcs_faults;
@@ -418,6 +419,7 @@ fn run(scenario: &str) -> anyhow::Result<()> {
             gcs_faults::across_gcs_restart(&dir)?;
         }
         "shm_full" => limits::shm_full()?,
+        "addresses" => addresses::run()?,
         "hold_actor" => limits::hold_actor()?,
         other => {
             if !actors::run(other)? && !plasma_memory::run(other)? && !bounded::run(other)? {
