@@ -63,18 +63,11 @@ struct Created {
 impl RayletService {
     /// Validates a create request (every id before anything changes) and allocates the
     /// unsealed primary copy; recording its owner is left to the caller.
-    fn create_primary(
-        &self,
-        object_id: &[u8],
-        data_size: u64,
-        owner: Option<WorkerAddress>,
-        job_id: &[u8],
-        client_id: &[u8],
-    ) -> Result<Created, Status> {
-        let id = ObjectId::from_bytes(object_id).map_err(invalid)?;
-        let client = optional_id(client_id, WorkerId::from_bytes)?;
-        let job = optional_id(job_id, JobId::from_bytes)?;
-        let owner = match owner {
+    fn create_primary(&self, req: PlasmaCreateRequest) -> Result<Created, Status> {
+        let id = ObjectId::from_bytes(&req.object_id).map_err(invalid)?;
+        let client = optional_id(&req.client_id, WorkerId::from_bytes)?;
+        let job = optional_id(&req.job_id, JobId::from_bytes)?;
+        let owner = match req.owner {
             Some(address) => Some((
                 WorkerId::from_bytes(&address.worker_id).map_err(invalid)?,
                 address,
@@ -85,7 +78,7 @@ impl RayletService {
         let loc = self
             .node
             .store
-            .create_by(client, id, data_size, true)
+            .create_by(client, id, req.data_size, true)
             .map_err(plasma_status)?;
         Ok(Created {
             id,
@@ -186,14 +179,7 @@ impl Raylet for RayletService {
         &self,
         request: Request<PlasmaCreateRequest>,
     ) -> Result<Response<PlasmaCreateReply>, Status> {
-        let req = request.into_inner();
-        let created = self.create_primary(
-            &req.object_id,
-            req.data_size,
-            req.owner,
-            &req.job_id,
-            &req.client_id,
-        )?;
+        let created = self.create_primary(request.into_inner())?;
         if let Some((owner, address, job)) = created.owner {
             self.node
                 .ownership
@@ -210,18 +196,16 @@ impl Raylet for RayletService {
         request: Request<Streaming<PlasmaWriteChunk>>,
     ) -> Result<Response<PlasmaWriteReply>, Status> {
         let mut stream = request.into_inner();
-        let first = stream
+        let mut first = stream
             .message()
             .await?
             .ok_or_else(|| invalid("PlasmaWrite stream without a first chunk"))?;
-        let total = first.data_size;
-        let created = self.create_primary(
-            &first.object_id,
-            total,
-            first.owner.clone(),
-            &first.job_id,
-            &first.client_id,
-        )?;
+        let create = first
+            .create
+            .take()
+            .ok_or_else(|| invalid("the first PlasmaWrite chunk names no object"))?;
+        let total = create.data_size;
+        let created = self.create_primary(create)?;
         let id = created.id;
         let chunks = futures::stream::once(async { Ok(first) })
             .chain(stream)

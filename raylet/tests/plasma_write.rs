@@ -14,16 +14,18 @@ use tokio_stream::wrappers::ReceiverStream;
 
 fn first(id: ObjectId, size: u64, data: Vec<u8>) -> PlasmaWriteChunk {
     PlasmaWriteChunk {
-        object_id: id.to_vec(),
-        data_size: size,
-        owner: Some(WorkerAddress {
-            worker_id: vec![1; 16],
-            node_id: vec![2; 16],
-            host: "127.0.0.9".into(),
-            port: 1,
+        create: Some(PlasmaCreateRequest {
+            object_id: id.to_vec(),
+            data_size: size,
+            owner: Some(WorkerAddress {
+                worker_id: vec![1; 16],
+                node_id: vec![2; 16],
+                host: "127.0.0.9".into(),
+                port: 1,
+            }),
+            job_id: vec![3; 16],
+            client_id: vec![4; 16],
         }),
-        job_id: vec![3; 16],
-        client_id: vec![4; 16],
         offset: 0,
         data,
     }
@@ -106,7 +108,7 @@ async fn a_streamed_object_is_sealed_whole_or_not_at_all() {
         ("long", long),
         ("out of order", out_of_order),
     ] {
-        let id = ObjectId::from_bytes(&chunks[0].object_id).unwrap();
+        let id = ObjectId::from_bytes(&chunks[0].create.as_ref().unwrap().object_id).unwrap();
         assert!(
             write(&mut c, chunks).await.is_err(),
             "{what} stream accepted"
@@ -123,8 +125,10 @@ async fn a_streamed_object_is_sealed_whole_or_not_at_all() {
     let e = write(&mut c, Vec::new()).await.unwrap_err();
     assert_eq!(ErrorCode::of_status(&e), ErrorCode::InvalidArgument, "{e}");
     let mut bad = first(id, 1, vec![0]);
-    bad.object_id = vec![1, 2, 3];
+    bad.create.as_mut().unwrap().object_id = vec![1, 2, 3];
     let e = write(&mut c, vec![bad]).await.unwrap_err();
+    assert_eq!(ErrorCode::of_status(&e), ErrorCode::InvalidArgument, "{e}");
+    let e = write(&mut c, vec![chunk(0, vec![0])]).await.unwrap_err();
     assert_eq!(ErrorCode::of_status(&e), ErrorCode::InvalidArgument, "{e}");
 
     // A client that goes away mid-stream: the object is aborted once the raylet notices.

@@ -60,6 +60,9 @@ pub struct GcsSpec {
 pub struct RayletSpec {
     pub gcs_address: String,
     pub token: String,
+    /// The node IP: the raylet listens on it, and it and its workers advertise it. An
+    /// unspecified address (`0.0.0.0`, `::`) listens on every interface and advertises the
+    /// address of the interface that routes to the GCS.
     pub bind_host: String,
     pub port: u16,
     pub node_id: NodeId,

@@ -172,11 +172,13 @@ impl PlasmaClient {
         let feed = async move {
             let mut chunks = encoded.chunks(TRANSFER_CHUNK_SIZE);
             let mut next = PlasmaWriteChunk {
-                object_id: id.to_vec(),
-                data_size: size,
-                owner: Some(owner),
-                job_id: self.job_id.to_vec(),
-                client_id: self.client_id.to_vec(),
+                create: Some(PlasmaCreateRequest {
+                    object_id: id.to_vec(),
+                    data_size: size,
+                    owner: Some(owner),
+                    job_id: self.job_id.to_vec(),
+                    client_id: self.client_id.to_vec(),
+                }),
                 offset: 0,
                 data: chunks.next().unwrap_or_default(),
             };
