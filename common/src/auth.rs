@@ -15,6 +15,7 @@ use tonic::transport::Channel;
 use tonic::{Request, Status};
 
 use crate::error::ErrorCode;
+use crate::transport::endpoint;
 
 /// A fresh random token (32 hex characters).
 pub fn generate_token() -> String {
@@ -104,8 +105,6 @@ pub enum AuthError {
     #[error("the cluster token is empty")]
     EmptyToken,
 }
-
-use crate::transport::endpoint;
 
 /// Connects at once; fails fast when nothing answers.
 pub async fn connect(address: &str, token: &str) -> Result<AuthedChannel, AuthError> {

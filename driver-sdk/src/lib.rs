@@ -83,6 +83,10 @@ pub mod __private {
 /// private local cluster (stopped by `shutdown` or when the program exits).
 ///
 /// In a worker process (started by a raylet) this runs the worker loop and never returns.
+///
+/// With `MINIRAY_TLS_CERT`, `MINIRAY_TLS_KEY` and `MINIRAY_TLS_CA` set, every connection of
+/// this process (and of its private cluster) is mutual TLS; one or two of them, or a file
+/// that does not load, is a [`Error::Startup`].
 pub fn init() -> Result<()> {
     init_with(InitOptions::default())
 }
