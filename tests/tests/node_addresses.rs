@@ -85,6 +85,11 @@ fn a_remote_driver_uses_nodes_on_distinct_addresses() {
         "the driver did not run in remote mode on {DRIVER_IP}\n{}",
         run.stderr
     );
+    assert_eq!(
+        run.get("driver_listeners"),
+        DRIVER_IP,
+        "the driver listens on its own IP"
+    );
     assert_on(&run, "task_a", &head_id, HEAD_IP);
     assert_on(&run, "task_b", &second_id, SECOND_IP);
     assert_on(&run, "actor_a", &head_id, HEAD_IP);

@@ -87,6 +87,7 @@ impl Probe {
 
 pub(crate) fn run() -> anyhow::Result<()> {
     out("driver_node", miniray::node_id()?);
+    out("driver_listeners", own_listeners().join(","));
     for res in ["a", "b"] {
         let refs = (0..3)
             .map(|_| listeners::options().resource(res, 1.0).remote())
