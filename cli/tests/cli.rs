@@ -670,26 +670,11 @@ fn tls_init_writes_private_keys_never_overwrites_and_its_files_start_a_tls_head(
     assert_eq!(mode_of(&dir.join("node.key")), 0o600);
 
     // A head with these files: `status` gets in with them (from the environment) only.
-    let port = free_port();
+    let port = free_port().to_string();
     let address = format!("127.0.0.1:{port}");
-    sandbox
-        .run(&[
-            "start",
-            "--head",
-            "--port",
-            &port.to_string(),
-            "--num-cpus",
-            "1",
-            "--object-store-memory",
-            "268435456",
-            "--tls-cert",
-            &cert,
-            "--tls-key",
-            &key,
-            "--tls-ca",
-            &ca,
-        ])
-        .assert_success();
+    let head = ["start", "--head", "--port", &port, "--num-cpus", "1"];
+    let tls_flags = ["--tls-cert", &cert, "--tls-key", &key, "--tls-ca", &ca];
+    sandbox.run(&[head, tls_flags].concat()).assert_success();
     let status_args = ["status", "--address", &address];
     poll("status over TLS", CLUSTER_DEADLINE, || {
         let mut cmd = sandbox.command(&status_args);
