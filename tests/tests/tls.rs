@@ -1,6 +1,7 @@
-//! Mutual TLS on whole clusters of real processes: a TLS cluster of two nodes runs tasks,
-//! cross-node objects and actors; clients without the cluster's certificate, with another
-//! CA's, or in plaintext are refused; a right certificate with a wrong token is not enough.
+//! Mutual TLS on whole clusters of real processes: a TLS cluster of two nodes, each in a
+//! network namespace, runs a driver in a third through tasks, cross-node objects and
+//! actors; clients without the cluster's certificate, with another CA's, or in plaintext
+//! are refused; a right certificate with a wrong token is not enough.
 //! Also HTTP/2 keepalive: a call to a server that stopped answering fails in bounded time.
 //!
 //! The TLS setting of a process is process-wide, so every test here shares one CA and node
@@ -9,7 +10,7 @@
 
 mod support;
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use miniray_common::auth::AddToken;
@@ -17,7 +18,11 @@ use miniray_common::tls::{self, GeneratedCerts, Tls};
 use miniray_proto::gcs_client::GcsClient;
 use miniray_proto::raylet_client::RayletClient;
 use miniray_proto::{GetAllNodesRequest, GetNodeStatsRequest};
-use support::{Cluster, Options};
+use support::netns::Hosts;
+use support::{Cluster, DRIVER_DEADLINE, DriverRun, Options};
+
+/// The driver's host in the namespace test.
+const DRIVER_HOST: usize = 2;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
@@ -57,23 +62,29 @@ fn tls_cluster(opts: Options) -> TlsCluster {
     }
 }
 
+/// Hosts 0 and 1 run a node each (the GCS on host 0); the driver runs on host 2, each in a
+/// network namespace of its own, so every call crosses a real (virtual) link under TLS.
 #[test]
-fn a_tls_cluster_runs_tasks_objects_and_actors_across_nodes() {
+fn a_tls_cluster_in_namespaces_runs_tasks_objects_and_actors_across_hosts() {
     let mut c = tls_cluster(Options {
         head_cpus: 1.0,
+        hosts: Some(Arc::new(Hosts::new(3))),
         ..Options::default()
     });
     let cluster = &mut c.cluster;
-    let remote = cluster.add_node(1.0, &[("remote", 1.0)], false, 1 << 30);
+    let remote = cluster.add_node_on_host(1, 1.0, &[("remote", 1.0)], false, 1 << 30);
     support::wait_until("both nodes registered", Duration::from_secs(30), || {
         cluster.nodes_info().len() == 2
     });
+    let run_driver = |cluster: &Cluster, args: &[&str]| {
+        DriverRun::wait(cluster.spawn_driver_on(DRIVER_HOST, args), DRIVER_DEADLINE)
+    };
 
-    let run = cluster.run_driver(&["spill"]);
+    let run = run_driver(cluster, &["spill"]);
     run.assert_success();
     assert_eq!(run.get("distinct_nodes"), "2", "{}", run.stdout);
 
-    let run = cluster.run_driver(&["cross_node_object"]);
+    let run = run_driver(cluster, &["cross_node_object"]);
     run.assert_success();
     assert_eq!(
         run.get("remote_node"),
@@ -82,7 +93,7 @@ fn a_tls_cluster_runs_tasks_objects_and_actors_across_nodes() {
     assert_eq!(run.get("to_remote_ok"), "true");
     assert_eq!(run.get("from_remote_ok"), "true");
 
-    let run = cluster.run_driver(&["actor_features"]);
+    let run = run_driver(cluster, &["actor_features"]);
     run.assert_success();
     assert_eq!(run.get("from_task"), "3");
     assert_eq!(run.get("from_actor"), "4");
