@@ -227,16 +227,19 @@ fn a_host_cut_off_mid_run_loses_its_node_and_its_tasks_finish_elsewhere() {
     );
     let marked_dead = cut.elapsed();
     // Its tasks run again elsewhere; the driver neither hangs on the silent host nor fails.
-    // A push to a silent worker fails when HTTP/2 keepalive gives up on it (5 s + 5 s);
-    // then asking the cut-off raylet what the worker ran fails too (connect timeout 5 s),
-    // and the task runs again (2 s).
+    // The driver follows the GCS's node changes: once the node is declared dead (the node
+    // timeout) its pushes there fail at once, nothing asks the cut-off raylet what ran, and
+    // the task runs again (2 s). Neither HTTP/2 keepalive (5 s + 5 s) nor a connect timeout
+    // is waited for. Measured about 7 s; the bound leaves room for a loaded machine.
     let run = DriverRun::wait(driver.take().expect("driver"), Duration::from_secs(90));
     let finished = cut.elapsed();
     run.assert_success();
     assert_eq!(run.get("values"), "[0, 1, 2, 3, 4, 5]");
     eprintln!("node marked dead {marked_dead:?} and driver done {finished:?} after the cut");
+    let bound = node_timeout * 3;
     assert!(
-        finished < Duration::from_secs(45),
-        "the driver took {finished:?} after the cut"
+        finished < bound,
+        "the driver took {finished:?} after the cut (node marked dead after {marked_dead:?}), \
+         more than {bound:?}"
     );
 }

@@ -112,9 +112,9 @@ impl DeadNodes {
 
     /// Whether a watcher must be started (true exactly once).
     pub(crate) fn start_watching(&self) -> bool {
-        !self
-            .watching
-            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        use std::sync::atomic::Ordering;
+        // A plain load first: this runs on every task submission.
+        !self.watching.load(Ordering::Acquire) && !self.watching.swap(true, Ordering::AcqRel)
     }
 
     #[cfg(test)]
