@@ -297,4 +297,66 @@ mod tests {
         watcher.abort();
         gcs.shutdown().await;
     }
+
+    /// The GCS goes away and comes back (same address, same storage) with a node dead that
+    /// was alive before: the death was never announced on any stream, so only the
+    /// reconciliation after resubscribing can tell.
+    #[tokio::test]
+    async fn a_death_recorded_while_disconnected_is_reconciled_after_resubscribing() {
+        use miniray_gcs::storage::{MemoryStorage, NODES_TABLE, Storage};
+        use prost::Message;
+        let token = "node-watch-test";
+        let storage = Arc::new(MemoryStorage::new());
+        let gcs = GcsServer::start_with_storage(GcsConfig::new(token), storage.clone())
+            .await
+            .expect("gcs starts");
+        let bind = gcs.address();
+        let channel =
+            miniray_common::auth::connect_lazy(&bind.to_string(), token).expect("channel");
+        let mut client = GcsClient::new(channel);
+        let (victim, probe) = (NodeId::random(), NodeId::random());
+        for id in [victim, probe] {
+            client
+                .register_node(RegisterNodeRequest {
+                    node: Some(node(&id.to_vec(), NodeState::Alive)),
+                    jobs: Vec::new(),
+                })
+                .await
+                .expect("registers");
+        }
+        let dead = Arc::new(DeadNodes::default());
+        let watcher = tokio::spawn(watch_node_changes(client.clone(), Arc::downgrade(&dead)));
+        // Once the probe's death is known, the watcher is subscribed.
+        client
+            .unregister_node(UnregisterNodeRequest {
+                node_id: probe.to_vec(),
+                reason: "test".into(),
+            })
+            .await
+            .expect("unregisters");
+        wait_for("the probe's death", || dead.is_dead(&probe.to_vec())).await;
+        gcs.shutdown().await;
+        // While no GCS runs, the victim's death lands in storage (as a GCS on a shared
+        // Redis would have recorded it): no stream will ever announce it.
+        storage
+            .put(
+                NODES_TABLE,
+                &victim.to_vec(),
+                &node(&victim.to_vec(), NodeState::Dead).encode_to_vec(),
+            )
+            .await
+            .expect("stored");
+        assert!(!dead.is_dead(&victim.to_vec()));
+        let mut cfg = GcsConfig::new(token);
+        cfg.bind = bind;
+        let gcs = GcsServer::start_with_storage(cfg, storage)
+            .await
+            .expect("gcs restarts on the same address");
+        wait_for("the death recorded while disconnected", || {
+            dead.is_dead(&victim.to_vec())
+        })
+        .await;
+        watcher.abort();
+        gcs.shutdown().await;
+    }
 }
