@@ -12,7 +12,8 @@
 //!   that was running spends one of its retries (`max_task_retries`) or fails with
 //!   `ActorDied`, and calls that never started are sent again as they are. When the raylet
 //!   cannot tell (node gone, or the worker still alive behind a broken connection), every
-//!   unfinished call may have run and spends a retry or fails, as in Ray;
+//!   unfinished call may have run and spends a retry or fails, as in Ray. A push to a node
+//!   the GCS declared dead fails the moment that is known, and its raylet is not asked;
 //! - the creating process of an unnamed actor kills it once its last handle is dropped, its
 //!   queue is empty and no other process is registered as a borrower of a handle (handles
 //!   that travel inside values are tracked like object references, see `borrowing.rs`); a

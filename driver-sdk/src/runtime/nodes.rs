@@ -21,7 +21,7 @@ use miniray_proto::gcs_client::GcsClient;
 use miniray_proto::{
     Channel, GetAllNodesRequest, NodeInfo, NodeState, SubscribeRequest, pub_message,
 };
-use parking_lot::Mutex;
+use parking_lot::RwLock;
 use tokio::sync::watch;
 use tracing::debug;
 
@@ -40,7 +40,8 @@ struct DeadSet {
 
 /// The nodes the GCS declared dead, and a signal for each new death.
 pub(crate) struct DeadNodes {
-    set: Mutex<DeadSet>,
+    /// Read on every push; written only when a node dies.
+    set: RwLock<DeadSet>,
     /// Bumped on each newly known death; `wait_dead` listens to it.
     deaths: watch::Sender<u64>,
     /// Set once this process follows `NODE_CHANGES`.
@@ -50,7 +51,7 @@ pub(crate) struct DeadNodes {
 impl Default for DeadNodes {
     fn default() -> Self {
         Self {
-            set: Mutex::new(DeadSet::default()),
+            set: RwLock::new(DeadSet::default()),
             deaths: watch::Sender::new(0),
             watching: std::sync::atomic::AtomicBool::new(false),
         }
@@ -60,7 +61,7 @@ impl Default for DeadNodes {
 impl DeadNodes {
     /// Whether the GCS declared `node_id` dead.
     pub(crate) fn is_dead(&self, node_id: &[u8]) -> bool {
-        !node_id.is_empty() && self.set.lock().ids.contains(node_id)
+        !node_id.is_empty() && self.set.read().ids.contains(node_id)
     }
 
     /// Records a death; returns whether it was new.
@@ -69,7 +70,7 @@ impl DeadNodes {
             return false;
         }
         {
-            let mut set = self.set.lock();
+            let mut set = self.set.write();
             if !set.ids.insert(node_id.to_vec()) {
                 return false;
             }
@@ -119,7 +120,7 @@ impl DeadNodes {
 
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.set.lock().ids.len()
+        self.set.read().ids.len()
     }
 }
 
@@ -194,8 +195,10 @@ async fn follow_once(
 mod tests {
     use super::*;
     use miniray_common::NodeId;
+    use miniray_gcs::storage::{MemoryStorage, NODES_TABLE, Storage};
     use miniray_gcs::{GcsConfig, GcsServer};
     use miniray_proto::{NodeAddress, RegisterNodeRequest, UnregisterNodeRequest};
+    use prost::Message;
     use std::sync::Arc;
     use std::time::Instant;
 
@@ -251,48 +254,61 @@ mod tests {
         }
     }
 
-    /// A death announced while nothing was subscribed is learned from the reconciliation
-    /// that follows (re)subscribing; a later one from the stream.
-    #[tokio::test]
-    async fn a_death_missed_while_unsubscribed_is_reconciled() {
-        let token = "node-watch-test";
-        let gcs = GcsServer::start(GcsConfig::new(token))
+    type Client = GcsClient<AuthedChannel>;
+    const TOKEN: &str = "node-watch-test";
+
+    async fn register(client: &mut Client, id: NodeId) {
+        client
+            .register_node(RegisterNodeRequest {
+                node: Some(node(&id.to_vec(), NodeState::Alive)),
+                jobs: Vec::new(),
+            })
             .await
-            .expect("gcs starts");
-        let address = gcs.address().to_string();
-        let channel = miniray_common::auth::connect(&address, token)
-            .await
-            .expect("connects");
-        let mut client = GcsClient::new(channel);
-        let (early, late) = (NodeId::random(), NodeId::random());
-        for id in [early, late] {
-            client
-                .register_node(RegisterNodeRequest {
-                    node: Some(node(&id.to_vec(), NodeState::Alive)),
-                    jobs: Vec::new(),
-                })
-                .await
-                .expect("registers");
-        }
+            .expect("registers");
+    }
+
+    async fn unregister(client: &mut Client, id: NodeId) {
         client
             .unregister_node(UnregisterNodeRequest {
-                node_id: early.to_vec(),
+                node_id: id.to_vec(),
                 reason: "test".into(),
             })
             .await
             .expect("unregisters");
+    }
+
+    /// A GCS on `storage` at `bind`, and a client that reconnects when it comes back.
+    async fn start_gcs(
+        bind: Option<std::net::SocketAddr>,
+        storage: Arc<MemoryStorage>,
+    ) -> (miniray_gcs::GcsHandle, Client) {
+        let mut cfg = GcsConfig::new(TOKEN);
+        if let Some(bind) = bind {
+            cfg.bind = bind;
+        }
+        let gcs = GcsServer::start_with_storage(cfg, storage)
+            .await
+            .expect("gcs starts");
+        let channel =
+            miniray_common::auth::connect_lazy(&gcs.address().to_string(), TOKEN).expect("channel");
+        (gcs, GcsClient::new(channel))
+    }
+
+    /// A death announced while nothing was subscribed is learned from the reconciliation
+    /// that follows subscribing; a later one from the stream.
+    #[tokio::test]
+    async fn a_death_missed_while_unsubscribed_is_reconciled() {
+        let (gcs, mut client) = start_gcs(None, Arc::new(MemoryStorage::new())).await;
+        let (early, late) = (NodeId::random(), NodeId::random());
+        register(&mut client, early).await;
+        register(&mut client, late).await;
+        unregister(&mut client, early).await;
         // Only now does this process follow node changes.
         let dead = Arc::new(DeadNodes::default());
         let watcher = tokio::spawn(watch_node_changes(client.clone(), Arc::downgrade(&dead)));
         wait_for("the earlier death", || dead.is_dead(&early.to_vec())).await;
         assert!(!dead.is_dead(&late.to_vec()));
-        client
-            .unregister_node(UnregisterNodeRequest {
-                node_id: late.to_vec(),
-                reason: "test".into(),
-            })
-            .await
-            .expect("unregisters");
+        unregister(&mut client, late).await;
         wait_for("the later death", || dead.is_dead(&late.to_vec())).await;
         watcher.abort();
         gcs.shutdown().await;
@@ -303,37 +319,16 @@ mod tests {
     /// reconciliation after resubscribing can tell.
     #[tokio::test]
     async fn a_death_recorded_while_disconnected_is_reconciled_after_resubscribing() {
-        use miniray_gcs::storage::{MemoryStorage, NODES_TABLE, Storage};
-        use prost::Message;
-        let token = "node-watch-test";
         let storage = Arc::new(MemoryStorage::new());
-        let gcs = GcsServer::start_with_storage(GcsConfig::new(token), storage.clone())
-            .await
-            .expect("gcs starts");
+        let (gcs, mut client) = start_gcs(None, storage.clone()).await;
         let bind = gcs.address();
-        let channel =
-            miniray_common::auth::connect_lazy(&bind.to_string(), token).expect("channel");
-        let mut client = GcsClient::new(channel);
         let (victim, probe) = (NodeId::random(), NodeId::random());
-        for id in [victim, probe] {
-            client
-                .register_node(RegisterNodeRequest {
-                    node: Some(node(&id.to_vec(), NodeState::Alive)),
-                    jobs: Vec::new(),
-                })
-                .await
-                .expect("registers");
-        }
+        register(&mut client, victim).await;
+        register(&mut client, probe).await;
         let dead = Arc::new(DeadNodes::default());
         let watcher = tokio::spawn(watch_node_changes(client.clone(), Arc::downgrade(&dead)));
         // Once the probe's death is known, the watcher is subscribed.
-        client
-            .unregister_node(UnregisterNodeRequest {
-                node_id: probe.to_vec(),
-                reason: "test".into(),
-            })
-            .await
-            .expect("unregisters");
+        unregister(&mut client, probe).await;
         wait_for("the probe's death", || dead.is_dead(&probe.to_vec())).await;
         gcs.shutdown().await;
         // While no GCS runs, the victim's death lands in storage (as a GCS on a shared
@@ -347,11 +342,7 @@ mod tests {
             .await
             .expect("stored");
         assert!(!dead.is_dead(&victim.to_vec()));
-        let mut cfg = GcsConfig::new(token);
-        cfg.bind = bind;
-        let gcs = GcsServer::start_with_storage(cfg, storage)
-            .await
-            .expect("gcs restarts on the same address");
+        let (gcs, _) = start_gcs(Some(bind), storage).await;
         wait_for("the death recorded while disconnected", || {
             dead.is_dead(&victim.to_vec())
         })

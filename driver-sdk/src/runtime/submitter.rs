@@ -14,7 +14,10 @@
 //!   retry (or fails `WorkerDied` without one); a task that finished gets its recorded reply;
 //!   a task that never started is queued again for free. So a task with `max_retries(0)`
 //!   runs at most once, and no task pays for another's crash. When the raylet cannot tell
-//!   (its node is gone too), every unfinished task spends a retry, as in Ray on node death.
+//!   (its node is gone too), every unfinished task spends a retry, as in Ray on node death;
+//! - a worker on a node the GCS declared dead (`nodes.rs`) fails at once: its push stops
+//!   waiting, its raylet is neither asked what ran nor given the lease back, and no lease
+//!   request goes to that node.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
