@@ -194,7 +194,21 @@ fn a_host_cut_off_mid_run_loses_its_node_and_its_tasks_finish_elsewhere() {
     std::fs::create_dir_all(&marks).expect("marks dir");
     let driver = cluster.spawn_driver_on(DRIVER_HOST, &["raylet_killed", &marks.to_string_lossy()]);
     let mut driver = Some(driver);
-    // Cut the victim's host off once a task has started there (the filesystem is shared).
+    // A second driver calls an actor that only the victim can host (no restarts).
+    let actor_marks = cluster.session_dir.join("actor_marks");
+    std::fs::create_dir_all(&actor_marks).expect("actor marks dir");
+    let actor_driver = cluster.spawn_driver_on(
+        DRIVER_HOST,
+        &["actor_on_cut_node", &actor_marks.to_string_lossy()],
+    );
+    let mut actor_driver = Some(actor_driver);
+    let actor_call_started = || {
+        std::fs::read_dir(&actor_marks)
+            .map(|d| d.flatten().next().is_some())
+            .unwrap_or(false)
+    };
+    // Cut the victim's host off once a task and the actor call have started there (the
+    // filesystem is shared).
     let started_on_victim = || {
         std::fs::read_dir(&marks)
             .map(|d| {
@@ -207,12 +221,15 @@ fn a_host_cut_off_mid_run_loses_its_node_and_its_tasks_finish_elsewhere() {
             .unwrap_or(false)
     };
     let wait = Instant::now();
-    while !started_on_victim() {
+    while !(started_on_victim() && actor_call_started()) {
         if wait.elapsed() > Duration::from_secs(60) {
             let run = DriverRun::wait(driver.take().expect("driver"), Duration::ZERO);
+            let actor_run =
+                DriverRun::wait(actor_driver.take().expect("actor driver"), Duration::ZERO);
             panic!(
-                "no task started on the victim\n--- stdout\n{}\n--- stderr\n{}",
-                run.stdout, run.stderr
+                "no task or actor call started on the victim\n--- stdout\n{}\n--- stderr\n{}\n\
+                 --- actor driver stdout\n{}\n--- stderr\n{}",
+                run.stdout, run.stderr, actor_run.stdout, actor_run.stderr
             );
         }
         std::thread::sleep(Duration::from_millis(25));
@@ -227,16 +244,36 @@ fn a_host_cut_off_mid_run_loses_its_node_and_its_tasks_finish_elsewhere() {
     );
     let marked_dead = cut.elapsed();
     // Its tasks run again elsewhere; the driver neither hangs on the silent host nor fails.
-    // A push to a silent worker fails when HTTP/2 keepalive gives up on it (5 s + 5 s);
-    // then asking the cut-off raylet what the worker ran fails too (connect timeout 5 s),
-    // and the task runs again (2 s).
+    // The driver follows the GCS's node changes: once the node is declared dead (the node
+    // timeout) its pushes there fail at once, nothing asks the cut-off raylet what ran, and
+    // the task runs again (2 s). Neither HTTP/2 keepalive (5 s + 5 s) nor a connect timeout
+    // is waited for. Measured about 7 s; the bound leaves room for a loaded machine.
+    let bound = node_timeout * 3;
+    // The actor cannot be placed anywhere else: its call fails as soon as the node is
+    // declared dead, not when keepalive gives up on the silent worker.
+    let actor_run = DriverRun::wait(
+        actor_driver.take().expect("actor driver"),
+        Duration::from_secs(90),
+    );
+    let actor_finished = cut.elapsed();
+    actor_run.assert_success();
+    assert_eq!(actor_run.get("slow_call_kind"), "actor_died");
+    assert!(
+        actor_finished < bound,
+        "the actor call took {actor_finished:?} to fail after the cut (node marked dead \
+         after {marked_dead:?}), more than {bound:?}"
+    );
     let run = DriverRun::wait(driver.take().expect("driver"), Duration::from_secs(90));
     let finished = cut.elapsed();
     run.assert_success();
     assert_eq!(run.get("values"), "[0, 1, 2, 3, 4, 5]");
-    eprintln!("node marked dead {marked_dead:?} and driver done {finished:?} after the cut");
+    eprintln!(
+        "node marked dead {marked_dead:?}, actor call failed {actor_finished:?} and driver \
+         done {finished:?} after the cut"
+    );
     assert!(
-        finished < Duration::from_secs(45),
-        "the driver took {finished:?} after the cut"
+        finished < bound,
+        "the driver took {finished:?} after the cut (node marked dead after {marked_dead:?}), \
+         more than {bound:?}"
     );
 }

@@ -12,7 +12,8 @@
 //!   that was running spends one of its retries (`max_task_retries`) or fails with
 //!   `ActorDied`, and calls that never started are sent again as they are. When the raylet
 //!   cannot tell (node gone, or the worker still alive behind a broken connection), every
-//!   unfinished call may have run and spends a retry or fails, as in Ray;
+//!   unfinished call may have run and spends a retry or fails, as in Ray. A push to a node
+//!   the GCS declared dead fails the moment that is known, and its raylet is not asked;
 //! - the creating process of an unnamed actor kills it once its last handle is dropped, its
 //!   queue is empty and no other process is registered as a borrower of a handle (handles
 //!   that travel inside values are tracked like object references, see `borrowing.rs`); a
@@ -365,6 +366,7 @@ impl CoreWorker {
             let cw = Arc::downgrade(self);
             self.handle.spawn(watch_actor_changes(cw));
         }
+        self.follow_node_deaths();
         let mut created = false;
         let mut actors = self.actors.actors.lock();
         let q = actors.entry(id).or_insert_with(|| {
@@ -777,8 +779,9 @@ impl CoreWorker {
             done,
             failure,
             delivered,
+            node_died,
         } = self
-            .push_batch(&target.endpoint, specs, |i, reply| {
+            .push_batch(&target.endpoint, &target.node_id, specs, |i, reply| {
                 self.complete_actor_call(&calls[i], reply.outcome, reply.contained)
             })
             .await;
@@ -787,6 +790,8 @@ impl CoreWorker {
             None => Recovered::Known(Default::default()),
             // Refused before anything was sent: none of it ran.
             Some(_) if !delivered => Recovered::Known(Default::default()),
+            // The GCS declared its node dead: nobody there can tell.
+            Some(_) if node_died => Recovered::Unknown,
             Some(_) => self.recover_actor_outcomes(&target, &unfinished).await,
         };
         let mut failed_calls = Vec::new();
@@ -856,6 +861,7 @@ impl CoreWorker {
             Ok(r) => r.into_inner().nodes,
             Err(_) => return Recovered::Unknown,
         };
+        self.dead_nodes.apply(&nodes);
         let raylet = nodes
             .iter()
             .filter_map(|n| n.address.as_ref())
@@ -865,8 +871,14 @@ impl CoreWorker {
             return Recovered::Unknown;
         };
         let specs: Vec<&TaskSpec> = calls.iter().map(|c| &c.spec).collect();
-        self.recover_outcomes(&raylet, &target.worker_id, &specs, Some(ACTOR_RECOVER_WAIT))
-            .await
+        self.recover_outcomes(
+            &raylet,
+            &target.node_id,
+            &target.worker_id,
+            &specs,
+            Some(ACTOR_RECOVER_WAIT),
+        )
+        .await
     }
 
     fn complete_actor_call(

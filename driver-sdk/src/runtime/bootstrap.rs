@@ -317,6 +317,7 @@ async fn build(
         store: ObjectStore::new(freed_tx, borrows.clone()),
         submitter: Submitter::default(),
         actors: Default::default(),
+        dead_nodes: Default::default(),
         inline_threshold: DEFAULT_INLINE_THRESHOLD,
         borrows,
         handle: tokio::runtime::Handle::current(),

@@ -13,6 +13,7 @@ pub(crate) mod cluster;
 pub(crate) mod executor;
 mod job;
 mod journal;
+mod nodes;
 mod plasma;
 mod push;
 mod server;
@@ -68,6 +69,8 @@ pub(crate) struct CoreWorker {
     pub(crate) store: ObjectStore,
     pub(crate) submitter: Submitter,
     pub(crate) actors: actors::ActorSubmitter,
+    /// Nodes the GCS declared dead (see `nodes.rs`).
+    pub(crate) dead_nodes: Arc<nodes::DeadNodes>,
     pub(crate) inline_threshold: usize,
     /// Borrowed references waiting for registration with their owners, and registrations
     /// to give back (see `borrowing.rs`).

@@ -36,6 +36,9 @@ pub(crate) struct PushOutcome {
     /// False when the batch never reached a worker (the connection was refused), so none of
     /// it ran.
     pub delivered: bool,
+    /// The GCS declared the worker's node dead before the push finished: nothing there can
+    /// be asked what ran, and its lease is gone with it.
+    pub node_died: bool,
 }
 
 /// An open push session to one worker.
@@ -67,16 +70,40 @@ impl PushSession {
 }
 
 impl CoreWorker {
-    /// Pushes `specs` to the worker at `endpoint`; `on_reply(i, reply)` gets the reply of
-    /// spec `i` as soon as it arrives. After a failure the worker's channel and idle
-    /// sessions are forgotten, so the next push reconnects on a fresh session.
+    /// Pushes `specs` to the worker at `endpoint` on node `node_id`; `on_reply(i, reply)`
+    /// gets the reply of spec `i` as soon as it arrives. After a failure the worker's channel
+    /// and idle sessions are forgotten, so the next push reconnects on a fresh session. If
+    /// the GCS declares the node dead meanwhile, the push stops at once (`node_died`)
+    /// instead of waiting for the transport to give up on a silent peer.
     pub(crate) async fn push_batch(
         &self,
         endpoint: &str,
+        node_id: &[u8],
         specs: Vec<TaskSpec>,
         on_reply: impl FnMut(usize, PushTaskReply),
     ) -> PushOutcome {
-        let outcome = self.push_on_session(endpoint, specs, on_reply).await;
+        let mut outcome = PushOutcome {
+            done: 0,
+            failure: None,
+            delivered: true,
+            node_died: false,
+        };
+        if self.dead_nodes.is_dead(node_id) {
+            // Known dead before anything was sent: none of it ran.
+            outcome.node_died = true;
+            outcome.delivered = false;
+        } else {
+            outcome.node_died = tokio::select! {
+                biased;
+                () = self.push_on_session(endpoint, specs, on_reply, &mut outcome) => false,
+                () = self.dead_nodes.wait_dead(node_id) => true,
+            };
+            // Whatever got through may have run: the batch counts as delivered.
+            outcome.delivered |= outcome.node_died;
+        }
+        if outcome.node_died {
+            outcome.failure = Some("the GCS declared the worker's node dead".into());
+        }
         if outcome.failure.is_some() {
             self.clients.forget_core_worker(endpoint);
         }
@@ -88,13 +115,9 @@ impl CoreWorker {
         endpoint: &str,
         specs: Vec<TaskSpec>,
         mut on_reply: impl FnMut(usize, PushTaskReply),
-    ) -> PushOutcome {
+        outcome: &mut PushOutcome,
+    ) {
         let count = specs.len();
-        let mut outcome = PushOutcome {
-            done: 0,
-            failure: None,
-            delivered: true,
-        };
         let mut session = match self.clients.take_session(endpoint) {
             Some(session) => session,
             None => match self.open_session(endpoint).await {
@@ -102,7 +125,7 @@ impl CoreWorker {
                 Err((failure, delivered)) => {
                     outcome.failure = Some(failure);
                     outcome.delivered = delivered;
-                    return outcome;
+                    return;
                 }
             },
         };
@@ -110,7 +133,7 @@ impl CoreWorker {
             // The request side ended before the batch was handed over: it never left.
             outcome.failure = Some("the push session to the worker ended".into());
             outcome.delivered = false;
-            return outcome;
+            return;
         }
         while outcome.done < count {
             match session.replies.message().await {
@@ -120,16 +143,15 @@ impl CoreWorker {
                 }
                 Ok(None) => {
                     outcome.failure = Some("the worker ended the push session early".into());
-                    return outcome;
+                    return;
                 }
                 Err(status) => {
                     outcome.failure = Some(status.message().to_string());
-                    return outcome;
+                    return;
                 }
             }
         }
         self.clients.return_session(endpoint, session);
-        outcome
     }
 
     /// Opens a push session; on failure, says why and whether anything could have reached
@@ -182,8 +204,28 @@ impl Recovered {
 }
 
 impl CoreWorker {
-    /// Asks the raylet at `raylet` what worker `worker_id` did with `specs` before it died.
+    /// Asks the raylet at `raylet` (of node `node_id`) what worker `worker_id` did with
+    /// `specs` before it died. A node the GCS declared dead is never asked (nor waited for,
+    /// if it is declared dead while asked): its outcomes are unknown.
     pub(crate) async fn recover_outcomes(
+        &self,
+        raylet: &str,
+        node_id: &[u8],
+        worker_id: &[u8],
+        specs: &[&TaskSpec],
+        wait: Option<Duration>,
+    ) -> Recovered {
+        if self.dead_nodes.is_dead(node_id) {
+            return Recovered::Unknown;
+        }
+        tokio::select! {
+            biased;
+            r = self.ask_outcomes(raylet, worker_id, specs, wait) => r,
+            () = self.dead_nodes.wait_dead(node_id) => Recovered::Unknown,
+        }
+    }
+
+    async fn ask_outcomes(
         &self,
         raylet: &str,
         worker_id: &[u8],

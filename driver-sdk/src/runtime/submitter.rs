@@ -14,7 +14,10 @@
 //!   retry (or fails `WorkerDied` without one); a task that finished gets its recorded reply;
 //!   a task that never started is queued again for free. So a task with `max_retries(0)`
 //!   runs at most once, and no task pays for another's crash. When the raylet cannot tell
-//!   (its node is gone too), every unfinished task spends a retry, as in Ray on node death.
+//!   (its node is gone too), every unfinished task spends a retry, as in Ray on node death;
+//! - a worker on a node the GCS declared dead (`nodes.rs`) fails at once: its push stops
+//!   waiting, its raylet is neither asked what ran nor given the lease back, and no lease
+//!   request goes to that node.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -56,8 +59,9 @@ struct Leased {
     lease_id: Vec<u8>,
     worker_id: Vec<u8>,
     endpoint: String,
-    /// The raylet that granted the lease, to return it to.
+    /// The raylet that granted the lease, to return it to, and its node.
     raylet: String,
+    node_id: Vec<u8>,
     in_flight: usize,
     /// Bumped whenever the worker is handed a task: a linger timer only returns the lease
     /// if nothing happened since it was set.
@@ -112,12 +116,19 @@ fn in_flight_limit(avg_run_micros: Option<f64>) -> usize {
     }
 }
 
+/// Where a batch goes: the leased worker and its node.
+struct Target {
+    endpoint: String,
+    node_id: Vec<u8>,
+}
+
 /// A granted lease: the worker and the raylet that granted it.
 struct Grant {
     lease_id: Vec<u8>,
     worker_id: Vec<u8>,
     endpoint: String,
     raylet: String,
+    node_id: Vec<u8>,
 }
 
 /// Arguments in wire form, and the objects they read.
@@ -140,11 +151,15 @@ impl Submitter {
         self.keys.lock().len()
     }
 
-    /// Leases held now (returned at shutdown).
-    fn take_all_leases(&self) -> Vec<(Vec<u8>, String)> {
+    /// Leases held now (returned at shutdown): lease id, raylet, node id.
+    fn take_all_leases(&self) -> Vec<(Vec<u8>, String, Vec<u8>)> {
         let mut keys = self.keys.lock();
         keys.values_mut()
-            .flat_map(|st| st.workers.drain(..).map(|w| (w.lease_id, w.raylet)))
+            .flat_map(|st| {
+                st.workers
+                    .drain(..)
+                    .map(|w| (w.lease_id, w.raylet, w.node_id))
+            })
             .collect()
     }
 }
@@ -250,6 +265,7 @@ impl CoreWorker {
     }
 
     fn enqueue(self: &Arc<Self>, resources: Resources, task: QueuedTask) {
+        self.follow_node_deaths();
         let key = resources.shape_key();
         {
             let mut keys = self.submitter.keys.lock();
@@ -286,7 +302,14 @@ impl CoreWorker {
                 let w = &mut st.workers[i];
                 w.in_flight += batch.len();
                 w.generation += 1;
-                pushes.push((w.lease_id.clone(), w.endpoint.clone(), batch));
+                pushes.push((
+                    w.lease_id.clone(),
+                    Target {
+                        endpoint: w.endpoint.clone(),
+                        node_id: w.node_id.clone(),
+                    },
+                    batch,
+                ));
             }
             let wanted = st.queue.len().min(MAX_PENDING_LEASES);
             while st.pending_leases < wanted {
@@ -295,11 +318,11 @@ impl CoreWorker {
             }
             forget_if_idle(&mut keys, key);
         }
-        for (lease_id, endpoint, batch) in pushes {
+        for (lease_id, target, batch) in pushes {
             let cw = self.clone();
             let key = key.to_string();
             self.handle
-                .spawn(async move { cw.push(key, lease_id, endpoint, batch).await });
+                .spawn(async move { cw.push(key, lease_id, target, batch).await });
         }
         for _ in 0..new_leases {
             let cw = self.clone();
@@ -328,34 +351,50 @@ impl CoreWorker {
                     last_seen = Some(w.generation);
                     continue;
                 }
-                let raylet = st.workers.remove(pos).raylet;
+                let w = st.workers.remove(pos);
                 forget_if_idle(&mut keys, &key);
-                raylet
+                (w.raylet, w.node_id)
             };
-            self.return_lease(lease_id, &raylet, false).await;
+            self.return_lease(lease_id, &raylet.0, &raylet.1, false)
+                .await;
             return;
         }
     }
 
-    async fn return_lease(&self, lease_id: Vec<u8>, raylet: &str, disconnect: bool) {
+    /// Gives a lease back to the raylet of node `node_id`. A lease from a node the GCS
+    /// declared dead is just dropped: its raylet is gone or cut off, and the call would hang.
+    async fn return_lease(
+        &self,
+        lease_id: Vec<u8>,
+        raylet: &str,
+        node_id: &[u8],
+        disconnect: bool,
+    ) {
+        if self.dead_nodes.is_dead(node_id) {
+            return;
+        }
         let Ok(mut client) = self.clients.raylet(raylet) else {
             return;
         };
-        if let Err(status) = client
-            .return_worker(ReturnWorkerRequest {
-                lease_id,
-                disconnect,
-            })
-            .await
-        {
-            debug!(raylet, error = %status, "returning a lease failed");
+        let call = client.return_worker(ReturnWorkerRequest {
+            lease_id,
+            disconnect,
+        });
+        tokio::select! {
+            biased;
+            result = call => {
+                if let Err(status) = result {
+                    debug!(raylet, error = %status, "returning a lease failed");
+                }
+            }
+            () = self.dead_nodes.wait_dead(node_id) => {}
         }
     }
 
     /// Returns every lease this process holds (at shutdown).
     pub(crate) async fn return_all_leases(&self) {
-        for (lease_id, raylet) in self.submitter.take_all_leases() {
-            self.return_lease(lease_id, &raylet, false).await;
+        for (lease_id, raylet, node_id) in self.submitter.take_all_leases() {
+            self.return_lease(lease_id, &raylet, &node_id, false).await;
         }
     }
 
@@ -402,6 +441,7 @@ impl CoreWorker {
                     worker_id,
                     endpoint,
                     raylet,
+                    node_id,
                 }) => {
                     let lease_id_copy = lease_id.clone();
                     let mut keys = self.submitter.keys.lock();
@@ -413,6 +453,7 @@ impl CoreWorker {
                                 worker_id,
                                 endpoint,
                                 raylet,
+                                node_id,
                                 in_flight: 0,
                                 generation: 0,
                             });
@@ -495,22 +536,30 @@ impl CoreWorker {
             .any(|t| t.contains(resources)))
     }
 
-    /// Asks the local raylet for a lease, following spillback.
+    /// Asks the local raylet for a lease, following spillback. A node the GCS declared
+    /// dead is never asked (a spillback there fails this attempt, which is retried), and a
+    /// request to a node declared dead while it waits fails at once.
     async fn acquire_lease(&self, resources: &Resources) -> Result<Grant> {
         let mut target = self.raylet_endpoint.clone();
+        let mut target_node = self.node_id.to_vec();
         let mut no_spillback = false;
         for _ in 0..=MAX_SPILLBACK_HOPS {
+            let dead = || Error::Internal(format!("the node of raylet {target} is dead"));
+            if self.dead_nodes.is_dead(&target_node) {
+                return Err(dead());
+            }
             let mut client = self.clients.raylet(&target)?;
-            let reply = client
-                .request_worker_lease(RequestWorkerLeaseRequest {
-                    job_id: self.job_id.to_vec(),
-                    resources: Some(resources.to_proto()),
-                    no_spillback,
-                    requester: Some(self.address.to_proto()),
-                })
-                .await
-                .map_err(|s| status_error(&target, s))?
-                .into_inner();
+            let call = client.request_worker_lease(RequestWorkerLeaseRequest {
+                job_id: self.job_id.to_vec(),
+                resources: Some(resources.to_proto()),
+                no_spillback,
+                requester: Some(self.address.to_proto()),
+            });
+            let reply = tokio::select! {
+                biased;
+                reply = call => reply.map_err(|s| status_error(&target, s))?.into_inner(),
+                () = self.dead_nodes.wait_dead(&target_node) => return Err(dead()),
+            };
             match reply.outcome {
                 Some(request_worker_lease_reply::Outcome::Granted(grant)) => {
                     let worker = grant
@@ -521,10 +570,12 @@ impl CoreWorker {
                         endpoint: format!("{}:{}", worker.host, worker.port),
                         worker_id: worker.worker_id,
                         raylet: target,
+                        node_id: worker.node_id,
                     });
                 }
                 Some(request_worker_lease_reply::Outcome::Spillback(node)) => {
                     target = node_endpoint(&node);
+                    target_node = node.node_id;
                     no_spillback = true;
                 }
                 None => return Err(Error::Internal("empty lease reply".into())),
@@ -538,7 +589,7 @@ impl CoreWorker {
         self: Arc<Self>,
         key: String,
         lease_id: Vec<u8>,
-        endpoint: String,
+        Target { endpoint, node_id }: Target,
         tasks: Vec<QueuedTask>,
     ) {
         let specs: Vec<TaskSpec> = tasks.iter().map(|t| t.spec.clone()).collect();
@@ -546,8 +597,9 @@ impl CoreWorker {
             done,
             failure,
             delivered,
+            ..
         } = self
-            .push_batch(&endpoint, specs, |i, reply| {
+            .push_batch(&endpoint, &node_id, specs, |i, reply| {
                 self.complete_task(&key, &lease_id, &tasks[i], reply)
             })
             .await;
@@ -558,9 +610,14 @@ impl CoreWorker {
             let recovered = match dropped {
                 // Refused before anything was sent: none of it ran.
                 _ if !delivered => Recovered::Known(Default::default()),
-                Some((raylet, worker_id)) => {
+                Some(Leased {
+                    raylet,
+                    node_id,
+                    worker_id,
+                    ..
+                }) => {
                     let specs: Vec<&TaskSpec> = unfinished.iter().map(|t| &t.spec).collect();
-                    self.recover_outcomes(&raylet, &worker_id, &specs, None)
+                    self.recover_outcomes(&raylet, &node_id, &worker_id, &specs, None)
                         .await
                 }
                 None => Recovered::Unknown,
@@ -671,16 +728,16 @@ impl CoreWorker {
     }
 
     /// Forgets a worker whose push failed and returns its lease as broken (so its raylet
-    /// stops it). Returns the raylet and the worker's id.
-    async fn drop_failed_worker(&self, key: &str, lease_id: &[u8]) -> Option<(String, Vec<u8>)> {
+    /// stops it; not to a dead node's raylet, see `return_lease`).
+    async fn drop_failed_worker(&self, key: &str, lease_id: &[u8]) -> Option<Leased> {
         let leased = {
             let mut keys = self.submitter.keys.lock();
             let st = keys.get_mut(key)?;
             let pos = st.workers.iter().position(|w| w.lease_id == lease_id)?;
             st.workers.remove(pos)
         };
-        self.return_lease(lease_id.to_vec(), &leased.raylet, true)
+        self.return_lease(lease_id.to_vec(), &leased.raylet, &leased.node_id, true)
             .await;
-        Some((leased.raylet, leased.worker_id))
+        Some(leased)
     }
 }

@@ -140,6 +140,7 @@ pub(crate) fn run(scenario: &str) -> anyhow::Result<bool> {
         "actor_named_user" => actor_named_user(&arg(2))?,
         "actor_pool" => actor_pool()?,
         "actor_node_loss" => actor_node_loss(&arg(2))?,
+        "actor_on_cut_node" => actor_on_cut_node(&arg(2))?,
         _ => return Ok(false),
     }
     Ok(true)
@@ -354,6 +355,17 @@ fn actor_node_loss(dir: &str) -> anyhow::Result<()> {
     out("second_node", &second);
     // The constructor ran again on the new node: the state starts over.
     out("value_after_restart", miniray::get(&h.value()?)?);
+    Ok(())
+}
+
+/// An actor on the only node with the `remote` resource, with no restarts, runs a long call
+/// (marked `started-<pid>` in `dir`) while the test cuts that node off: the call fails with
+/// `ActorDied` once the GCS declares the node dead.
+fn actor_on_cut_node(dir: &str) -> anyhow::Result<()> {
+    let h = Counter::options().resource("remote", 1.0).remote(0)?;
+    miniray::get(&h.incr(1)?)?;
+    let call = h.slow_pid(dir.to_string(), 120_000)?;
+    report("slow_call", miniray::get(&call));
     Ok(())
 }
 
