@@ -64,6 +64,7 @@ pub struct Cluster {
     max_destroyed_actors: Option<usize>,
     hosts: Option<Arc<netns::Hosts>>,
     tls: Option<TlsFiles>,
+    daemon_env: Vec<(String, String)>,
 }
 
 pub struct Options {
@@ -81,6 +82,8 @@ pub struct Options {
     /// The head's node IP (its raylet's `bind_host`; default `127.0.0.1`, or host 0's IP).
     pub head_bind_host: Option<String>,
     pub tls: Option<TlsFiles>,
+    /// Extra environment of the GCS and raylet processes (and so of the workers).
+    pub daemon_env: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -96,6 +99,7 @@ impl Default for Options {
             hosts: None,
             head_bind_host: None,
             tls: None,
+            daemon_env: Vec::new(),
         }
     }
 }
@@ -104,9 +108,19 @@ fn exe() -> &'static Path {
     Path::new(DRIVER)
 }
 
-/// The command prefix that runs a program on `host` (none on loopback).
-fn wrapper(hosts: &Option<Arc<netns::Hosts>>, host: usize) -> Vec<String> {
-    hosts.as_ref().map(|h| h.wrapper(host)).unwrap_or_default()
+/// The command prefix that runs a daemon on `host` (none on loopback) with `env` added
+/// (`ip netns exec` and `env` both exec their target, so the pid stays the daemon's).
+fn wrapper(
+    hosts: &Option<Arc<netns::Hosts>>,
+    env: &[(String, String)],
+    host: usize,
+) -> Vec<String> {
+    let mut prefix = hosts.as_ref().map(|h| h.wrapper(host)).unwrap_or_default();
+    if !env.is_empty() {
+        prefix.push("env".into());
+        prefix.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
+    }
+    prefix
 }
 
 fn gcs_spec(
@@ -139,7 +153,7 @@ impl Cluster {
         let token = miniray_common::auth::generate_token();
         let gcs_host = opts.hosts.as_ref().map_or("127.0.0.1", |h| h.ip(0));
         let gcs = spawn_daemon_via(
-            &wrapper(&opts.hosts, 0),
+            &wrapper(&opts.hosts, &opts.daemon_env, 0),
             exe(),
             &gcs_spec(
                 format!("{gcs_host}:0").parse().expect("a host IP"),
@@ -170,6 +184,7 @@ impl Cluster {
             max_destroyed_actors: opts.max_destroyed_actors,
             hosts: opts.hosts,
             tls: opts.tls,
+            daemon_env: opts.daemon_env,
         };
         cluster.start_node(
             0,
@@ -234,7 +249,7 @@ impl Cluster {
         let node_id = NodeId::random();
         let index = self.nodes.len();
         let raylet = spawn_daemon_via(
-            &wrapper(&self.hosts, host),
+            &wrapper(&self.hosts, &self.daemon_env, host),
             exe(),
             &DaemonSpec::Raylet(RayletSpec {
                 gcs_address: self.gcs_address.clone(),
@@ -309,7 +324,7 @@ impl Cluster {
             .parse()
             .expect("the gcs address is HOST:PORT");
         let gcs = spawn_daemon_via(
-            &wrapper(&self.hosts, 0),
+            &wrapper(&self.hosts, &self.daemon_env, 0),
             exe(),
             &gcs_spec(
                 bind,
