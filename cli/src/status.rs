@@ -190,7 +190,7 @@ fn node_view(n: &NodeInfo) -> NodeView {
         address: n
             .address
             .as_ref()
-            .map(|a| format!("{}:{}", a.host, a.port))
+            .map(|a| miniray_common::net::host_port(&a.host, a.port))
             .unwrap_or_default(),
         state,
         is_head: n.is_head,

@@ -162,8 +162,10 @@ pub async fn bind_ip(host: &str) -> Result<IpAddr, AddrError> {
         .ok_or_else(|| resolve(io::Error::other("the name resolved to no address")))
 }
 
-/// `HOST:PORT`, with brackets around an IPv6 host.
-pub fn host_port(host: &str, port: u16) -> String {
+/// `HOST:PORT`, with brackets around an IPv6 host. Every address miniray dials is built here
+/// (ports are `u32` on the wire, `u16` in sockets), so an IPv6 node IP never yields an
+/// ambiguous `::1:80`.
+pub fn host_port(host: &str, port: impl std::fmt::Display) -> String {
     if host.contains(':') && !host.starts_with('[') {
         format!("[{host}]:{port}")
     } else {
@@ -246,6 +248,8 @@ mod tests {
     fn host_port_round_trips() {
         assert_eq!(host_port("10.0.0.1", 80), "10.0.0.1:80");
         assert_eq!(host_port("::1", 80), "[::1]:80");
+        assert_eq!(host_port("fd00::2", 6379u32), "[fd00::2]:6379");
+        assert_eq!(host_port("[::1]", 80u32), "[::1]:80");
         assert_eq!(host_of("[::1]:80"), Some("::1"));
         assert_eq!(host_of("10.0.0.1:80"), Some("10.0.0.1"));
         assert_eq!(host_of("10.0.0.1"), None);

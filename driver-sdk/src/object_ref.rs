@@ -44,7 +44,7 @@ impl OwnerAddr {
     }
 
     pub(crate) fn endpoint(&self) -> String {
-        format!("{}:{}", self.host, self.port)
+        miniray_common::net::host_port(&self.host, self.port)
     }
 }
 

@@ -293,7 +293,7 @@ impl GcsState {
             .filter(|(_, j)| !j.finished)
             .filter_map(|(id, j)| {
                 let d = j.driver.as_ref()?;
-                Some((*id, format!("{}:{}", d.host, d.port)))
+                Some((*id, miniray_common::net::host_port(&d.host, d.port)))
             })
             .collect()
     }
@@ -1044,7 +1044,7 @@ impl GcsService {
 fn address_host(info: &NodeInfo) -> String {
     info.address
         .as_ref()
-        .map(|a| format!("{}:{}", a.host, a.port))
+        .map(|a| miniray_common::net::host_port(&a.host, a.port))
         .unwrap_or_default()
 }
 

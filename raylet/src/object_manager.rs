@@ -176,7 +176,7 @@ impl ObjectManager {
         if let Some(c) = self.peers.lock().get(&node) {
             return Ok(c.clone());
         }
-        let address = format!("{}:{}", source.host, source.port);
+        let address = miniray_common::net::host_port(&source.host, source.port);
         let channel = connect_lazy(&address, &self.token)
             .map_err(|e| PullError::new(ErrorCode::InvalidArgument, e.to_string()))?;
         let client = RayletClient::new(channel)

@@ -62,7 +62,7 @@ pub(crate) async fn run(node: Arc<Node>) {
             let client = match clients.get(&worker) {
                 Some(c) => c.clone(),
                 None => {
-                    let endpoint = format!("{}:{}", address.host, address.port);
+                    let endpoint = miniray_common::net::host_port(&address.host, address.port);
                     match connect_lazy(&endpoint, &node.cfg.token) {
                         Ok(ch) => {
                             let c = CoreWorkerClient::new(ch);

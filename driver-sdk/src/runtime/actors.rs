@@ -142,7 +142,7 @@ struct Target {
 impl Target {
     fn of(a: &miniray_proto::WorkerAddress, incarnation: u32) -> Target {
         Target {
-            endpoint: format!("{}:{}", a.host, a.port),
+            endpoint: miniray_common::net::host_port(&a.host, a.port),
             incarnation,
             worker_id: a.worker_id.clone(),
             node_id: a.node_id.clone(),

@@ -271,7 +271,7 @@ const BORROWER_FAILED_PROBES: u32 = 3;
 const BORROWER_GONE_AFTER: Duration = Duration::from_secs(6);
 
 fn endpoint_of(a: &WorkerAddress) -> String {
-    format!("{}:{}", a.host, a.port)
+    miniray_common::net::host_port(&a.host, a.port)
 }
 
 impl CoreWorker {

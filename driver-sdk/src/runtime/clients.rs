@@ -148,7 +148,7 @@ impl Clients {
 }
 
 pub(crate) fn node_endpoint(node: &miniray_proto::NodeAddress) -> String {
-    format!("{}:{}", node.host, node.port)
+    miniray_common::net::host_port(&node.host, node.port)
 }
 
 #[cfg(test)]

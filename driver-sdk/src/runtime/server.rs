@@ -207,7 +207,7 @@ impl CoreWorkerRpc for CoreWorkerService {
                     "a borrower update of {subject:?} changes nothing"
                 )));
             }
-            let endpoint = format!("{}:{}", borrower.host, borrower.port);
+            let endpoint = miniray_common::net::host_port(&borrower.host, borrower.port);
             updates.push((subject, worker, endpoint, i64::from(u.delta)));
         }
         let cw = self.cw()?;

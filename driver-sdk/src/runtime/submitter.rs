@@ -567,7 +567,7 @@ impl CoreWorker {
                         .ok_or_else(|| Error::Internal("lease grant without a worker".into()))?;
                     return Ok(Grant {
                         lease_id: grant.lease_id,
-                        endpoint: format!("{}:{}", worker.host, worker.port),
+                        endpoint: miniray_common::net::host_port(&worker.host, worker.port),
                         worker_id: worker.worker_id,
                         raylet: target,
                         node_id: worker.node_id,

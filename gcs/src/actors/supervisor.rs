@@ -165,7 +165,7 @@ impl Supervisor {
 
     /// Whether anything answers at the worker's address, over a few probes.
     async fn probe(&self, worker: &WorkerAddress) -> bool {
-        let address = format!("{}:{}", worker.host, worker.port);
+        let address = miniray_common::net::host_port(&worker.host, worker.port);
         for _ in 0..RELOAD_PROBES {
             if worker_answers(&address, self.state.actors.token()).await {
                 return true;
@@ -357,11 +357,11 @@ impl Supervisor {
 }
 
 fn node_address(node: &NodeAddress) -> String {
-    format!("{}:{}", node.host, node.port)
+    miniray_common::net::host_port(&node.host, node.port)
 }
 
 fn worker_address(worker: &WorkerAddress) -> String {
-    format!("{}:{}", worker.host, worker.port)
+    miniray_common::net::host_port(&worker.host, worker.port)
 }
 
 /// `RequestWorkerLease` at the chosen raylet; waits while the lease is queued there.
