@@ -34,10 +34,14 @@ pub struct AutoscalerArgs {
     exit_with_parent: bool,
 }
 
-/// Parses and checks an autoscaling config for `start`, before anything starts.
+/// Parses and checks an autoscaling config for `start`, before anything starts; its
+/// warnings (Ray keys miniray ignores) are printed.
 pub fn load_config(path: &Path) -> anyhow::Result<AutoscalingConfig> {
-    let config = miniray_autoscaler::config::load(path)
-        .with_context(|| format!("autoscaling config {}", path.display()))?;
+    // The error names the file, the field and the line.
+    let (config, warnings) = miniray_autoscaler::config::load(path)?;
+    for w in warnings {
+        tracing::warn!(config = %path.display(), "{w}");
+    }
     if let ProviderConfig::Kubernetes(_) = config.provider {
         bail!(
             "autoscaling config {}: provider type kubernetes: the Kubernetes provider is not \
