@@ -23,9 +23,9 @@ use tracing::{info, warn};
 use crate::config::NodeTypeConfig;
 use crate::provider::{CloudInstance, NodeProvider, ProviderCallError, ProviderError};
 
-/// Environment variables a launched node's raylet reports on registration.
-pub const CLOUD_INSTANCE_ID_ENV: &str = "MINIRAY_CLOUD_INSTANCE_ID";
-pub const NODE_TYPE_ENV: &str = "MINIRAY_NODE_TYPE";
+use miniray_common::config::env::{
+    CLOUD_INSTANCE_ID as CLOUD_INSTANCE_ID_ENV, NODE_TYPE as NODE_TYPE_ENV,
+};
 
 /// Test hook: while the file this variable names exists, `non_terminated` fails, as a cloud
 /// API that errors or times out would.
@@ -242,6 +242,8 @@ impl LocalProvider {
         }
         if is_alive(record) {
             signal_group(record.pid, libc::SIGTERM);
+            // A stopped (hung, SIGSTOPped) node would only see the SIGTERM when continued.
+            signal_group(record.pid, libc::SIGCONT);
             let deadline = Instant::now() + self.cfg.terminate_grace;
             while is_alive(record) && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(50)).await;

@@ -390,7 +390,6 @@ fn non_empty_env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
-
 /// Starts a detached daemon. If it does not come up, its error carries the daemon's own
 /// last words from its log (a port in use, an unreachable GCS): the log path alone leaves
 /// the user to go and dig.

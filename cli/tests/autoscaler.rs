@@ -176,9 +176,18 @@ impl Cluster {
         cluster
     }
 
+    /// While this file exists, the local provider's list fails (the autoscaler's test hook).
+    fn list_fails_hook(&self) -> PathBuf {
+        self.root.join("provider-list-fails")
+    }
+
     fn command(&self, program: &Path) -> Command {
         let mut cmd = Command::new(program);
         cmd.env("MINIRAY_TMPDIR", &self.root)
+            .env(
+                "MINIRAY_TEST_PROVIDER_LIST_FAILS_WHILE",
+                self.list_fails_hook(),
+            )
             .env("MINIRAY_TOKEN", &self.token)
             .env_remove("MINIRAY_ADDRESS")
             .env_remove("MINIRAY_ROLE")
@@ -502,10 +511,168 @@ fn scale_up_for_tasks_then_down_when_idle() {
     assert!(nodes[0].is_head);
 }
 
-const TESTS: &[(&str, fn())] = &[(
-    "scale_up_for_tasks_then_down_when_idle",
-    scale_up_for_tasks_then_down_when_idle,
-)];
+fn hex_id(n: &miniray_proto::NodeInfo) -> String {
+    n.address
+        .as_ref()
+        .and_then(|a| miniray_common::NodeId::from_bytes(&a.node_id).ok())
+        .map(|id| id.hex())
+        .unwrap_or_default()
+}
+
+const ONE_CPU_TYPE: &str = "  cpu: {resources: {CPU: 1}, min_workers: 0, max_workers: 2, \
+     node_config: {args: [--object-store-memory, \"100000000\"]}}";
+
+/// A node hosting a live actor is busy however long it sits there; once the actor is
+/// killed it goes after its idle timeout.
+fn a_node_with_a_live_actor_stays_until_the_actor_is_killed() {
+    let cluster = Cluster::start(
+        "actor",
+        "max_workers: 2\nidle_timeout_s: 3\nnode_launch_timeout_s: 60",
+        ONE_CPU_TYPE,
+    );
+    let mut driver = cluster.driver(&["actor"]);
+    let node = driver.value("actor_node", Duration::from_secs(120));
+    let hosts = |cluster: &Cluster| -> Result<bool, String> {
+        Ok(cluster.workers()?.iter().any(|n| hex_id(n) == node))
+    };
+    assert_eq!(
+        hosts(&cluster),
+        Ok(true),
+        "the actor runs on a launched worker node"
+    );
+    // Three idle timeouts: the node stays all along.
+    let until = Instant::now() + Duration::from_secs(9);
+    while Instant::now() < until {
+        assert_eq!(hosts(&cluster), Ok(true), "the actor's node was removed");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    driver.say("kill");
+    driver.value("killed", Duration::from_secs(30));
+    let killed = Instant::now();
+    poll(
+        "the actor's node to be removed",
+        Duration::from_secs(60),
+        || match hosts(&cluster)? {
+            false => Ok(()),
+            true => Err("still there".into()),
+        },
+    );
+    eprintln!(
+        "actor: its node was removed {:?} after the actor was killed (idle timeout 3 s)",
+        killed.elapsed()
+    );
+    driver.say("exit");
+}
+
+/// While the provider's list fails, idle nodes are not removed (the round knows nothing);
+/// when it answers again, the loop carries on and removes them.
+fn a_failing_provider_list_terminates_nothing_and_the_loop_recovers() {
+    let cluster = Cluster::start(
+        "listfails",
+        "max_workers: 2\nidle_timeout_s: 3\nnode_launch_timeout_s: 60",
+        ONE_CPU_TYPE,
+    );
+    let mut driver = cluster.driver(&["tasks", "2", "1000"]);
+    assert_eq!(driver.value("done", Duration::from_secs(180)), "2");
+    std::fs::write(cluster.list_fails_hook(), b"").expect("arm the hook");
+    let before = cluster.workers().expect("state").len();
+    assert!(before >= 1, "a worker node ran the tasks");
+    // Well past the idle timeout: nothing is removed.
+    let until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < until {
+        let now = cluster.workers().expect("state").len();
+        assert_eq!(
+            now, before,
+            "a node was removed while the provider's list failed"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(
+        cluster.autoscaler_log().contains("list failed"),
+        "the autoscaler says why it does nothing"
+    );
+    std::fs::remove_file(cluster.list_fails_hook()).expect("disarm the hook");
+    let recovered = Instant::now();
+    poll(
+        "the idle nodes to be removed",
+        Duration::from_secs(60),
+        || match (cluster.workers()?.len(), cluster.node_processes().len()) {
+            (0, 0) => Ok(()),
+            (n, p) => Err(format!("{n} worker nodes, {p} node processes")),
+        },
+    );
+    eprintln!(
+        "list failure: idle nodes removed {:?} after the provider answered again",
+        recovered.elapsed()
+    );
+}
+
+/// A node whose processes hang before its raylet registers (frozen with SIGSTOP) is given
+/// up on after `node_launch_timeout_s`, killed, and replaced; the task runs on the
+/// replacement.
+fn a_node_that_never_joins_is_replaced() {
+    let cluster = Cluster::start(
+        "neverjoins",
+        "max_workers: 1\nidle_timeout_s: 3\nnode_launch_timeout_s: 4",
+        ONE_CPU_TYPE,
+    );
+    let mut driver = cluster.driver(&["tasks", "1", "500"]);
+    let frozen = poll("a node process", Duration::from_secs(60), || {
+        cluster
+            .node_processes()
+            .first()
+            .copied()
+            .ok_or_else(|| "none yet".to_string())
+    });
+    let pid = i32::try_from(frozen).expect("pid");
+    // SAFETY: kill(2) on the process group of a node this test's cluster just launched.
+    unsafe { libc::kill(-pid, libc::SIGSTOP) };
+    let frozen_at = Instant::now();
+    assert_eq!(driver.value("done", Duration::from_secs(180)), "1");
+    eprintln!(
+        "never joins: the task finished on a replacement {:?} after the first node froze",
+        frozen_at.elapsed()
+    );
+    poll(
+        "the frozen node to be killed",
+        Duration::from_secs(30),
+        || {
+            if alive(frozen) {
+                Err("still there".into())
+            } else {
+                Ok(())
+            }
+        },
+    );
+    let state = cluster.autoscaling_state().expect("state");
+    assert!(
+        state
+            .recent_failures
+            .iter()
+            .any(|f| f.message.contains("did not join")),
+        "the failure is shown: {:?}",
+        state.recent_failures
+    );
+}
+
+const TESTS: &[(&str, fn())] = &[
+    (
+        "scale_up_for_tasks_then_down_when_idle",
+        scale_up_for_tasks_then_down_when_idle,
+    ),
+    (
+        "a_node_with_a_live_actor_stays_until_the_actor_is_killed",
+        a_node_with_a_live_actor_stays_until_the_actor_is_killed,
+    ),
+    (
+        "a_failing_provider_list_terminates_nothing_and_the_loop_recovers",
+        a_failing_provider_list_terminates_nothing_and_the_loop_recovers,
+    ),
+    (
+        "a_node_that_never_joins_is_replaced",
+        a_node_that_never_joins_is_replaced,
+    ),
+];
 
 fn main() {
     // A worker of the driver: runs tasks and never returns.
