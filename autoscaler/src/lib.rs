@@ -5,6 +5,10 @@
 //! Layering: above `proto` and `common` only; it talks to the GCS and raylets over gRPC
 //! like any other client.
 
+pub mod autoscaler;
+pub mod clients;
 pub mod config;
+pub mod instances;
+pub mod local;
 pub mod planner;
 pub mod provider;

@@ -68,3 +68,8 @@ fn same_file(a: &Path, b: &Path) -> bool {
     };
     strip(a) == strip(b)
 }
+
+/// Removes the record of a daemon that was stopped.
+pub fn remove(pid: u32) {
+    let _ = std::fs::remove_file(dir().join(format!("{pid}.json")));
+}

@@ -3,6 +3,7 @@
 //! The binary is also a miniray executable: the daemons `start` launches are this binary
 //! started in a daemon role, and the microbenchmark's workers are this binary in worker mode.
 
+mod autoscaler;
 mod daemons;
 mod microbenchmark;
 mod start;
@@ -36,6 +37,9 @@ enum Command {
     /// Mutual TLS certificates.
     #[command(subcommand)]
     Tls(tls::TlsCommand),
+    /// The autoscaler daemon (`start --head --autoscaling-config` runs it).
+    #[command(hide = true)]
+    Autoscaler(autoscaler::AutoscalerArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,12 +47,19 @@ fn main() -> anyhow::Result<()> {
     if std::env::var_os(miniray_common::config::env::ROLE).is_some() {
         miniray::init()?;
     }
-    miniray_common::logging::init("warn");
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    // A daemon logs what it does; a command only what goes wrong.
+    let default_filter = match cli.command {
+        Command::Autoscaler(_) => "info",
+        _ => "warn",
+    };
+    miniray_common::logging::init(default_filter);
+    match cli.command {
         Command::Start(args) => start::start(*args),
         Command::Stop(args) => start::stop(args),
         Command::Status(args) => status::status(args),
         Command::Microbenchmark(args) => microbenchmark::run(args),
         Command::Tls(command) => tls::run(command),
+        Command::Autoscaler(args) => autoscaler::run(args),
     }
 }

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use miniray::cluster::{DaemonSpec, GcsSpec, RayletSpec, SpawnedDaemon, spawn_daemon};
+use std::process::Child;
+
+use miniray::cluster::{DaemonSpec, GcsSpec, RayletSpec, SpawnedDaemon, spawn_daemon, stop_daemon};
+use miniray_autoscaler::config::AutoscalingConfig;
 use miniray_common::config::{self, DEFAULT_NODE_TIMEOUT};
 use miniray_common::{NodeId, Resources};
 use miniray_common::{net, shm};
@@ -67,6 +70,15 @@ pub struct StartArgs {
     max_destroyed_actors: usize,
     #[command(flatten)]
     tls: crate::tls::TlsArgs,
+    /// Run the autoscaler on this head with this config (YAML); checked before anything
+    /// starts. The head's resources come from its `head_node_type` unless `--num-cpus` or
+    /// `--resources` are given.
+    #[arg(long, requires = "head")]
+    autoscaling_config: Option<PathBuf>,
+    /// Stay in the foreground: stop the daemons on SIGTERM or SIGINT, and exit when one of
+    /// them exits (a drained raylet).
+    #[arg(long)]
+    block: bool,
 }
 
 #[derive(Args)]
@@ -76,7 +88,18 @@ pub struct StopArgs {
     grace_period: u64,
 }
 
-fn node_resources(args: &StartArgs) -> anyhow::Result<Resources> {
+/// The node's resources: the flags, else the head's node type in the autoscaling config.
+fn node_resources(
+    args: &StartArgs,
+    autoscaling: Option<&AutoscalingConfig>,
+) -> anyhow::Result<Resources> {
+    if let Some(config) = autoscaling
+        && args.resources.is_none()
+        && args.num_cpus.is_none()
+        && let Some(head) = config.node_types.get(&config.head_node_type)
+    {
+        return Ok(head.resources.clone());
+    }
     let mut r = match &args.resources {
         Some(json) => Resources::from_json(json)?,
         None => Resources::new(),
@@ -152,8 +175,16 @@ pub fn start(args: StartArgs) -> anyhow::Result<()> {
     let tls = args.tls.install()?;
     let addrs = addresses(&args, detect_node_ip)?;
     let node_ip = addrs.node_ip.to_string();
+    let autoscaling = args
+        .autoscaling_config
+        .as_deref()
+        .map(crate::autoscaler::load_config)
+        .transpose()?;
     let exe = std::env::current_exe().context("locating the miniray executable")?;
-    let resources = node_resources(&args)?;
+    let resources = node_resources(&args, autoscaling.as_ref())?;
+    // With --block the daemons are attached: they stop when this process is gone.
+    let attached = args.block;
+    let mut children: Vec<(String, Child)> = Vec::new();
     let session_dir = session_dir();
     let logs = session_dir.join("logs");
     // Checked before any daemon starts, so a refusal leaves nothing running.
@@ -187,6 +218,7 @@ pub fn start(args: StartArgs) -> anyhow::Result<()> {
                 tls: tls.clone(),
             }),
             &logs.join("gcs.err"),
+            attached,
         )?;
         daemons::record(&DaemonRecord {
             pid: gcs.child.id(),
@@ -195,6 +227,7 @@ pub fn start(args: StartArgs) -> anyhow::Result<()> {
             exe: exe.clone(),
             session_dir: session_dir.clone(),
         })?;
+        children.push(("gcs".into(), gcs.child));
         // A GCS on every interface is reached at the node IP: `0.0.0.0:PORT` names no host
         // another machine could dial.
         let address = match gcs.address.parse::<SocketAddr>() {
@@ -233,14 +266,42 @@ pub fn start(args: StartArgs) -> anyhow::Result<()> {
             tls: tls.clone(),
         }),
         &logs.join("raylet.err"),
+        attached,
     )?;
     daemons::record(&DaemonRecord {
         pid: raylet.child.id(),
         role: "raylet".into(),
         address: raylet.address.clone(),
-        exe,
+        exe: exe.clone(),
         session_dir: session_dir.clone(),
     })?;
+    children.push(("raylet".into(), raylet.child));
+
+    if let (Some(path), Some(config)) = (&args.autoscaling_config, &autoscaling) {
+        let child = crate::autoscaler::spawn(
+            &exe,
+            &gcs_address,
+            &token,
+            path,
+            &logs,
+            tls.as_ref(),
+            attached,
+        )?;
+        daemons::record(&DaemonRecord {
+            pid: child.id(),
+            role: "autoscaler".into(),
+            address: gcs_address.clone(),
+            exe: exe.clone(),
+            session_dir: session_dir.clone(),
+        })?;
+        println!(
+            "Started the autoscaler for cluster {:?} ({} node types, at most {} workers).",
+            config.cluster_name,
+            config.node_types.len(),
+            config.max_workers
+        );
+        children.push(("autoscaler".into(), child));
+    }
 
     if args.head {
         println!("Started a miniray head node.");
@@ -270,14 +331,67 @@ pub fn start(args: StartArgs) -> anyhow::Result<()> {
         println!("  raylet:  {}", raylet.address);
         println!("  logs:    {}", logs.display());
     }
+    if args.block {
+        return block(children);
+    }
     Ok(())
+}
+
+/// `start --block`: waits for SIGTERM or SIGINT, or for a daemon to exit, then stops the
+/// others (newest first: the autoscaler, the raylet, the GCS) and removes their records.
+fn block(mut children: Vec<(String, Child)>) -> anyhow::Result<()> {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a runtime")?;
+    let exited = runtime.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("handling SIGTERM")?;
+        let mut int = signal(SignalKind::interrupt()).context("handling SIGINT")?;
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                _ = term.recv() => return Ok::<_, anyhow::Error>(None),
+                _ = int.recv() => return Ok(None),
+                _ = tick.tick() => {}
+            }
+            for (role, child) in &mut children {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Ok(Some((role.clone(), status)));
+                }
+            }
+        }
+    })?;
+    while let Some((_, mut child)) = children.pop() {
+        let pid = child.id();
+        stop_daemon(&mut child);
+        daemons::remove(pid);
+    }
+    match exited {
+        Some((role, status)) if !status.success() => bail!("the {role} exited ({status})"),
+        Some((role, _)) => {
+            println!("The {role} exited; stopped this node.");
+            Ok(())
+        }
+        None => {
+            println!("Stopped this node.");
+            Ok(())
+        }
+    }
 }
 
 /// Starts a detached daemon. If it does not come up, its error carries the daemon's own
 /// last words from its log (a port in use, an unreachable GCS): the log path alone leaves
 /// the user to go and dig.
-fn spawn(exe: &Path, spec: &DaemonSpec, log: &Path) -> anyhow::Result<SpawnedDaemon> {
-    spawn_daemon(exe, spec, log, false).map_err(|e| {
+fn spawn(
+    exe: &Path,
+    spec: &DaemonSpec,
+    log: &Path,
+    attached: bool,
+) -> anyhow::Result<SpawnedDaemon> {
+    spawn_daemon(exe, spec, log, attached).map_err(|e| {
         // A daemon that fails to start prints one `miniray <role>: <reason>` line last.
         let reason = std::fs::read_to_string(log).ok().and_then(|text| {
             text.lines()
@@ -339,8 +453,14 @@ pub fn stop(args: StopArgs) -> anyhow::Result<()> {
         println!("No miniray daemons are running.");
         return Ok(());
     }
-    // Raylets first: they stop their workers and remove their segments while the GCS is up.
-    found.sort_by_key(|(rec, _)| rec.role == "gcs");
+    // The autoscaler first, so it launches nothing more; then raylets (the nodes it
+    // launched among them: their `start --block` exits with its raylet), which stop their
+    // workers and remove their segments while the GCS is up.
+    found.sort_by_key(|(rec, _)| match rec.role.as_str() {
+        "autoscaler" => 0,
+        "gcs" => 2,
+        _ => 1,
+    });
     let grace = Duration::from_secs(args.grace_period);
     let mut failed = 0;
     for (rec, path) in found {

@@ -1,0 +1,169 @@
+//! The autoscaler daemon (`miniray autoscaler`, hidden: `miniray start --head
+//! --autoscaling-config` starts it) and what `start` needs to launch it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use miniray_autoscaler::autoscaler::Autoscaler;
+use miniray_autoscaler::clients::Gcs;
+use miniray_autoscaler::config::{AutoscalingConfig, ProviderConfig};
+use miniray_autoscaler::local::{FAIL_LIST_HOOK_ENV, LocalProvider, LocalProviderConfig};
+use miniray_common::config::{self, env};
+use miniray_common::tls::{self, TlsFiles};
+use tracing::info;
+
+#[derive(Args)]
+pub struct AutoscalerArgs {
+    /// `HOST:PORT` of the GCS.
+    #[arg(long)]
+    address: String,
+    /// The autoscaling config (YAML).
+    #[arg(long)]
+    config: PathBuf,
+    /// Where launched nodes' output goes.
+    #[arg(long)]
+    log_dir: PathBuf,
+    #[arg(long, env = "MINIRAY_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Stop when the parent process (a `miniray start --block`) is gone.
+    #[arg(long)]
+    exit_with_parent: bool,
+}
+
+/// Parses and checks an autoscaling config for `start`, before anything starts; its
+/// warnings (Ray keys miniray ignores) are printed.
+pub fn load_config(path: &Path) -> anyhow::Result<AutoscalingConfig> {
+    // The error names the file, the field and the line.
+    let (config, warnings) = miniray_autoscaler::config::load(path)?;
+    for w in warnings {
+        tracing::warn!(config = %path.display(), "{w}");
+    }
+    if let ProviderConfig::Kubernetes(_) = config.provider {
+        bail!(
+            "autoscaling config {}: provider type kubernetes: the Kubernetes provider is not \
+             available yet; use provider: {{type: local}}",
+            path.display()
+        );
+    }
+    Ok(config)
+}
+
+/// Where the local provider keeps its instance records: per cluster name, not per session,
+/// so a head restarted under the same name adopts the nodes it launched.
+fn state_dir(cluster_name: &str) -> PathBuf {
+    config::tmp_root().join("autoscaler").join(cluster_name)
+}
+
+/// Starts the autoscaler daemon. `attached`: it stops with this process (`start --block`);
+/// otherwise it runs in a process group of its own and outlives `start`.
+pub fn spawn(
+    exe: &Path,
+    gcs_address: &str,
+    token: &str,
+    config_path: &Path,
+    logs: &Path,
+    tls: Option<&TlsFiles>,
+    attached: bool,
+) -> anyhow::Result<Child> {
+    let config_path = std::fs::canonicalize(config_path)
+        .with_context(|| format!("locating {}", config_path.display()))?;
+    std::fs::create_dir_all(logs).with_context(|| format!("creating {}", logs.display()))?;
+    let log_path = logs.join("autoscaler.err");
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("creating {}", log_path.display()))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("autoscaler")
+        .arg("--address")
+        .arg(gcs_address)
+        .arg("--config")
+        .arg(&config_path)
+        .arg("--log-dir")
+        .arg(logs.join("nodes"))
+        .env(env::TOKEN, token)
+        .env_remove(env::ROLE)
+        .env_remove(env::ADDRESS)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log));
+    for (k, v) in TlsFiles::env(tls) {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    if attached {
+        cmd.arg("--exit-with-parent");
+    } else {
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    }
+    cmd.spawn()
+        .with_context(|| format!("starting the autoscaler ({})", exe.display()))
+}
+
+/// `miniray autoscaler`: runs the loop until SIGTERM or SIGINT.
+pub fn run(args: AutoscalerArgs) -> anyhow::Result<()> {
+    let config = load_config(&args.config)?;
+    tls::install_from_env().context("MINIRAY_TLS_*")?;
+    let exe = std::env::current_exe().context("locating the miniray executable")?;
+    let node_env = tls::child_env()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.map(Path::to_path_buf)))
+        .collect();
+    let provider = LocalProvider::new(LocalProviderConfig {
+        exe,
+        gcs_address: args.address.clone(),
+        token: args.token.clone(),
+        cluster_name: config.cluster_name.clone(),
+        state_dir: state_dir(&config.cluster_name),
+        log_dir: args.log_dir.clone(),
+        node_types: config.node_types.clone(),
+        env: node_env,
+        terminate_grace: Duration::from_secs(10),
+        fail_list_while: std::env::var_os(FAIL_LIST_HOOK_ENV).map(PathBuf::from),
+    })?;
+    let gcs = Gcs::connect_lazy(&args.address, &args.token)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a runtime")?;
+    runtime.block_on(async move {
+        info!(gcs = %args.address, cluster = %config.cluster_name, "autoscaler starting");
+        let autoscaler = Autoscaler::new(config, gcs, Arc::new(provider));
+        autoscaler.run(stop_requested(args.exit_with_parent)).await;
+        info!("autoscaler stopped");
+    });
+    Ok(())
+}
+
+/// SIGTERM, SIGINT, or (if asked) the parent's exit.
+async fn stop_requested(exit_with_parent: bool) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let parent = std::os::unix::process::parent_id();
+    let parent_gone = async move {
+        if !exit_with_parent {
+            return std::future::pending::<()>().await;
+        }
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tick.tick().await;
+            if std::os::unix::process::parent_id() != parent {
+                return;
+            }
+        }
+    };
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+            _ = parent_gone => {}
+        },
+        _ => parent_gone.await,
+    }
+}

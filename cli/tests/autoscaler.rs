@@ -1,0 +1,558 @@
+//! The autoscaler end to end, with real processes: `miniray start --head
+//! --autoscaling-config` (GCS, head raylet, autoscaler daemon), worker nodes launched by the
+//! local provider (`miniray start --block` processes), and a driver that is this very
+//! executable (`harness = false`: `main` is ours, so the same binary is the test, the
+//! driver, and the driver's workers).
+//!
+//! Every test lives under its own `MINIRAY_TMPDIR` (daemon records, token files, the
+//! provider's instance records), and its `Cluster` guard runs `miniray stop` on drop and
+//! kills any node process still recorded, also when an assertion fails.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use miniray_proto::gcs_client::GcsClient;
+use miniray_proto::{
+    AutoscalingState, ClusterResourceState, GetAutoscalingStateRequest,
+    GetClusterResourceStateRequest, NodeState,
+};
+
+const MINIRAY: &str = env!("CARGO_BIN_EXE_miniray");
+/// Bound on one `miniray` command (start waits up to 60 s for a daemon).
+const COMMAND_DEADLINE: Duration = Duration::from_secs(120);
+
+// ---------------------------------------------------------------------------------------
+// The driver side: functions and actors the driver runs on the cluster.
+
+#[miniray::remote]
+fn sleep_then_node(ms: u64) -> String {
+    std::thread::sleep(Duration::from_millis(ms));
+    miniray::node_id().map(|n| n.hex()).unwrap_or_default()
+}
+
+#[miniray::remote]
+fn needs_a_gpu() -> u64 {
+    1
+}
+
+#[miniray::actor]
+pub struct Holder {
+    n: u64,
+}
+
+#[miniray::actor]
+impl Holder {
+    pub fn new() -> Self {
+        Holder { n: 0 }
+    }
+
+    pub fn node(&mut self) -> String {
+        self.n += 1;
+        miniray::node_id().map(|n| n.hex()).unwrap_or_default()
+    }
+}
+
+/// `driver SCENARIO ARGS…`: runs against `MINIRAY_ADDRESS`, prints `key=value` lines.
+fn driver(args: &[String]) -> Result<(), String> {
+    miniray::init().map_err(|e| format!("init: {e}"))?;
+    let result = scenario(args);
+    miniray::shutdown();
+    result
+}
+
+fn out(key: &str, value: impl std::fmt::Display) {
+    println!("{key}={value}");
+    let _ = std::io::stdout().flush();
+}
+
+fn scenario(args: &[String]) -> Result<(), String> {
+    let arg = |i: usize| args.get(i).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+    match args.first().map(String::as_str) {
+        Some("tasks") => {
+            let (n, ms) = (arg(1), arg(2));
+            let refs: Vec<_> = (0..n)
+                .map(|_| sleep_then_node::remote(ms))
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("submit: {e}"))?;
+            let nodes = miniray::get_all(&refs).map_err(|e| format!("get: {e}"))?;
+            out("done", nodes.len());
+            out("nodes", nodes.iter().collect::<BTreeSet<_>>().len());
+            Ok(())
+        }
+        Some("gpu") => {
+            let start = Instant::now();
+            let r = needs_a_gpu::options()
+                .resource("GPU", 1.0)
+                .remote()
+                .and_then(|r| miniray::get(&r));
+            match r {
+                Ok(v) => out("result", format!("ok:{v}")),
+                Err(e) => out("error", e.to_string().replace('\n', " ")),
+            }
+            out("elapsed_ms", start.elapsed().as_millis());
+            Ok(())
+        }
+        Some("actor") => {
+            // Creates an actor holding one CPU, reports its node, and kills it when stdin
+            // says so (or closes).
+            let h = Holder::options()
+                .num_cpus(1.0)
+                .remote()
+                .map_err(|e| format!("create: {e}"))?;
+            let node = h
+                .node()
+                .and_then(|r| miniray::get(&r))
+                .map_err(|e| format!("call: {e}"))?;
+            out("actor_node", node);
+            let mut line = String::new();
+            let _ = std::io::stdin().read_line(&mut line);
+            miniray::kill(&h).map_err(|e| format!("kill: {e}"))?;
+            out("killed", 1);
+            // Stay connected until told to go, so the kill is not confused with job end.
+            line.clear();
+            let _ = std::io::stdin().read_line(&mut line);
+            Ok(())
+        }
+        other => Err(format!("unknown scenario {other:?}")),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The test side.
+
+/// A cluster started with `miniray start --head --autoscaling-config`, in a private temp
+/// root. Stopped on drop.
+struct Cluster {
+    root: PathBuf,
+    name: String,
+    gcs_address: String,
+    token: String,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Cluster {
+    /// `types` is the `available_node_types` body after the head type (YAML, indented by 2).
+    fn start(test: &str, settings: &str, types: &str) -> Cluster {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let name = format!("{test}-{}-{nanos}", std::process::id());
+        let root = std::env::temp_dir().join(format!("miniray-as-{name}"));
+        std::fs::create_dir_all(&root).expect("create the temp root");
+        let config = format!(
+            "cluster_name: {name}\n{settings}\nprovider: {{type: local}}\nhead_node_type: head\n\
+             available_node_types:\n  head: {{resources: {{CPU: 0}}}}\n{types}\n"
+        );
+        let config_path = root.join("cluster.yaml");
+        std::fs::write(&config_path, config).expect("write the config");
+        let token = miniray_common::auth::generate_token();
+        let port = free_port();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let cluster = Cluster {
+            gcs_address: format!("127.0.0.1:{port}"),
+            root,
+            name,
+            token,
+            runtime,
+        };
+        let run = cluster.miniray(&[
+            "start",
+            "--head",
+            "--port",
+            &port.to_string(),
+            "--object-store-memory",
+            "100000000",
+            "--autoscaling-config",
+            &config_path.to_string_lossy(),
+        ]);
+        assert!(run.0, "miniray start failed:\n{}", run.1);
+        cluster
+    }
+
+    fn command(&self, program: &Path) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.env("MINIRAY_TMPDIR", &self.root)
+            .env("MINIRAY_TOKEN", &self.token)
+            .env_remove("MINIRAY_ADDRESS")
+            .env_remove("MINIRAY_ROLE")
+            .env_remove("MINIRAY_PLASMA_DIR")
+            .env_remove("MINIRAY_TLS_CERT")
+            .env_remove("MINIRAY_TLS_KEY")
+            .env_remove("MINIRAY_TLS_CA");
+        cmd
+    }
+
+    /// Runs `miniray args` to the end: (success, output).
+    fn miniray(&self, args: &[&str]) -> (bool, String) {
+        let mut cmd = self.command(Path::new(MINIRAY));
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let start = Instant::now();
+        let mut child = cmd.spawn().expect("run miniray");
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            if start.elapsed() > COMMAND_DEADLINE {
+                let _ = child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().expect("collect output");
+        let text = format!(
+            "miniray {}\n--- stdout\n{}\n--- stderr\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    /// Starts this executable as a driver of the cluster.
+    fn driver(&self, args: &[&str]) -> Driver {
+        let exe = std::env::current_exe().expect("this test's executable");
+        let mut cmd = self.command(&exe);
+        cmd.arg("driver")
+            .args(args)
+            .env("MINIRAY_ADDRESS", &self.gcs_address)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(
+                std::fs::File::create(self.root.join(format!("driver-{}.err", args.join("-"))))
+                    .expect("driver log"),
+            ));
+        let mut child = cmd.spawn().expect("start the driver");
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Driver { child, lines }
+    }
+
+    async fn gcs(&self) -> Result<GcsClient<miniray_common::auth::AuthedChannel>, String> {
+        let channel = miniray_common::auth::connect(&self.gcs_address, &self.token)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(GcsClient::new(channel))
+    }
+
+    fn resource_state(&self) -> Result<ClusterResourceState, String> {
+        self.runtime.block_on(async {
+            let mut gcs = self.gcs().await?;
+            gcs.get_cluster_resource_state(GetClusterResourceStateRequest {})
+                .await
+                .map_err(|e| e.to_string())?
+                .into_inner()
+                .state
+                .ok_or_else(|| "no state".to_string())
+        })
+    }
+
+    fn autoscaling_state(&self) -> Result<AutoscalingState, String> {
+        self.runtime.block_on(async {
+            let mut gcs = self.gcs().await?;
+            gcs.get_autoscaling_state(GetAutoscalingStateRequest {})
+                .await
+                .map_err(|e| e.to_string())?
+                .into_inner()
+                .state
+                .ok_or_else(|| "no autoscaling state reported yet".to_string())
+        })
+    }
+
+    /// Alive worker nodes (not the head) in the GCS.
+    fn workers(&self) -> Result<Vec<miniray_proto::NodeInfo>, String> {
+        Ok(self
+            .resource_state()?
+            .nodes
+            .into_iter()
+            .filter(|n| !n.is_head && n.state == NodeState::Alive as i32)
+            .collect())
+    }
+
+    /// Node processes the local provider has recorded and that still run.
+    fn node_processes(&self) -> Vec<u32> {
+        let dir = self.root.join("autoscaler").join(&self.name);
+        let mut pids = Vec::new();
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let Ok(bytes) = std::fs::read(entry.path()) else {
+                continue;
+            };
+            let Ok(rec) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+                continue;
+            };
+            if let Some(pid) = rec["pid"].as_u64().and_then(|p| u32::try_from(p).ok())
+                && alive(pid)
+            {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
+    fn autoscaler_log(&self) -> String {
+        let mut text = String::new();
+        for entry in std::fs::read_dir(&self.root)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let log = entry.path().join("logs").join("autoscaler.err");
+            if let Ok(t) = std::fs::read_to_string(&log) {
+                text.push_str(&t);
+            }
+        }
+        // Keep failure messages readable: the last lines matter.
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let (_, stop) = self.miniray(&["stop", "--grace-period", "5"]);
+        // Nodes the autoscaler launched are stopped through their raylets; anything left
+        // (a node still starting) is killed with its process group.
+        for pid in self.node_processes() {
+            if let Ok(pid) = i32::try_from(pid) {
+                // SAFETY: kill(2) on the process group of a node this test's cluster started.
+                unsafe { libc::kill(-pid, libc::SIGKILL) };
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "miniray files kept in {}\n{stop}\n--- autoscaler log (tail)\n{}",
+                self.root.display(),
+                self.autoscaler_log()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
+    }
+}
+
+struct Driver {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Driver {
+    /// The value of the next `key=` line, waiting up to `deadline`.
+    fn value(&mut self, key: &str, deadline: Duration) -> String {
+        let end = Instant::now() + deadline;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(v) = line.strip_prefix(&format!("{key}=")) {
+                        return v.to_string();
+                    }
+                }
+                Err(_) => panic!("the driver printed no {key}= within {deadline:?}"),
+            }
+        }
+    }
+
+    fn say(&mut self, line: &str) {
+        if let Some(stdin) = self.child.stdin.as_mut() {
+            let _ = writeln!(stdin, "{line}");
+            let _ = stdin.flush();
+        }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Polls `pred` every 200 ms until it returns `Ok`; panics with `what` and the last state
+/// after `deadline`.
+fn poll<T>(what: &str, deadline: Duration, mut pred: impl FnMut() -> Result<T, String>) -> T {
+    let start = Instant::now();
+    loop {
+        match pred() {
+            Ok(v) => return v,
+            Err(last) if start.elapsed() > deadline => {
+                panic!("timed out after {deadline:?} waiting for {what}; last: {last}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The tests.
+
+/// A head with no CPU and 12 one-CPU tasks of 2 s: worker nodes come (never more than
+/// `max_workers`), every task finishes, and once idle the cluster is the head alone.
+fn scale_up_for_tasks_then_down_when_idle() {
+    let cluster = Cluster::start(
+        "tasks",
+        "max_workers: 3\nidle_timeout_s: 4\nnode_launch_timeout_s: 60",
+        "  cpu: {resources: {CPU: 2}, min_workers: 0, max_workers: 3, \
+         node_config: {args: [--object-store-memory, \"100000000\"]}}",
+    );
+    let demand_at = Instant::now();
+    let mut driver = cluster.driver(&["tasks", "12", "2000"]);
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let done = driver.value("done", Duration::from_secs(240));
+        let nodes = driver.value("nodes", Duration::from_secs(5));
+        let _ = done_tx.send((done, nodes));
+        driver
+    });
+    // Throughout: never more than max_workers nodes, alive or as processes.
+    let mut first_node = None;
+    let mut most = 0;
+    let (done, nodes) = loop {
+        let workers = cluster.workers().unwrap_or_default();
+        let processes = cluster.node_processes().len();
+        assert!(
+            workers.len() <= 3 && processes <= 3,
+            "{} worker nodes and {processes} node processes: more than max_workers 3",
+            workers.len()
+        );
+        most = most.max(workers.len());
+        if first_node.is_none() && !workers.is_empty() {
+            first_node = Some(demand_at.elapsed());
+        }
+        if let Ok(r) = done_rx.try_recv() {
+            break r;
+        }
+        assert!(
+            demand_at.elapsed() < Duration::from_secs(240),
+            "the tasks did not finish in 240 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let finished_at = Instant::now();
+    let _driver = waiter.join().expect("the driver thread");
+    assert_eq!(done, "12");
+    assert!(most >= 1, "no worker node was ever alive");
+    eprintln!(
+        "scale-up: first worker node alive {:?} after the tasks were submitted; {most} at most; \
+         tasks ran on {nodes} node(s); all done after {:?}",
+        first_node.unwrap_or_default(),
+        finished_at - demand_at
+    );
+    let state = cluster.autoscaling_state().expect("the autoscaler reports");
+    assert!(
+        state.recent_decisions.iter().any(|d| d.contains("cpu")),
+        "decisions: {:?}",
+        state.recent_decisions
+    );
+    // Idle: removed after idle_timeout_s (4 s) plus drain and a few rounds.
+    poll(
+        "the cluster to be the head alone",
+        Duration::from_secs(60),
+        || {
+            let workers = cluster.workers()?;
+            let processes = cluster.node_processes();
+            if workers.is_empty() && processes.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{} worker nodes, node processes {processes:?}",
+                    workers.len()
+                ))
+            }
+        },
+    );
+    eprintln!(
+        "scale-down: the cluster was the head alone {:?} after the last task finished (idle timeout 4 s)",
+        finished_at.elapsed()
+    );
+    let nodes = cluster.resource_state().expect("state").nodes;
+    assert_eq!(nodes.len(), 1, "only the head is left");
+    assert!(nodes[0].is_head);
+}
+
+const TESTS: &[(&str, fn())] = &[(
+    "scale_up_for_tasks_then_down_when_idle",
+    scale_up_for_tasks_then_down_when_idle,
+)];
+
+fn main() {
+    // A worker of the driver: runs tasks and never returns.
+    if std::env::var_os("MINIRAY_ROLE").is_some() {
+        if let Err(e) = miniray::init() {
+            eprintln!("worker: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("driver") {
+        if let Err(e) = driver(&args[1..]) {
+            eprintln!("driver: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    // libtest-like: positional arguments filter by name; flags are ignored.
+    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    let selected: Vec<_> = TESTS
+        .iter()
+        .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())))
+        .collect();
+    if args.iter().any(|a| a == "--list") {
+        for (name, _) in &selected {
+            println!("{name}: test");
+        }
+        return;
+    }
+    println!("running {} tests", selected.len());
+    let mut failed = Vec::new();
+    for (name, test) in selected {
+        let start = Instant::now();
+        let ok = std::panic::catch_unwind(test).is_ok();
+        println!(
+            "test {name} ... {} ({:?})",
+            if ok { "ok" } else { "FAILED" },
+            start.elapsed()
+        );
+        if !ok {
+            failed.push(*name);
+        }
+    }
+    if !failed.is_empty() {
+        println!("failed: {failed:?}");
+        std::process::exit(1);
+    }
+    println!("test result: ok");
+}
