@@ -56,8 +56,8 @@ pub struct Decision {
     /// Node types to launch, with how many of each: one entry per node type and cause
     /// (`min_workers`, then `request_resources`, then queued demand; by type name within).
     pub launch: Vec<Launch>,
-    /// Removals in the order decided: launches that never joined in time, nodes above a
-    /// maximum (never joined first, then longest idle), then idle nodes (longest first).
+    /// Removals in the order decided: instances of types no longer configured, nodes above
+    /// a maximum (never joined first, then longest idle), then idle nodes (longest first).
     pub terminate: Vec<Termination>,
     /// Demand (and `request_resources` bundles) that no node type with `max_workers > 0`
     /// and no live node could ever hold, one entry per request.
@@ -87,14 +87,13 @@ pub const MIN_PENDING_LAUNCHES: usize = 5;
 
 /// Decides one round: what to launch and what to remove, and why.
 ///
-/// In order: launches that never joined in time, instances of types no longer configured
-/// and nodes above a `max_workers` are removed; `min_workers` are launched; the
-/// `request_resources` floor is packed onto total capacity and new nodes; queued demand onto
-/// free capacity, launching nodes and then new nodes (capped by `upscaling_speed`); last,
-/// idle nodes nothing needs are removed.
+/// In order: instances of types no longer configured and nodes above a `max_workers` are
+/// removed (a launch that never joins in time is the loop's to give up on); `min_workers`
+/// are launched; the `request_resources` floor is packed onto total capacity and new
+/// nodes; queued demand onto free capacity, launching nodes and then new nodes (capped by
+/// `upscaling_speed`); last, idle nodes nothing needs are removed.
 pub fn plan(view: &ClusterView, config: &AutoscalingConfig) -> Decision {
     let mut p = Planner::new(view, config);
-    p.remove_stale_launches();
     p.remove_unconfigured();
     p.enforce_type_max();
     p.enforce_global_max();
@@ -249,21 +248,6 @@ impl<'a> Planner<'a> {
             node_type: l.node_type.clone(),
             reason,
         });
-    }
-
-    /// A launch that has not joined within `node_launch_timeout` is given up on (and
-    /// replaced by the steps below if still needed).
-    fn remove_stale_launches(&mut self) {
-        let limit_ms = duration_ms(self.config.node_launch_timeout);
-        for i in 0..self.view.launching.len() {
-            let age = self
-                .view
-                .now_ms
-                .saturating_sub(self.view.launching[i].requested_ms);
-            if age > limit_ms {
-                self.remove_launching(i, format!("never joined within {}", secs(limit_ms)));
-            }
-        }
     }
 
     /// Instances of a node type the config no longer has (a restart with a changed file).
@@ -1342,18 +1326,8 @@ mod tests {
     }
 
     #[test]
-    fn stale_launches_and_unconfigured_types_are_removed() {
-        let c = config(10, &[("w", cpu(1.0), 1, 5)]);
-        let mut stale = launching("old", "w");
-        stale.requested_ms = 0;
-        let mut v = view(vec![], vec![stale]);
-        v.now_ms = 300_001;
-        let d = plan(&v, &c);
-        assert_eq!(terminated(&d), vec!["old"]);
-        assert_eq!(d.terminate[0].reason, "never joined within 300 s");
-        // Replaced for min_workers in the same round.
-        assert_eq!(launched(&d), expect(&[("w", 1)]));
-
+    fn instances_of_types_no_longer_configured_are_removed() {
+        let c = config(10, &[("w", cpu(1.0), 0, 5)]);
         let v = view(
             vec![busy(1, "gone", cpu(1.0))],
             vec![launching("x", "gone")],
