@@ -264,6 +264,8 @@ pub fn start(args: StartArgs) -> anyhow::Result<()> {
             session_dir: session_dir.clone(),
             plasma_dir: Some(args.plasma_directory.clone()),
             tls: tls.clone(),
+            cloud_instance_id: non_empty_env(config::env::CLOUD_INSTANCE_ID),
+            node_type: non_empty_env(config::env::NODE_TYPE),
         }),
         &logs.join("raylet.err"),
         attached,
@@ -380,6 +382,12 @@ fn block(mut children: Vec<(String, Child)>) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The value of `name`, if set and not empty (the autoscaler's provider sets the raylet's
+/// identity variables; a node started by hand has none).
+fn non_empty_env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
 /// Starts a detached daemon. If it does not come up, its error carries the daemon's own

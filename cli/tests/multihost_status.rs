@@ -102,6 +102,8 @@ fn status_from_another_host_lists_each_node_with_its_own_ip() {
                 session_dir: session_dir.clone(),
                 plasma_dir: None,
                 tls: None,
+                cloud_instance_id: None,
+                node_type: None,
             }),
             &session_dir.join(format!("logs/raylet-{host}.err")),
         );

@@ -39,6 +39,12 @@ pub mod env {
     pub const TLS_KEY: &str = "MINIRAY_TLS_KEY";
     /// PEM certificate of the cluster's CA: peers must present a certificate it signed.
     pub const TLS_CA: &str = "MINIRAY_TLS_CA";
+    /// The provider's name for this machine, set by the autoscaler's node provider for the
+    /// raylet it launches (`miniray start` passes it on); reported on registration.
+    pub const CLOUD_INSTANCE_ID: &str = "MINIRAY_CLOUD_INSTANCE_ID";
+    /// The autoscaler node type the machine was launched as; reported like
+    /// [`CLOUD_INSTANCE_ID`].
+    pub const NODE_TYPE: &str = "MINIRAY_NODE_TYPE";
 }
 
 /// Objects below this size travel inline and live in the owner's process.

@@ -11,6 +11,7 @@ pub mod storage;
 pub mod testing;
 
 mod actors;
+mod autoscaling;
 mod driver_monitor;
 mod service;
 

@@ -30,16 +30,19 @@ use miniray_common::time::now_ms;
 use miniray_common::{ErrorCode, JobId, NodeId, Resources, WorkerId};
 use miniray_proto::gcs_server::Gcs;
 use miniray_proto::{
-    AddJobReply, AddJobRequest, Channel, CreateActorReply, CreateActorRequest, ExecutableChunk,
-    GetActorReply, GetActorRequest, GetAllActorsReply, GetAllActorsRequest, GetAllJobsReply,
-    GetAllJobsRequest, GetAllNodesReply, GetAllNodesRequest, GetClusterStatusReply,
-    GetClusterStatusRequest, GetExecutableRequest, GetJobReply, GetJobRequest, HasExecutableReply,
-    HasExecutableRequest, HeartbeatReply, HeartbeatRequest, JobInfo, KillActorReply,
-    KillActorRequest, KvDelReply, KvDelRequest, KvGetReply, KvGetRequest, KvKeysReply,
-    KvKeysRequest, KvPutReply, KvPutRequest, MarkJobFinishedReply, MarkJobFinishedRequest,
-    NodeInfo, NodeState, PubMessage, PutExecutableReply, RegisterNodeReply, RegisterNodeRequest,
-    ReportWorkerFailureReply, ReportWorkerFailureRequest, ResourceDemand, ResourceSet,
-    SubscribeRequest, UnregisterNodeReply, UnregisterNodeRequest, pub_message,
+    AddJobReply, AddJobRequest, Channel, ClusterResourceState, CreateActorReply,
+    CreateActorRequest, ExecutableChunk, GetActorReply, GetActorRequest, GetAllActorsReply,
+    GetAllActorsRequest, GetAllJobsReply, GetAllJobsRequest, GetAllNodesReply, GetAllNodesRequest,
+    GetAutoscalingStateReply, GetAutoscalingStateRequest, GetClusterResourceStateReply,
+    GetClusterResourceStateRequest, GetClusterStatusReply, GetClusterStatusRequest,
+    GetExecutableRequest, GetJobReply, GetJobRequest, HasExecutableReply, HasExecutableRequest,
+    HeartbeatReply, HeartbeatRequest, JobInfo, KillActorReply, KillActorRequest, KvDelReply,
+    KvDelRequest, KvGetReply, KvGetRequest, KvKeysReply, KvKeysRequest, KvPutReply, KvPutRequest,
+    MarkJobFinishedReply, MarkJobFinishedRequest, NodeInfo, NodeState, PubMessage,
+    PutExecutableReply, RegisterNodeReply, RegisterNodeRequest, ReportAutoscalingStateReply,
+    ReportAutoscalingStateRequest, ReportWorkerFailureReply, ReportWorkerFailureRequest,
+    RequestClusterResourceConstraintReply, RequestClusterResourceConstraintRequest, ResourceDemand,
+    ResourceSet, SubscribeRequest, UnregisterNodeReply, UnregisterNodeRequest, pub_message,
 };
 use parking_lot::Mutex;
 use prost::Message;
@@ -48,6 +51,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::GcsError;
 use crate::actors::{self, ActorManager};
+use crate::autoscaling::{self, Autoscaling};
 use crate::storage::{EXECUTABLES_TABLE, JOBS_TABLE, NODES_TABLE, Storage, kv_table};
 
 /// Messages a subscriber may fall behind by before its stream is ended with an error.
@@ -89,6 +93,8 @@ pub(crate) struct GcsState {
     /// existence check until the job is in the table (lock order: this before `job_writes`
     /// and `jobs`); see [`GcsState::release_executable`]. Async: storage calls run under it.
     executables: tokio::sync::Mutex<()>,
+    /// The `request_resources` floor and the autoscaler's latest report.
+    autoscaling: Autoscaling,
 }
 
 impl GcsState {
@@ -132,6 +138,7 @@ impl GcsState {
                 "reloaded cluster state from storage"
             );
         }
+        let autoscaling = Autoscaling::load(storage.as_ref()).await?;
         let (events, _) = broadcast::channel(PUBSUB_CAPACITY);
         let actors = ActorManager::load(
             Arc::clone(&storage),
@@ -152,6 +159,7 @@ impl GcsState {
             node_timeout,
             shutdown,
             executables: tokio::sync::Mutex::new(()),
+            autoscaling,
         })
     }
 
@@ -263,6 +271,57 @@ impl GcsState {
             .filter(|e| e.info.state == NodeState::Alive as i32)
             .map(|e| e.info.clone())
             .collect()
+    }
+
+    /// Marks an ALIVE node DRAINING (persisted, then published): it accepted a drain and
+    /// takes no new work. Any other state is left alone.
+    async fn mark_draining(&self, id: NodeId) -> Result<(), Status> {
+        let _writes = self.node_writes.lock().await;
+        let draining = match self.nodes.lock().get(&id) {
+            Some(e) if e.info.state == NodeState::Alive as i32 => NodeInfo {
+                state: NodeState::Draining as i32,
+                ..e.info.clone()
+            },
+            _ => return Ok(()),
+        };
+        self.persist_node(&id, &draining).await?;
+        let info = {
+            let mut nodes = self.nodes.lock();
+            match nodes.get_mut(&id) {
+                // Heartbeat fields may have moved on meanwhile; only the state changes.
+                Some(e) if e.info.state == NodeState::Alive as i32 => {
+                    e.info.state = NodeState::Draining as i32;
+                    e.info.clone()
+                }
+                _ => return Ok(()),
+            }
+        };
+        tracing::info!(node_id = %id, "node draining");
+        self.publish_node(&info);
+        self.actors.cluster_changed();
+        Ok(())
+    }
+
+    /// What the autoscaler reads: ALIVE and DRAINING nodes, the demand queued at them and
+    /// of actors no node could hold, the `request_resources` floor.
+    pub(crate) fn resource_state(&self) -> ClusterResourceState {
+        let nodes: Vec<NodeInfo> = self
+            .nodes
+            .lock()
+            .values()
+            .filter(|e| {
+                e.info.state == NodeState::Alive as i32
+                    || e.info.state == NodeState::Draining as i32
+            })
+            .map(|e| e.info.clone())
+            .collect();
+        ClusterResourceState {
+            pending_leases: autoscaling::pending_leases(&nodes),
+            pending_actors: autoscaling::pending_actors(self.actors.unplaceable()),
+            constraint: self.autoscaling.constraint(),
+            nodes,
+            now_ms: now_ms(),
+        }
     }
 
     /// Why the node is dead; `None` while it is not. An unknown node counts as dead.
@@ -652,23 +711,32 @@ impl Gcs for GcsService {
 
         // Memory only (see the module invariants): what a heartbeat carries is stale by the
         // next one, and a restarted GCS gets it again from the next one.
-        let mut nodes = self.state.nodes.lock();
-        let Some(entry) = nodes.get_mut(&id) else {
-            tracing::debug!(node_id = %id, "heartbeat from unknown node refused");
-            return Ok(Response::new(HeartbeatReply { accepted: false }));
+        let starts_draining = {
+            let mut nodes = self.state.nodes.lock();
+            let Some(entry) = nodes.get_mut(&id) else {
+                tracing::debug!(node_id = %id, "heartbeat from unknown node refused");
+                return Ok(Response::new(HeartbeatReply { accepted: false }));
+            };
+            if entry.info.state == NodeState::Dead as i32 {
+                tracing::debug!(node_id = %id, "heartbeat from dead node refused");
+                return Ok(Response::new(HeartbeatReply { accepted: false }));
+            }
+            let info = &mut entry.info;
+            info.available = Some(available);
+            info.demand = demand;
+            info.object_store_used = req.object_store_used;
+            info.num_workers = req.num_workers;
+            info.num_leased_workers = req.num_leased_workers;
+            info.idle_duration_ms = req.idle_duration_ms;
+            info.busy_reasons = req.busy_reasons;
+            info.last_heartbeat_ms = now_ms();
+            entry.last_seen = Instant::now();
+            req.draining && info.state == NodeState::Alive as i32
         };
-        if entry.info.state == NodeState::Dead as i32 {
-            tracing::debug!(node_id = %id, "heartbeat from dead node refused");
-            return Ok(Response::new(HeartbeatReply { accepted: false }));
+        // A state change, so a storage write: made outside the table lock.
+        if starts_draining {
+            self.state.mark_draining(id).await?;
         }
-        let info = &mut entry.info;
-        info.available = Some(available);
-        info.demand = demand;
-        info.object_store_used = req.object_store_used;
-        info.num_workers = req.num_workers;
-        info.num_leased_workers = req.num_leased_workers;
-        info.last_heartbeat_ms = now_ms();
-        entry.last_seen = Instant::now();
         Ok(Response::new(HeartbeatReply { accepted: true }))
     }
 
@@ -962,6 +1030,59 @@ impl Gcs for GcsService {
             jobs,
             session_name: self.state.session_name.clone(),
             actors,
+            autoscaler: self.state.autoscaling.report(),
+            resource_state: Some(self.state.resource_state()),
+        }))
+    }
+
+    async fn get_cluster_resource_state(
+        &self,
+        _request: Request<GetClusterResourceStateRequest>,
+    ) -> Result<Response<GetClusterResourceStateReply>, Status> {
+        Ok(Response::new(GetClusterResourceStateReply {
+            state: Some(self.state.resource_state()),
+        }))
+    }
+
+    async fn request_cluster_resource_constraint(
+        &self,
+        request: Request<RequestClusterResourceConstraintRequest>,
+    ) -> Result<Response<RequestClusterResourceConstraintReply>, Status> {
+        let bundles = request.into_inner().bundles;
+        self.state
+            .autoscaling
+            .set_constraint(self.state.storage.as_ref(), bundles)
+            .await?;
+        Ok(Response::new(RequestClusterResourceConstraintReply {}))
+    }
+
+    async fn report_autoscaling_state(
+        &self,
+        request: Request<ReportAutoscalingStateRequest>,
+    ) -> Result<Response<ReportAutoscalingStateReply>, Status> {
+        let mut state = request
+            .into_inner()
+            .state
+            .ok_or_else(|| invalid("report autoscaling state: missing state"))?;
+        for t in &mut state.node_types {
+            t.resources = Some(canonical_resources(
+                t.resources.as_ref(),
+                &format!("node type {:?}", t.name),
+            )?);
+        }
+        if state.time_ms == 0 {
+            state.time_ms = now_ms();
+        }
+        self.state.autoscaling.set_report(state);
+        Ok(Response::new(ReportAutoscalingStateReply {}))
+    }
+
+    async fn get_autoscaling_state(
+        &self,
+        _request: Request<GetAutoscalingStateRequest>,
+    ) -> Result<Response<GetAutoscalingStateReply>, Status> {
+        Ok(Response::new(GetAutoscalingStateReply {
+            state: self.state.autoscaling.report(),
         }))
     }
 

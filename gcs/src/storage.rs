@@ -21,6 +21,8 @@ pub const JOBS_TABLE: &str = "jobs";
 pub const ACTORS_TABLE: &str = "actors";
 /// Table of executables keyed by their blake3 hex hash.
 pub const EXECUTABLES_TABLE: &str = "executables";
+/// What the GCS keeps for the autoscaler across restarts (the `request_resources` floor).
+pub const AUTOSCALER_TABLE: &str = "autoscaler";
 
 /// The table holding the user KV namespace `ns`. Other tables never start with `kv/`, so
 /// no namespace can collide with them.

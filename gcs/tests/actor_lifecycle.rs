@@ -69,6 +69,12 @@ impl Raylet for FakeNode {
     ) -> Result<Response<RegisterWorkerReply>, Status> {
         unimplemented()
     }
+    async fn drain_node(
+        &self,
+        _: Request<DrainNodeRequest>,
+    ) -> Result<Response<DrainNodeReply>, Status> {
+        unimplemented()
+    }
     async fn notify_blocked(
         &self,
         _: Request<NotifyBlockedRequest>,

@@ -39,6 +39,7 @@ async fn heartbeat(client: &mut Client, id: NodeId, cpus: f64) -> bool {
             object_store_used: 42,
             num_workers: 2,
             num_leased_workers: 1,
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -46,6 +46,10 @@ pub struct RayletConfig {
     /// Folder of the plasma segment and the workers' reply journals: a tmpfs
     /// (`MINIRAY_PLASMA_DIR`, default `/dev/shm`).
     pub plasma_dir: PathBuf,
+    /// The provider's name for this machine and the autoscaler node type it was launched
+    /// as; reported in `NodeInfo` so the autoscaler matches its instances to raylets.
+    pub cloud_instance_id: Option<String>,
+    pub node_type: Option<String>,
 }
 
 impl RayletConfig {
@@ -104,6 +108,8 @@ impl Default for RayletConfig {
             idle_worker_timeout: DEFAULT_IDLE_WORKER_TIMEOUT,
             labels: HashMap::new(),
             plasma_dir: miniray_common::shm::plasma_dir(),
+            cloud_instance_id: None,
+            node_type: None,
         }
     }
 }

@@ -12,8 +12,10 @@
 //!   [`miniray_common::config::MAX_MESSAGE_SIZE`].
 //! - Workers get exactly the environment described in [`worker_pool`] and must call
 //!   `RegisterWorker` within `worker_start_timeout`.
-//! - Shutdown (`RayletHandle::shutdown`, the `Shutdown` RPC, the GCS refusing the node as
-//!   dead): UnregisterNode, every worker process stopped and reaped, the segment removed.
+//! - Shutdown (`RayletHandle::shutdown`, the `Shutdown` RPC, an accepted `DrainNode`, the
+//!   GCS refusing the node as dead): UnregisterNode, every worker process stopped and
+//!   reaped, the segment removed. A drained raylet unregisters with `drained: <reason>`
+//!   and stops without error.
 
 pub mod config;
 pub mod error;
@@ -286,7 +288,12 @@ async fn supervise(
         None => RayletError::Internal(String::new()),
     };
     let (unregister_reason, result) = match reason {
-        RayletError::Internal(s) if s.is_empty() => ("raylet stopped".to_string(), Ok(())),
+        // An accepted drain is a clean stop with its own reason.
+        RayletError::Internal(s) if s.is_empty() => (
+            node.drain_reason()
+                .unwrap_or_else(|| "raylet stopped".to_string()),
+            Ok(()),
+        ),
         other => (other.to_string(), Err(other)),
     };
     match tokio::time::timeout(

@@ -10,10 +10,20 @@
 //!   start) drops a guard that gives the resources back and re-runs the queue.
 //! - Lock order: `sched` may be held while taking nothing else; the worker pool is only
 //!   called after `sched` is released.
+//! - Idle time is exact, not sampled: `SchedState::idle_since` is set on every event that
+//!   can end the last lease or queued request (each such path runs `reschedule` or
+//!   `note_idle` under `sched`) and cleared on every submit that leaves one; the time the
+//!   last primary copy went is kept by [`Ownership`]. The node is idle since the later of
+//!   the two.
+//! - A drain is decided under `sched` against the scheduler's state, so a lease granted
+//!   concurrently either came first (the drain is refused) or comes after (it is spilled
+//!   or refused, never granted). Primary copies are counted just before taking `sched`;
+//!   a copy is only created by a process holding a lease here or by a remote driver's
+//!   `PlasmaWrite`, whose owner would then find the node gone as on any node death.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use miniray_common::auth::AuthedChannel;
 use miniray_common::ids::LeaseId;
@@ -38,6 +48,30 @@ use crate::worker_pool::WorkerPool;
 pub(crate) struct SchedState {
     pub scheduler: Scheduler,
     waiters: HashMap<Ticket, oneshot::Sender<Outcome>>,
+    /// Since when the scheduler has had no lease, no queued request and every resource
+    /// back; `None` while it has any (see the module invariants).
+    idle_since: Option<Instant>,
+}
+
+impl SchedState {
+    /// Records a possible change of the scheduler's idleness; cheap, called on every event.
+    fn note_idle(&mut self) {
+        if self.scheduler.is_idle() {
+            if self.idle_since.is_none() {
+                self.idle_since = Some(Instant::now());
+            }
+        } else {
+            self.idle_since = None;
+        }
+    }
+}
+
+/// Whether the node is idle, and why not: what heartbeats report and drains decide on.
+pub(crate) struct Idleness {
+    /// How long the node has been idle; zero while it is busy.
+    pub idle_for: Duration,
+    /// Empty when idle.
+    pub busy_reasons: Vec<String>,
 }
 
 pub(crate) struct Node {
@@ -55,6 +89,11 @@ pub(crate) struct Node {
     shutdown_tx: watch::Sender<bool>,
     /// Why the raylet stops, when it is not a plain request.
     stop_reason: parking_lot::Mutex<Option<RayletError>>,
+    /// Set when a drain was accepted: the reason the node unregisters with.
+    drained: parking_lot::Mutex<Option<String>>,
+    /// When the raylet started: a node that never held a primary copy is idle since then
+    /// as far as copies go.
+    started: Instant,
 }
 
 pub(crate) fn invalid(e: impl std::fmt::Display) -> Status {
@@ -78,6 +117,7 @@ impl Node {
             sched: parking_lot::Mutex::new(SchedState {
                 scheduler: Scheduler::new(cfg.node_id, total),
                 waiters: HashMap::new(),
+                idle_since: Some(Instant::now()),
             }),
             cfg,
             address,
@@ -88,6 +128,8 @@ impl Node {
             gcs,
             shutdown_tx,
             stop_reason: parking_lot::Mutex::new(None),
+            drained: parking_lot::Mutex::new(None),
+            started: Instant::now(),
         }
     }
 
@@ -118,9 +160,19 @@ impl Node {
         self.stop_reason.lock().take()
     }
 
+    /// The reason to unregister with when the node stops after an accepted drain.
+    pub fn drain_reason(&self) -> Option<String> {
+        self.drained.lock().clone()
+    }
+
     /// Runs the queue and delivers outcomes; grants nobody waits for any more are released
     /// and the queue runs again.
     fn reschedule(st: &mut SchedState) {
+        Self::schedule_and_deliver(st);
+        st.note_idle();
+    }
+
+    fn schedule_and_deliver(st: &mut SchedState) {
         loop {
             let outcomes = st.scheduler.schedule_queue();
             if outcomes.is_empty() {
@@ -177,8 +229,15 @@ impl Node {
         };
         let outcome = {
             let mut st = self.sched.lock();
-            match st.scheduler.submit(request) {
+            let submitted = st.scheduler.submit(request);
+            st.note_idle();
+            match submitted {
                 Submitted::Done(o) => Ok(o),
+                Submitted::Refused => {
+                    return Err(ErrorCode::Unavailable.status(
+                        "this node is draining and no other node can take the lease; try another node",
+                    ));
+                }
                 Submitted::Queued(ticket) => {
                     let (tx, rx) = oneshot::channel();
                     st.waiters.insert(ticket, tx);
@@ -384,8 +443,78 @@ impl Node {
         Self::reschedule(&mut st);
     }
 
+    /// Whether the node is idle now: no lease, nothing queued, every resource back, no
+    /// primary copy (see the module invariants).
+    pub fn idleness(&self) -> Idleness {
+        // Ownership first and on its own: `sched` is held while taking nothing else.
+        let (copies, copies_gone) = {
+            let o = self.ownership.lock();
+            (o.primary_copies(), o.empty_since())
+        };
+        let (mut busy_reasons, sched_idle_since) = {
+            let st = self.sched.lock();
+            (st.scheduler.busy_reasons(), st.idle_since)
+        };
+        if copies > 0 {
+            busy_reasons.push(crate::scheduler::plural(copies, "primary copy"));
+        }
+        let since = match (sched_idle_since, copies_gone) {
+            (Some(a), Some(b)) if busy_reasons.is_empty() => Some(a.max(b.unwrap_or(self.started))),
+            _ => None,
+        };
+        Idleness {
+            idle_for: since.map_or(Duration::ZERO, |s| s.elapsed()),
+            busy_reasons,
+        }
+    }
+
+    /// `DrainNode`: accepted only when the node is idle right now (decided under `sched`);
+    /// then no lease is granted any more and the node stops: it tells the GCS it is
+    /// draining, unregisters with `drained: <reason>` and exits. Accepting twice is fine.
+    /// Returns why it was refused.
+    pub fn drain(self: &Arc<Self>, reason: &str) -> Result<(), String> {
+        if self.is_shutting_down() {
+            return Err("the raylet is shutting down".into());
+        }
+        let copies = self.ownership.lock().primary_copies();
+        {
+            let mut st = self.sched.lock();
+            if st.scheduler.is_draining() {
+                return Ok(());
+            }
+            let mut reasons = st.scheduler.busy_reasons();
+            if copies > 0 {
+                reasons.push(crate::scheduler::plural(copies, "primary copy"));
+            }
+            if !reasons.is_empty() {
+                return Err(reasons.join(", "));
+            }
+            st.scheduler.start_draining();
+        }
+        let reason = if reason.is_empty() { "idle" } else { reason };
+        *self.drained.lock() = Some(format!("drained: {reason}"));
+        tracing::info!(node_id = %self.node_id, reason, "drain accepted; the node stops taking leases and exits");
+        let node = Arc::clone(self);
+        tokio::spawn(async move {
+            // Best effort: DRAINING tells everyone at once not to send work here; the
+            // unregistration that follows is what counts.
+            let mut gcs = node.gcs.clone();
+            let request = node.heartbeat_request();
+            match tokio::time::timeout(DRAIN_HEARTBEAT_TIMEOUT, gcs.heartbeat(request)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(status)) => {
+                    tracing::warn!(error = %status, "draining heartbeat failed")
+                }
+                Err(_) => tracing::warn!("draining heartbeat timed out"),
+            }
+            node.trigger_shutdown(None);
+        });
+        Ok(())
+    }
+
     /// What this node reports about itself (registration, stats).
     pub fn node_info(&self) -> NodeInfo {
+        let idle = self.idleness();
         let (total, available, demand, leased) = {
             let st = self.sched.lock();
             (
@@ -410,6 +539,10 @@ impl Node {
             last_heartbeat_ms: miniray_common::time::now_ms(),
             death_reason: String::new(),
             labels: self.cfg.labels.clone(),
+            cloud_instance_id: self.cfg.cloud_instance_id.clone().unwrap_or_default(),
+            node_type: self.cfg.node_type.clone().unwrap_or_default(),
+            idle_duration_ms: u64::try_from(idle.idle_for.as_millis()).unwrap_or(u64::MAX),
+            busy_reasons: idle.busy_reasons,
         }
     }
 
@@ -422,9 +555,15 @@ impl Node {
             object_store_used: info.object_store_used,
             num_workers: info.num_workers,
             num_leased_workers: info.num_leased_workers,
+            idle_duration_ms: info.idle_duration_ms,
+            busy_reasons: info.busy_reasons,
+            draining: self.sched.lock().scheduler.is_draining(),
         }
     }
 }
+
+/// Bound on the heartbeat that announces an accepted drain.
+const DRAIN_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Attempts at telling the GCS about one dead worker.
 const REPORT_ATTEMPTS: u32 = 3;
@@ -496,6 +635,7 @@ impl Drop for QueuedGuard {
         let mut st = self.node.sched.lock();
         if st.scheduler.cancel(self.ticket) {
             st.waiters.remove(&self.ticket);
+            st.note_idle();
             tracing::debug!(
                 ticket = self.ticket,
                 "queued lease request cancelled by its caller"

@@ -8,6 +8,7 @@
 //! - nothing here frees store memory: callers take ids out, then delete them in the store.
 
 use std::collections::{HashMap, HashSet};
+use std::time::Instant;
 
 use miniray_common::{JobId, ObjectId, WorkerId};
 use miniray_proto::WorkerAddress;
@@ -25,6 +26,9 @@ pub(crate) struct Ownership {
     owners: HashMap<WorkerId, OwnerRecord>,
     /// Clients that named themselves (`PlasmaInfo`), with their job.
     clients: HashMap<WorkerId, JobId>,
+    /// When the last primary copy went; `None` while there is one, or before the first.
+    /// A recorded copy is still referenced: its owner deletes it once freed.
+    emptied_at: Option<Instant>,
 }
 
 impl Ownership {
@@ -54,6 +58,28 @@ impl Ownership {
         }
         rec.objects.insert(id);
         self.owner_of.insert(id, owner);
+        self.emptied_at = None;
+    }
+
+    /// Primary copies recorded here (each still referenced by its owner).
+    pub fn primary_copies(&self) -> usize {
+        self.owner_of.len()
+    }
+
+    /// Since when no primary copy is recorded: `None` while one is, `Some(None)` when none
+    /// ever was.
+    pub fn empty_since(&self) -> Option<Option<Instant>> {
+        if self.owner_of.is_empty() {
+            Some(self.emptied_at)
+        } else {
+            None
+        }
+    }
+
+    fn note_removed(&mut self) {
+        if self.owner_of.is_empty() && self.emptied_at.is_none() {
+            self.emptied_at = Some(Instant::now());
+        }
     }
 
     /// The owner freed (or aborted) the object.
@@ -67,6 +93,7 @@ impl Ownership {
                 self.owners.remove(&owner);
             }
         }
+        self.note_removed();
     }
 
     /// `worker` is gone: its primary copies, to delete, and it is no client any more.
@@ -78,6 +105,7 @@ impl Ownership {
         for id in &rec.objects {
             self.owner_of.remove(id);
         }
+        self.note_removed();
         rec.objects.into_iter().collect()
     }
 
@@ -176,5 +204,26 @@ mod tests {
         assert!(o.take_owner(other).is_empty());
         assert!(o.jobs().is_empty());
         assert!(o.owners().is_empty());
+    }
+
+    #[test]
+    fn primary_copies_are_counted_and_their_end_is_timed() {
+        let mut o = Ownership::default();
+        assert_eq!(o.empty_since(), Some(None));
+        let owner = WorkerId::random();
+        let (a, b) = (ObjectId::random(), ObjectId::random());
+        o.record(a, owner, address(owner), None);
+        o.record(b, owner, address(owner), None);
+        assert_eq!(o.primary_copies(), 2);
+        assert_eq!(o.empty_since(), None);
+        o.forget(a);
+        assert_eq!(o.empty_since(), None);
+        let before = Instant::now();
+        o.forget(b);
+        let since = o.empty_since().flatten().unwrap();
+        assert!(since >= before);
+        o.record(a, owner, address(owner), None);
+        assert_eq!(o.take_owner(owner), vec![a]);
+        assert!(o.empty_since().flatten().unwrap() >= since);
     }
 }

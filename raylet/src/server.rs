@@ -377,6 +377,32 @@ impl Raylet for RayletService {
         Ok(Response::new(ShutdownReply {}))
     }
 
+    async fn drain_node(
+        &self,
+        request: Request<DrainNodeRequest>,
+    ) -> Result<Response<DrainNodeReply>, Status> {
+        let reason = request.into_inner().reason;
+        if reason.len() > MAX_DRAIN_REASON {
+            return Err(invalid(format!(
+                "drain reason of {} bytes, at most {MAX_DRAIN_REASON}",
+                reason.len()
+            )));
+        }
+        Ok(Response::new(match self.node.drain(&reason) {
+            Ok(()) => DrainNodeReply {
+                accepted: true,
+                rejection_reason: String::new(),
+            },
+            Err(why) => {
+                tracing::info!(reason = %why, "drain refused: the node is busy");
+                DrainNodeReply {
+                    accepted: false,
+                    rejection_reason: why,
+                }
+            }
+        }))
+    }
+
     async fn recover_task_outcomes(
         &self,
         request: Request<RecoverTaskOutcomesRequest>,
@@ -410,6 +436,8 @@ impl Raylet for RayletService {
     }
 }
 
+/// Longest drain reason accepted (it ends up in the GCS's node table).
+const MAX_DRAIN_REASON: usize = 1024;
 /// Most task ids one `RecoverTaskOutcomes` may ask about (a batch is at most 1024 calls).
 const MAX_RECOVER_TASKS: usize = 4096;
 /// Longest a `RecoverTaskOutcomes` waits for its worker to exit.

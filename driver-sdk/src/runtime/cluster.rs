@@ -78,6 +78,12 @@ pub struct RayletSpec {
     /// Mutual TLS for the raylet, its calls and its workers (`None`: plaintext).
     #[serde(default)]
     pub tls: Option<TlsFiles>,
+    /// The provider's name for the machine (`MINIRAY_CLOUD_INSTANCE_ID`) and the autoscaler
+    /// node type it was launched as (`MINIRAY_NODE_TYPE`); `None` for a node started by hand.
+    #[serde(default)]
+    pub cloud_instance_id: Option<String>,
+    #[serde(default)]
+    pub node_type: Option<String>,
 }
 
 impl DaemonSpec {
@@ -327,6 +333,8 @@ async fn run_daemon(spec: DaemonSpec, exit_with_parent: bool) -> i32 {
             if let Some(dir) = s.plasma_dir {
                 cfg.plasma_dir = dir;
             }
+            cfg.cloud_instance_id = s.cloud_instance_id;
+            cfg.node_type = s.node_type;
             match miniray_raylet::Raylet::start(cfg).await {
                 Ok(h) => {
                     let trigger = h.shutdown_trigger();
@@ -455,6 +463,8 @@ impl LocalCluster {
                 session_dir: session_dir.clone(),
                 plasma_dir: None,
                 tls,
+                cloud_instance_id: None,
+                node_type: None,
             }),
             &logs.join("raylet.err"),
             true,

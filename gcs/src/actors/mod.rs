@@ -232,6 +232,9 @@ pub(crate) struct ActorManager {
     max_destroyed: usize,
     /// Ids of the dead actors in the table, the first to die first (see the invariants).
     destroyed: parking_lot::Mutex<VecDeque<ActorId>>,
+    /// Actors whose placement found no alive node that could ever hold them, with what
+    /// they need: the autoscaler's pending actors. Kept by the supervisor while it waits.
+    unplaceable: parking_lot::Mutex<HashMap<ActorId, Resources>>,
 }
 
 impl ActorManager {
@@ -277,6 +280,7 @@ impl ActorManager {
             cluster: watch::Sender::new(0),
             max_destroyed,
             destroyed: parking_lot::Mutex::new(dead.into_iter().map(|(_, _, id)| id).collect()),
+            unplaceable: parking_lot::Mutex::new(HashMap::new()),
         };
         manager.evict_destroyed().await;
         Ok(manager)
@@ -316,6 +320,21 @@ impl ActorManager {
 
     pub(crate) fn token(&self) -> &str {
         &self.token
+    }
+
+    /// Records that no alive node could ever hold the actor (`Some`), or that this is over
+    /// (`None`: placed, changed or gone).
+    pub(crate) fn set_unplaceable(&self, id: ActorId, needs: Option<Resources>) {
+        let mut unplaceable = self.unplaceable.lock();
+        match needs {
+            Some(r) => unplaceable.insert(id, r),
+            None => unplaceable.remove(&id),
+        };
+    }
+
+    /// What each actor waiting for a node that could hold it needs.
+    pub(crate) fn unplaceable(&self) -> Vec<Resources> {
+        self.unplaceable.lock().values().cloned().collect()
     }
 
     /// Tells supervisors that nodes registered or died.
@@ -836,6 +855,7 @@ mod tests {
             cluster: watch::Sender::new(0),
             max_destroyed: 10,
             destroyed: Default::default(),
+            unplaceable: Default::default(),
         }
     }
 

@@ -268,6 +268,12 @@ impl Supervisor {
     ) -> Option<(NodeId, NodeAddress)> {
         let mut cluster = self.state.actors.watch_cluster();
         let mut logged = false;
+        // Whatever way this returns (placed, the actor changed, the task ended), the actor
+        // no longer counts as waiting for a node.
+        let _waiting = Unplaceable {
+            state: &self.state,
+            id: self.id,
+        };
         loop {
             let nodes = self.state.alive_nodes().await;
             let placed = self.state.actors.placed_counts().await;
@@ -293,6 +299,9 @@ impl Supervisor {
             }
             if !logged {
                 tracing::info!(actor_id = %self.id, resources = %resources, alive_nodes = nodes.len(), "no alive node can hold the actor; waiting for the cluster to change");
+                self.state
+                    .actors
+                    .set_unplaceable(self.id, Some(resources.clone()));
                 logged = true;
             }
             tokio::select! {
@@ -353,6 +362,18 @@ impl Supervisor {
             _ = snap.changed.changed() => false,
             _ = tokio::time::sleep(delay) => true,
         }
+    }
+}
+
+/// Clears an actor's "waiting for a node" record when its placement ends.
+struct Unplaceable<'a> {
+    state: &'a GcsState,
+    id: ActorId,
+}
+
+impl Drop for Unplaceable<'_> {
+    fn drop(&mut self) {
+        self.state.actors.set_unplaceable(self.id, None);
     }
 }
 

@@ -264,6 +264,8 @@ impl Cluster {
                 session_dir: self.session_dir.clone(),
                 plasma_dir: Some(self.plasma_dir.clone()),
                 tls: self.tls.clone(),
+                cloud_instance_id: None,
+                node_type: None,
             }),
             &self.session_dir.join(format!("logs/raylet-{index}.err")),
             true,
