@@ -88,17 +88,20 @@ pub struct StopArgs {
     grace_period: u64,
 }
 
-/// The node's resources: the flags, else the head's node type in the autoscaling config.
+/// The node's resources and its explicit CPU count (0 included; `None`: the core count
+/// unless `--resources` says): the flags, else the head's node type in the autoscaling
+/// config, whose CPUs are exactly what it says (none when it names none), as the planner
+/// counts them.
 fn node_resources(
     args: &StartArgs,
     autoscaling: Option<&AutoscalingConfig>,
-) -> anyhow::Result<Resources> {
+) -> anyhow::Result<(Resources, Option<f64>)> {
     if let Some(config) = autoscaling
         && args.resources.is_none()
         && args.num_cpus.is_none()
         && let Some(head) = config.node_types.get(&config.head_node_type)
     {
-        return Ok(head.resources.clone());
+        return Ok((head.resources.clone(), Some(head.resources.get("CPU"))));
     }
     let mut r = match &args.resources {
         Some(json) => Resources::from_json(json)?,
@@ -107,7 +110,7 @@ fn node_resources(
     if let Some(n) = args.num_cpus {
         r.set("CPU", n)?;
     }
-    Ok(r)
+    Ok((r, args.num_cpus))
 }
 
 fn session_dir() -> PathBuf {
@@ -181,7 +184,7 @@ pub fn start(args: StartArgs) -> anyhow::Result<()> {
         .map(crate::autoscaler::load_config)
         .transpose()?;
     let exe = std::env::current_exe().context("locating the miniray executable")?;
-    let resources = node_resources(&args, autoscaling.as_ref())?;
+    let (resources, num_cpus) = node_resources(&args, autoscaling.as_ref())?;
     // With --block the daemons are attached: they stop when this process is gone.
     let attached = args.block;
     let mut children: Vec<(String, Child)> = Vec::new();
@@ -266,6 +269,7 @@ pub fn start(args: StartArgs) -> anyhow::Result<()> {
             tls: tls.clone(),
             cloud_instance_id: non_empty_env(config::env::CLOUD_INSTANCE_ID),
             node_type: non_empty_env(config::env::NODE_TYPE),
+            num_cpus,
         }),
         &logs.join("raylet.err"),
         attached,

@@ -104,6 +104,7 @@ fn status_from_another_host_lists_each_node_with_its_own_ip() {
                 tls: None,
                 cloud_instance_id: None,
                 node_type: None,
+                num_cpus: None,
             }),
             &session_dir.join(format!("logs/raylet-{host}.err")),
         );

@@ -50,6 +50,8 @@ pub struct RayletConfig {
     /// as; reported in `NodeInfo` so the autoscaler matches its instances to raylets.
     pub cloud_instance_id: Option<String>,
     pub node_type: Option<String>,
+    /// CPUs given explicitly, 0 included; `None`: `resources`' CPU, else the core count.
+    pub num_cpus: Option<f64>,
 }
 
 impl RayletConfig {
@@ -67,11 +69,15 @@ impl RayletConfig {
         }
     }
 
-    /// The resources this node reports: `resources` plus `CPU` = core count when absent
-    /// (a [`Resources`] never stores zero amounts, so absent and zero are the same).
+    /// The resources this node reports: `resources` with `CPU` = `num_cpus` when given
+    /// (0 included), else `CPU` = core count when absent (a [`Resources`] never stores zero
+    /// amounts, so absent and zero are the same there).
     pub fn effective_resources(&self) -> Resources {
         let mut r = self.resources.clone();
-        if r.get("CPU") <= 0.0 {
+        if let Some(n) = self.num_cpus {
+            // An invalid amount (negative, NaN) leaves what `resources` says.
+            let _ = r.set("CPU", n);
+        } else if r.get("CPU") <= 0.0 {
             // Setting a positive finite amount with a non-empty name cannot fail.
             let _ = r.set("CPU", num_cpus() as f64);
         }
@@ -110,6 +116,7 @@ impl Default for RayletConfig {
             plasma_dir: miniray_common::shm::plasma_dir(),
             cloud_instance_id: None,
             node_type: None,
+            num_cpus: None,
         }
     }
 }
@@ -127,6 +134,12 @@ mod tests {
             ..RayletConfig::default()
         };
         assert_eq!(cfg.effective_resources().get("CPU"), 3.0);
+        // Given explicitly, 0 is 0: a head that runs no tasks.
+        let cfg = RayletConfig {
+            num_cpus: Some(0.0),
+            ..RayletConfig::default()
+        };
+        assert_eq!(cfg.effective_resources().get("CPU"), 0.0);
     }
 
     #[tokio::test]

@@ -84,6 +84,10 @@ pub struct RayletSpec {
     pub cloud_instance_id: Option<String>,
     #[serde(default)]
     pub node_type: Option<String>,
+    /// CPUs given explicitly, 0 included (a head that runs no tasks, an autoscaler node
+    /// type without CPUs); `None`: the `CPU` of `resources`, else the core count.
+    #[serde(default)]
+    pub num_cpus: Option<f64>,
 }
 
 impl DaemonSpec {
@@ -335,6 +339,7 @@ async fn run_daemon(spec: DaemonSpec, exit_with_parent: bool) -> i32 {
             }
             cfg.cloud_instance_id = s.cloud_instance_id;
             cfg.node_type = s.node_type;
+            cfg.num_cpus = s.num_cpus;
             match miniray_raylet::Raylet::start(cfg).await {
                 Ok(h) => {
                     let trigger = h.shutdown_trigger();
@@ -465,6 +470,7 @@ impl LocalCluster {
                 tls,
                 cloud_instance_id: None,
                 node_type: None,
+                num_cpus: None,
             }),
             &logs.join("raylet.err"),
             true,

@@ -266,6 +266,7 @@ impl Cluster {
                 tls: self.tls.clone(),
                 cloud_instance_id: None,
                 node_type: None,
+                num_cpus: None,
             }),
             &self.session_dir.join(format!("logs/raylet-{index}.err")),
             true,
