@@ -39,6 +39,11 @@ struct NodeView {
     num_workers: u32,
     num_leased_workers: u32,
     death_reason: String,
+    /// Empty for a node started by hand (see `NodeInfo`).
+    cloud_instance_id: String,
+    node_type: String,
+    idle_duration_ms: u64,
+    busy_reasons: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -201,6 +206,10 @@ fn node_view(n: &NodeInfo) -> NodeView {
         num_workers: n.num_workers,
         num_leased_workers: n.num_leased_workers,
         death_reason: n.death_reason.clone(),
+        cloud_instance_id: n.cloud_instance_id.clone(),
+        node_type: n.node_type.clone(),
+        idle_duration_ms: n.idle_duration_ms,
+        busy_reasons: n.busy_reasons.clone(),
     }
 }
 
