@@ -49,6 +49,8 @@ impl Sandbox {
             .env_remove("MINIRAY_TLS_CERT")
             .env_remove("MINIRAY_TLS_KEY")
             .env_remove("MINIRAY_TLS_CA")
+            .env_remove("MINIRAY_CLOUD_INSTANCE_ID")
+            .env_remove("MINIRAY_NODE_TYPE")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -230,8 +232,9 @@ fn start_status_stop_a_two_node_cluster() {
         ])
         .assert_success();
     // The worker node finds the token the head wrote under the same temp root. Its node IP
-    // is its own (all of 127/8 is this machine).
-    let joined = sandbox.run(&[
+    // is its own (all of 127/8 is this machine). It was "launched" by an autoscaler: the
+    // provider's instance id and node type come through the environment.
+    let join_args = [
         "start",
         "--address",
         &address,
@@ -239,7 +242,11 @@ fn start_status_stop_a_two_node_cluster() {
         "2",
         "--node-ip-address",
         "127.0.0.2",
-    ]);
+    ];
+    let mut join = sandbox.command(&join_args);
+    join.env("MINIRAY_CLOUD_INSTANCE_ID", "local-42")
+        .env("MINIRAY_NODE_TYPE", "cpu");
+    let joined = run_to_end(join, &join_args);
     joined.assert_success();
     assert!(
         joined.stdout.contains("node IP: 127.0.0.2")
@@ -291,6 +298,10 @@ fn start_status_stop_a_two_node_cluster() {
             .is_some_and(|a| a.starts_with("127.0.0.2:")),
         "{status:#}"
     );
+    assert_eq!(worker["cloud_instance_id"], "local-42", "{status:#}");
+    assert_eq!(worker["node_type"], "cpu", "{status:#}");
+    assert_eq!(head["cloud_instance_id"], "", "{status:#}");
+    assert_eq!(head["node_type"], "", "{status:#}");
     assert_eq!(head["object_store_capacity"], 268435456, "{status:#}");
     assert_eq!(status["gcs_address"], address.as_str());
 

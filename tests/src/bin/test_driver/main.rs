@@ -9,6 +9,7 @@ use miniray::{Error, IntoArg, ObjectRef, TaskOptions};
 
 mod actors;
 mod addresses;
+mod autoscaling;
 mod borrowing;
 mod bounded;
 mod gcs_faults;
@@ -422,7 +423,11 @@ fn run(scenario: &str) -> anyhow::Result<()> {
         "addresses" => addresses::run()?,
         "hold_actor" => limits::hold_actor()?,
         other => {
-            if !actors::run(other)? && !plasma_memory::run(other)? && !bounded::run(other)? {
+            if !actors::run(other)?
+                && !plasma_memory::run(other)?
+                && !bounded::run(other)?
+                && !autoscaling::run(other)?
+            {
                 anyhow::bail!("unknown scenario {other:?}");
             }
         }
