@@ -181,6 +181,11 @@ impl Autoscaler {
             .map(|n| (n.cloud_instance_id.as_str(), n))
             .collect();
         let records: Vec<InstanceRecord> = store.records().cloned().collect();
+        // Taken before this round's changes: an instance terminated below is still listed.
+        let owned: Vec<(Option<String>, String)> = records
+            .iter()
+            .map(|r| (r.instance_id.clone(), r.request_id.clone()))
+            .collect();
         for mut rec in records {
             let id = rec.instance_id.clone().unwrap_or_default();
             let is_listed = listed.contains_key(&id);
@@ -244,7 +249,11 @@ impl Autoscaler {
                     } else {
                         let since = *self.missing_since.entry(rec.id.clone()).or_insert(now);
                         if now.saturating_sub(since) > MISSING_GRACE.as_millis() as u64 {
-                            info!(instance_id = %id, "the node's raylet is gone; terminating the instance");
+                            self.fail(
+                                &rec.node_type,
+                                &id,
+                                "the node's raylet died; terminating the instance".into(),
+                            );
                             self.missing_since.remove(&rec.id);
                             self.terminate(store, rec).await
                         } else {
@@ -273,10 +282,6 @@ impl Autoscaler {
         }
         // Instances of this cluster no record owns (a record lost with a non-persistent
         // GCS, a launch whose record write failed): nothing will ever remove them otherwise.
-        let owned: Vec<(Option<String>, String)> = store
-            .records()
-            .map(|r| (r.instance_id.clone(), r.request_id.clone()))
-            .collect();
         for (id, inst) in listed {
             let ours = owned
                 .iter()
@@ -319,7 +324,7 @@ impl Autoscaler {
         if let Some(id) = rec.instance_id.clone() {
             if let Err(e) = self
                 .provider
-                .terminate(&[id.clone()], &rec.request_id)
+                .terminate(std::slice::from_ref(&id), &rec.request_id)
                 .await
             {
                 warn!(instance_id = %id, error = %e, "terminate failed; retrying next round");

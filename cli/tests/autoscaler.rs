@@ -45,8 +45,8 @@ pub struct Holder {
 
 #[miniray::actor]
 impl Holder {
-    pub fn new() -> Self {
-        Holder { n: 0 }
+    pub fn new(start: u64) -> Self {
+        Holder { n: start }
     }
 
     pub fn node(&mut self) -> String {
@@ -100,7 +100,7 @@ fn scenario(args: &[String]) -> Result<(), String> {
             // says so (or closes).
             let h = Holder::options()
                 .num_cpus(1.0)
-                .remote()
+                .remote(0)
                 .map_err(|e| format!("create: {e}"))?;
             let node = h
                 .node()
@@ -613,17 +613,19 @@ fn a_failing_provider_list_terminates_nothing_and_the_loop_recovers() {
 fn a_node_that_never_joins_is_replaced() {
     let cluster = Cluster::start(
         "neverjoins",
-        "max_workers: 1\nidle_timeout_s: 3\nnode_launch_timeout_s: 4",
+        "max_workers: 2\nidle_timeout_s: 3\nnode_launch_timeout_s: 4",
         ONE_CPU_TYPE,
     );
     let mut driver = cluster.driver(&["tasks", "1", "500"]);
-    let frozen = poll("a node process", Duration::from_secs(60), || {
-        cluster
-            .node_processes()
-            .first()
-            .copied()
-            .ok_or_else(|| "none yet".to_string())
-    });
+    // Caught as soon as its record appears, well before its raylet can register.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let frozen = loop {
+        if let Some(pid) = cluster.node_processes().first() {
+            break *pid;
+        }
+        assert!(Instant::now() < deadline, "no node was launched");
+        std::thread::sleep(Duration::from_millis(5));
+    };
     let pid = i32::try_from(frozen).expect("pid");
     // SAFETY: kill(2) on the process group of a node this test's cluster just launched.
     unsafe { libc::kill(-pid, libc::SIGSTOP) };
