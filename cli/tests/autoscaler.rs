@@ -116,6 +116,14 @@ fn scenario(args: &[String]) -> Result<(), String> {
             let _ = std::io::stdin().read_line(&mut line);
             Ok(())
         }
+        Some("request") => {
+            // A floor of N one-CPU bundles (0: clear it); it outlives this driver.
+            let bundles = vec![std::collections::BTreeMap::from([("CPU", 1.0)]); arg(1) as usize];
+            miniray::autoscaler::request_resources(&bundles)
+                .map_err(|e| format!("request_resources: {e}"))?;
+            out("requested", bundles.len());
+            Ok(())
+        }
         other => Err(format!("unknown scenario {other:?}")),
     }
 }
@@ -129,13 +137,20 @@ struct Cluster {
     root: PathBuf,
     name: String,
     gcs_address: String,
+    port: u16,
     token: String,
+    head_args: Vec<String>,
     runtime: tokio::runtime::Runtime,
 }
 
 impl Cluster {
     /// `types` is the `available_node_types` body after the head type (YAML, indented by 2).
     fn start(test: &str, settings: &str, types: &str) -> Cluster {
+        Cluster::start_with(test, settings, types, &[])
+    }
+
+    /// Like [`Cluster::start`], with more `miniray start --head` arguments (`--redis-address`).
+    fn start_with(test: &str, settings: &str, types: &str, head_args: &[&str]) -> Cluster {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
@@ -147,33 +162,48 @@ impl Cluster {
             "cluster_name: {name}\n{settings}\nprovider: {{type: local}}\nhead_node_type: head\n\
              available_node_types:\n  head: {{resources: {{CPU: 0}}}}\n{types}\n"
         );
-        let config_path = root.join("cluster.yaml");
-        std::fs::write(&config_path, config).expect("write the config");
-        let token = miniray_common::auth::generate_token();
-        let port = free_port();
+        std::fs::write(root.join("cluster.yaml"), config).expect("write the config");
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("a runtime");
+        let port = free_port();
         let cluster = Cluster {
             gcs_address: format!("127.0.0.1:{port}"),
+            port,
             root,
             name,
-            token,
+            token: miniray_common::auth::generate_token(),
+            head_args: head_args.iter().map(|a| a.to_string()).collect(),
             runtime,
         };
-        let run = cluster.miniray(&[
+        cluster.start_head();
+        cluster
+    }
+
+    /// `miniray start --head` with the autoscaler; returns once the autoscaler has reported
+    /// (so drivers see its node types).
+    fn start_head(&self) {
+        let port = self.port.to_string();
+        let config = self.root.join("cluster.yaml").to_string_lossy().to_string();
+        let mut args = vec![
             "start",
             "--head",
             "--port",
-            &port.to_string(),
+            &port,
             "--object-store-memory",
             "100000000",
             "--autoscaling-config",
-            &config_path.to_string_lossy(),
-        ]);
+            &config,
+        ];
+        args.extend(self.head_args.iter().map(String::as_str));
+        let run = self.miniray(&args);
         assert!(run.0, "miniray start failed:\n{}", run.1);
-        cluster
+        poll(
+            "the autoscaler's first report",
+            Duration::from_secs(60),
+            || self.autoscaling_state().map(|_| ()),
+        );
     }
 
     /// While this file exists, the local provider's list fails (the autoscaler's test hook).
@@ -313,6 +343,68 @@ impl Cluster {
             }
         }
         pids
+    }
+
+    /// Every instance the local provider ever launched for this test (one log each).
+    fn launched_instances(&self) -> BTreeSet<String> {
+        let mut ids = BTreeSet::new();
+        for session in std::fs::read_dir(&self.root)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let nodes = session.path().join("logs").join("nodes");
+            for log in std::fs::read_dir(nodes).into_iter().flatten().flatten() {
+                let name = log.file_name().to_string_lossy().to_string();
+                if let Some(id) = name
+                    .strip_prefix("node-")
+                    .and_then(|n| n.strip_suffix(".log"))
+                {
+                    ids.insert(id.to_string());
+                }
+            }
+        }
+        ids
+    }
+
+    /// SIGKILLs the head's daemons (the GCS, its raylet, the autoscaler), as a crash would.
+    fn kill_head(&self) {
+        let mut records = Vec::new();
+        for entry in std::fs::read_dir(self.root.join("daemons"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let Ok(bytes) = std::fs::read(entry.path()) else {
+                continue;
+            };
+            if let Ok(rec) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+                records.push(rec);
+            }
+        }
+        let head_session = records
+            .iter()
+            .find(|r| r["role"] == "gcs")
+            .map(|r| r["session_dir"].clone())
+            .expect("the gcs is recorded");
+        let pids: Vec<u32> = records
+            .iter()
+            .filter(|r| r["session_dir"] == head_session)
+            .filter_map(|r| r["pid"].as_u64().and_then(|p| u32::try_from(p).ok()))
+            .collect();
+        assert_eq!(pids.len(), 3, "gcs, raylet and autoscaler: {records:?}");
+        for pid in &pids {
+            // SAFETY: kill(2) on a daemon this test's cluster started.
+            unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+        }
+        poll(
+            "the head's daemons to die",
+            Duration::from_secs(10),
+            || match pids.iter().filter(|p| alive(**p)).count() {
+                0 => Ok(()),
+                n => Err(format!("{n} alive")),
+            },
+        );
     }
 
     fn autoscaler_log(&self) -> String {
@@ -657,6 +749,166 @@ fn a_node_that_never_joins_is_replaced() {
     );
 }
 
+/// A `GPU: 1` task on a cluster with no GPU type fails at once naming the shape, and
+/// nothing is launched for it.
+fn a_gpu_task_with_no_gpu_type_fails_at_once_and_launches_nothing() {
+    let cluster = Cluster::start(
+        "gpu",
+        "max_workers: 2\nidle_timeout_s: 3\nnode_launch_timeout_s: 60",
+        ONE_CPU_TYPE,
+    );
+    let mut driver = cluster.driver(&["gpu"]);
+    let error = driver.value("error", Duration::from_secs(60));
+    let elapsed: u64 = driver
+        .value("elapsed_ms", Duration::from_secs(5))
+        .parse()
+        .expect("a number");
+    assert!(
+        error.contains("GPU: 1") && error.contains("infeasible"),
+        "the error names the shape: {error}"
+    );
+    assert!(
+        elapsed < 10_000,
+        "it failed at once, not after {elapsed} ms"
+    );
+    // A few rounds later, still nothing launched.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        assert!(cluster.node_processes().is_empty(), "a node was launched");
+        let state = cluster.autoscaling_state().expect("state");
+        assert!(state.instances.is_empty(), "{:?}", state.instances);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// `request_resources` keeps capacity up with no task at all, past the idle timeout;
+/// clearing it lets the nodes go.
+fn request_resources_keeps_capacity_up_until_cleared() {
+    let cluster = Cluster::start(
+        "request",
+        "max_workers: 2\nidle_timeout_s: 3\nnode_launch_timeout_s: 60",
+        ONE_CPU_TYPE,
+    );
+    let asked = Instant::now();
+    let mut driver = cluster.driver(&["request", "2"]);
+    assert_eq!(driver.value("requested", Duration::from_secs(60)), "2");
+    poll(
+        "two worker nodes",
+        Duration::from_secs(90),
+        || match cluster.workers()?.len() {
+            2 => Ok(()),
+            n => Err(format!("{n} worker nodes")),
+        },
+    );
+    eprintln!(
+        "request_resources: two worker nodes alive {:?} after the request",
+        asked.elapsed()
+    );
+    // Well past the idle timeout, idle as they are, both stay.
+    let until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < until {
+        assert_eq!(
+            cluster.workers().expect("state").len(),
+            2,
+            "the floor was not kept"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let mut driver = cluster.driver(&["request", "0"]);
+    assert_eq!(driver.value("requested", Duration::from_secs(60)), "0");
+    let cleared = Instant::now();
+    poll("the nodes to go", Duration::from_secs(60), || {
+        match (cluster.workers()?.len(), cluster.node_processes().len()) {
+            (0, 0) => Ok(()),
+            (n, p) => Err(format!("{n} worker nodes, {p} node processes")),
+        }
+    });
+    eprintln!(
+        "request_resources: nodes removed {:?} after the floor was cleared (idle timeout 3 s)",
+        cleared.elapsed()
+    );
+}
+
+/// The head (GCS on Redis, its raylet, the autoscaler) killed and started again: the new
+/// autoscaler adopts the nodes the old one launched, launching none twice and losing none.
+fn a_restarted_head_adopts_the_nodes_it_launched() {
+    let redis = miniray_gcs::testing::RedisServer::start().expect("redis-server");
+    let url = redis.url();
+    let cluster = Cluster::start_with(
+        "restart",
+        "max_workers: 3\nidle_timeout_s: 3\nnode_launch_timeout_s: 60",
+        "  cpu: {resources: {CPU: 1}, min_workers: 0, max_workers: 3, \
+         node_config: {args: [--object-store-memory, \"100000000\"]}}",
+        &["--redis-address", &url],
+    );
+    let mut driver = cluster.driver(&["request", "3"]);
+    assert_eq!(driver.value("requested", Duration::from_secs(60)), "3");
+    let joined = |cluster: &Cluster| -> Result<BTreeSet<String>, String> {
+        let ids: BTreeSet<String> = cluster
+            .workers()?
+            .iter()
+            .map(|n| n.cloud_instance_id.clone())
+            .collect();
+        if ids.len() == 3 {
+            Ok(ids)
+        } else {
+            Err(format!("{} joined: {ids:?}", ids.len()))
+        }
+    };
+    let before = poll("three worker nodes", Duration::from_secs(90), || {
+        joined(&cluster)
+    });
+    let processes = cluster.node_processes();
+    cluster.kill_head();
+    let killed = Instant::now();
+    cluster.start_head();
+    eprintln!(
+        "restart: a new head was up {:?} after the old one was killed",
+        killed.elapsed()
+    );
+    // The same three nodes, adopted: running records, nothing launched on top.
+    let state = poll(
+        "the new autoscaler to adopt three nodes",
+        Duration::from_secs(60),
+        || {
+            let state = cluster.autoscaling_state()?;
+            let running: BTreeSet<String> = state
+                .instances
+                .iter()
+                .filter(|i| i.status == "running")
+                .map(|i| i.instance_id.clone())
+                .collect();
+            if running == before {
+                Ok(state)
+            } else {
+                Err(format!("instances {:?}", state.instances))
+            }
+        },
+    );
+    eprintln!(
+        "restart: the new head's autoscaler adopted the 3 nodes {:?} after the old head was killed",
+        killed.elapsed()
+    );
+    assert_eq!(state.instances.len(), 3, "{:?}", state.instances);
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        assert_eq!(
+            joined(&cluster),
+            Ok(before.clone()),
+            "a node was lost or replaced"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    for pid in processes {
+        assert!(alive(pid), "node process {pid} was killed");
+    }
+    assert_eq!(
+        cluster.launched_instances(),
+        before,
+        "each node was launched once"
+    );
+}
+
 const TESTS: &[(&str, fn())] = &[
     (
         "scale_up_for_tasks_then_down_when_idle",
@@ -673,6 +925,18 @@ const TESTS: &[(&str, fn())] = &[
     (
         "a_node_that_never_joins_is_replaced",
         a_node_that_never_joins_is_replaced,
+    ),
+    (
+        "a_gpu_task_with_no_gpu_type_fails_at_once_and_launches_nothing",
+        a_gpu_task_with_no_gpu_type_fails_at_once_and_launches_nothing,
+    ),
+    (
+        "request_resources_keeps_capacity_up_until_cleared",
+        request_resources_keeps_capacity_up_until_cleared,
+    ),
+    (
+        "a_restarted_head_adopts_the_nodes_it_launched",
+        a_restarted_head_adopts_the_nodes_it_launched,
     ),
 ];
 
