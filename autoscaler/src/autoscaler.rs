@@ -35,6 +35,12 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// A running node missing from the GCS this long is taken for dead (a GCS restarted on the
 /// in-memory store has no nodes until they register again).
 const MISSING_GRACE: Duration = Duration::from_secs(5);
+/// Test hook: when the autoscaler's environment names a file here, each drain, after its
+/// record is `draining` and before `DrainNode` is sent, creates that file (holding the
+/// instance id) and waits (up to [`DRAIN_PAUSE_LIMIT`]) until it is removed, so a test can
+/// bring work to the node between the decision and the drain.
+pub const DRAIN_PAUSE_HOOK_ENV: &str = "MINIRAY_TEST_DRAIN_PAUSE_FILE";
+const DRAIN_PAUSE_LIMIT: Duration = Duration::from_secs(60);
 const MAX_FAILURES: usize = 20;
 const MAX_DECISIONS: usize = 50;
 
@@ -47,6 +53,8 @@ pub struct Autoscaler {
     infeasible: Vec<Resources>,
     /// When each running record's raylet was first seen missing from the GCS.
     missing_since: HashMap<String, u64>,
+    /// See [`DRAIN_PAUSE_HOOK_ENV`].
+    drain_pause: Option<std::path::PathBuf>,
 }
 
 impl Autoscaler {
@@ -59,6 +67,29 @@ impl Autoscaler {
             decisions: VecDeque::new(),
             infeasible: Vec::new(),
             missing_since: HashMap::new(),
+            drain_pause: None,
+        }
+    }
+
+    /// Sets the test hook of [`DRAIN_PAUSE_HOOK_ENV`].
+    pub fn with_drain_pause(mut self, file: Option<std::path::PathBuf>) -> Self {
+        self.drain_pause = file;
+        self
+    }
+
+    /// The drain test hook: announce, then wait until the file is gone.
+    async fn drain_pause(&self, instance_id: &str) {
+        let Some(file) = &self.drain_pause else {
+            return;
+        };
+        if let Err(e) = std::fs::write(file, instance_id) {
+            warn!(file = %file.display(), error = %e, "drain pause hook: cannot create its file");
+            return;
+        }
+        info!(file = %file.display(), instance_id, "drain pause hook: waiting for its file to go");
+        let deadline = tokio::time::Instant::now() + DRAIN_PAUSE_LIMIT;
+        while file.exists() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -466,6 +497,7 @@ impl Autoscaler {
         };
         rec.transition(Status::Draining, now_ms())?;
         store.save(rec.clone()).await?;
+        self.drain_pause(&id).await;
         let refusal = match self.gcs.drain_node(&address, reason).await {
             Ok(reply) if reply.accepted => None,
             Ok(reply) => Some(reply.rejection_reason),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use miniray_autoscaler::autoscaler::Autoscaler;
+use miniray_autoscaler::autoscaler::{Autoscaler, DRAIN_PAUSE_HOOK_ENV};
 use miniray_autoscaler::clients::Gcs;
 use miniray_autoscaler::config::{AutoscalingConfig, ProviderConfig};
 use miniray_autoscaler::local::{FAIL_LIST_HOOK_ENV, LocalProvider, LocalProviderConfig};
@@ -133,7 +133,8 @@ pub fn run(args: AutoscalerArgs) -> anyhow::Result<()> {
         // A channel needs the runtime it will run on.
         let gcs = Gcs::connect_lazy(&args.address, &args.token)?;
         info!(gcs = %args.address, cluster = %config.cluster_name, "autoscaler starting");
-        let autoscaler = Autoscaler::new(config, gcs, Arc::new(provider));
+        let autoscaler = Autoscaler::new(config, gcs, Arc::new(provider))
+            .with_drain_pause(std::env::var_os(DRAIN_PAUSE_HOOK_ENV).map(PathBuf::from));
         autoscaler.run(stop_requested(args.exit_with_parent)).await;
         info!("autoscaler stopped");
         Ok(())

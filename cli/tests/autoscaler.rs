@@ -140,6 +140,8 @@ struct Cluster {
     port: u16,
     token: String,
     head_args: Vec<String>,
+    /// Whether the autoscaler pauses each drain on [`Cluster::drain_pause_hook`].
+    pause_drains: bool,
     runtime: tokio::runtime::Runtime,
 }
 
@@ -151,6 +153,16 @@ impl Cluster {
 
     /// Like [`Cluster::start`], with more `miniray start --head` arguments (`--redis-address`).
     fn start_with(test: &str, settings: &str, types: &str, head_args: &[&str]) -> Cluster {
+        Cluster::start_full(test, settings, types, head_args, false)
+    }
+
+    fn start_full(
+        test: &str,
+        settings: &str,
+        types: &str,
+        head_args: &[&str],
+        pause_drains: bool,
+    ) -> Cluster {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
@@ -175,6 +187,7 @@ impl Cluster {
             name,
             token: miniray_common::auth::generate_token(),
             head_args: head_args.iter().map(|a| a.to_string()).collect(),
+            pause_drains,
             runtime,
         };
         cluster.start_head();
@@ -211,8 +224,17 @@ impl Cluster {
         self.root.join("provider-list-fails")
     }
 
+    /// With `pause_drains`, the autoscaler creates this file before each `DrainNode` and
+    /// sends it only once the file is gone (its test hook).
+    fn drain_pause_hook(&self) -> PathBuf {
+        self.root.join("drain-pause")
+    }
+
     fn command(&self, program: &Path) -> Command {
         let mut cmd = Command::new(program);
+        if self.pause_drains {
+            cmd.env("MINIRAY_TEST_DRAIN_PAUSE_FILE", self.drain_pause_hook());
+        }
         cmd.env("MINIRAY_TMPDIR", &self.root)
             .env(
                 "MINIRAY_TEST_PROVIDER_LIST_FAILS_WHILE",
@@ -909,6 +931,73 @@ fn a_restarted_head_adopts_the_nodes_it_launched() {
     );
 }
 
+/// Work that arrives between the decision to remove an idle node and its drain: the
+/// raylet refuses the drain, the node stays, and the task finishes there. (The autoscaler's
+/// drain-pause test hook holds the drain until the task is running.)
+fn a_drain_refused_because_work_arrived_keeps_the_node() {
+    let cluster = Cluster::start_full(
+        "drainrefused",
+        "max_workers: 2\nidle_timeout_s: 3\nnode_launch_timeout_s: 60",
+        ONE_CPU_TYPE,
+        &[],
+        true,
+    );
+    let mut first = cluster.driver(&["tasks", "1", "200"]);
+    assert_eq!(first.value("done", Duration::from_secs(120)), "1");
+    // The node went idle; the autoscaler decided to remove it and holds the drain.
+    let hook = cluster.drain_pause_hook();
+    let instance = poll("the drain to be held", Duration::from_secs(30), || {
+        std::fs::read_to_string(&hook).map_err(|e| e.to_string())
+    });
+    let node_of = |cluster: &Cluster| -> Result<miniray_proto::NodeInfo, String> {
+        cluster
+            .workers()?
+            .into_iter()
+            .find(|n| n.cloud_instance_id == instance)
+            .ok_or_else(|| format!("{instance} is not alive"))
+    };
+    let node = hex_id(&node_of(&cluster).expect("the node to be drained"));
+    let mut second = cluster.driver(&["tasks", "1", "3000"]);
+    poll(
+        "the new task to hold the node's CPU",
+        Duration::from_secs(60),
+        || {
+            let n = node_of(&cluster)?;
+            let free = n
+                .available
+                .as_ref()
+                .and_then(|a| a.amounts.get("CPU").copied())
+                .unwrap_or(0.0);
+            if free < 0.5 {
+                Ok(())
+            } else {
+                Err(format!("{free} CPU free"))
+            }
+        },
+    );
+    std::fs::remove_file(&hook).expect("release the drain");
+    assert_eq!(second.value("done", Duration::from_secs(60)), "1");
+    assert_eq!(
+        node_of(&cluster).map(|n| hex_id(&n)),
+        Ok(node.clone()),
+        "the node stayed"
+    );
+    let state = cluster.autoscaling_state().expect("state");
+    assert!(
+        state.recent_decisions.iter().any(|d| d.contains("refused")),
+        "the refusal is shown: {:?}",
+        state.recent_decisions
+    );
+    // Idle again, it goes (releasing each held drain from now on).
+    poll("the node to go once idle", Duration::from_secs(60), || {
+        let _ = std::fs::remove_file(&hook);
+        match cluster.workers()?.len() {
+            0 => Ok(()),
+            n => Err(format!("{n} worker nodes")),
+        }
+    });
+}
+
 const TESTS: &[(&str, fn())] = &[
     (
         "scale_up_for_tasks_then_down_when_idle",
@@ -937,6 +1026,10 @@ const TESTS: &[(&str, fn())] = &[
     (
         "a_restarted_head_adopts_the_nodes_it_launched",
         a_restarted_head_adopts_the_nodes_it_launched,
+    ),
+    (
+        "a_drain_refused_because_work_arrived_keeps_the_node",
+        a_drain_refused_because_work_arrived_keeps_the_node,
     ),
 ];
 
