@@ -468,13 +468,18 @@ impl Node {
         }
     }
 
-    /// `DrainNode`: accepted only when the node is idle right now (decided under `sched`);
+    /// `DrainNode`: accepted only when the node is idle right now (decided under `sched`)
+    /// and is not the head;
     /// then no lease is granted any more and the node stops: it tells the GCS it is
     /// draining, unregisters with `drained: <reason>` and exits. Accepting twice is fine.
     /// Returns why it was refused.
     pub fn drain(self: &Arc<Self>, reason: &str) -> Result<(), String> {
         if self.is_shutting_down() {
             return Err("the raylet is shutting down".into());
+        }
+        if self.cfg.is_head {
+            // The GCS and the driver's home are here; an autoscaler never removes the head.
+            return Err("the head node is never drained".into());
         }
         let copies = self.ownership.lock().primary_copies();
         {
