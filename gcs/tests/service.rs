@@ -872,3 +872,170 @@ async fn a_reregistering_raylet_brings_back_its_jobs() {
     );
     gcs.shutdown().await;
 }
+
+async fn resource_state(client: &mut Client) -> ClusterResourceState {
+    client
+        .get_cluster_resource_state(GetClusterResourceStateRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .state
+        .unwrap()
+}
+
+#[tokio::test]
+async fn resource_state_sums_demand_and_a_draining_node_is_published_and_kept() {
+    let (gcs, mut client) = start_with(config()).await;
+    let (a, b) = (NodeId::random(), NodeId::random());
+    register_node(&mut client, a, NODE_PORT).await;
+    register_node(&mut client, b, NODE_PORT + 1).await;
+    // Each heartbeat reports 3 queued {CPU: 1} requests.
+    assert!(heartbeat(&mut client, a, 1.0).await);
+    assert!(heartbeat(&mut client, b, 1.0).await);
+    let state = resource_state(&mut client).await;
+    assert_eq!(state.nodes.len(), 2);
+    assert_eq!(
+        state.pending_leases,
+        vec![ResourceDemandCount {
+            shape: Some(resources(&[("CPU", 1.0)])),
+            count: 6,
+        }]
+    );
+    assert!(state.pending_actors.is_empty());
+    assert!(state.constraint.is_empty());
+    assert!(state.now_ms > 0);
+
+    // Idle time and busy reasons are kept as reported; a draining heartbeat marks the node
+    // DRAINING and publishes it.
+    let mut changes = subscribe(&mut client, Channel::NodeChanges).await;
+    let draining = HeartbeatRequest {
+        node_id: a.to_vec(),
+        available: Some(resources(&[("CPU", 4.0)])),
+        idle_duration_ms: 1234,
+        draining: true,
+        ..Default::default()
+    };
+    assert!(
+        client
+            .heartbeat(draining.clone())
+            .await
+            .unwrap()
+            .into_inner()
+            .accepted
+    );
+    let Some(pub_message::Payload::Node(published)) = next_message(&mut changes).await.payload
+    else {
+        panic!("expected a node change")
+    };
+    assert_eq!(node_id_of(&published), a.to_vec());
+    assert_eq!(published.state, NodeState::Draining as i32);
+    assert!(
+        client
+            .heartbeat(HeartbeatRequest {
+                node_id: b.to_vec(),
+                busy_reasons: vec!["1 leased worker".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .accepted
+    );
+    let state = resource_state(&mut client).await;
+    let by_id = |id: NodeId| {
+        state
+            .nodes
+            .iter()
+            .find(|n| node_id_of(n) == id.to_vec())
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(by_id(a).state, NodeState::Draining as i32);
+    assert_eq!(by_id(a).idle_duration_ms, 1234);
+    assert_eq!(by_id(b).busy_reasons, vec!["1 leased worker"]);
+    assert_eq!(by_id(b).idle_duration_ms, 0);
+    // A draining node keeps heartbeating; it is announced once.
+    assert!(
+        client
+            .heartbeat(draining)
+            .await
+            .unwrap()
+            .into_inner()
+            .accepted
+    );
+
+    // Once it unregisters it is dead and out of the resource state.
+    unregister_node(&mut client, a, "drained: idle")
+        .await
+        .unwrap();
+    let Some(pub_message::Payload::Node(dead)) = next_message(&mut changes).await.payload else {
+        panic!("expected a node change")
+    };
+    assert_eq!(dead.state, NodeState::Dead as i32);
+    assert_eq!(dead.death_reason, "drained: idle");
+    let state = resource_state(&mut client).await;
+    assert_eq!(state.nodes.len(), 1);
+    gcs.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_autoscaling_report_is_validated_and_served() {
+    let (gcs, mut client) = start_with(config()).await;
+    let get = async |client: &mut Client| {
+        client
+            .get_autoscaling_state(GetAutoscalingStateRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .state
+    };
+    assert!(get(&mut client).await.is_none(), "no autoscaler reported");
+    let missing = client
+        .report_autoscaling_state(ReportAutoscalingStateRequest { state: None })
+        .await
+        .unwrap_err();
+    assert_eq!(code(&missing), ErrorCode::InvalidArgument);
+    let node_type = |cpus: f64| NodeTypeInfo {
+        name: "cpu".into(),
+        resources: Some(resources(&[("CPU", cpus)])),
+        max_workers: 2,
+        ..Default::default()
+    };
+    let bad = client
+        .report_autoscaling_state(ReportAutoscalingStateRequest {
+            state: Some(AutoscalingState {
+                node_types: vec![node_type(-2.0)],
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(code(&bad), ErrorCode::InvalidArgument);
+    assert!(bad.message().contains("cpu"), "{}", bad.message());
+    assert!(
+        get(&mut client).await.is_none(),
+        "a bad report changes nothing"
+    );
+
+    client
+        .report_autoscaling_state(ReportAutoscalingStateRequest {
+            state: Some(AutoscalingState {
+                node_types: vec![node_type(2.0)],
+                recent_decisions: vec!["launching 1 x cpu".into()],
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    let state = get(&mut client).await.unwrap();
+    assert_eq!(state.node_types, vec![node_type(2.0)]);
+    assert!(state.time_ms > 0, "stamped when the reporter left it out");
+    let status = client
+        .get_cluster_status(GetClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.autoscaler, Some(state));
+    assert!(status.resource_state.is_some());
+    gcs.shutdown().await;
+}

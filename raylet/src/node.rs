@@ -451,13 +451,10 @@ impl Node {
             let o = self.ownership.lock();
             (o.primary_copies(), o.empty_since())
         };
-        let (mut busy_reasons, sched_idle_since) = {
+        let (busy_reasons, sched_idle_since) = {
             let st = self.sched.lock();
-            (st.scheduler.busy_reasons(), st.idle_since)
+            (busy_reasons(&st, copies), st.idle_since)
         };
-        if copies > 0 {
-            busy_reasons.push(crate::scheduler::plural(copies, "primary copy"));
-        }
         let since = match (sched_idle_since, copies_gone) {
             (Some(a), Some(b)) if busy_reasons.is_empty() => Some(a.max(b.unwrap_or(self.started))),
             _ => None,
@@ -468,7 +465,8 @@ impl Node {
         }
     }
 
-    /// `DrainNode`: accepted only when the node is idle right now (decided under `sched`);
+    /// `DrainNode`: accepted only when the node is idle right now (decided under `sched`)
+    /// and is not the head;
     /// then no lease is granted any more and the node stops: it tells the GCS it is
     /// draining, unregisters with `drained: <reason>` and exits. Accepting twice is fine.
     /// Returns why it was refused.
@@ -476,16 +474,17 @@ impl Node {
         if self.is_shutting_down() {
             return Err("the raylet is shutting down".into());
         }
+        if self.cfg.is_head {
+            // The GCS and the driver's home are here; an autoscaler never removes the head.
+            return Err("the head node is never drained".into());
+        }
         let copies = self.ownership.lock().primary_copies();
         {
             let mut st = self.sched.lock();
             if st.scheduler.is_draining() {
                 return Ok(());
             }
-            let mut reasons = st.scheduler.busy_reasons();
-            if copies > 0 {
-                reasons.push(crate::scheduler::plural(copies, "primary copy"));
-            }
+            let reasons = busy_reasons(&st, copies);
             if !reasons.is_empty() {
                 return Err(reasons.join(", "));
             }
@@ -560,6 +559,17 @@ impl Node {
             draining: self.sched.lock().scheduler.is_draining(),
         }
     }
+}
+
+/// Why the node is busy: the scheduler's reasons, then its primary copies.
+fn busy_reasons(st: &SchedState, primary_copies: usize) -> Vec<String> {
+    let mut reasons = st.scheduler.busy_reasons();
+    match primary_copies {
+        0 => {}
+        1 => reasons.push("1 primary copy".to_string()),
+        n => reasons.push(format!("{n} primary copies")),
+    }
+    reasons
 }
 
 /// Bound on the heartbeat that announces an accepted drain.

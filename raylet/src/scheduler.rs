@@ -499,8 +499,8 @@ impl Scheduler {
     }
 }
 
-/// "1 leased worker", "3 leased workers".
-pub fn plural(n: usize, what: &str) -> String {
+/// "1 leased worker", "3 leased workers" (regular plurals only).
+fn plural(n: usize, what: &str) -> String {
     if n == 1 {
         format!("1 {what}")
     } else {

@@ -113,26 +113,34 @@ async fn scenario() {
     assert_eq!(first.cloud_instance_id, "local-7");
     assert_eq!(first.node_type, "cpu");
 
-    // A primary copy whose owner still holds it keeps the node busy.
-    let object = ObjectId::random();
-    c.plasma_create(PlasmaCreateRequest {
-        object_id: object.to_vec(),
-        data_size: 16,
-        owner: Some(WorkerAddress {
-            worker_id: WorkerId::random().to_vec(),
-            node_id: node.to_vec(),
-            host: "127.0.0.1".into(),
-            port: 1,
-        }),
-        ..Default::default()
+    // Primary copies whose owner still holds them keep the node busy.
+    let objects = [ObjectId::random(), ObjectId::random()];
+    for object in objects {
+        c.plasma_create(PlasmaCreateRequest {
+            object_id: object.to_vec(),
+            data_size: 16,
+            owner: Some(WorkerAddress {
+                worker_id: WorkerId::random().to_vec(),
+                node_id: node.to_vec(),
+                host: "127.0.0.1".into(),
+                port: 1,
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let refused = drain(&mut c).await;
+    assert!(!refused.accepted);
+    assert_eq!(refused.rejection_reason, "2 primary copies");
+    c.plasma_delete(PlasmaDeleteRequest {
+        object_ids: vec![objects[0].to_vec()],
     })
     .await
     .unwrap();
-    let refused = drain(&mut c).await;
-    assert!(!refused.accepted);
-    assert_eq!(refused.rejection_reason, "1 primary copy");
+    assert_eq!(drain(&mut c).await.rejection_reason, "1 primary copy");
     c.plasma_delete(PlasmaDeleteRequest {
-        object_ids: vec![object.to_vec()],
+        object_ids: vec![objects[1].to_vec()],
     })
     .await
     .unwrap();

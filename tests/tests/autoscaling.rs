@@ -185,6 +185,11 @@ fn an_actor_no_node_fits_is_pending_and_its_node_drains_only_once_the_actor_is_g
     wait_for_file(&dir.path().join("actor_alive"), &mut driver);
     assert!(resource_state(&cluster).pending_actors.is_empty());
 
+    // The head is never drained.
+    let head = drain(&cluster, 0);
+    assert!(!head.accepted);
+    assert_eq!(head.rejection_reason, "the head node is never drained");
+
     // The actor keeps its node busy: a drain is refused and changes nothing.
     let refused = drain(&cluster, node);
     assert!(!refused.accepted);
