@@ -125,18 +125,19 @@ pub fn run(args: AutoscalerArgs) -> anyhow::Result<()> {
         terminate_grace: Duration::from_secs(10),
         fail_list_while: std::env::var_os(FAIL_LIST_HOOK_ENV).map(PathBuf::from),
     })?;
-    let gcs = Gcs::connect_lazy(&args.address, &args.token)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting a runtime")?;
     runtime.block_on(async move {
+        // A channel needs the runtime it will run on.
+        let gcs = Gcs::connect_lazy(&args.address, &args.token)?;
         info!(gcs = %args.address, cluster = %config.cluster_name, "autoscaler starting");
         let autoscaler = Autoscaler::new(config, gcs, Arc::new(provider));
         autoscaler.run(stop_requested(args.exit_with_parent)).await;
         info!("autoscaler stopped");
-    });
-    Ok(())
+        Ok(())
+    })
 }
 
 /// SIGTERM, SIGINT, or (if asked) the parent's exit.
