@@ -45,8 +45,11 @@ pub enum Error {
     /// A value cannot be encoded.
     #[error("cannot encode {what}: {reason}")]
     Serialize { what: String, reason: String },
-    /// No node of the cluster can ever provide the resources asked for.
-    #[error("infeasible resource request {resources}: no node of the cluster can provide it")]
+    /// No node of the cluster, nor any node type its autoscaler may launch, can ever
+    /// provide the resources asked for.
+    #[error(
+        "infeasible resource request {resources}: no node of the cluster nor node type of its autoscaling config can provide it"
+    )]
     Infeasible { resources: String },
     /// The call's arguments are not acceptable (bad option, bad resource amount, ...).
     #[error("invalid argument: {0}")]

@@ -21,6 +21,7 @@
 
 mod actor;
 mod actor_pool;
+pub mod autoscaler;
 mod codec;
 mod error;
 mod object_ref;

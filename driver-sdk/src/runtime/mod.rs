@@ -14,7 +14,7 @@ pub(crate) mod executor;
 mod job;
 mod journal;
 mod nodes;
-mod plasma;
+pub(crate) mod plasma;
 mod push;
 mod server;
 mod store;

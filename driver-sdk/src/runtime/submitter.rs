@@ -25,8 +25,8 @@ use std::time::Duration;
 
 use miniray_common::{ObjectId, Resources, TaskId};
 use miniray_proto::{
-    GetAllNodesRequest, NodeState, PushTaskReply, RequestWorkerLeaseRequest, ReturnWorkerRequest,
-    TaskArg, TaskSpec, request_worker_lease_reply,
+    AutoscalingState, GetAllNodesRequest, GetAutoscalingStateRequest, NodeState, PushTaskReply,
+    RequestWorkerLeaseRequest, ReturnWorkerRequest, TaskArg, TaskSpec, request_worker_lease_reply,
 };
 use parking_lot::Mutex;
 use tracing::{debug, warn};
@@ -421,7 +421,7 @@ impl CoreWorker {
                         }
                     }
                     Ok(false) => {
-                        warn!(resources = %resources, "no node can ever provide the resources of this task");
+                        warn!(resources = %resources, "no node of the cluster nor node type of its autoscaling config can provide the resources of this task");
                         self.fail_key(
                             &key,
                             Error::Infeasible {
@@ -527,13 +527,28 @@ impl CoreWorker {
         Ok(total.iter().map(|(k, v)| (k.to_string(), v)).collect())
     }
 
-    /// Whether some alive node's total resources fit `resources`.
+    /// Whether the cluster could ever run something needing `resources`: some alive node's
+    /// total fits it, or the cluster autoscales (an autoscaler reported its state to the
+    /// GCS) and a node type it may launch (`max_workers > 0`, or the head type) fits it.
+    /// In the second case the lease waits queued at a raylet, whose demand the autoscaler
+    /// reads, until a node that fits joins.
     pub(crate) async fn cluster_can_ever_fit(&self, resources: &Resources) -> Result<bool> {
-        Ok(self
+        if self
             .alive_node_totals()
             .await?
             .iter()
-            .any(|t| t.contains(resources)))
+            .any(|t| t.contains(resources))
+        {
+            return Ok(true);
+        }
+        let mut gcs = self.gcs.clone();
+        let state = gcs
+            .get_autoscaling_state(GetAutoscalingStateRequest {})
+            .await
+            .map_err(|s| status_error(&self.gcs_address, s))?
+            .into_inner()
+            .state;
+        Ok(state.is_some_and(|s| launchable_type_fits(&s, resources)))
     }
 
     /// Asks the local raylet for a lease, following spillback. A node the GCS declared
@@ -739,5 +754,63 @@ impl CoreWorker {
         self.return_lease(lease_id.to_vec(), &leased.raylet, &leased.node_id, true)
             .await;
         Some(leased)
+    }
+}
+
+/// Whether a node type the autoscaler may launch has resources that contain `resources`.
+fn launchable_type_fits(state: &AutoscalingState, resources: &Resources) -> bool {
+    state.node_types.iter().any(|t| {
+        (t.max_workers > 0 || t.is_head)
+            && t.resources
+                .as_ref()
+                .and_then(|r| Resources::from_proto(r).ok())
+                .is_some_and(|r| r.contains(resources))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use miniray_proto::NodeTypeInfo;
+
+    fn res(pairs: &[(&str, f64)]) -> Resources {
+        Resources::from_pairs(pairs.iter().map(|(k, v)| (k.to_string(), *v))).unwrap()
+    }
+
+    fn node_type(resources: &[(&str, f64)], max_workers: u32, is_head: bool) -> NodeTypeInfo {
+        NodeTypeInfo {
+            name: "t".into(),
+            resources: Some(res(resources).to_proto()),
+            min_workers: 0,
+            max_workers,
+            is_head,
+        }
+    }
+
+    #[test]
+    fn only_launchable_types_that_fit_make_a_request_wait() {
+        let state = |types| AutoscalingState {
+            node_types: types,
+            ..Default::default()
+        };
+        let two_cpus = res(&[("CPU", 2.0)]);
+        assert!(launchable_type_fits(
+            &state(vec![node_type(&[("CPU", 2.0)], 1, false)]),
+            &two_cpus
+        ));
+        // A type that may not be launched does not count; the head type does.
+        assert!(!launchable_type_fits(
+            &state(vec![node_type(&[("CPU", 4.0)], 0, false)]),
+            &two_cpus
+        ));
+        assert!(launchable_type_fits(
+            &state(vec![node_type(&[("CPU", 4.0)], 0, true)]),
+            &two_cpus
+        ));
+        assert!(!launchable_type_fits(
+            &state(vec![node_type(&[("CPU", 4.0)], 3, false)]),
+            &res(&[("GPU", 1.0)])
+        ));
+        assert!(!launchable_type_fits(&state(Vec::new()), &two_cpus));
     }
 }
