@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashSet};
 use miniray_common::{NodeId, Resources};
 
 use crate::config::AutoscalingConfig;
-use packing::Bin;
+use packing::{Bin, Group};
 
 /// The cluster as one round of the autoscaler sees it.
 #[derive(Debug, Clone, Default)]
@@ -116,7 +116,7 @@ enum Cause {
 struct NewNode {
     node_type: String,
     cause: Cause,
-    placed: Vec<Resources>,
+    placed: Vec<Group>,
 }
 
 struct Planner<'a> {
@@ -415,12 +415,7 @@ impl<'a> Planner<'a> {
 
     /// Adds new nodes for `requests` (sorted) while some type with room takes some of them;
     /// `cap` bounds how many. Returns what no new node took.
-    fn launch_for(
-        &mut self,
-        mut requests: Vec<Resources>,
-        cause: Cause,
-        cap: usize,
-    ) -> Vec<Resources> {
+    fn launch_for(&mut self, mut requests: Vec<Group>, cause: Cause, cap: usize) -> Vec<Group> {
         let mut launched = 0;
         while !requests.is_empty() && launched < cap {
             let types = self.launchable();
@@ -451,11 +446,14 @@ impl<'a> Planner<'a> {
     }
 
     /// Splits off what can never be served (reported infeasible) and sorts the rest.
-    fn feasible_sorted(&mut self, requests: &[Resources]) -> Vec<Resources> {
-        let (mut ok, bad): (Vec<Resources>, Vec<Resources>) =
-            requests.iter().cloned().partition(|r| self.feasible(r));
-        self.infeasible.extend(bad);
-        packing::sort_largest_first(&mut ok);
+    fn feasible_sorted(&mut self, requests: &[Resources]) -> Vec<Group> {
+        let (ok, bad): (Vec<Group>, Vec<Group>) = packing::group_largest_first(requests)
+            .into_iter()
+            .partition(|g| self.feasible(&g.shape));
+        for g in bad {
+            self.infeasible
+                .extend(std::iter::repeat_n(g.shape, g.count));
+        }
         ok
     }
 
@@ -606,7 +604,7 @@ impl<'a> Planner<'a> {
             .into_iter()
             .map(|((cause, node_type), nodes)| {
                 let count = nodes.len();
-                let placed: Vec<Resources> = nodes
+                let placed: Vec<Group> = nodes
                     .iter()
                     .flat_map(|n| n.placed.iter().cloned())
                     .collect();
@@ -678,17 +676,17 @@ fn secs(ms: u64) -> String {
     }
 }
 
-/// `4 × {CPU: 1}, 1 × {GPU: 1}`: requests grouped by shape, in the order given.
-fn shapes(requests: &[Resources]) -> String {
-    let mut groups: Vec<(String, usize)> = Vec::new();
-    for r in requests {
-        let key = r.shape_key();
-        match groups.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, n)) => *n += 1,
-            None => groups.push((key, 1)),
+/// `4 × {CPU: 1}, 1 × {GPU: 1}`: requests by shape, in the order given.
+fn shapes(groups: &[Group]) -> String {
+    let mut merged: Vec<(String, usize)> = Vec::new();
+    for g in groups {
+        let key = g.shape.shape_key();
+        match merged.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, n)) => *n += g.count,
+            None => merged.push((key, g.count)),
         }
     }
-    groups
+    merged
         .iter()
         .map(|(k, n)| format!("{n} × {k}"))
         .collect::<Vec<_>>()
@@ -1178,7 +1176,8 @@ mod tests {
             d.launch[0].reason,
             "launching 2 × cpu for 4 × {CPU: 1} queued"
         );
-        assert_eq!(d.infeasible, vec![gpu.clone(), big]);
+        // Largest shape first, whatever order they came in.
+        assert_eq!(d.infeasible, vec![big, gpu.clone()]);
 
         // A node started by hand with a GPU makes GPU demand feasible: it waits for it.
         let mut by_hand = busy(9, "", r(&[("GPU", 1.0)]));

@@ -5,11 +5,32 @@ use std::cmp::Ordering;
 
 use miniray_common::Resources;
 
-/// Sorts requests largest first (more resource kinds, then more in total, then by name and
-/// amount), as Ray does: big shapes are placed while there is room, and the order requests
-/// arrived in never changes the result.
-pub(super) fn sort_largest_first(requests: &mut [Resources]) {
-    requests.sort_by(|a, b| compare_size(b, a));
+/// Requests of one shape: `count` of `shape`. Packing works on groups, so its cost grows
+/// with the number of distinct shapes, not of requests (thousands of queued tasks are
+/// usually a handful of shapes).
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Group {
+    pub shape: Resources,
+    pub count: usize,
+}
+
+/// Groups requests by shape, largest shape first (more resource kinds, then more in total,
+/// then by name and amount), as Ray sorts them: big shapes are placed while there is room,
+/// and the order requests arrived in never changes the result.
+pub(super) fn group_largest_first(requests: &[Resources]) -> Vec<Group> {
+    let mut groups: Vec<Group> = Vec::new();
+    let mut sorted: Vec<&Resources> = requests.iter().collect();
+    sorted.sort_by(|a, b| compare_size(b, a));
+    for r in sorted {
+        match groups.last_mut() {
+            Some(g) if g.shape == *r => g.count += 1,
+            _ => groups.push(Group {
+                shape: r.clone(),
+                count: 1,
+            }),
+        }
+    }
+    groups
 }
 
 fn compare_size(a: &Resources, b: &Resources) -> Ordering {
@@ -42,34 +63,63 @@ pub(super) struct Bin {
     pub free: Resources,
 }
 
-/// What trying a bin gave: the requests placed (indices into the list tried), what is left
-/// free, and the score.
+/// What trying a bin gave: how many of each group it takes, what is left free, the score.
 struct Trial {
-    placed: Vec<usize>,
+    taken: Vec<usize>,
     free: Resources,
     score: Score,
 }
 
-/// Places, in order, every request that still fits `free` (first fit on one node).
-fn try_bin(bin: &Bin, requests: &[Resources]) -> Option<Trial> {
-    let mut free = bin.free.clone();
-    let mut placed = Vec::new();
-    for (i, r) in requests.iter().enumerate() {
-        if free.contains(r) {
-            free.subtract(r);
-            placed.push(i);
+/// `shape` × `n`.
+fn scaled(shape: &Resources, n: usize) -> Resources {
+    let mut out = Resources::new();
+    for (k, v) in shape.iter() {
+        // Amounts are valid (finite, >= 0) and so is their multiple.
+        let _ = out.set(k, v * n as f64);
+    }
+    out
+}
+
+/// How many of `shape` fit in `free`, at most `max`: what first fit over that many equal
+/// requests would place.
+fn how_many_fit(free: &Resources, shape: &Resources, max: usize) -> usize {
+    let mut n = max;
+    for (k, v) in shape.iter() {
+        if v > 0.0 {
+            // The same tolerance as `Resources::contains`.
+            let fit = ((free.get(k) + 1e-9) / v).floor();
+            n = n.min(if fit >= max as f64 { max } else { fit as usize });
         }
     }
-    if placed.is_empty() {
+    // Guards against rounding at the boundary.
+    while n > 0 && !free.contains(&scaled(shape, n)) {
+        n -= 1;
+    }
+    n
+}
+
+/// Places, group by group in order, as many requests as still fit (first fit on one node).
+fn try_bin(bin: &Bin, groups: &[Group]) -> Option<Trial> {
+    let mut free = bin.free.clone();
+    let mut taken = vec![0; groups.len()];
+    for (i, g) in groups.iter().enumerate() {
+        let n = how_many_fit(&free, &g.shape, g.count);
+        if n > 0 {
+            free.subtract(&scaled(&g.shape, n));
+            taken[i] = n;
+        }
+    }
+    if taken.iter().all(|&n| n == 0) {
         return None;
     }
-    let placed_requests: Vec<&Resources> = placed.iter().map(|&i| &requests[i]).collect();
-    let score = Score::of(&bin.total, &free, &placed_requests);
-    Some(Trial {
-        placed,
-        free,
-        score,
-    })
+    let placed: Vec<&Resources> = groups
+        .iter()
+        .zip(&taken)
+        .filter(|(_, n)| **n > 0)
+        .map(|(g, _)| &g.shape)
+        .collect();
+    let score = Score::of(&bin.total, &free, &placed);
+    Some(Trial { taken, free, score })
 }
 
 /// Ray v2's utilization score of a node after placing requests on it, compared
@@ -86,6 +136,7 @@ struct Score {
 }
 
 impl Score {
+    /// `placed`: the shapes placed on the node (one each is enough).
     fn of(total: &Resources, free: &Resources, placed: &[&Resources]) -> Score {
         let wants_gpu = placed.iter().any(|r| r.get("GPU") > 0.0);
         let gpu_ok = wants_gpu || total.get("GPU") <= 0.0;
@@ -104,12 +155,13 @@ impl Score {
                 v * util.powi(3)
             })
             .collect();
-        let min_util = utils.iter().copied().fold(f64::INFINITY, f64::min);
-        let min_util = if utils.is_empty() { 0.0 } else { min_util };
-        let mean_util = if utils.is_empty() {
-            0.0
+        let (min_util, mean_util) = if utils.is_empty() {
+            (0.0, 0.0)
         } else {
-            utils.iter().sum::<f64>() / utils.len() as f64
+            (
+                utils.iter().copied().fold(f64::INFINITY, f64::min),
+                utils.iter().sum::<f64>() / utils.len() as f64,
+            )
         };
         Score {
             gpu_ok,
@@ -130,17 +182,17 @@ impl Score {
     }
 }
 
-/// Where requests went: for each bin used, its index and the requests placed on it.
+/// Where requests went: for each bin used, its index and the groups placed on it.
 pub(super) struct Packing {
-    pub used: Vec<(usize, Vec<Resources>)>,
-    pub left: Vec<Resources>,
+    pub used: Vec<(usize, Vec<Group>)>,
+    pub left: Vec<Group>,
 }
 
-/// Packs `requests` (sorted largest first) onto `bins`, each bin used once: repeatedly the
-/// bin that scores best after taking what fits of the remaining requests (ties go to the
-/// earlier bin), until nothing more fits.
-pub(super) fn pack(requests: Vec<Resources>, bins: &mut [Bin]) -> Packing {
-    let mut left = requests;
+/// Packs `groups` (largest first) onto `bins`, each bin used once: repeatedly the bin that
+/// scores best after taking what fits of the remaining requests (ties go to the earlier
+/// bin), until nothing more fits.
+pub(super) fn pack(groups: Vec<Group>, bins: &mut [Bin]) -> Packing {
+    let mut left = groups;
     let mut used_bins = vec![false; bins.len()];
     let mut used = Vec::new();
     while !left.is_empty() {
@@ -156,7 +208,7 @@ pub(super) fn pack(requests: Vec<Resources>, bins: &mut [Bin]) -> Packing {
         let Some((i, trial)) = best else { break };
         used_bins[i] = true;
         bins[i].free = trial.free;
-        let (placed, rest) = split(left, &trial.placed);
+        let (placed, rest) = split(left, &trial.taken);
         left = rest;
         used.push((i, placed));
     }
@@ -164,10 +216,10 @@ pub(super) fn pack(requests: Vec<Resources>, bins: &mut [Bin]) -> Packing {
 }
 
 /// Chooses the best of `candidates` (node shapes not yet launched) for the remaining
-/// requests: the index of the candidate and what it would take, or `None` when none fits
-/// any request.
+/// requests: the index of the candidate and how many of each group it would take, or
+/// `None` when none fits any request.
 pub(super) fn best_new_bin(
-    requests: &[Resources],
+    groups: &[Group],
     candidates: &[&Resources],
 ) -> Option<(usize, Vec<usize>)> {
     let mut best: Option<(usize, Trial)> = None;
@@ -176,11 +228,11 @@ pub(super) fn best_new_bin(
             total: (*shape).clone(),
             free: (*shape).clone(),
         };
-        if let Some(trial) = try_bin(&bin, requests) {
+        if let Some(trial) = try_bin(&bin, groups) {
             keep_better(&mut best, i, trial);
         }
     }
-    best.map(|(i, trial)| (i, trial.placed))
+    best.map(|(i, trial)| (i, trial.taken))
 }
 
 /// Keeps `trial` if it scores better than the best so far (ties keep the earlier one).
@@ -193,23 +245,26 @@ fn keep_better(best: &mut Option<(usize, Trial)>, i: usize, trial: Trial) {
     }
 }
 
-/// Splits `requests` into those at `placed` (ascending indices) and the rest, both in order.
-pub(super) fn split(
-    requests: Vec<Resources>,
-    placed: &[usize],
-) -> (Vec<Resources>, Vec<Resources>) {
-    let mut taken = Vec::with_capacity(placed.len());
-    let mut rest = Vec::with_capacity(requests.len().saturating_sub(placed.len()));
-    let mut next = placed.iter().peekable();
-    for (i, r) in requests.into_iter().enumerate() {
-        if next.peek() == Some(&&i) {
-            next.next();
-            taken.push(r);
-        } else {
-            rest.push(r);
+/// Splits `groups` into what `taken` (a count per group) takes and the rest, both in order.
+pub(super) fn split(groups: Vec<Group>, taken: &[usize]) -> (Vec<Group>, Vec<Group>) {
+    let mut placed = Vec::new();
+    let mut rest = Vec::new();
+    for (g, &n) in groups.into_iter().zip(taken) {
+        let n = n.min(g.count);
+        if n > 0 {
+            placed.push(Group {
+                shape: g.shape.clone(),
+                count: n,
+            });
+        }
+        if g.count > n {
+            rest.push(Group {
+                shape: g.shape,
+                count: g.count - n,
+            });
         }
     }
-    (taken, rest)
+    (placed, rest)
 }
 
 #[cfg(test)]
@@ -220,21 +275,51 @@ mod tests {
         Resources::from_pairs(pairs.iter().map(|(k, v)| (*k, *v))).unwrap()
     }
 
+    fn one_each(shapes: &[Resources]) -> Vec<Group> {
+        shapes
+            .iter()
+            .map(|s| Group {
+                shape: s.clone(),
+                count: 1,
+            })
+            .collect()
+    }
+
     #[test]
     fn largest_first_is_independent_of_input_order() {
         let a = vec![
             res(&[("CPU", 1.0)]),
             res(&[("CPU", 1.0), ("GPU", 1.0)]),
             res(&[("CPU", 4.0)]),
+            res(&[("CPU", 1.0)]),
         ];
         let mut b = a.clone();
         b.reverse();
-        let mut a = a;
-        sort_largest_first(&mut a);
-        sort_largest_first(&mut b);
-        assert_eq!(a, b);
-        assert_eq!(a[0], res(&[("CPU", 1.0), ("GPU", 1.0)]));
-        assert_eq!(a[1], res(&[("CPU", 4.0)]));
+        let ga = group_largest_first(&a);
+        assert_eq!(ga, group_largest_first(&b));
+        assert_eq!(ga[0].shape, res(&[("CPU", 1.0), ("GPU", 1.0)]));
+        assert_eq!(ga[1].shape, res(&[("CPU", 4.0)]));
+        assert_eq!(
+            (ga[2].shape.clone(), ga[2].count),
+            (res(&[("CPU", 1.0)]), 2)
+        );
+    }
+
+    #[test]
+    fn a_group_places_what_first_fit_would() {
+        let bin = Bin {
+            total: res(&[("CPU", 1.0)]),
+            free: res(&[("CPU", 1.0)]),
+        };
+        // Ten tenths fill one CPU exactly, in spite of float rounding.
+        let groups = vec![Group {
+            shape: res(&[("CPU", 0.1)]),
+            count: 12,
+        }];
+        let trial = try_bin(&bin, &groups).unwrap();
+        assert_eq!(trial.taken, vec![10]);
+        let (placed, rest) = split(groups, &trial.taken);
+        assert_eq!((placed[0].count, rest[0].count), (10, 2));
     }
 
     #[test]
@@ -244,13 +329,14 @@ mod tests {
         let small = res(&[("CPU", 5.0)]);
         let gpu = res(&[("CPU", 2.0), ("GPU", 2.0)]);
         for cpus in [1.0, 2.0] {
-            let (i, _) = best_new_bin(&[res(&[("CPU", cpus)])], &[&large, &small, &gpu]).unwrap();
+            let groups = one_each(&[res(&[("CPU", cpus)])]);
+            let (i, _) = best_new_bin(&groups, &[&large, &small, &gpu]).unwrap();
             assert_eq!(i, 1, "for {cpus} CPU");
         }
         // test_multi_node_types_score_with_gpu: the GPU type is avoided for CPU work.
         let multi = res(&[("CPU", 2.0), ("XXX", 2.0)]);
         let gpu = res(&[("CPU", 1.0), ("GPU", 2.0)]);
-        let (i, _) = best_new_bin(&[res(&[("CPU", 1.0)])], &[&gpu, &multi]).unwrap();
+        let (i, _) = best_new_bin(&one_each(&[res(&[("CPU", 1.0)])]), &[&gpu, &multi]).unwrap();
         assert_eq!(i, 1);
     }
 }

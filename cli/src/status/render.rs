@@ -225,19 +225,22 @@ pub fn build(reply: &GetClusterStatusReply, gcs_address: &str, now_ms: u64) -> S
         nodes.push(node_view(n, head_type.as_deref(), &actors_by_node));
     }
 
-    // The GCS's resource state, where it sent one, is the autoscaler's own view of demand.
-    let (demand, pending_actors, requested) = match &reply.resource_state {
-        Some(rs) => (
-            demand_counts(&rs.pending_leases),
-            demand_counts(&rs.pending_actors),
-            requested(rs),
-        ),
-        None => (queued.into_values().collect(), Vec::new(), Vec::new()),
-    };
     let infeasible = match &reply.autoscaler {
         Some(a) => demand_counts(&a.infeasible),
         None => node_infeasible.into_values().collect(),
     };
+    let mut demand: Vec<DemandView> = queued.into_values().collect();
+    let (mut pending_actors, requested) = match &reply.resource_state {
+        Some(rs) => (demand_counts(&rs.pending_actors), requested(rs)),
+        None => (Vec::new(), Vec::new()),
+    };
+    if reply.autoscaler.is_some() {
+        // What the autoscaler found infeasible is shown there, not as waiting as well.
+        for d in &infeasible {
+            let left = take(&mut demand, &d.shape, d.count);
+            take(&mut pending_actors, &d.shape, left);
+        }
+    }
     let autoscaler = reply
         .autoscaler
         .as_ref()
@@ -259,6 +262,19 @@ pub fn build(reply: &GetClusterStatusReply, gcs_address: &str, now_ms: u64) -> S
         autoscaler,
         now_ms,
     }
+}
+
+/// Takes up to `count` of `shape` out of `views` (dropping emptied entries); returns how
+/// many were not there.
+fn take(views: &mut Vec<DemandView>, shape: &BTreeMap<String, f64>, count: u64) -> u64 {
+    let mut left = count;
+    for v in views.iter_mut().filter(|v| &v.shape == shape) {
+        let n = v.count.min(left);
+        v.count -= n;
+        left -= n;
+    }
+    views.retain(|v| v.count > 0);
+    left
 }
 
 fn requested(rs: &ClusterResourceState) -> Vec<DemandView> {
@@ -838,6 +854,14 @@ mod tests {
     fn autoscaling_reply() -> GetClusterStatusReply {
         let mut head = node(1, true, "", &[], &[]);
         head.idle_duration_ms = 600_000;
+        // Queued at the head: 5 one-CPU tasks, and 2 TPU tasks the autoscaler found
+        // infeasible (shown there only).
+        let queued = |shape: &[(&str, f64)], count| ResourceDemand {
+            shape: Some(set(shape)),
+            count,
+            infeasible: false,
+        };
+        head.demand = vec![queued(&[("CPU", 1.0)], 5), queued(&[("TPU", 1.0)], 2)];
         let mut busy = node(2, false, "cpu", &[("CPU", 2.0)], &[("CPU", 1.0)]);
         busy.cloud_instance_id = "local-2".into();
         busy.busy_reasons = vec!["1 leased worker".into()];
@@ -897,7 +921,7 @@ mod tests {
             time_ms: T0 - 1_000,
         };
         let resource_state = ClusterResourceState {
-            pending_leases: vec![counts(&[("CPU", 1.0)], 4), counts(&[("CPU", 1.0)], 1)],
+            pending_leases: vec![counts(&[("CPU", 1.0)], 5), counts(&[("TPU", 1.0)], 2)],
             pending_actors: vec![counts(&[("CPU", 2.0)], 1)],
             constraint: vec![set(&[("CPU", 1.0)]), set(&[("CPU", 1.0)])],
             ..Default::default()
@@ -987,6 +1011,11 @@ mod tests {
             "launching 2 × cpu for 4 × {CPU: 1} queued"
         );
         assert_eq!(json["demand"][0]["count"], 5);
+        assert_eq!(
+            json["demand"].as_array().map(Vec::len),
+            Some(1),
+            "infeasible demand is not shown as queued too: {json:#}"
+        );
         assert_eq!(json["pending_actors"][0]["shape"]["CPU"], 2.0);
         assert_eq!(json["infeasible"][0]["shape"]["TPU"], 1.0);
         assert_eq!(json["requested"][0]["count"], 2);
