@@ -41,6 +41,10 @@ const MISSING_GRACE: Duration = Duration::from_secs(5);
 /// bring work to the node between the decision and the drain.
 pub const DRAIN_PAUSE_HOOK_ENV: &str = "MINIRAY_TEST_DRAIN_PAUSE_FILE";
 const DRAIN_PAUSE_LIMIT: Duration = Duration::from_secs(60);
+/// A node that joined less than this ago still counts as launching for the planner: the
+/// queued demand the GCS reports comes from raylet heartbeats (every 500 ms), so work the
+/// new node already took may still show as queued, and would be launched for again.
+const JOIN_SETTLE: Duration = Duration::from_millis(1500);
 const MAX_FAILURES: usize = 20;
 const MAX_DECISIONS: usize = 50;
 
@@ -374,10 +378,23 @@ impl Autoscaler {
             .filter(|r| r.status == Status::Draining)
             .filter_map(|r| r.instance_id.as_deref())
             .collect();
+        let now = now_ms();
+        let settling: Vec<&InstanceRecord> = store
+            .records()
+            .filter(|r| {
+                r.status == Status::Running
+                    && now.saturating_sub(r.status_since_ms) < JOIN_SETTLE.as_millis() as u64
+            })
+            .collect();
         let nodes = state
             .nodes
             .iter()
             .filter(|n| is_up(n))
+            .filter(|n| {
+                !settling
+                    .iter()
+                    .any(|r| r.instance_id.as_deref() == Some(n.cloud_instance_id.as_str()))
+            })
             .filter_map(|n| {
                 let address = n.address.as_ref()?;
                 let node_id = NodeId::from_bytes(&address.node_id).ok()?;
@@ -402,6 +419,7 @@ impl Autoscaler {
         let launching = store
             .records()
             .filter(|r| r.status.is_launching())
+            .chain(settling.iter().copied())
             .map(|r| LaunchingInstance {
                 instance_id: r.display_id().to_string(),
                 node_type: r.node_type.clone(),
