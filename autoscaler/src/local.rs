@@ -340,6 +340,33 @@ impl NodeProvider for LocalProvider {
     }
 }
 
+/// Pids of the node processes recorded in the state folders under `root` (one per cluster)
+/// that still run as recorded: what `miniray stop` stops besides the daemons.
+pub fn live_node_pids(root: &Path) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for cluster in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        for entry in std::fs::read_dir(cluster.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let path = entry.path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let record = std::fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<NodeRecord>(&b).ok());
+            if let Some(record) = record
+                && is_alive(&record)
+            {
+                pids.push(record.pid);
+            }
+        }
+    }
+    pids
+}
+
 /// The `miniray start` arguments of a node of this type: its resources, then its own.
 fn node_args(name: &str, t: &NodeTypeConfig) -> Result<Vec<String>, ProviderCallError> {
     let extra: LocalNodeConfig = if t.node_config.is_null() {

@@ -55,7 +55,12 @@ pub fn load_config(path: &Path) -> anyhow::Result<AutoscalingConfig> {
 /// Where the local provider keeps its instance records: per cluster name, not per session,
 /// so a head restarted under the same name adopts the nodes it launched.
 fn state_dir(cluster_name: &str) -> PathBuf {
-    config::tmp_root().join("autoscaler").join(cluster_name)
+    state_root().join(cluster_name)
+}
+
+/// The state folders of every cluster's local provider on this machine.
+pub fn state_root() -> PathBuf {
+    config::tmp_root().join("autoscaler")
 }
 
 /// Starts the autoscaler daemon. `attached`: it stops with this process (`start --block`);

@@ -460,40 +460,59 @@ fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
 }
 
 pub fn stop(args: StopArgs) -> anyhow::Result<()> {
-    let mut found = daemons::list();
-    if found.is_empty() {
+    let found = daemons::list();
+    if found.is_empty()
+        && miniray_autoscaler::local::live_node_pids(&crate::autoscaler::state_root()).is_empty()
+    {
         println!("No miniray daemons are running.");
         return Ok(());
     }
-    // The autoscaler first, so it launches nothing more; then raylets (the nodes it
-    // launched among them: their `start --block` exits with its raylet), which stop their
-    // workers and remove their segments while the GCS is up.
-    found.sort_by_key(|(rec, _)| match rec.role.as_str() {
-        "autoscaler" => 0,
-        "gcs" => 2,
-        _ => 1,
-    });
+    // The autoscaler first, so it launches nothing more; then the nodes it launched (their
+    // `start --block` stops its raylet, also one still starting); then the other raylets,
+    // which stop their workers and remove their segments while the GCS is up; the GCS last.
+    let (mut autoscalers, mut rest): (Vec<_>, Vec<_>) = found
+        .into_iter()
+        .partition(|(rec, _)| rec.role == "autoscaler");
+    rest.sort_by_key(|(rec, _)| rec.role == "gcs");
     let grace = Duration::from_secs(args.grace_period);
     let mut failed = 0;
-    for (rec, path) in found {
-        match stop_pid(rec.pid, grace) {
-            Ok(()) => {
-                println!("Stopped {} (pid {}, {}).", rec.role, rec.pid, rec.address);
-                let _ = std::fs::remove_file(&path);
-                if rec.role == "gcs" {
-                    let _ = std::fs::remove_file(config::token_file(&rec.address));
-                }
-            }
+    for found in autoscalers.drain(..) {
+        failed += usize::from(!stop_recorded(found, grace));
+    }
+    for pid in miniray_autoscaler::local::live_node_pids(&crate::autoscaler::state_root()) {
+        match stop_pid(pid, grace) {
+            Ok(()) => println!("Stopped a node the autoscaler launched (pid {pid})."),
             Err(e) => {
                 failed += 1;
-                eprintln!("Could not stop {} (pid {}): {e:#}", rec.role, rec.pid);
+                eprintln!("Could not stop the autoscaler's node (pid {pid}): {e:#}");
             }
         }
+    }
+    for found in rest.drain(..) {
+        failed += usize::from(!stop_recorded(found, grace));
     }
     if failed > 0 {
         bail!("{failed} daemon(s) could not be stopped");
     }
     Ok(())
+}
+
+/// Stops one recorded daemon and removes its record; false when it could not be stopped.
+fn stop_recorded((rec, path): (DaemonRecord, PathBuf), grace: Duration) -> bool {
+    match stop_pid(rec.pid, grace) {
+        Ok(()) => {
+            println!("Stopped {} (pid {}, {}).", rec.role, rec.pid, rec.address);
+            let _ = std::fs::remove_file(&path);
+            if rec.role == "gcs" {
+                let _ = std::fs::remove_file(config::token_file(&rec.address));
+            }
+            true
+        }
+        Err(e) => {
+            eprintln!("Could not stop {} (pid {}): {e:#}", rec.role, rec.pid);
+            false
+        }
+    }
 }
 
 /// SIGTERM, wait up to `grace`, then SIGKILL. The pid is not our child, so poll /proc.

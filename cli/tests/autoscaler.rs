@@ -1006,6 +1006,83 @@ fn a_drain_refused_because_work_arrived_keeps_the_node() {
     });
 }
 
+/// `miniray stop` stops the autoscaler and every node it launched (`min_workers` here, so
+/// with no demand at all), then the head.
+fn stop_stops_the_autoscaler_and_the_nodes_it_launched() {
+    let cluster = Cluster::start(
+        "stop",
+        "max_workers: 2\nidle_timeout_s: 3\nnode_launch_timeout_s: 60",
+        "  cpu: {resources: {CPU: 1}, min_workers: 2, max_workers: 2, \
+         node_config: {args: [--object-store-memory, \"100000000\"]}}",
+    );
+    poll(
+        "min_workers nodes",
+        Duration::from_secs(90),
+        || match cluster.workers()?.len() {
+            2 => Ok(()),
+            n => Err(format!("{n} worker nodes")),
+        },
+    );
+    let nodes = cluster.node_processes();
+    assert_eq!(nodes.len(), 2);
+    let (ok, out) = cluster.miniray(&["stop", "--grace-period", "10"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("Stopped autoscaler"), "{out}");
+    for pid in nodes {
+        assert!(
+            !alive(pid),
+            "node process {pid} survived miniray stop:\n{out}"
+        );
+    }
+    let (_, again) = cluster.miniray(&["stop"]);
+    assert!(again.contains("No miniray daemons are running."), "{again}");
+}
+
+/// A config that does not make sense, or names the Kubernetes provider, is refused by
+/// `start` with the field and line (or the reason), and nothing is started.
+fn a_bad_config_is_refused_before_anything_starts() {
+    let root = std::env::temp_dir().join(format!(
+        "miniray-as-badconfig-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    std::fs::create_dir_all(&root).expect("temp root");
+    let cases = [
+        (
+            "max_workers: 1\nprovider: {type: local}\nhead_node_type: head\n\
+             available_node_types:\n  head: {resources: {CPU: 0}}\n  \
+             cpu: {resources: {CPU: 1}, max_workers: 4}\n",
+            "line 6",
+        ),
+        (
+            "max_workers: 1\nprovider: {type: kubernetes, namespace: x}\nhead_node_type: head\n\
+             available_node_types:\n  head: {resources: {CPU: 0}}\n",
+            "Kubernetes provider is not available yet",
+        ),
+    ];
+    for (i, (yaml, expected)) in cases.iter().enumerate() {
+        let path = root.join(format!("bad-{i}.yaml"));
+        std::fs::write(&path, yaml).expect("write the config");
+        let out = Command::new(MINIRAY)
+            .args(["start", "--head", "--port", &free_port().to_string()])
+            .arg("--autoscaling-config")
+            .arg(&path)
+            .env("MINIRAY_TMPDIR", &root)
+            .env_remove("MINIRAY_ROLE")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run miniray start");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "case {i} was accepted");
+        assert!(stderr.contains(expected), "case {i}: {stderr}");
+        let daemons = std::fs::read_dir(root.join("daemons"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert_eq!(daemons, 0, "case {i}: a daemon was started");
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
+
 const TESTS: &[(&str, fn())] = &[
     (
         "scale_up_for_tasks_then_down_when_idle",
@@ -1038,6 +1115,14 @@ const TESTS: &[(&str, fn())] = &[
     (
         "a_drain_refused_because_work_arrived_keeps_the_node",
         a_drain_refused_because_work_arrived_keeps_the_node,
+    ),
+    (
+        "stop_stops_the_autoscaler_and_the_nodes_it_launched",
+        stop_stops_the_autoscaler_and_the_nodes_it_launched,
+    ),
+    (
+        "a_bad_config_is_refused_before_anything_starts",
+        a_bad_config_is_refused_before_anything_starts,
     ),
 ];
 
