@@ -389,8 +389,8 @@ impl Cluster {
         ids
     }
 
-    /// SIGKILLs the head's daemons (the GCS, its raylet, the autoscaler), as a crash would.
-    fn kill_head(&self) {
+    /// The daemon records `miniray start` wrote.
+    fn daemon_records(&self) -> Vec<serde_json::Value> {
         let mut records = Vec::new();
         for entry in std::fs::read_dir(self.root.join("daemons"))
             .into_iter()
@@ -404,6 +404,12 @@ impl Cluster {
                 records.push(rec);
             }
         }
+        records
+    }
+
+    /// SIGKILLs the head's daemons (the GCS, its raylet, the autoscaler), as a crash would.
+    fn kill_head(&self) {
+        let records = self.daemon_records();
         let head_session = records
             .iter()
             .find(|r| r["role"] == "gcs")
@@ -1083,6 +1089,100 @@ fn a_bad_config_is_refused_before_anything_starts() {
     let _ = std::fs::remove_dir_all(&root);
 }
 
+/// The autoscaler killed (SIGKILL) the moment its first node process exists, then started
+/// again with the same command line: it adopts what the first one launched or had only
+/// recorded, so every node is launched once and none is lost.
+fn an_autoscaler_killed_mid_launch_launches_nothing_twice() {
+    let cluster = Cluster::start(
+        "midlaunch",
+        "max_workers: 2\nidle_timeout_s: 3\nnode_launch_timeout_s: 60",
+        ONE_CPU_TYPE,
+    );
+    let record = cluster
+        .daemon_records()
+        .into_iter()
+        .find(|r| r["role"] == "autoscaler")
+        .expect("the autoscaler is recorded");
+    let pid = record["pid"]
+        .as_u64()
+        .and_then(|p| u32::try_from(p).ok())
+        .expect("pid");
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("its command line");
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .skip(1)
+        .map(|a| String::from_utf8_lossy(a).to_string())
+        .collect();
+    let mut driver = cluster.driver(&["request", "2"]);
+    assert_eq!(driver.value("requested", Duration::from_secs(60)), "2");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while cluster.node_processes().is_empty() {
+        assert!(Instant::now() < deadline, "no node was launched");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // SAFETY: kill(2) on the autoscaler this test's cluster started.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    poll("the autoscaler to die", Duration::from_secs(10), || {
+        if alive(pid) {
+            Err("alive".into())
+        } else {
+            Ok(())
+        }
+    });
+    let logs = cluster.root.join("restarted").join("logs");
+    std::fs::create_dir_all(&logs).expect("log folder");
+    let log = std::fs::File::create(logs.join("autoscaler.err")).expect("log");
+    let mut cmd = cluster.command(Path::new(MINIRAY));
+    cmd.args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let again = cmd.spawn().expect("start the autoscaler again");
+    // Recorded like the first, so `miniray stop` (the guard) stops it.
+    let mut record = record.clone();
+    record["pid"] = again.id().into();
+    std::fs::write(
+        cluster
+            .root
+            .join("daemons")
+            .join(format!("{}.json", again.id())),
+        serde_json::to_vec(&record).expect("json"),
+    )
+    .expect("record the new autoscaler");
+    let joined = poll("two worker nodes", Duration::from_secs(90), || {
+        let ids: BTreeSet<String> = cluster
+            .workers()?
+            .iter()
+            .map(|n| n.cloud_instance_id.clone())
+            .collect();
+        if ids.len() == 2 {
+            Ok(ids)
+        } else {
+            Err(format!("{ids:?}"))
+        }
+    });
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        assert!(cluster.node_processes().len() <= 2, "a third node process");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        cluster.launched_instances(),
+        joined,
+        "each node was launched once"
+    );
+    let log = std::fs::read_to_string(logs.join("autoscaler.err")).unwrap_or_default();
+    eprintln!(
+        "mid-launch restart: the new autoscaler adopted {} requested launch(es), re-issued {}, \
+         launched {} new",
+        log.matches("adopted a launched instance").count(),
+        log.matches("re-issuing a launch").count(),
+        log.matches("started a local node").count()
+    );
+}
+
 const TESTS: &[(&str, fn())] = &[
     (
         "scale_up_for_tasks_then_down_when_idle",
@@ -1123,6 +1223,10 @@ const TESTS: &[(&str, fn())] = &[
     (
         "a_bad_config_is_refused_before_anything_starts",
         a_bad_config_is_refused_before_anything_starts,
+    ),
+    (
+        "an_autoscaler_killed_mid_launch_launches_nothing_twice",
+        an_autoscaler_killed_mid_launch_launches_nothing_twice,
     ),
 ];
 
