@@ -142,6 +142,9 @@ struct Cluster {
     head_args: Vec<String>,
     /// Whether the autoscaler pauses each drain on [`Cluster::drain_pause_hook`].
     pause_drains: bool,
+    /// Daemons the test started itself: stopped by `miniray stop` (they are recorded),
+    /// reaped on drop.
+    children: std::cell::RefCell<Vec<Child>>,
     runtime: tokio::runtime::Runtime,
 }
 
@@ -188,6 +191,7 @@ impl Cluster {
             token: miniray_common::auth::generate_token(),
             head_args: head_args.iter().map(|a| a.to_string()).collect(),
             pause_drains,
+            children: std::cell::RefCell::new(Vec::new()),
             runtime,
         };
         cluster.start_head();
@@ -456,6 +460,10 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         let (_, stop) = self.miniray(&["stop", "--grace-period", "5"]);
+        for mut child in self.children.borrow_mut().drain(..) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         // Nodes the autoscaler launched are stopped through their raylets; anything left
         // (a node still starting) is killed with its process group.
         for pid in self.node_processes() {
@@ -1142,7 +1150,8 @@ fn an_autoscaler_killed_mid_launch_launches_nothing_twice() {
     let again = cmd.spawn().expect("start the autoscaler again");
     // Recorded like the first, so `miniray stop` (the guard) stops it.
     let mut record = record.clone();
-    record["pid"] = again.id().into();
+    let again_pid = again.id();
+    record["pid"] = again_pid.into();
     std::fs::write(
         cluster
             .root
@@ -1151,6 +1160,7 @@ fn an_autoscaler_killed_mid_launch_launches_nothing_twice() {
         serde_json::to_vec(&record).expect("json"),
     )
     .expect("record the new autoscaler");
+    cluster.children.borrow_mut().push(again);
     let joined = poll("two worker nodes", Duration::from_secs(90), || {
         let ids: BTreeSet<String> = cluster
             .workers()?
