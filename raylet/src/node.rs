@@ -514,19 +514,24 @@ impl Node {
     /// What this node reports about itself (registration, stats).
     pub fn node_info(&self) -> NodeInfo {
         let idle = self.idleness();
-        let (total, available, demand, leased) = {
+        let (total, available, demand, leased, draining) = {
             let st = self.sched.lock();
             (
                 st.scheduler.total().to_proto(),
                 st.scheduler.available().to_proto(),
                 st.scheduler.demand(),
                 st.scheduler.num_leases(),
+                st.scheduler.is_draining(),
             )
         };
         let counts = self.pool.counts();
         NodeInfo {
             address: Some(self.address.clone()),
-            state: NodeState::Alive as i32,
+            state: if draining {
+                NodeState::Draining as i32
+            } else {
+                NodeState::Alive as i32
+            },
             total: Some(total),
             available: Some(available),
             demand,
@@ -556,7 +561,7 @@ impl Node {
             num_leased_workers: info.num_leased_workers,
             idle_duration_ms: info.idle_duration_ms,
             busy_reasons: info.busy_reasons,
-            draining: self.sched.lock().scheduler.is_draining(),
+            draining: info.state == NodeState::Draining as i32,
         }
     }
 }
