@@ -897,6 +897,7 @@ fn a_restarted_head_adopts_the_nodes_it_launched() {
     let processes = cluster.node_processes();
     cluster.kill_head();
     let killed = Instant::now();
+    let killed_ms = miniray_common::time::now_ms();
     cluster.start_head();
     eprintln!(
         "restart: a new head was up {:?} after the old one was killed",
@@ -914,7 +915,8 @@ fn a_restarted_head_adopts_the_nodes_it_launched() {
                 .filter(|i| i.status == "running")
                 .map(|i| i.instance_id.clone())
                 .collect();
-            if running == before {
+            // A report of the new autoscaler (reports are not persisted, but be sure).
+            if running == before && state.time_ms >= killed_ms {
                 Ok(state)
             } else {
                 Err(format!("instances {:?}", state.instances))
