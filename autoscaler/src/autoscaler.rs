@@ -648,3 +648,135 @@ fn resources(set: Option<&miniray_proto::ResourceSet>) -> Resources {
     set.and_then(|s| Resources::from_proto(s).ok())
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use miniray_proto::{NodeAddress, ResourceSet};
+
+    use super::*;
+
+    fn cpu(n: f64) -> ResourceSet {
+        Resources::from_pairs([("CPU", n)]).unwrap().to_proto()
+    }
+
+    fn node(id: NodeId, instance: &str, is_head: bool) -> NodeInfo {
+        NodeInfo {
+            address: Some(NodeAddress {
+                node_id: id.to_vec(),
+                host: "127.0.0.1".into(),
+                port: 1,
+            }),
+            state: NodeState::Alive as i32,
+            total: Some(cpu(2.0)),
+            available: Some(cpu(2.0)),
+            is_head,
+            cloud_instance_id: instance.into(),
+            node_type: if is_head { String::new() } else { "cpu".into() },
+            idle_duration_ms: 7,
+            ..Default::default()
+        }
+    }
+
+    fn running(instance: &str, node: NodeId, since_ms: u64) -> InstanceRecord {
+        let mut r = InstanceRecord::requested("cpu", since_ms);
+        r.allocated(instance.into(), since_ms).unwrap();
+        r.joined(node.hex(), since_ms).unwrap();
+        r
+    }
+
+    // The planner's input (`view`) is built only from the records and the GCS's state; no
+    // call is made, so the GCS client never connects.
+    #[tokio::test]
+    async fn the_planner_sees_nodes_launching_and_settling_instances_and_expanded_demand() {
+        let (config, _) = crate::config::parse(
+            "max_workers: 4\nprovider: {type: local}\nhead_node_type: head\n\
+             available_node_types:\n  head: {resources: {CPU: 0}}\n  \
+             cpu: {resources: {CPU: 2}, max_workers: 4}\n",
+        )
+        .unwrap();
+        let gcs = Gcs::connect_lazy("127.0.0.1:1", "token").unwrap();
+        let dir = std::env::temp_dir().join(format!(
+            "miniray-autoscaler-view-{}-{}",
+            std::process::id(),
+            NodeId::random().hex()
+        ));
+        let provider = crate::local::LocalProvider::new(crate::local::LocalProviderConfig {
+            exe: "/nonexistent".into(),
+            gcs_address: "127.0.0.1:1".into(),
+            token: "token".into(),
+            cluster_name: "view".into(),
+            state_dir: dir.join("state"),
+            log_dir: dir.join("logs"),
+            node_types: config.node_types.clone(),
+            env: Vec::new(),
+            terminate_grace: Duration::from_secs(1),
+            fail_list_while: None,
+        })
+        .unwrap();
+        let autoscaler = Autoscaler::new(config, gcs.clone(), Arc::new(provider));
+        let (head, old, fresh, leaving) = (
+            NodeId::random(),
+            NodeId::random(),
+            NodeId::random(),
+            NodeId::random(),
+        );
+        let now = now_ms();
+        let mut draining = running("i-leaving", leaving, now - 60_000);
+        draining.transition(Status::Draining, now).unwrap();
+        let requested = InstanceRecord::requested("cpu", now);
+        let store = InstanceStore::with_records(
+            gcs,
+            vec![
+                running("i-old", old, now - 60_000),
+                running("i-fresh", fresh, now),
+                draining,
+                requested.clone(),
+            ],
+        );
+        let state = ClusterResourceState {
+            nodes: vec![
+                node(head, "", true),
+                node(old, "i-old", false),
+                node(fresh, "i-fresh", false),
+                node(leaving, "i-leaving", false),
+            ],
+            pending_leases: vec![ResourceDemandCount {
+                shape: Some(cpu(1.0)),
+                count: 3,
+            }],
+            pending_actors: vec![ResourceDemandCount {
+                shape: Some(cpu(2.0)),
+                count: 1,
+            }],
+            constraint: vec![cpu(4.0)],
+            now_ms: 42,
+        };
+        let view = autoscaler.view(&store, &state);
+        assert_eq!(view.now_ms, 42);
+        // The node that just joined is still counted as launching, not as a node.
+        let ids: Vec<&str> = view.nodes.iter().map(|n| n.instance_id.as_str()).collect();
+        assert_eq!(ids, ["", "i-old", "i-leaving"]);
+        assert_eq!(
+            view.nodes[0].node_type, "head",
+            "the head gets its configured type"
+        );
+        assert!(view.nodes[2].draining && !view.nodes[1].draining);
+        assert_eq!(view.nodes[1].idle_ms, 7);
+        let mut launching: Vec<&str> = view
+            .launching
+            .iter()
+            .map(|l| l.instance_id.as_str())
+            .collect();
+        launching.sort();
+        let mut expected = vec!["i-fresh", requested.id.as_str()];
+        expected.sort();
+        assert_eq!(launching, expected);
+        assert_eq!(view.demand.len(), 4, "3 leases and 1 actor, one entry each");
+        assert_eq!(
+            view.demand.iter().filter(|d| d.get("CPU") == 1.0).count(),
+            3
+        );
+        assert_eq!(view.constraint.len(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

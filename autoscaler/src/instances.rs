@@ -213,6 +213,15 @@ impl InstanceStore {
         Ok(Self { gcs, records })
     }
 
+    /// A store holding `records` as if loaded (for tests of what is built from them).
+    #[cfg(test)]
+    pub(crate) fn with_records(gcs: Gcs, records: Vec<InstanceRecord>) -> Self {
+        Self {
+            gcs,
+            records: records.into_iter().map(|r| (r.id.clone(), r)).collect(),
+        }
+    }
+
     pub fn records(&self) -> impl Iterator<Item = &InstanceRecord> {
         self.records.values()
     }
