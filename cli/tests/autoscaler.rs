@@ -951,10 +951,12 @@ fn a_restarted_head_adopts_the_nodes_it_launched() {
 /// raylet refuses the drain, the node stays, and the task finishes there. (The autoscaler's
 /// drain-pause test hook holds the drain until the task is running.)
 fn a_drain_refused_because_work_arrived_keeps_the_node() {
+    // One worker node at most, so the new task can only go to the node being drained.
     let cluster = Cluster::start_full(
         "drainrefused",
-        "max_workers: 2\nidle_timeout_s: 3\nnode_launch_timeout_s: 60",
-        ONE_CPU_TYPE,
+        "max_workers: 1\nidle_timeout_s: 3\nnode_launch_timeout_s: 60",
+        "  cpu: {resources: {CPU: 1}, min_workers: 0, max_workers: 1, \
+         node_config: {args: [--object-store-memory, \"100000000\"]}}",
         &[],
         true,
     );
