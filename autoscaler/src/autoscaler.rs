@@ -274,7 +274,8 @@ impl Autoscaler {
                 }
                 Status::Running => {
                     if !is_listed {
-                        info!(instance_id = %id, "the instance is gone");
+                        // Not drained, not terminated by us: it died.
+                        self.fail(&rec.node_type, &id, "the node's process exited".into());
                         self.missing_since.remove(&rec.id);
                         let r = rec.transition(Status::Terminated, now);
                         self.save(store, rec, r).await
