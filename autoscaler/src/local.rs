@@ -120,6 +120,9 @@ impl LocalProvider {
                 continue;
             };
             match serde_json::from_slice::<NodeRecord>(&bytes) {
+                Ok(r) if r.cluster_name == self.cfg.cluster_name && r.pid == 0 => {
+                    out.push(self.resolve_unstarted(r, &path));
+                }
                 Ok(r) if r.cluster_name == self.cfg.cluster_name => out.push(r),
                 Ok(_) => {}
                 Err(e) => {
@@ -128,6 +131,42 @@ impl LocalProvider {
             }
         }
         Ok(out)
+    }
+
+    /// A record written just before its spawn by an autoscaler that died before it could
+    /// add the pid: the process, if it was started, is the process-group leader whose
+    /// environment names this instance. Found, the record is completed; not found, it is
+    /// returned as it is (pid 0: not alive, so it is removed as terminated).
+    fn resolve_unstarted(&self, mut record: NodeRecord, path: &Path) -> NodeRecord {
+        let needle = format!("{CLOUD_INSTANCE_ID_ENV}={}\0", record.instance_id);
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if !is_group_leader(pid) {
+                continue;
+            }
+            let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+                continue;
+            };
+            let found = environ
+                .windows(needle.len())
+                .any(|w| w == needle.as_bytes());
+            if let (true, Some(start_time)) = (found, proc_start_time(pid)) {
+                record.pid = pid;
+                record.start_time = start_time;
+                if let Err(e) = write_atomic(path, &record) {
+                    warn!(error = %e, "cannot complete an instance record");
+                }
+                info!(instance_id = %record.instance_id, pid, "found the process of an unfinished instance record");
+                break;
+            }
+        }
+        record
     }
 
     fn spawn_node(
@@ -180,30 +219,45 @@ impl LocalProvider {
             .stderr(Stdio::from(log_err));
         // Its own process group: the node outlives the autoscaler, and is stopped as a whole.
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        let mut child = cmd.spawn().map_err(|e| {
-            ProviderCallError::Unavailable(format!("cannot start {}: {e}", self.cfg.exe.display()))
-        })?;
+        // Recorded before it exists (pid 0), so an autoscaler that dies between the spawn
+        // and the record still finds it: `resolve_unstarted` looks it up by its instance id.
+        let mut record = NodeRecord {
+            instance_id: instance_id.clone(),
+            cluster_name: self.cfg.cluster_name.clone(),
+            node_type: node_type.to_string(),
+            request_id: request_id.to_string(),
+            pid: 0,
+            start_time: 0,
+        };
+        let path = self.record_path(&instance_id);
+        write_atomic(&path, &record)?;
+        let mut child = match cmd.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                return Err(ProviderCallError::Unavailable(format!(
+                    "cannot start {}: {e}",
+                    self.cfg.exe.display()
+                )));
+            }
+        };
         let pid = child.id();
         let Some(start_time) = proc_start_time(pid) else {
             let _ = child.kill();
             let _ = child.wait();
+            let _ = std::fs::remove_file(&path);
             return Err(ProviderCallError::Unavailable(format!(
                 "node process {pid} exited at once; see {}",
                 log_path.display()
             )));
         };
-        let record = NodeRecord {
-            instance_id: instance_id.clone(),
-            cluster_name: self.cfg.cluster_name.clone(),
-            node_type: node_type.to_string(),
-            request_id: request_id.to_string(),
-            pid,
-            start_time,
-        };
-        if let Err(e) = write_atomic(&self.record_path(&instance_id), &record) {
+        record.pid = pid;
+        record.start_time = start_time;
+        if let Err(e) = write_atomic(&path, &record) {
             // Without its record nothing could ever find or stop it.
             let _ = child.kill();
             let _ = child.wait();
+            let _ = std::fs::remove_file(&path);
             return Err(e);
         }
         // Reap it when it exits, and report an exit nobody asked for.
@@ -420,7 +474,19 @@ fn proc_start_time(pid: u32) -> Option<u64> {
 }
 
 fn is_alive(record: &NodeRecord) -> bool {
-    proc_start_time(record.pid) == Some(record.start_time)
+    record.pid != 0 && proc_start_time(record.pid) == Some(record.start_time)
+}
+
+/// Whether `pid` leads its process group (`/proc/PID/stat` field 5 is its own pid), as a
+/// node's `miniray start --block` does; its raylet and workers do not.
+fn is_group_leader(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let (_, rest) = stat.rsplit_once(')')?;
+            rest.split_whitespace().nth(5 - 3)?.parse::<u32>().ok()
+        })
+        == Some(pid)
 }
 
 fn signal_group(pid: u32, signal: i32) {
@@ -462,6 +528,65 @@ mod tests {
             start_time: t + 1,
             ..record
         }));
+    }
+
+    /// A record left at pid 0 (the autoscaler died between writing it and adding the pid)
+    /// is completed from the process whose environment names the instance; the instance is
+    /// then listed and can be terminated, process group and all.
+    #[tokio::test]
+    async fn an_unfinished_record_finds_its_process_which_terminate_stops() {
+        let dir = std::env::temp_dir().join(format!(
+            "miniray-local-provider-{}-{}",
+            std::process::id(),
+            miniray_common::NodeId::random().hex()
+        ));
+        let provider = LocalProvider::new(LocalProviderConfig {
+            exe: "/nonexistent".into(),
+            gcs_address: "127.0.0.1:1".into(),
+            token: "t".into(),
+            cluster_name: "c".into(),
+            state_dir: dir.join("state"),
+            log_dir: dir.join("logs"),
+            node_types: BTreeMap::new(),
+            env: Vec::new(),
+            terminate_grace: Duration::from_secs(5),
+            fail_list_while: None,
+        })
+        .unwrap();
+        let id = format!("local-c-{}", miniray_common::NodeId::random().hex());
+        let mut cmd = Command::new("sleep");
+        cmd.arg("60").env(CLOUD_INSTANCE_ID_ENV, &id);
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let mut child = cmd.spawn().unwrap();
+        let record = NodeRecord {
+            instance_id: id.clone(),
+            cluster_name: "c".into(),
+            node_type: "cpu".into(),
+            request_id: "r".into(),
+            pid: 0,
+            start_time: 0,
+        };
+        write_atomic(&provider.record_path(&id), &record).unwrap();
+        let listed = provider.non_terminated().await.unwrap();
+        assert_eq!(listed.keys().collect::<Vec<_>>(), [&id]);
+        // Launching again with the same request id creates nothing.
+        assert_eq!(provider.launch("cpu", 1, "r").await.unwrap(), [id.clone()]);
+        provider
+            .terminate(std::slice::from_ref(&id), "t")
+            .await
+            .unwrap();
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "stopped by a signal: {status}");
+        assert!(provider.non_terminated().await.unwrap().is_empty());
+        // A record whose process never started is dropped as terminated.
+        let gone = NodeRecord {
+            instance_id: "local-c-never".into(),
+            ..record
+        };
+        write_atomic(&provider.record_path("local-c-never"), &gone).unwrap();
+        assert!(provider.non_terminated().await.unwrap().is_empty());
+        assert!(!provider.record_path("local-c-never").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
