@@ -570,7 +570,10 @@ mod tests {
         let listed = provider.non_terminated().await.unwrap();
         assert_eq!(listed.keys().collect::<Vec<_>>(), [&id]);
         // Launching again with the same request id creates nothing.
-        assert_eq!(provider.launch("cpu", 1, "r").await.unwrap(), [id.clone()]);
+        assert_eq!(
+            provider.launch("cpu", 1, "r").await.unwrap(),
+            vec![id.clone()]
+        );
         provider
             .terminate(std::slice::from_ref(&id), "t")
             .await
