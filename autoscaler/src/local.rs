@@ -397,25 +397,29 @@ impl NodeProvider for LocalProvider {
 /// Pids of the node processes recorded in the state folders under `root` (one per cluster)
 /// that still run as recorded: what `miniray stop` stops besides the daemons.
 pub fn live_node_pids(root: &Path) -> Vec<u32> {
+    std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|cluster| cluster_node_pids(&cluster.path()))
+        .collect()
+}
+
+/// [`live_node_pids`] of one cluster's state folder.
+pub fn cluster_node_pids(state_dir: &Path) -> Vec<u32> {
     let mut pids = Vec::new();
-    for cluster in std::fs::read_dir(root).into_iter().flatten().flatten() {
-        for entry in std::fs::read_dir(cluster.path())
-            .into_iter()
-            .flatten()
-            .flatten()
+    for entry in std::fs::read_dir(state_dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let record = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<NodeRecord>(&b).ok());
+        if let Some(record) = record
+            && is_alive(&record)
         {
-            let path = entry.path();
-            if path.extension().is_none_or(|e| e != "json") {
-                continue;
-            }
-            let record = std::fs::read(&path)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<NodeRecord>(&b).ok());
-            if let Some(record) = record
-                && is_alive(&record)
-            {
-                pids.push(record.pid);
-            }
+            pids.push(record.pid);
         }
     }
     pids

@@ -54,7 +54,7 @@ pub fn load_config(path: &Path) -> anyhow::Result<AutoscalingConfig> {
 
 /// Where the local provider keeps its instance records: per cluster name, not per session,
 /// so a head restarted under the same name adopts the nodes it launched.
-fn state_dir(cluster_name: &str) -> PathBuf {
+pub fn state_dir(cluster_name: &str) -> PathBuf {
     state_root().join(cluster_name)
 }
 

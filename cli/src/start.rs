@@ -338,14 +338,18 @@ pub fn start(args: StartArgs) -> anyhow::Result<()> {
         println!("  logs:    {}", logs.display());
     }
     if args.block {
-        return block(children);
+        let nodes = autoscaling
+            .as_ref()
+            .map(|c| crate::autoscaler::state_dir(&c.cluster_name));
+        return block(children, nodes);
     }
     Ok(())
 }
 
 /// `start --block`: waits for SIGTERM or SIGINT, or for a daemon to exit, then stops the
-/// others (newest first: the autoscaler, the raylet, the GCS) and removes their records.
-fn block(mut children: Vec<(String, Child)>) -> anyhow::Result<()> {
+/// others (newest first: the autoscaler, then the nodes it launched, whose state folder is
+/// `nodes`, then the raylet and the GCS) and removes their records.
+fn block(mut children: Vec<(String, Child)>, nodes: Option<PathBuf>) -> anyhow::Result<()> {
     use std::io::Write;
     let _ = std::io::stdout().flush();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -370,10 +374,20 @@ fn block(mut children: Vec<(String, Child)>) -> anyhow::Result<()> {
             }
         }
     })?;
-    while let Some((_, mut child)) = children.pop() {
+    while let Some((role, mut child)) = children.pop() {
         let pid = child.id();
         stop_daemon(&mut child);
         daemons::remove(pid);
+        if role == "autoscaler"
+            && let Some(dir) = &nodes
+        {
+            // Without a head they could never do anything again.
+            for node in miniray_autoscaler::local::cluster_node_pids(dir) {
+                if let Err(e) = stop_pid(node, Duration::from_secs(10)) {
+                    eprintln!("Could not stop the autoscaler's node (pid {node}): {e:#}");
+                }
+            }
+        }
     }
     match exited {
         Some((role, status)) if !status.success() => bail!("the {role} exited ({status})"),

@@ -198,6 +198,39 @@ impl Cluster {
         cluster
     }
 
+    /// A cluster whose head is `miniray start --head --block`, a child of this test; the
+    /// head is up (its autoscaler reported) when this returns.
+    fn start_blocking(test: &str, settings: &str, types: &str) -> (Cluster, Child) {
+        let cluster = Cluster::start_full(test, settings, types, &[], false);
+        // Stopped at once: only the folder, config and port are reused for the blocking head.
+        let (ok, out) = cluster.miniray(&["stop"]);
+        assert!(ok, "{out}");
+        let port = cluster.port.to_string();
+        let config = cluster.root.join("cluster.yaml");
+        let mut cmd = cluster.command(Path::new(MINIRAY));
+        cmd.args([
+            "start",
+            "--head",
+            "--port",
+            &port,
+            "--object-store-memory",
+            "100000000",
+        ])
+        .arg("--autoscaling-config")
+        .arg(&config)
+        .arg("--block")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        let child = cmd.spawn().expect("start a blocking head");
+        poll(
+            "the autoscaler's first report",
+            Duration::from_secs(60),
+            || cluster.autoscaling_state().map(|_| ()),
+        );
+        (cluster, child)
+    }
+
     /// `miniray start --head` with the autoscaler; returns once the autoscaler has reported
     /// (so drivers see its node types).
     fn start_head(&self) {
@@ -1197,6 +1230,42 @@ fn an_autoscaler_killed_mid_launch_launches_nothing_twice() {
     );
 }
 
+/// `miniray start --head --block --autoscaling-config`: on SIGTERM it stops the
+/// autoscaler, the nodes it launched, the raylet and the GCS, and exits cleanly.
+fn a_blocking_head_stops_its_autoscaler_and_nodes_on_sigterm() {
+    let (cluster, mut head) = Cluster::start_blocking(
+        "blockhead",
+        "max_workers: 1\nidle_timeout_s: 3\nnode_launch_timeout_s: 60",
+        "  cpu: {resources: {CPU: 1}, min_workers: 1, max_workers: 1, \
+         node_config: {args: [--object-store-memory, \"100000000\"]}}",
+    );
+    poll(
+        "the min_workers node",
+        Duration::from_secs(90),
+        || match cluster.workers()?.len() {
+            1 => Ok(()),
+            n => Err(format!("{n} worker nodes")),
+        },
+    );
+    let nodes = cluster.node_processes();
+    let daemons: Vec<u32> = cluster
+        .daemon_records()
+        .iter()
+        .filter_map(|r| r["pid"].as_u64().and_then(|p| u32::try_from(p).ok()))
+        .collect();
+    // SAFETY: kill(2) on the blocking head this test started.
+    unsafe { libc::kill(head.id() as i32, libc::SIGTERM) };
+    let status = poll("the blocking head to exit", Duration::from_secs(60), || {
+        head.try_wait()
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "still running".to_string())
+    });
+    assert!(status.success(), "{status}");
+    for pid in nodes.iter().chain(&daemons) {
+        assert!(!alive(*pid), "process {pid} outlived the blocking head");
+    }
+}
+
 const TESTS: &[(&str, fn())] = &[
     (
         "scale_up_for_tasks_then_down_when_idle",
@@ -1241,6 +1310,10 @@ const TESTS: &[(&str, fn())] = &[
     (
         "an_autoscaler_killed_mid_launch_launches_nothing_twice",
         an_autoscaler_killed_mid_launch_launches_nothing_twice,
+    ),
+    (
+        "a_blocking_head_stops_its_autoscaler_and_nodes_on_sigterm",
+        a_blocking_head_stops_its_autoscaler_and_nodes_on_sigterm,
     ),
 ];
 
