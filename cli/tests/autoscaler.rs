@@ -8,11 +8,14 @@
 //! provider's instance records), and its `Cluster` guard runs `miniray stop` on drop and
 //! kills any node process still recorded, also when an assertion fails.
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use support::free_port;
 
 use miniray_proto::gcs_client::GcsClient;
 use miniray_proto::{
@@ -552,13 +555,6 @@ impl Drop for Driver {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
 }
 
 fn alive(pid: u32) -> bool {

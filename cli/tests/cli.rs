@@ -5,9 +5,12 @@
 //! sessions never mix with another cluster on this machine, and `miniray stop` only stops
 //! what this test started.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use support::free_port;
 
 use serde_json::Value;
 
@@ -160,14 +163,6 @@ fn run_to_end(mut cmd: Command, args: &[&str]) -> Run {
         stderr: err.join().unwrap_or_default(),
         elapsed: start.elapsed(),
     }
-}
-
-/// A loopback port nothing listens on (bound, noted, closed).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
 }
 
 /// Whether `pid` still runs. A zombie counts as gone: the daemons are not our children and
