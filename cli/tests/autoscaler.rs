@@ -976,6 +976,66 @@ fn a_restarted_head_adopts_the_nodes_it_launched() {
     );
 }
 
+/// A head restarted without Redis has lost its instance records: the nodes the old
+/// autoscaler launched are instances of this cluster that no record owns, and the new one
+/// terminates them (and launches nothing in their place, as nothing asks for capacity).
+fn a_head_restarted_without_redis_terminates_the_nodes_no_record_owns() {
+    let cluster = Cluster::start_with(
+        "unowned",
+        "max_workers: 2\nidle_timeout_s: 600\nnode_launch_timeout_s: 60",
+        "  cpu: {resources: {CPU: 1}, min_workers: 0, max_workers: 2, \
+         node_config: {args: [--object-store-memory, \"100000000\"]}}",
+        &[],
+    );
+    let mut driver = cluster.driver(&["request", "2"]);
+    assert_eq!(driver.value("requested", Duration::from_secs(60)), "2");
+    poll(
+        "two worker nodes",
+        Duration::from_secs(90),
+        || match cluster.workers()?.len() {
+            2 => Ok(()),
+            n => Err(format!("{n} joined")),
+        },
+    );
+    let processes = cluster.node_processes();
+    assert_eq!(processes.len(), 2, "two node processes: {processes:?}");
+    let launched = cluster.launched_instances();
+    cluster.kill_head();
+    let killed = Instant::now();
+    cluster.start_head();
+    poll(
+        "the nodes no record owns to be terminated",
+        Duration::from_secs(60),
+        || match processes.iter().filter(|p| alive(**p)).count() {
+            0 => Ok(()),
+            n => Err(format!("{n} node processes still run")),
+        },
+    );
+    eprintln!(
+        "unowned: the old nodes were terminated {:?} after the head was killed",
+        killed.elapsed()
+    );
+    assert!(
+        cluster
+            .autoscaler_log()
+            .contains("terminating an instance no record owns"),
+        "the new autoscaler terminated them as unowned"
+    );
+    let state = cluster
+        .autoscaling_state()
+        .expect("the new autoscaler reports");
+    assert!(
+        state.instances.is_empty(),
+        "nothing launched in their place: {:?}",
+        state.instances
+    );
+    assert_eq!(
+        cluster.launched_instances(),
+        launched,
+        "no node was launched again"
+    );
+}
+
 /// Work that arrives between the decision to remove an idle node and its drain: the
 /// raylet refuses the drain, the node stays, and the task finishes there. (The autoscaler's
 /// drain-pause test hook holds the drain until the task is running.)
@@ -1290,6 +1350,10 @@ const TESTS: &[(&str, fn())] = &[
     (
         "a_restarted_head_adopts_the_nodes_it_launched",
         a_restarted_head_adopts_the_nodes_it_launched,
+    ),
+    (
+        "a_head_restarted_without_redis_terminates_the_nodes_no_record_owns",
+        a_head_restarted_without_redis_terminates_the_nodes_no_record_owns,
     ),
     (
         "a_drain_refused_because_work_arrived_keeps_the_node",
