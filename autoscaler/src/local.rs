@@ -189,13 +189,27 @@ impl LocalProvider {
                 self.cfg.log_dir.display()
             ))
         })?;
+        // Recorded before anything of it exists (pid 0), so an autoscaler that dies between
+        // the spawn and the record still finds it (`resolve_unstarted` looks it up by its
+        // instance id), and no log is left by a node nothing recorded.
+        let mut record = NodeRecord {
+            instance_id: instance_id.clone(),
+            cluster_name: self.cfg.cluster_name.clone(),
+            node_type: node_type.to_string(),
+            request_id: request_id.to_string(),
+            pid: 0,
+            start_time: 0,
+        };
+        let path = self.record_path(&instance_id);
+        write_atomic(&path, &record)?;
         let log_path = self.cfg.log_dir.join(format!("node-{instance_id}.log"));
-        let log = std::fs::File::create(&log_path).map_err(|e| {
-            ProviderCallError::Unavailable(format!("cannot create {}: {e}", log_path.display()))
-        })?;
-        let log_err = log.try_clone().map_err(|e| {
-            ProviderCallError::Unavailable(format!("cannot open {}: {e}", log_path.display()))
-        })?;
+        let log = std::fs::File::create(&log_path)
+            .and_then(|log| Ok((log.try_clone()?, log)))
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&path);
+                ProviderCallError::Unavailable(format!("cannot open {}: {e}", log_path.display()))
+            });
+        let (log, log_err) = log?;
         let mut cmd = Command::new(&self.cfg.exe);
         cmd.arg("start")
             .arg("--address")
@@ -219,18 +233,6 @@ impl LocalProvider {
             .stderr(Stdio::from(log_err));
         // Its own process group: the node outlives the autoscaler, and is stopped as a whole.
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        // Recorded before it exists (pid 0), so an autoscaler that dies between the spawn
-        // and the record still finds it: `resolve_unstarted` looks it up by its instance id.
-        let mut record = NodeRecord {
-            instance_id: instance_id.clone(),
-            cluster_name: self.cfg.cluster_name.clone(),
-            node_type: node_type.to_string(),
-            request_id: request_id.to_string(),
-            pid: 0,
-            start_time: 0,
-        };
-        let path = self.record_path(&instance_id);
-        write_atomic(&path, &record)?;
         let mut child = match cmd.spawn() {
             Ok(child) => child,
             Err(e) => {
@@ -318,12 +320,20 @@ impl NodeProvider for LocalProvider {
         count: usize,
         request_id: &str,
     ) -> Result<Vec<String>, ProviderCallError> {
-        let mut ids: Vec<String> = self
+        let mut ids = Vec::new();
+        for r in self
             .records()?
             .into_iter()
             .filter(|r| r.request_id == request_id)
-            .map(|r| r.instance_id)
-            .collect();
+        {
+            if is_alive(&r) {
+                ids.push(r.instance_id);
+            } else {
+                // Never started (an autoscaler died between recording and spawning it) or
+                // already gone: this launch starts one afresh.
+                let _ = std::fs::remove_file(self.record_path(&r.instance_id));
+            }
+        }
         while ids.len() < count {
             let record = self.spawn_node(node_type, request_id)?;
             info!(instance_id = %record.instance_id, node_type, request_id, pid = record.pid, "started a local node");

@@ -407,7 +407,9 @@ impl Cluster {
         pids
     }
 
-    /// Every instance the local provider ever launched for this test (one log each).
+    /// Every instance the local provider ever started a process for in this test: one log
+    /// each, which the node's `miniray start --block` writes to once its raylet is up. An
+    /// empty log is a launch cut off before its spawn (the autoscaler killed mid-launch).
     fn launched_instances(&self) -> BTreeSet<String> {
         let mut ids = BTreeSet::new();
         for session in std::fs::read_dir(&self.root)
@@ -418,9 +420,11 @@ impl Cluster {
             let nodes = session.path().join("logs").join("nodes");
             for log in std::fs::read_dir(nodes).into_iter().flatten().flatten() {
                 let name = log.file_name().to_string_lossy().to_string();
+                let written = log.metadata().is_ok_and(|m| m.len() > 0);
                 if let Some(id) = name
                     .strip_prefix("node-")
                     .and_then(|n| n.strip_suffix(".log"))
+                    && written
                 {
                     ids.insert(id.to_string());
                 }
