@@ -174,3 +174,64 @@ async fn stop_requested(exit_with_parent: bool) {
         _ => parent_gone.await,
     }
 }
+
+/// How long `start` waits for a new autoscaler's first report.
+const FIRST_REPORT_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Waits until the autoscaler has reported its state to the GCS. Until then a driver's
+/// request that only a node type could hold would be refused as infeasible, so `start`
+/// returns only after it. Fails if the autoscaler exits first (with its last words) or does
+/// not report in time.
+pub fn wait_for_first_report(
+    child: &mut Child,
+    gcs_address: &str,
+    token: &str,
+    logs: &Path,
+) -> anyhow::Result<()> {
+    use miniray_proto::GetAutoscalingStateRequest;
+    use miniray_proto::gcs_client::GcsClient;
+    let log_path = logs.join("autoscaler.err");
+    let last_words = || {
+        std::fs::read_to_string(&log_path)
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .map(str::to_string)
+            })
+            .unwrap_or_default()
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a runtime")?;
+    runtime.block_on(async {
+        let channel = miniray_common::auth::connect_lazy(gcs_address, token)?;
+        let mut gcs = GcsClient::new(channel);
+        let deadline = tokio::time::Instant::now() + FIRST_REPORT_DEADLINE;
+        loop {
+            if let Some(status) = child.try_wait().context("watching the autoscaler")? {
+                bail!(
+                    "the autoscaler exited ({status}) before its first report; see {}\n  {}",
+                    log_path.display(),
+                    last_words()
+                );
+            }
+            let reported = gcs
+                .get_autoscaling_state(GetAutoscalingStateRequest {})
+                .await
+                .is_ok_and(|reply| reply.into_inner().state.is_some());
+            if reported {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "the autoscaler did not report to the GCS within {FIRST_REPORT_DEADLINE:?}; see {}",
+                    log_path.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+}

@@ -284,7 +284,7 @@ pub fn start(args: StartArgs) -> anyhow::Result<()> {
     children.push(("raylet".into(), raylet.child));
 
     if let (Some(path), Some(config)) = (&args.autoscaling_config, &autoscaling) {
-        let child = crate::autoscaler::spawn(
+        let mut child = crate::autoscaler::spawn(
             &exe,
             &gcs_address,
             &token,
@@ -300,6 +300,7 @@ pub fn start(args: StartArgs) -> anyhow::Result<()> {
             exe: exe.clone(),
             session_dir: session_dir.clone(),
         })?;
+        crate::autoscaler::wait_for_first_report(&mut child, &gcs_address, &token, &logs)?;
         println!(
             "Started the autoscaler for cluster {:?} ({} node types, at most {} workers).",
             config.cluster_name,
