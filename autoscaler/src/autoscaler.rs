@@ -380,11 +380,15 @@ impl Autoscaler {
             .filter_map(|r| r.instance_id.as_deref())
             .collect();
         let now = now_ms();
-        let settling: Vec<&InstanceRecord> = store
+        // Each instance counts once, as launching or as a node: a record still requested or
+        // allocated counts as launching even when its raylet has already registered (it is
+        // marked running next round), and so does one that joined moments ago.
+        let launching_records: Vec<&InstanceRecord> = store
             .records()
             .filter(|r| {
-                r.status == Status::Running
-                    && now.saturating_sub(r.status_since_ms) < JOIN_SETTLE.as_millis() as u64
+                r.status.is_launching()
+                    || (r.status == Status::Running
+                        && now.saturating_sub(r.status_since_ms) < JOIN_SETTLE.as_millis() as u64)
             })
             .collect();
         let nodes = state
@@ -392,7 +396,7 @@ impl Autoscaler {
             .iter()
             .filter(|n| is_up(n))
             .filter(|n| {
-                !settling
+                !launching_records
                     .iter()
                     .any(|r| r.instance_id.as_deref() == Some(n.cloud_instance_id.as_str()))
             })
@@ -417,10 +421,8 @@ impl Autoscaler {
                 })
             })
             .collect();
-        let launching = store
-            .records()
-            .filter(|r| r.status.is_launching())
-            .chain(settling.iter().copied())
+        let launching = launching_records
+            .iter()
             .map(|r| LaunchingInstance {
                 instance_id: r.display_id().to_string(),
                 node_type: r.node_type.clone(),
@@ -725,6 +727,11 @@ mod tests {
         let mut draining = running("i-leaving", leaving, now - 60_000);
         draining.transition(Status::Draining, now).unwrap();
         let requested = InstanceRecord::requested("cpu", now);
+        // Adopted or launched this round, and its raylet already registered: it is marked
+        // running only next round, and must not count twice meanwhile.
+        let early = NodeId::random();
+        let mut allocated = InstanceRecord::requested("cpu", now);
+        allocated.allocated("i-early".into(), now).unwrap();
         let store = InstanceStore::with_records(
             gcs,
             vec![
@@ -732,6 +739,7 @@ mod tests {
                 running("i-fresh", fresh, now),
                 draining,
                 requested.clone(),
+                allocated,
             ],
         );
         let state = ClusterResourceState {
@@ -740,6 +748,7 @@ mod tests {
                 node(old, "i-old", false),
                 node(fresh, "i-fresh", false),
                 node(leaving, "i-leaving", false),
+                node(early, "i-early", false),
             ],
             pending_leases: vec![ResourceDemandCount {
                 shape: Some(cpu(1.0)),
@@ -754,7 +763,8 @@ mod tests {
         };
         let view = autoscaler.view(&store, &state);
         assert_eq!(view.now_ms, 42);
-        // The node that just joined is still counted as launching, not as a node.
+        // The node that just joined, and the one registered before its record says so, are
+        // counted as launching, not as nodes.
         let ids: Vec<&str> = view.nodes.iter().map(|n| n.instance_id.as_str()).collect();
         assert_eq!(ids, ["", "i-old", "i-leaving"]);
         assert_eq!(
@@ -769,7 +779,7 @@ mod tests {
             .map(|l| l.instance_id.as_str())
             .collect();
         launching.sort();
-        let mut expected = vec!["i-fresh", requested.id.as_str()];
+        let mut expected = vec!["i-early", "i-fresh", requested.id.as_str()];
         expected.sort();
         assert_eq!(launching, expected);
         assert_eq!(view.demand.len(), 4, "3 leases and 1 actor, one entry each");
