@@ -146,8 +146,10 @@ mod tests {
     #[test]
     fn probes_are_read_with_defaults_and_named_ports() {
         assert_eq!(readiness(&container(json!({"name": "c"}))), Readiness::None);
-        let c = container(json!({"name": "c", "ports": [{"name": "gcs", "containerPort": 6380}],
-            "readinessProbe": {"tcpSocket": {"port": "gcs"}, "periodSeconds": 2}}));
+        let c = container(
+            json!({"name": "c", "ports": [{"name": "gcs", "containerPort": 6380}],
+            "readinessProbe": {"tcpSocket": {"port": "gcs"}, "periodSeconds": 2}}),
+        );
         let Readiness::Tcp(p) = readiness(&c) else {
             panic!("a tcp probe");
         };
@@ -158,7 +160,8 @@ mod tests {
         let http = container(json!({"name": "c",
             "readinessProbe": {"httpGet": {"port": 80, "path": "/"}}}));
         assert!(matches!(readiness(&http), Readiness::Unsupported(_)));
-        let bad = container(json!({"name": "c", "readinessProbe": {"tcpSocket": {"port": "nope"}}}));
+        let bad =
+            container(json!({"name": "c", "readinessProbe": {"tcpSocket": {"port": "nope"}}}));
         assert!(matches!(readiness(&bad), Readiness::Unsupported(_)));
     }
 

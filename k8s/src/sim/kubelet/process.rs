@@ -114,7 +114,14 @@ struct Prepared {
 #[derive(Debug)]
 pub struct Running {
     child: tokio::process::Child,
-    /// Its pid, which is also its process group id.
+    group: Group,
+}
+
+/// What signals reach a container's processes by; copied out so one task can wait for
+/// the container while another signals it.
+#[derive(Clone, Copy, Debug)]
+pub struct Group {
+    /// The container's pid, which is also its process group id.
     pid: i32,
     /// `(dev, inode)` of the Pod's network namespace; `None` in the fallback.
     netns_id: Option<(u64, u64)>,
@@ -203,8 +210,7 @@ pub fn spawn(spec: &Spec) -> Result<Running, ProcessError> {
     let pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(-1);
     Ok(Running {
         child,
-        pid,
-        netns_id,
+        group: Group { pid, netns_id },
     })
 }
 
@@ -331,6 +337,27 @@ unsafe fn bind(source: *const libc::c_char, target: *const libc::c_char, ro: boo
 }
 
 impl Running {
+    pub fn group(&self) -> Group {
+        self.group
+    }
+
+    /// Waits for the container's main process: its exit code, `128 + signal` when killed
+    /// by a signal (as a container runtime reports it).
+    pub async fn wait(&mut self) -> i32 {
+        match self.child.wait().await {
+            Ok(status) => status
+                .code()
+                .or_else(|| status.signal().map(|s| 128 + s))
+                .unwrap_or(255),
+            Err(e) => {
+                tracing::warn!(pid = self.group.pid, error = %e, "waiting for a container failed");
+                255
+            }
+        }
+    }
+}
+
+impl Group {
     /// The container's pid (and process group id).
     pub fn pid(&self) -> i32 {
         self.pid
@@ -344,23 +371,8 @@ impl Running {
         }
     }
 
-    /// Waits for the container's main process: its exit code, `128 + signal` when killed
-    /// by a signal (as a container runtime reports it).
-    pub async fn wait(&mut self) -> i32 {
-        match self.child.wait().await {
-            Ok(status) => status
-                .code()
-                .or_else(|| status.signal().map(|s| 128 + s))
-                .unwrap_or(255),
-            Err(e) => {
-                tracing::warn!(pid = self.pid, error = %e, "waiting for a container failed");
-                255
-            }
-        }
-    }
-
     /// SIGKILLs the container's process group and every process in its Pod's network
-    /// namespace, so nothing of the Pod is left.
+    /// namespace (so the whole Pod), so nothing of the Pod is left.
     pub fn kill_all(&self) {
         self.signal_group(libc::SIGKILL);
         if let Some(id) = self.netns_id {
@@ -496,7 +508,7 @@ mod tests {
         let mut three = spawn(&spec("exit 3")).expect("spawned");
         assert_eq!(three.wait().await, 3);
         let mut sleeper = spawn(&spec("sleep 60 & wait")).expect("spawned");
-        sleeper.kill_all();
+        sleeper.group().kill_all();
         let code = tokio::time::timeout(std::time::Duration::from_secs(10), sleeper.wait())
             .await
             .expect("killed in time");

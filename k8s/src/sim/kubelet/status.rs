@@ -85,7 +85,14 @@ impl ContainerRecord {
             } => ContainerState {
                 terminated: Some(ContainerStateTerminated {
                     exit_code: *exit_code,
-                    reason: Some(if *exit_code == 0 { "Completed" } else { "Error" }.into()),
+                    reason: Some(
+                        if *exit_code == 0 {
+                            "Completed"
+                        } else {
+                            "Error"
+                        }
+                        .into(),
+                    ),
                     message: message.clone(),
                     started_at: started_at.clone(),
                     finished_at: Some(finished_at.clone()),
@@ -181,16 +188,15 @@ impl PodRecord {
     pub fn status(&self) -> PodStatus {
         let phase = self.phase();
         let at = self.scheduled_at.clone().unwrap_or_else(now);
-        let condition = |type_: &str, ok: bool, reason: Option<&str>, message: Option<&str>| {
-            PodCondition {
+        let condition =
+            |type_: &str, ok: bool, reason: Option<&str>, message: Option<&str>| PodCondition {
                 type_: type_.into(),
                 status: if ok { "True" } else { "False" }.into(),
                 reason: reason.map(str::to_string),
                 message: message.map(str::to_string),
                 last_transition_time: Some(at.clone()),
                 ..Default::default()
-            }
-        };
+            };
         let mut status = PodStatus {
             phase: Some(phase.into()),
             ..Default::default()
