@@ -178,10 +178,10 @@ impl Kubelet {
     /// in the API as they were.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
-        if let Some(task) = self.task.take() {
-            if let Err(e) = task.await {
-                tracing::warn!(error = %e, "kubelet task ended abnormally");
-            }
+        if let Some(task) = self.task.take()
+            && let Err(e) = task.await
+        {
+            tracing::warn!(error = %e, "kubelet task ended abnormally");
         }
         tracing::info!("kubelet stopped");
     }

@@ -58,6 +58,11 @@ pub struct PodNet {
 }
 
 impl PodNet {
+    /// The bridge-side end of the Pod's veth, in this host's network stack.
+    pub fn veth(&self) -> Option<&str> {
+        self.veth.as_deref()
+    }
+
     /// The file a process opens to join the Pod's network namespace.
     pub fn netns_path(&self) -> Option<PathBuf> {
         self.netns.as_ref().map(|ns| Path::new(NETNS_DIR).join(ns))
@@ -173,6 +178,11 @@ impl PodNetwork {
         pods.insert(octet, pod.clone());
         tracing::debug!(ip = %pod.ip, netns = ?pod.netns, "Pod network namespace made");
         Ok(pod)
+    }
+
+    /// The Pods that have an address now.
+    pub fn pods(&self) -> Vec<PodNet> {
+        lock(&self.pods).values().cloned().collect()
     }
 
     /// Removes a Pod's namespace and veth and frees its address. Processes still in the

@@ -572,10 +572,10 @@ impl PodTask {
     fn on_event(&mut self, event: ContainerEvent) {
         match event {
             ContainerEvent::Ready(i, ready) => {
-                if let Some(c) = self.record.containers.get_mut(i) {
-                    if matches!(c.state, State::Running { .. }) {
-                        c.ready = ready;
-                    }
+                if let Some(c) = self.record.containers.get_mut(i)
+                    && matches!(c.state, State::Running { .. })
+                {
+                    c.ready = ready;
                 }
             }
             ContainerEvent::Exited(i, exit_code) => {
