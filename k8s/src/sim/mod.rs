@@ -10,6 +10,7 @@
 //! exactly as on a real cluster.
 
 pub mod api;
+pub mod controllers;
 
 use std::path::{Path, PathBuf};
 
