@@ -10,6 +10,7 @@
 //! exactly as on a real cluster.
 
 pub mod api;
+pub mod controllers;
 pub mod kubelet;
 
 use std::path::{Path, PathBuf};
