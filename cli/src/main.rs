@@ -6,6 +6,7 @@
 mod autoscaler;
 mod daemons;
 mod microbenchmark;
+mod simulate;
 mod start;
 mod status;
 mod tls;
@@ -37,6 +38,9 @@ enum Command {
     /// Mutual TLS certificates.
     #[command(subcommand)]
     Tls(tls::TlsCommand),
+    /// Kubernetes tools: `miniray k8s simulate` serves a simulated cluster.
+    #[command(subcommand)]
+    K8s(simulate::K8sCommand),
     /// The autoscaler daemon (`start --head --autoscaling-config` runs it).
     #[command(hide = true)]
     Autoscaler(autoscaler::AutoscalerArgs),
@@ -50,7 +54,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // A daemon logs what it does; a command only what goes wrong.
     let default_filter = match cli.command {
-        Command::Autoscaler(_) => "info",
+        Command::Autoscaler(_) | Command::K8s(_) => "info",
         _ => "warn",
     };
     miniray_common::logging::init(default_filter);
@@ -61,5 +65,6 @@ fn main() -> anyhow::Result<()> {
         Command::Microbenchmark(args) => microbenchmark::run(args),
         Command::Tls(command) => tls::run(command),
         Command::Autoscaler(args) => autoscaler::run(args),
+        Command::K8s(command) => simulate::run(command),
     }
 }

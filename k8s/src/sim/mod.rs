@@ -12,10 +12,12 @@
 pub mod api;
 pub mod controllers;
 pub mod kubelet;
+pub mod simulator;
 
 use std::path::{Path, PathBuf};
 
 pub use api::ApiServer;
+pub use simulator::{Simulator, SimulatorConfig, SimulatorError};
 
 /// What can go wrong starting or reaching the simulator.
 #[derive(Debug, thiserror::Error)]
