@@ -22,3 +22,4 @@ pub fn free_port() -> u16 {
         }
     }
 }
+pub mod k8s;

@@ -1,0 +1,435 @@
+//! miniray on Kubernetes end to end, against the project's API simulator: `miniray k8s
+//! simulate` (an API server, a kubelet running each Pod's command as a real process in a
+//! network namespace of its own, a Deployment controller, Service names), `miniray up`
+//! (the head Deployment: GCS, raylet and autoscaler in one Pod), the autoscaler's
+//! Kubernetes provider creating and deleting worker Pods, `kubectl`, and `miniray down`.
+//! Everything above the HTTP wire is the production code path.
+//!
+//! The driver is this very executable (`harness = false`): it runs on the host, outside
+//! every Pod, and reaches the head by its Service name as a user's driver would.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+use support::k8s::{PodRow, SimCluster, poll};
+
+const MINIRAY: &str = env!("CARGO_BIN_EXE_miniray");
+
+// ---------------------------------------------------------------------------------------
+// The driver side.
+
+#[miniray::remote]
+fn sleep_then_node(ms: u64) -> String {
+    std::thread::sleep(Duration::from_millis(ms));
+    miniray::node_id().map(|n| n.hex()).unwrap_or_default()
+}
+
+fn out(key: &str, value: impl std::fmt::Display) {
+    println!("{key}={value}");
+    let _ = std::io::stdout().flush();
+}
+
+/// `driver tasks N MS`: N one-CPU tasks of MS milliseconds; prints how many ran and on how
+/// many distinct nodes.
+fn driver(args: &[String]) -> Result<(), String> {
+    miniray::init().map_err(|e| format!("init: {e}"))?;
+    let arg = |i: usize| args.get(i).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+    let result = (|| {
+        let (n, ms) = (arg(1), arg(2));
+        let refs: Vec<_> = (0..n)
+            .map(|_| sleep_then_node::remote(ms))
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("submit: {e}"))?;
+        out("submitted", n);
+        let nodes = miniray::get_all(&refs).map_err(|e| format!("get: {e}"))?;
+        out("done", nodes.len());
+        out("nodes", nodes.iter().collect::<BTreeSet<_>>().len());
+        Ok(())
+    })();
+    miniray::shutdown();
+    result
+}
+
+struct Driver {
+    child: Child,
+    lines: Receiver<String>,
+}
+
+impl Driver {
+    fn start(cluster: &SimCluster, address: &str, args: &[&str]) -> Driver {
+        let exe = std::env::current_exe().expect("this test's executable");
+        let mut cmd = Command::new(exe);
+        cluster.env(&mut cmd);
+        cmd.arg("driver")
+            .args(args)
+            .env("MINIRAY_ADDRESS", address)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(
+                std::fs::File::create(cluster.dir.join(format!("driver-{}.err", args.join("-"))))
+                    .expect("driver log"),
+            ));
+        let mut child = cmd.spawn().expect("start the driver");
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Driver { child, lines }
+    }
+
+    /// The value of the next `key=` line, if one comes before `deadline`.
+    fn try_value(&mut self, key: &str, deadline: Duration) -> Option<String> {
+        let end = Instant::now() + deadline;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(v) = line.strip_prefix(&format!("{key}=")) {
+                        return Some(v.to_string());
+                    }
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    fn finished(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The tests.
+
+fn config(name: &str, max_workers: u32, idle_s: u32, launch_timeout_s: u32) -> String {
+    format!(
+        "cluster_name: {name}
+max_workers: {max_workers}
+idle_timeout_s: {idle_s}
+node_launch_timeout_s: {launch_timeout_s}
+provider: {{ type: kubernetes, namespace: default, image: miniray:dev }}
+head_node_type: head
+available_node_types:
+  head: {{ resources: {{ CPU: 0 }} }}
+  cpu:
+    resources: {{ CPU: 2 }}
+    min_workers: 0
+    max_workers: {max_workers}
+"
+    )
+}
+
+fn fail(cluster: &SimCluster, what: &str) -> ! {
+    panic!(
+        "{what}\n--- pods\n{:?}\n--- pod logs\n{}\n--- simulator\n{}",
+        cluster.pods(),
+        cluster.pod_logs(),
+        tail(&cluster.simulator_log(), 60)
+    )
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn head_running(cluster: &SimCluster) -> Result<PodRow, String> {
+    cluster
+        .pods()
+        .into_iter()
+        .find(|p| p.component == "head" && p.phase == "Running" && !p.deleting)
+        .ok_or_else(|| "no running head Pod".to_string())
+}
+
+/// After `down` and the simulator's stop: no Pod, process or network namespace is left.
+fn assert_nothing_left(cluster: &mut SimCluster) {
+    let left = cluster.pods();
+    assert!(left.is_empty(), "Pods left after down: {left:?}");
+    cluster.stop_simulator();
+    let processes = poll("Pod processes to end", Duration::from_secs(20), || {
+        let left = cluster.pod_processes();
+        if left.is_empty() {
+            Ok(left)
+        } else {
+            Err(format!("{left:?}"))
+        }
+    });
+    assert!(processes.is_empty());
+    let namespaces = cluster.namespaces();
+    assert!(namespaces.is_empty(), "namespaces left: {namespaces:?}");
+}
+
+/// Issue test 1: demand makes worker Pods (never more than max_workers), tasks spread over
+/// them, idle Pods are deleted, kubectl agrees at each step, down leaves nothing.
+fn tasks_scale_worker_pods_up_and_down() {
+    let mut cluster = SimCluster::start(MINIRAY, "demo", &config("demo", 3, 6, 120));
+    let address = cluster.up();
+    assert_eq!(address, "demo-head.default.svc.cluster.local:6379");
+    let head = head_running(&cluster).unwrap_or_else(|e| fail(&cluster, &e));
+    let table = cluster.kubectl_ok(&["get", "pods", "-l", "miniray.io/cluster=demo"]);
+    assert!(
+        table.contains("NAME") && table.contains(&head.name) && table.contains("Running"),
+        "kubectl get pods:\n{table}"
+    );
+    assert!(cluster.live_workers().is_empty(), "no worker before demand");
+
+    let submitted = Instant::now();
+    let mut driver = Driver::start(&cluster, &address, &["tasks", "12", "2000"]);
+    let mut max_seen = 0;
+    let mut first_running = None;
+    let mut workers_seen = BTreeSet::new();
+    let done = loop {
+        let workers = cluster.live_workers();
+        max_seen = max_seen.max(workers.len());
+        assert!(
+            workers.len() <= 3,
+            "more worker Pods than max_workers: {workers:?}"
+        );
+        for w in &workers {
+            workers_seen.insert(w.name.clone());
+            if w.phase == "Running" && first_running.is_none() {
+                first_running = Some(submitted.elapsed());
+            }
+        }
+        if let Some(done) = driver.try_value("done", Duration::from_millis(200)) {
+            break done;
+        }
+        if driver.finished() || submitted.elapsed() > Duration::from_secs(180) {
+            fail(&cluster, "the driver did not finish its 12 tasks");
+        }
+    };
+    assert_eq!(done, "12");
+    let nodes: usize = driver
+        .try_value("nodes", Duration::from_secs(5))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(nodes >= 2, "12 tasks of 2 s ran on {nodes} node(s)");
+    assert!(max_seen >= 2, "at most {max_seen} worker Pod(s) at once");
+    eprintln!(
+        "demand to a running worker Pod: {:?}; worker Pods: {max_seen} at most, {} in all",
+        first_running.unwrap_or_default(),
+        workers_seen.len()
+    );
+    drop(driver);
+
+    // Idle: the worker Pods are deleted (idle timeout 6 s).
+    let idle_since = Instant::now();
+    poll("idle worker Pods to be deleted", Duration::from_secs(90), || {
+        let workers = cluster.pods();
+        let left: Vec<_> = workers.iter().filter(|p| p.component == "worker").collect();
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{left:?}"))
+        }
+    });
+    eprintln!("idle to worker Pods deleted: {:?}", idle_since.elapsed());
+    let table = cluster.kubectl_ok(&["get", "pods", "-l", "miniray.io/component=worker"]);
+    assert!(
+        !table.contains("demo-cpu-"),
+        "kubectl still lists workers:\n{table}"
+    );
+    head_running(&cluster).unwrap_or_else(|e| fail(&cluster, &e));
+
+    cluster.down();
+    assert_nothing_left(&mut cluster);
+}
+
+/// Issue test 3: Pods left unschedulable are given up on and replaced; a worker Pod deleted
+/// mid-run has its tasks retried elsewhere and is replaced while demand remains.
+fn unschedulable_and_deleted_worker_pods_are_replaced() {
+    let cluster = SimCluster::start(MINIRAY, "demo", &config("demo", 2, 30, 8));
+    let address = cluster.up();
+    // The simulator's kubelet reads how to treat new Pods from this ConfigMap.
+    let mode = |mode: &str| {
+        let _ = cluster.kubectl(&["-n", "kube-system", "delete", "configmap", "miniray-simulator"]);
+        let (ok, text) = cluster.kubectl(&[
+            "-n",
+            "kube-system",
+            "create",
+            "configmap",
+            "miniray-simulator",
+            &format!("--from-literal=new-pods={mode}"),
+        ]);
+        assert!(ok, "{text}");
+    };
+    mode("unschedulable");
+
+    let mut driver = Driver::start(&cluster, &address, &["tasks", "8", "4000"]);
+    // The first Pods stay Pending...
+    let pending: BTreeSet<String> = poll("Pending worker Pods", Duration::from_secs(60), || {
+        let pending: BTreeSet<_> = cluster
+            .live_workers()
+            .into_iter()
+            .filter(|p| p.phase == "Pending")
+            .map(|p| p.name)
+            .collect();
+        if pending.is_empty() {
+            Err("none yet".to_string())
+        } else {
+            Ok(pending)
+        }
+    });
+    // ... and are given up on after node_launch_timeout_s (8 s): deleted and replaced.
+    poll(
+        "the unschedulable Pods to be given up on",
+        Duration::from_secs(60),
+        || {
+            let names: BTreeSet<_> = cluster.live_workers().into_iter().map(|p| p.name).collect();
+            if pending.iter().all(|p| !names.contains(p)) {
+                Ok(())
+            } else {
+                Err(format!("still {names:?}"))
+            }
+        },
+    );
+    mode("run");
+    // Replacements run and take the tasks.
+    let victim = poll("a running worker Pod", Duration::from_secs(60), || {
+        cluster
+            .live_workers()
+            .into_iter()
+            .find(|p| p.phase == "Running" && !pending.contains(&p.name))
+            .ok_or_else(|| format!("{:?}", cluster.pods()))
+    });
+    // Let the tasks start on it, then delete it mid-run.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (ok, text) = cluster.kubectl(&["delete", "pod", &victim.name, "--wait=false"]);
+    assert!(ok, "{text}");
+    let replacement = poll(
+        "a replacement for the deleted Pod",
+        Duration::from_secs(60),
+        || {
+            cluster
+                .live_workers()
+                .into_iter()
+                .find(|p| p.name != victim.name && !pending.contains(&p.name))
+                .ok_or_else(|| format!("{:?}", cluster.pods()))
+        },
+    );
+    eprintln!(
+        "deleted {}, replaced by {} (or a Pod running beside it)",
+        victim.name, replacement.name
+    );
+    let done = driver.try_value("done", Duration::from_secs(120));
+    if done.as_deref() != Some("8") {
+        fail(&cluster, &format!("the driver got {done:?} of 8 tasks"));
+    }
+    cluster.down();
+}
+
+/// Issue test 5: a second `up` changes nothing; `down` then `up` gives a working cluster.
+fn up_is_idempotent_and_down_then_up_works() {
+    let cluster = SimCluster::start(MINIRAY, "demo", &config("demo", 2, 30, 120));
+    let address = cluster.up();
+    let versions = || {
+        cluster.kubectl_ok(&[
+            "get",
+            "deployments,services,configmaps,secrets,serviceaccounts,roles,rolebindings",
+            "-l",
+            "miniray.io/cluster=demo",
+            "-o",
+            "jsonpath={range .items[*]}{.kind}/{.metadata.name}={.metadata.resourceVersion} {end}",
+        ])
+    };
+    let before = versions();
+    let head_before = head_running(&cluster).unwrap_or_else(|e| fail(&cluster, &e));
+    assert!(before.contains("Deployment/demo-head="), "{before}");
+    let again = cluster.up();
+    assert_eq!(again, address);
+    assert_eq!(versions(), before, "a second up changed objects");
+    let head_after = head_running(&cluster).unwrap_or_else(|e| fail(&cluster, &e));
+    assert_eq!(head_after.name, head_before.name, "a second up replaced the head");
+
+    cluster.down();
+    assert!(cluster.pods().is_empty());
+    let address = cluster.up();
+    let mut driver = Driver::start(&cluster, &address, &["tasks", "2", "100"]);
+    let done = driver.try_value("done", Duration::from_secs(120));
+    if done.as_deref() != Some("2") {
+        fail(&cluster, &format!("after down and up the driver got {done:?}"));
+    }
+    cluster.down();
+}
+
+const TESTS: &[(&str, fn())] = &[
+    (
+        "tasks_scale_worker_pods_up_and_down",
+        tasks_scale_worker_pods_up_and_down,
+    ),
+    (
+        "unschedulable_and_deleted_worker_pods_are_replaced",
+        unschedulable_and_deleted_worker_pods_are_replaced,
+    ),
+    (
+        "up_is_idempotent_and_down_then_up_works",
+        up_is_idempotent_and_down_then_up_works,
+    ),
+];
+
+fn main() {
+    // A worker of the driver: runs tasks and never returns.
+    if std::env::var_os("MINIRAY_ROLE").is_some() {
+        if let Err(e) = miniray::init() {
+            eprintln!("worker: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("driver") {
+        if let Err(e) = driver(&args[1..]) {
+            eprintln!("driver: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    let selected: Vec<_> = TESTS
+        .iter()
+        .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())))
+        .collect();
+    if args.iter().any(|a| a == "--list") {
+        for (name, _) in &selected {
+            println!("{name}: test");
+        }
+        return;
+    }
+    println!("running {} tests", selected.len());
+    let mut failed = Vec::new();
+    for (name, test) in selected {
+        let start = Instant::now();
+        let ok = std::panic::catch_unwind(test).is_ok();
+        println!(
+            "test {name} ... {} ({:?})",
+            if ok { "ok" } else { "FAILED" },
+            start.elapsed()
+        );
+        if !ok {
+            failed.push(*name);
+        }
+    }
+    if !failed.is_empty() {
+        println!("failed: {failed:?}");
+        std::process::exit(1);
+    }
+    println!("test result: ok");
+}
