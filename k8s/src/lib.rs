@@ -16,4 +16,5 @@
 
 pub mod config;
 pub mod names;
+pub mod provider;
 pub mod template;
