@@ -23,8 +23,9 @@ const PODS: &str = "/api/v1/namespaces/rl/pods";
 const WORKERS: &str = "miniray.io/cluster=demo,miniray.io/component=worker";
 const LIVE: &str = "status.phase!=Failed,status.phase!=Succeeded,status.phase!=Unknown";
 const TERMINAL: &str = "status.phase!=Pending,status.phase!=Running,status.phase!=Unknown";
-/// How long a test waits for the provider's next request.
-const WAIT: Duration = Duration::from_secs(10);
+/// How long a test waits for the provider's next request (longer than the provider's own
+/// call timeout plus backoff, which tests on virtual time run through).
+const WAIT: Duration = Duration::from_secs(60);
 
 fn node_type(resources: &[(&str, f64)], node_config: Value) -> NodeTypeConfig {
     NodeTypeConfig {
@@ -828,4 +829,88 @@ async fn a_list_that_gets_no_answer_times_out() {
     let e = task.await.expect("join").unwrap_err();
     assert!(matches!(e, ProviderCallError::Unavailable(_)), "{e}");
     drop(unanswered);
+}
+
+/// A create that gets no answer may have happened: the request is listed again (and found),
+/// not created twice. A server that keeps failing gives `Unavailable` after a bounded number
+/// of attempts, and nothing for the operator (a transient state, not a config error).
+#[tokio::test(start_paused = true)]
+async fn unanswered_and_failing_launches_are_bounded() {
+    let (p, mut server) = provider(false);
+    let task = tokio::spawn({
+        let p = p.clone();
+        async move { p.launch("cpu", 1, "req-10").await }
+    });
+    server
+        .expect_list(&request_labels("req-10"), LIVE)
+        .await
+        .reply(200, list(vec![]));
+    let unanswered = server.expect(Method::POST, PODS, &[]).await;
+    server
+        .expect_list(&request_labels("req-10"), LIVE)
+        .await
+        .reply(
+            200,
+            list(vec![worker(
+                "demo-cpu-hhhhh",
+                "cpu",
+                "req-10",
+                json!({"phase": "Pending"}),
+            )]),
+        );
+    assert_eq!(
+        task.await.expect("join").expect("launch"),
+        ["demo-cpu-hhhhh"]
+    );
+    drop(unanswered);
+    server.expect_no_more().await;
+
+    let task = tokio::spawn({
+        let p = p.clone();
+        async move { p.launch("cpu", 1, "req-11").await }
+    });
+    for _ in 0..4 {
+        server
+            .expect_list(&request_labels("req-11"), LIVE)
+            .await
+            .reply(
+                503,
+                status(503, "ServiceUnavailable", "apiserver is restarting", ""),
+            );
+    }
+    let e = task.await.expect("join").unwrap_err();
+    assert!(matches!(e, ProviderCallError::Unavailable(_)), "{e}");
+    assert!(e.to_string().contains("apiserver is restarting"), "{e}");
+    server.expect_no_more().await;
+    assert!(p.poll_errors().is_empty());
+}
+
+#[test]
+fn a_bad_node_config_is_refused_naming_the_field() {
+    let field = |node_config: Value| {
+        let mut cfg = config(false);
+        cfg.node_types
+            .insert("odd".into(), node_type(&[], node_config));
+        match cfg.check() {
+            Err(miniray_k8s::config::KubernetesConfigError::Invalid { field, .. }) => field,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(
+        field(json!({"image": "x"})),
+        "available_node_types.odd.node_config.image"
+    );
+    assert_eq!(
+        field(json!(["not", "a", "template"])),
+        "available_node_types.odd.node_config"
+    );
+    assert_eq!(
+        field(json!({"spec": {"containers": [{"name": "miniray",
+            "resources": {"limits": {"cpu": "lots"}}}]}})),
+        "available_node_types.odd.node_config.spec.containers.miniray.resources"
+    );
+    assert_eq!(
+        field(json!({"spec": {"containers": [{"name": "miniray", "ports": "many"}]}})),
+        "available_node_types.odd.node_config"
+    );
 }

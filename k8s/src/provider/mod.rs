@@ -8,12 +8,15 @@
 //!   retry never makes a Pod twice.
 //! - `non_terminated` is one list call (label selector on the cluster and component, field
 //!   selector excluding `Failed`, `Succeeded` and `Unknown`); Pods being deleted do not
-//!   count, and an instance is `pending` until its `miniray` container runs.
+//!   count, and an instance is `pending` until its `miniray` container runs. Only when a
+//!   Pod it knew alive has left that list (or an earlier sweep failed) does it also list the
+//!   terminal worker Pods, to say why they failed and remove them (the sweep).
 //! - A worker Pod that fails without having been deleted by this provider is reported once
 //!   through `poll_errors` with its reason, then deleted (as KubeRay does): `restartPolicy:
 //!   Never` Pods are never removed otherwise, and the loop launches a replacement.
 //!
-//! Every API call is bounded by [`CALL_TIMEOUT`]; a call that times out counts as unknown.
+//! Every API call is bounded by [`CALL_TIMEOUT`], and a launch's retries by
+//! [`LAUNCH_DEADLINE`]; a call that times out counts as unknown.
 
 mod observe;
 pub mod pod;
@@ -34,6 +37,8 @@ use pod::WorkerPodParams;
 
 /// The longest one API call may take before its outcome counts as unknown.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// A launch starts no new attempt after this long (the loop waits for it).
+pub const LAUNCH_DEADLINE: Duration = Duration::from_secs(20);
 /// Attempts of one launch (list + creates) before it gives up with `Unavailable`.
 const LAUNCH_ATTEMPTS: u32 = 4;
 /// The first backoff between attempts; doubled each time (100, 200, 400 ms).
@@ -147,11 +152,12 @@ enum Failure {
     Refused { code: u16, message: String },
 }
 
-fn classify(e: kube::Error) -> Failure {
+/// `what`: the call (`list pods`), which prefixes the message.
+fn classify(what: &str, e: kube::Error) -> Failure {
     match e {
         kube::Error::Api(status) => {
             let text = format!(
-                "{} {}: {}",
+                "{what}: {} {}: {}",
                 status.code,
                 if status.reason.is_empty() {
                     "Error"
@@ -170,7 +176,7 @@ fn classify(e: kube::Error) -> Failure {
                 },
             }
         }
-        other => Failure::Unknown(other.to_string()),
+        other => Failure::Unknown(format!("{what}: {other}")),
     }
 }
 
@@ -190,7 +196,7 @@ async fn call<T>(
     f: impl Future<Output = Result<T, kube::Error>>,
 ) -> Result<T, Failure> {
     match tokio::time::timeout(CALL_TIMEOUT, f).await {
-        Ok(r) => r.map_err(classify),
+        Ok(r) => r.map_err(|e| classify(what, e)),
         Err(_) => Err(Failure::Unknown(format!(
             "{what}: no answer within {CALL_TIMEOUT:?}"
         ))),
@@ -216,6 +222,9 @@ impl KubernetesProvider {
     /// A provider with the client kube-rs infers: the kubeconfig (`KUBECONFIG`,
     /// `~/.kube/config`) or, in a Pod, the in-cluster config of its ServiceAccount.
     pub async fn connect(cfg: KubernetesProviderConfig) -> Result<Self, ProviderCallError> {
+        // rustls panics when it has to choose a crypto provider; ring is the one compiled
+        // in (as `miniray_common::tls` installs it). Installing again is a no-op.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = kube::Client::try_default().await.map_err(|e| {
             ProviderCallError::Unavailable(format!(
                 "cannot find the Kubernetes API (kubeconfig or in-cluster config): {e}"
@@ -253,7 +262,7 @@ impl KubernetesProvider {
                 names::LABEL_LAUNCH_REQUEST
             ))
             .fields(LIVE_PHASES);
-        let list = call("list", self.pods.list(&lp)).await?;
+        let list = call("list pods", self.pods.list(&lp)).await?;
         Ok(list
             .items
             .into_iter()
@@ -282,7 +291,7 @@ impl KubernetesProvider {
         let mut conflicts = 0;
         while names.len() < count {
             match call(
-                "create",
+                "create pod",
                 self.pods.create(&PostParams::default(), &template),
             )
             .await
@@ -331,8 +340,10 @@ impl NodeProvider for KubernetesProvider {
         if let Some(why) = pod::label_value_error(request_id) {
             return Err(ProviderCallError::Invalid(format!("request id: {why}")));
         }
+        let started = tokio::time::Instant::now();
         let mut backoff = FIRST_BACKOFF;
         let mut last = String::new();
+        let mut attempts = 0;
         for attempt in 1..=LAUNCH_ATTEMPTS {
             match self.launch_attempt(node_type, t, count, request_id).await {
                 Ok(names) => return Ok(names),
@@ -354,7 +365,7 @@ impl NodeProvider for KubernetesProvider {
                     return Err(ProviderCallError::Invalid(message));
                 }
                 Err(Failure::Refused { code, message }) => {
-                    let message = format!("creating a worker Pod: {message}");
+                    let message = format!("launching a {node_type} Pod: {message}");
                     if matches!(code, 0 | 403 | 422) {
                         self.report(ProviderError {
                             node_type: node_type.into(),
@@ -366,13 +377,15 @@ impl NodeProvider for KubernetesProvider {
                     return Err(ProviderCallError::Invalid(message));
                 }
             }
-            if attempt < LAUNCH_ATTEMPTS {
-                tokio::time::sleep(backoff).await;
-                backoff *= 2;
+            attempts = attempt;
+            if attempt == LAUNCH_ATTEMPTS || started.elapsed() + backoff >= LAUNCH_DEADLINE {
+                break;
             }
+            tokio::time::sleep(backoff).await;
+            backoff *= 2;
         }
         Err(ProviderCallError::Unavailable(format!(
-            "launching {count} {node_type} Pod(s) failed {LAUNCH_ATTEMPTS} times; last: {last}"
+            "launching {count} {node_type} Pod(s) failed {attempts} times; last: {last}"
         )))
     }
 
@@ -385,7 +398,12 @@ impl NodeProvider for KubernetesProvider {
         for name in instance_ids {
             // Forgotten first: its disappearance is asked for, not a failure.
             let known = self.state().known.remove(name);
-            match call("delete", self.pods.delete(name, &DeleteParams::default())).await {
+            match call(
+                "delete pod",
+                self.pods.delete(name, &DeleteParams::default()),
+            )
+            .await
+            {
                 Ok(_) => info!(pod = %name, "deleting a worker Pod"),
                 Err(Failure::NotFound) => info!(pod = %name, "worker Pod already gone"),
                 Err(e) => {
@@ -421,7 +439,7 @@ impl NodeProvider for KubernetesProvider {
         let lp = ListParams::default()
             .labels(&self.cfg.workers_selector())
             .fields(LIVE_PHASES);
-        let list = call("list", self.pods.list(&lp)).await.map_err(|e| {
+        let list = call("list pods", self.pods.list(&lp)).await.map_err(|e| {
             ProviderCallError::Unavailable(format!("listing worker Pods: {}", e.message()))
         })?;
         let mut out = BTreeMap::new();
@@ -524,7 +542,7 @@ impl KubernetesProvider {
         let lp = ListParams::default()
             .labels(&self.cfg.workers_selector())
             .fields(TERMINAL_PHASES);
-        let list = match call("list", self.pods.list(&lp)).await {
+        let list = match call("list pods", self.pods.list(&lp)).await {
             Ok(list) => list,
             Err(e) => {
                 warn!(error = %e.message(), "cannot list terminal worker Pods; trying again next round");
@@ -578,7 +596,12 @@ impl KubernetesProvider {
             self.report(r);
         }
         for name in to_delete {
-            match call("delete", self.pods.delete(&name, &DeleteParams::default())).await {
+            match call(
+                "delete pod",
+                self.pods.delete(&name, &DeleteParams::default()),
+            )
+            .await
+            {
                 Ok(_) => info!(pod = %name, "deleted a terminated worker Pod"),
                 Err(Failure::NotFound) => {}
                 Err(e) => {
