@@ -12,8 +12,10 @@ use miniray_autoscaler::autoscaler::{Autoscaler, DRAIN_PAUSE_HOOK_ENV};
 use miniray_autoscaler::clients::Gcs;
 use miniray_autoscaler::config::{AutoscalingConfig, ProviderConfig};
 use miniray_autoscaler::local::{FAIL_LIST_HOOK_ENV, LocalProvider, LocalProviderConfig};
+use miniray_autoscaler::provider::NodeProvider;
 use miniray_common::config::{self, env};
 use miniray_common::tls::{self, TlsFiles};
+use miniray_k8s::provider::{KubernetesProvider, KubernetesProviderConfig};
 use tracing::info;
 
 #[derive(Args)]
@@ -43,11 +45,10 @@ pub fn load_config(path: &Path) -> anyhow::Result<AutoscalingConfig> {
         tracing::warn!(config = %path.display(), "{w}");
     }
     if let ProviderConfig::Kubernetes(_) = config.provider {
-        bail!(
-            "autoscaling config {}: provider type kubernetes: the Kubernetes provider is not \
-             available yet; use provider: {{type: local}}",
-            path.display()
-        );
+        // The provider section and every node type's Pod, so `start` refuses a bad one
+        // before anything starts, naming the field. TLS does not change what is valid.
+        KubernetesProviderConfig::from_autoscaling(&config, false)
+            .with_context(|| format!("autoscaling config {}", path.display()))?;
     }
     Ok(config)
 }
@@ -113,12 +114,49 @@ pub fn spawn(
 pub fn run(args: AutoscalerArgs) -> anyhow::Result<()> {
     let config = load_config(&args.config)?;
     tls::install_from_env().context("MINIRAY_TLS_*")?;
+    let local = match &config.provider {
+        ProviderConfig::Local => Some(local_provider(&args, &config)?),
+        ProviderConfig::Kubernetes(_) => None,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a runtime")?;
+    runtime.block_on(async move {
+        // A channel needs the runtime it will run on.
+        let gcs = Gcs::connect_lazy(&args.address, &args.token)?;
+        let provider: Arc<dyn NodeProvider> = match local {
+            Some(local) => Arc::new(local),
+            None => {
+                // Worker Pods use TLS when this autoscaler does (the head's setting).
+                let cfg = KubernetesProviderConfig::from_autoscaling(
+                    &config,
+                    tls::current().is_some(),
+                )?;
+                info!(namespace = %cfg.k8s.namespace, tls = cfg.tls, "using the Kubernetes provider");
+                Arc::new(KubernetesProvider::connect(cfg).await?)
+            }
+        };
+        info!(gcs = %args.address, cluster = %config.cluster_name, "autoscaler starting");
+        let autoscaler = Autoscaler::new(config, gcs, provider)
+            .with_drain_pause(std::env::var_os(DRAIN_PAUSE_HOOK_ENV).map(PathBuf::from));
+        autoscaler.run(stop_requested(args.exit_with_parent)).await;
+        info!("autoscaler stopped");
+        Ok(())
+    })
+}
+
+/// The local provider: nodes as `miniray start` processes on this machine.
+fn local_provider(
+    args: &AutoscalerArgs,
+    config: &AutoscalingConfig,
+) -> anyhow::Result<LocalProvider> {
     let exe = std::env::current_exe().context("locating the miniray executable")?;
     let node_env = tls::child_env()
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.map(Path::to_path_buf)))
         .collect();
-    let provider = LocalProvider::new(LocalProviderConfig {
+    Ok(LocalProvider::new(LocalProviderConfig {
         exe,
         gcs_address: args.address.clone(),
         token: args.token.clone(),
@@ -129,21 +167,7 @@ pub fn run(args: AutoscalerArgs) -> anyhow::Result<()> {
         env: node_env,
         terminate_grace: Duration::from_secs(10),
         fail_list_while: std::env::var_os(FAIL_LIST_HOOK_ENV).map(PathBuf::from),
-    })?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting a runtime")?;
-    runtime.block_on(async move {
-        // A channel needs the runtime it will run on.
-        let gcs = Gcs::connect_lazy(&args.address, &args.token)?;
-        info!(gcs = %args.address, cluster = %config.cluster_name, "autoscaler starting");
-        let autoscaler = Autoscaler::new(config, gcs, Arc::new(provider))
-            .with_drain_pause(std::env::var_os(DRAIN_PAUSE_HOOK_ENV).map(PathBuf::from));
-        autoscaler.run(stop_requested(args.exit_with_parent)).await;
-        info!("autoscaler stopped");
-        Ok(())
-    })
+    })?)
 }
 
 /// SIGTERM, SIGINT, or (if asked) the parent's exit.

@@ -1149,8 +1149,9 @@ fn stop_stops_the_autoscaler_and_the_nodes_it_launched() {
     assert!(again.contains("No miniray daemons are running."), "{again}");
 }
 
-/// A config that does not make sense, or names the Kubernetes provider, is refused by
-/// `start` with the field and line (or the reason), and nothing is started.
+/// A config that does not make sense, or a Kubernetes provider section or node type Pod
+/// template that does not, is refused by `start` with the field (and line), and nothing is
+/// started.
 fn a_bad_config_is_refused_before_anything_starts() {
     let root = std::env::temp_dir().join(format!(
         "miniray-as-badconfig-{}-{}",
@@ -1168,7 +1169,13 @@ fn a_bad_config_is_refused_before_anything_starts() {
         (
             "max_workers: 1\nprovider: {type: kubernetes, namespace: x}\nhead_node_type: head\n\
              available_node_types:\n  head: {resources: {CPU: 0}}\n",
-            "Kubernetes provider is not available yet",
+            "`provider.image`: is required",
+        ),
+        (
+            "max_workers: 1\nprovider: {type: kubernetes, image: m}\nhead_node_type: head\n\
+             available_node_types:\n  head: {resources: {CPU: 0}}\n  \
+             cpu: {resources: {CPU: 1}, max_workers: 1, node_config: {image: x}}\n",
+            "`available_node_types.cpu.node_config.image`",
         ),
     ];
     for (i, (yaml, expected)) in cases.iter().enumerate() {

@@ -16,5 +16,6 @@
 
 pub mod config;
 pub mod names;
+pub mod provider;
 pub mod sim;
 pub mod template;
