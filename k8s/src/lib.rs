@@ -15,5 +15,6 @@
 //! simulator stands in for.
 
 pub mod config;
+pub mod deploy;
 pub mod names;
 pub mod template;
