@@ -73,7 +73,7 @@ pub async fn existing_token(
             kind: "Secret",
             namespace: spec.namespace().to_string(),
             name: name.clone(),
-            source,
+            cause: Box::new(source),
         })?;
     let Some(secret) = secret else {
         return Ok(None);
@@ -125,7 +125,7 @@ async fn apply_one(client: &kube::Client, m: &Manifest) -> Result<Action, Deploy
         kind: m.kind.as_str(),
         namespace: m.namespace.clone(),
         name: m.name.clone(),
-        source,
+        cause: Box::new(source),
     };
     let desired: DynamicObject = serde_json::from_value(m.object.clone())
         .map_err(|e| DeployError::Yaml(format!("{} {}: {e}", m.kind, m.name)))?;

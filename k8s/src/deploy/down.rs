@@ -76,7 +76,7 @@ pub async fn down(
         kind,
         namespace: ns.to_string(),
         name: name.to_string(),
-        source,
+        cause: Box::new(source),
     };
     // Background: the Deployment goes at once and the garbage collector takes its Pods,
     // which the Pod loop below deletes anyway.
@@ -88,7 +88,12 @@ pub async fn down(
         let listed = api
             .list(&ListParams::default().labels(&selector))
             .await
-            .map_err(|e| api_error("listing", kind.as_str(), &selector, e))?;
+            .map_err(|e| DeployError::ApiList {
+                kind: kind.as_str(),
+                namespace: ns.to_string(),
+                selector: selector.clone(),
+                cause: Box::new(e),
+            })?;
         targets.extend(listed.items.into_iter().filter_map(|o| o.metadata.name));
         for name in targets {
             match api.delete(&name, &background).await {
@@ -126,12 +131,11 @@ async fn wait_pods_gone(
         let listed = pods
             .list(&ListParams::default().labels(&selector))
             .await
-            .map_err(|source| DeployError::Api {
-                action: "listing",
+            .map_err(|e| DeployError::ApiList {
                 kind: "Pod",
                 namespace: ns.to_string(),
-                name: selector.clone(),
-                source,
+                selector: selector.clone(),
+                cause: Box::new(e),
             })?;
         if listed.items.is_empty() {
             return Ok(());
@@ -158,7 +162,7 @@ async fn wait_pods_gone(
                             kind: "Pod",
                             namespace: ns.to_string(),
                             name,
-                            source,
+                            cause: Box::new(source),
                         });
                     }
                 }

@@ -35,38 +35,49 @@ pub const HASH_ANNOTATION: &str = "miniray.io/config-hash";
 /// (or TLS material) rolls the head, which reads both only at start.
 pub const INPUTS_HASH_ANNOTATION: &str = "miniray.io/inputs-hash";
 
-/// Why `up` or `down` failed. Messages say what was being done and to which object.
+/// Why `up` or `down` failed. Messages say what was being done and to which object, and
+/// hold the whole cause (hence `cause`, not a `source` an error reporter would print again).
 #[derive(Debug, thiserror::Error)]
 pub enum DeployError {
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}: {cause}", path.display())]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The autoscaling config was refused (its message names the field and the line).
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("autoscaling config{}: line {line}: {source}", path_suffix(path))]
+    #[error("autoscaling config{}: line {line}: {cause}", path_suffix(path))]
     Kubernetes {
         path: Option<PathBuf>,
         line: u64,
-        source: KubernetesConfigError,
+        cause: KubernetesConfigError,
     },
-    #[error("cannot read the TLS {what} {}: {source}", path.display())]
+    #[error("cannot read the TLS {what} {}: {cause}", path.display())]
     Tls {
         what: &'static str,
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error(transparent)]
     TlsSetting(#[from] miniray_common::tls::TlsError),
-    #[error("{action} {kind} {namespace}/{name}: {}", describe_api_error(source))]
+    #[error("{action} {kind} {namespace}/{name}: {}", describe_api_error(cause))]
     Api {
         action: &'static str,
         kind: &'static str,
         namespace: String,
         name: String,
-        source: kube::Error,
+        cause: Box<kube::Error>,
+    },
+    #[error(
+        "listing {kind} in namespace {namespace} with label {selector}: {}",
+        describe_api_error(cause)
+    )]
+    ApiList {
+        kind: &'static str,
+        namespace: String,
+        selector: String,
+        cause: Box<kube::Error>,
     },
     #[error("{kind} {namespace}/{name} kept changing under us ({attempts} conflicting writes)")]
     Conflict {
@@ -79,6 +90,15 @@ pub enum DeployError {
         "the Secret {namespace}/{name} has no readable `token` key; delete it or run `miniray down` first"
     )]
     BadToken { namespace: String, name: String },
+    #[error("cannot use the kubeconfig {}: {message}", path.display())]
+    Kubeconfig { path: PathBuf, message: String },
+    #[error(
+        "cannot find the Kubernetes API (no --kubeconfig given, and neither KUBECONFIG, \
+         ~/.kube/config nor an in-cluster service account works): {0}"
+    )]
+    NoKubeconfig(String),
+    #[error("cannot make a client for the Kubernetes API at {url}: {message}")]
+    Client { url: String, message: String },
     #[error("cannot write the manifests as YAML: {0}")]
     Yaml(String),
     #[error("timed out after {}s {what}", waited.as_secs())]
@@ -156,9 +176,9 @@ pub struct ClusterSpec {
 impl ClusterSpec {
     /// Reads and checks a config file; a refusal names the file, the field and the line.
     pub fn load(path: &Path) -> Result<Self, DeployError> {
-        let text = std::fs::read_to_string(path).map_err(|source| DeployError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| DeployError::Read {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
         Self::parse_named(text, Some(path))
     }
@@ -177,15 +197,15 @@ impl ClusterSpec {
                 },
                 None => e,
             })?;
-        let k8s = KubernetesConfig::from_autoscaling(&config).map_err(|source| {
-            let line = match &source {
+        let k8s = KubernetesConfig::from_autoscaling(&config).map_err(|cause| {
+            let line = match &cause {
                 KubernetesConfigError::Invalid { field, .. } => line_of(&text, field),
                 KubernetesConfigError::NotKubernetes => line_of(&text, "provider.type"),
             };
             DeployError::Kubernetes {
                 path: path.map(Path::to_path_buf),
                 line,
-                source,
+                cause,
             }
         })?;
         Ok(ClusterSpec {
@@ -261,10 +281,10 @@ impl TlsPem {
         // Checked now, so a bad file stops `up` before anything is applied.
         files.load()?;
         let read = |what, path: &Path| {
-            std::fs::read(path).map_err(|source| DeployError::Tls {
+            std::fs::read(path).map_err(|cause| DeployError::Tls {
                 what,
                 path: path.to_path_buf(),
-                source,
+                cause,
             })
         };
         Ok(Some(TlsPem {
@@ -292,6 +312,36 @@ pub enum Progress {
     Deleted(down::Deleted),
     /// A line about what is being waited for (the head Pod's state, Pods still there).
     Waiting(String),
+}
+
+/// A client for the Kubernetes API: from the kubeconfig at `kubeconfig` (its current
+/// context), else as kube-rs infers it (`KUBECONFIG`, `~/.kube/config`, in-cluster). Returns
+/// the API server's URL too, for messages. Contacts nothing yet.
+pub async fn connect(kubeconfig: Option<&Path>) -> Result<(kube::Client, String), DeployError> {
+    use kube::config::{KubeConfigOptions, Kubeconfig};
+    // kube's rustls needs a process-wide crypto provider; ring is the only one compiled in.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config = match kubeconfig {
+        Some(path) => {
+            let bad = |e: &dyn std::error::Error| DeployError::Kubeconfig {
+                path: path.to_path_buf(),
+                message: error_chain(e),
+            };
+            let file = Kubeconfig::read_from(path).map_err(|e| bad(&e))?;
+            kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| bad(&e))?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| DeployError::NoKubeconfig(error_chain(&e)))?,
+    };
+    let url = config.cluster_url.to_string();
+    let client = kube::Client::try_from(config).map_err(|e| DeployError::Client {
+        url: url.clone(),
+        message: error_chain(&e),
+    })?;
+    Ok((client, url))
 }
 
 /// `up --dry-run`: every manifest `up` would apply with this token and TLS material, as

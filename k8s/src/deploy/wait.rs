@@ -105,7 +105,7 @@ pub async fn head_ready(
             kind,
             namespace: ns.to_string(),
             name: name.clone(),
-            source,
+            cause: Box::new(source),
         };
         let deployment = deployments
             .get_opt(&name)
@@ -117,7 +117,12 @@ pub async fn head_ready(
         let listed = pods
             .list(&ListParams::default().labels(&selector))
             .await
-            .map_err(|e| api_error("listing the Pods of", "Deployment", e))?;
+            .map_err(|e| DeployError::ApiList {
+                kind: "Pod",
+                namespace: ns.to_string(),
+                selector: selector.clone(),
+                cause: Box::new(e),
+            })?;
         let mut state: Vec<String> = listed.items.iter().map(pod_summary).collect();
         state.sort();
         let state = match (&deployment, state.is_empty()) {
