@@ -1,10 +1,12 @@
-//! `miniray`: start and stop cluster nodes, show cluster status, run the microbenchmark.
+//! `miniray`: start and stop cluster nodes, put a cluster on Kubernetes (`up`, `down`), show
+//! cluster status, run the microbenchmark.
 //!
 //! The binary is also a miniray executable: the daemons `start` launches are this binary
 //! started in a daemon role, and the microbenchmark's workers are this binary in worker mode.
 
 mod autoscaler;
 mod daemons;
+mod k8s;
 mod microbenchmark;
 mod simulate;
 mod start;
@@ -35,6 +37,11 @@ enum Command {
     Status(status::StatusArgs),
     /// Run Ray's core microbenchmark loops and print `metric value` lines.
     Microbenchmark(microbenchmark::BenchArgs),
+    /// Put a cluster's head on Kubernetes from its autoscaling config (provider type
+    /// kubernetes), wait until it is ready, and print its address.
+    Up(k8s::UpArgs),
+    /// Delete everything `up` created and every Pod of the cluster, and wait until they are gone.
+    Down(k8s::DownArgs),
     /// Mutual TLS certificates.
     #[command(subcommand)]
     Tls(tls::TlsCommand),
@@ -55,6 +62,9 @@ fn main() -> anyhow::Result<()> {
     // A daemon logs what it does; a command only what goes wrong.
     let default_filter = match cli.command {
         Command::Autoscaler(_) | Command::K8s(_) => "info",
+        // kube's client logs each failed request; up/down report it themselves, with what
+        // they were doing.
+        Command::Up(_) | Command::Down(_) => "warn,kube_client=off",
         _ => "warn",
     };
     miniray_common::logging::init(default_filter);
@@ -63,6 +73,8 @@ fn main() -> anyhow::Result<()> {
         Command::Stop(args) => start::stop(args),
         Command::Status(args) => status::status(args),
         Command::Microbenchmark(args) => microbenchmark::run(args),
+        Command::Up(args) => k8s::up(args),
+        Command::Down(args) => k8s::down(args),
         Command::Tls(command) => tls::run(command),
         Command::Autoscaler(args) => autoscaler::run(args),
         Command::K8s(command) => simulate::run(command),

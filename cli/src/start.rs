@@ -237,8 +237,7 @@ pub fn start(args: StartArgs) -> anyhow::Result<()> {
             Ok(a) if a.ip().is_unspecified() => net::host_port(&node_ip, a.port()),
             _ => gcs.address,
         };
-        let token_file = config::token_file(&address);
-        write_private(&token_file, &token)?;
+        record_head(&address, &token)?;
         (address, token)
     } else {
         let address = args.address.clone().context("--address is required")?;
@@ -433,6 +432,27 @@ fn spawn(
     })
 }
 
+/// Records a head on this machine, so `miniray status`, drivers and worker nodes started
+/// here find it: its token in the token file of its address ([`config::token_file`], which
+/// they read), and the address itself beside it ([`address_file`]), since the token file's
+/// name cannot be read back into an address (`demo-head.default…` and `demo.head.default…`
+/// share it). `miniray start --head` and `miniray up` both record this way.
+pub(crate) fn record_head(address: &str, token: &str) -> anyhow::Result<()> {
+    write_private(&config::token_file(address), token)?;
+    write_private(&address_file(address), address)
+}
+
+/// Forgets the head at `address` (a stopped head, a cluster taken down).
+pub(crate) fn forget_head(address: &str) {
+    let _ = std::fs::remove_file(config::token_file(address));
+    let _ = std::fs::remove_file(address_file(address));
+}
+
+/// Where [`record_head`] writes the address: the token file with `.address` for `.token`.
+pub(crate) fn address_file(address: &str) -> PathBuf {
+    config::token_file(address).with_extension("address")
+}
+
 /// Writes a file only the current user can read: a fresh file (`O_EXCL | O_NOFOLLOW`, mode
 /// 0600, so a planted symlink or a file someone else opened cannot receive the token)
 /// renamed over `path` (a rename replaces a symlink instead of following it).
@@ -519,7 +539,7 @@ fn stop_recorded((rec, path): (DaemonRecord, PathBuf), grace: Duration) -> bool 
             println!("Stopped {} (pid {}, {}).", rec.role, rec.pid, rec.address);
             let _ = std::fs::remove_file(&path);
             if rec.role == "gcs" {
-                let _ = std::fs::remove_file(config::token_file(&rec.address));
+                forget_head(&rec.address);
             }
             true
         }

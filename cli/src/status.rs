@@ -29,14 +29,27 @@ fn resolve_address(given: Option<String>) -> anyhow::Result<String> {
     if let Some(a) = given.filter(|a| !a.is_empty()) {
         return Ok(a);
     }
-    let dir = config::tmp_root().join("clusters");
+    recorded_clusters(&config::tmp_root().join("clusters"))
+}
+
+/// The one head recorded in `dir` (see `start::record_head`).
+fn recorded_clusters(dir: &std::path::Path) -> anyhow::Result<String> {
     let mut found = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(&dir) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
-            if let Some(stem) = name.strip_suffix(".token")
-                && let Some((host, port)) = stem.rsplit_once('_')
-            {
+            let Some(stem) = name.strip_suffix(".token") else {
+                continue;
+            };
+            // The address as recorded beside the token; else read back from the file's name
+            // (a head recorded before addresses were, with an IP address).
+            let recorded = std::fs::read_to_string(dir.join(format!("{stem}.address")))
+                .ok()
+                .map(|a| a.trim().to_string())
+                .filter(|a| !a.is_empty());
+            if let Some(address) = recorded {
+                found.push(address);
+            } else if let Some((host, port)) = stem.rsplit_once('_') {
                 found.push(format!("{}:{port}", host.replace('_', ".")));
             }
         }
@@ -77,4 +90,41 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
         Format::Table => print!("{}", render::table(&view)),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recorded_address_is_read_back_as_written() {
+        let dir = std::env::temp_dir().join(format!(
+            "miniray-status-test-{}-{}",
+            std::process::id(),
+            miniray_common::NodeId::random().hex()
+        ));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        // A DNS name with `-`: its token file's name alone would read back as dots.
+        let name = "demo_head_default_svc_cluster_local_6379";
+        std::fs::write(dir.join(format!("{name}.token")), "t").expect("token");
+        std::fs::write(
+            dir.join(format!("{name}.address")),
+            "demo-head.default.svc.cluster.local:6379",
+        )
+        .expect("address");
+        let found = recorded_clusters(&dir);
+        // An older record without its address file: read from the name.
+        std::fs::write(dir.join("127_0_0_1_6379.token"), "t").expect("token");
+        let both = recorded_clusters(&dir);
+        std::fs::remove_dir_all(&dir).expect("clean up");
+        assert_eq!(
+            found.expect("one cluster"),
+            "demo-head.default.svc.cluster.local:6379"
+        );
+        let e = both.expect_err("two clusters").to_string();
+        assert!(
+            e.contains("demo-head.default.svc.cluster.local:6379") && e.contains("127.0.0.1:6379"),
+            "{e}"
+        );
+    }
 }

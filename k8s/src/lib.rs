@@ -15,6 +15,7 @@
 //! simulator stands in for.
 
 pub mod config;
+pub mod deploy;
 pub mod names;
 pub mod provider;
 pub mod sim;
