@@ -8,6 +8,7 @@
 //! The driver is this very executable (`harness = false`): it runs on the host, outside
 //! every Pod, and reaches the head by its Service name as a user's driver would.
 
+#[allow(dead_code)] // The shared support also serves the other CLI tests.
 mod support;
 
 use std::collections::BTreeSet;
@@ -258,17 +259,20 @@ fn tasks_scale_worker_pods_up_and_down() {
 fn unschedulable_and_deleted_worker_pods_are_replaced() {
     let cluster = SimCluster::start(MINIRAY, "demo", &config("demo", 2, 30, 8));
     let address = cluster.up();
-    // The simulator's kubelet reads how to treat new Pods from this ConfigMap.
+    // The simulator's kubelet reads how to treat new Pods from this ConfigMap. (From a
+    // file: `kubectl create configmap` sends protobuf, which the simulator does not speak.)
     let mode = |mode: &str| {
-        let _ = cluster.kubectl(&["-n", "kube-system", "delete", "configmap", "miniray-simulator"]);
-        let (ok, text) = cluster.kubectl(&[
-            "-n",
-            "kube-system",
-            "create",
-            "configmap",
-            "miniray-simulator",
-            &format!("--from-literal=new-pods={mode}"),
-        ]);
+        let manifest = cluster.dir.join("simulator-mode.yaml");
+        std::fs::write(
+            &manifest,
+            format!(
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: miniray-simulator, namespace: kube-system}}\ndata: {{new-pods: {mode}}}\n"
+            ),
+        )
+        .expect("write the simulator mode");
+        let manifest = manifest.to_string_lossy().into_owned();
+        let _ = cluster.kubectl(&["delete", "--ignore-not-found", "-f", &manifest]);
+        let (ok, text) = cluster.kubectl(&["create", "--validate=false", "-f", &manifest]);
         assert!(ok, "{text}");
     };
     mode("unschedulable");

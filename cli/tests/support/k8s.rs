@@ -49,7 +49,8 @@ pub struct SimCluster {
 impl SimCluster {
     /// Starts a simulator and writes `config_yaml` as the cluster config (`name` must be its
     /// `cluster_name`). Waits until the kubeconfig exists (the simulator serves).
-    pub fn start(miniray: &Path, name: &str, config_yaml: &str) -> SimCluster {
+    pub fn start(miniray: impl AsRef<Path>, name: &str, config_yaml: &str) -> SimCluster {
+        let miniray = miniray.as_ref();
         let dir = PathBuf::from(format!(
             "/var/tmp/miniray-k8s-test-{}-{}",
             std::process::id(),
