@@ -233,15 +233,19 @@ fn tasks_scale_worker_pods_up_and_down() {
 
     // Idle: the worker Pods are deleted (idle timeout 6 s).
     let idle_since = Instant::now();
-    poll("idle worker Pods to be deleted", Duration::from_secs(90), || {
-        let workers = cluster.pods();
-        let left: Vec<_> = workers.iter().filter(|p| p.component == "worker").collect();
-        if left.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("{left:?}"))
-        }
-    });
+    poll(
+        "idle worker Pods to be deleted",
+        Duration::from_secs(90),
+        || {
+            let workers = cluster.pods();
+            let left: Vec<_> = workers.iter().filter(|p| p.component == "worker").collect();
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{left:?}"))
+            }
+        },
+    );
     eprintln!("idle to worker Pods deleted: {:?}", idle_since.elapsed());
     let table = cluster.kubectl_ok(&["get", "pods", "-l", "miniray.io/component=worker"]);
     assert!(
@@ -361,7 +365,10 @@ fn up_is_idempotent_and_down_then_up_works() {
     assert_eq!(again, address);
     assert_eq!(versions(), before, "a second up changed objects");
     let head_after = head_running(&cluster).unwrap_or_else(|e| fail(&cluster, &e));
-    assert_eq!(head_after.name, head_before.name, "a second up replaced the head");
+    assert_eq!(
+        head_after.name, head_before.name,
+        "a second up replaced the head"
+    );
 
     cluster.down();
     assert!(cluster.pods().is_empty());
@@ -369,7 +376,10 @@ fn up_is_idempotent_and_down_then_up_works() {
     let mut driver = Driver::start(&cluster, &address, &["tasks", "2", "100"]);
     let done = driver.try_value("done", Duration::from_secs(120));
     if done.as_deref() != Some("2") {
-        fail(&cluster, &format!("after down and up the driver got {done:?}"));
+        fail(
+            &cluster,
+            &format!("after down and up the driver got {done:?}"),
+        );
     }
     cluster.down();
 }

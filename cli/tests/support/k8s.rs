@@ -239,7 +239,11 @@ impl SimCluster {
         let mut text = String::new();
         let pods = self.state_dir.join("pods");
         for pod in std::fs::read_dir(pods).into_iter().flatten().flatten() {
-            for log in std::fs::read_dir(pod.path()).into_iter().flatten().flatten() {
+            for log in std::fs::read_dir(pod.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
                 if log.path().extension().is_some_and(|e| e == "log") {
                     let body = std::fs::read_to_string(log.path()).unwrap_or_default();
                     let tail: Vec<&str> = body.lines().rev().take(30).collect();
@@ -259,7 +263,11 @@ impl SimCluster {
         let marker = format!("KUBERNETES_SERVICE_PORT={}", self.port);
         let mut found = Vec::new();
         for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
                 continue;
             };
             let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
