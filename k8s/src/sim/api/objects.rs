@@ -90,7 +90,8 @@ fn apply_defaults(resource: &ResourceType, object: &mut Value) {
                     set_default(container, "/resources", json!({}));
                 }
             }
-            object["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
+            let qos = qos_class(object);
+            object["status"] = json!({"phase": "Pending", "qosClass": qos});
         }
         ("", "services") => {
             set_default(object, "/spec/type", json!("ClusterIP"));
@@ -139,6 +140,32 @@ fn apply_defaults(resource: &ResourceType, object: &mut Value) {
             object["status"] = json!({});
         }
         _ => {}
+    }
+}
+
+/// A Pod's QoS class from its containers' cpu and memory requests and limits: none at all is
+/// BestEffort, limits on both for every container (requests, if given, equal) Guaranteed,
+/// anything else Burstable.
+fn qos_class(pod: &Value) -> &'static str {
+    let containers = pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut any = false;
+    let mut guaranteed = !containers.is_empty();
+    for container in &containers {
+        for resource in ["cpu", "memory"] {
+            let limit = container.pointer(&format!("/resources/limits/{resource}"));
+            let request = container.pointer(&format!("/resources/requests/{resource}"));
+            any |= limit.is_some() || request.is_some();
+            guaranteed &= limit.is_some() && request.is_none_or(|r| Some(r) == limit);
+        }
+    }
+    match (any, guaranteed) {
+        (false, _) => "BestEffort",
+        (true, true) => "Guaranteed",
+        (true, false) => "Burstable",
     }
 }
 
@@ -381,6 +408,8 @@ pub enum PatchKind {
     Merge,
     /// `application/apply-patch+yaml`: server-side apply approximated as create-or-merge.
     Apply,
+    /// `application/json-patch+json` (RFC 6902).
+    Json,
 }
 
 /// Patches the stored object (or, for apply, creates it when missing).
@@ -393,8 +422,8 @@ pub fn patch(
     kind: PatchKind,
     part: Part,
 ) -> Result<Value, ApiError> {
-    if !body.is_object() {
-        return Err(ApiError::bad_request("a patch must be a JSON object"));
+    if kind != PatchKind::Json && !body.is_object() {
+        return Err(ApiError::bad_request("a merge patch must be a JSON object"));
     }
     let Some(old) = objects.get(resource, namespace, name).cloned() else {
         if kind == PatchKind::Apply && part == Part::Main {
@@ -404,14 +433,18 @@ pub fn patch(
         }
         return Err(ApiError::not_found(resource, name));
     };
-    let mut merged = old.clone();
-    // The patch's resourceVersion, if any, is a precondition; otherwise the stored one is
-    // carried through (the patch was computed against whatever is stored).
-    patch::merge(&mut merged, &body);
-    if str_at(&body, "/metadata/resourceVersion").is_none() {
-        merged["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
+    // Patched from the stored object, so its resourceVersion is carried through unless the
+    // patch sets one, which is then a precondition.
+    let mut patched = old;
+    match kind {
+        PatchKind::Merge | PatchKind::Apply => patch::merge(&mut patched, &body),
+        PatchKind::Json => patch::json_patch(&mut patched, &body).map_err(|e| {
+            ApiError::unprocessable(format!(
+                "the server rejected our request due to an error in our request: {e}"
+            ))
+        })?,
     }
-    replace(objects, resource, namespace, name, merged, part)
+    replace(objects, resource, namespace, name, patched, part)
 }
 
 /// The options of a delete, from the query and the DeleteOptions body.
@@ -628,6 +661,20 @@ mod tests {
         };
         delete(&mut objects, PODS, "default", "a", &now).unwrap();
         assert!(objects.get(PODS, "default", "a").is_none());
+    }
+
+    #[test]
+    fn qos_classes() {
+        let with = |resources: Value| json!({"spec": {"containers": [{"resources": resources}]}});
+        assert_eq!(qos_class(&with(json!({}))), "BestEffort");
+        assert_eq!(
+            qos_class(&with(json!({"requests": {"cpu": "1"}}))),
+            "Burstable"
+        );
+        assert_eq!(
+            qos_class(&with(json!({"limits": {"cpu": "1", "memory": "1Gi"}}))),
+            "Guaranteed"
+        );
     }
 
     #[test]
