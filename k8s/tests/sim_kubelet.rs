@@ -456,11 +456,9 @@ async fn a_pod_has_its_own_tmp_and_shm_its_config_map_and_service_account() {
         Path::new(&mount).is_dir(),
         "the mount point was made on the host"
     );
+    // The mount point goes when the process's last kubelet shuts down (tests run several
+    // at once; `volumes::MountPoints` has the unit test).
     sim.stop().await;
-    assert!(
-        !Path::new(&mount).exists(),
-        "the mount point it made is removed at shutdown"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
