@@ -32,6 +32,11 @@ struct Sim {
 
 impl Sim {
     async fn start() -> Sim {
+        Sim::start_with_exe("/nonexistent/miniray".into()).await
+    }
+
+    /// A simulator whose `miniray` command runs `miniray_exe`.
+    async fn start_with_exe(miniray_exe: PathBuf) -> Sim {
         let net = Arc::new(PodNetwork::create());
         let bridge = net.bridge_ip();
         let mut listen = vec![IpAddr::from([127, 0, 0, 1])];
@@ -52,7 +57,7 @@ impl Sim {
             node_name: NODE_NAME.into(),
             state_dir: state_dir.clone(),
             network: net.clone(),
-            miniray_exe: "/nonexistent/miniray".into(),
+            miniray_exe,
             api: server.access().clone(),
             hosts_file: state_dir.join("hosts"),
         };
@@ -273,7 +278,7 @@ async fn a_pod_runs_with_its_address_env_and_expanded_args() {
             "containers": [{
                 "name": "main",
                 "image": "busybox",
-                "command": ["sh", "-c", "echo \"$1\" > /data/out.tmp && mv /data/out.tmp /data/out; \
+                "command": ["sh", "-c", "echo \"args=$1\"; (echo \"$1\" > /data/out.tmp && mv /data/out.tmp /data/out) 2>/dev/null; \
                     echo \"host=$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT hostname=$(hostname)\"; exec sleep 300", "sh"],
                 "args": ["$(MY_NAME)/$(MY_IP)/$(TOKEN)/$(GREETING)/$$(MY_NAME)"],
                 "env": [
@@ -310,20 +315,20 @@ async fn a_pod_runs_with_its_address_env_and_expanded_args() {
         "{cs:?}"
     );
 
-    let out = sim.pod_dir("envpod").join("volumes/data/out");
-    let text = wait_file(&out, "the expanded args", |t| t.ends_with('\n')).await;
-    assert_eq!(
-        text.trim(),
-        format!("envpod/{ip}/s3cret/hello-envpod/$(MY_NAME)")
-    );
+    let expected = format!("envpod/{ip}/s3cret/hello-envpod/$(MY_NAME)");
     let log = wait_file(
         &sim.kubelet().config().log_path("default", "envpod", "main"),
         "the log",
         |t| t.contains("hostname="),
     )
     .await;
+    assert!(log.contains(&format!("args={expected}\n")), "{log}");
     if sim.net.isolated() {
         assert!(log.contains("hostname=envpod"), "{log}");
+        // The emptyDir is the Pod's directory's volumes/data.
+        let out = sim.pod_dir("envpod").join("volumes/data/out");
+        let text = wait_file(&out, "the expanded args", |t| t.ends_with('\n')).await;
+        assert_eq!(text.trim(), expected);
     }
     let api = sim.server.as_ref().expect("server").access();
     assert!(
@@ -451,11 +456,9 @@ async fn a_pod_has_its_own_tmp_and_shm_its_config_map_and_service_account() {
         Path::new(&mount).is_dir(),
         "the mount point was made on the host"
     );
+    // The mount point goes when the process's last kubelet shuts down (tests run several
+    // at once; `volumes::MountPoints` has the unit test).
     sim.stop().await;
-    assert!(
-        !Path::new(&mount).exists(),
-        "the mount point it made is removed at shutdown"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -734,5 +737,100 @@ async fn a_missing_secret_keeps_the_pod_waiting_until_it_exists() {
     })
     .await;
     assert!(sim.log("needs-secret", "main").contains("token=arrived"));
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_miniray_command_runs_the_given_executable_even_from_tmp() {
+    let dir = tempfile::tempdir_in("/tmp").expect("a directory under /tmp");
+    let exe = dir.path().join("miniray");
+    std::fs::write(&exe, "#!/bin/sh\necho \"fake-miniray $*\"\n").expect("write");
+    std::fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let sim = Sim::start_with_exe(exe).await;
+    let p: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "head"},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [{"name": "main", "image": "miniray:test",
+                "command": ["miniray", "start", "--node-ip-address", "$(IP)", "--block"],
+                "env": [{"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]}]
+        }
+    }))
+    .expect("a Pod");
+    create(&sim, &p).await;
+    let done = wait_pod(&sim, "head", "Succeeded", |p| phase(p) == "Succeeded").await;
+    let log = sim.log("head", "main");
+    assert_eq!(
+        log.trim(),
+        format!(
+            "fake-miniray start --node-ip-address {} --block",
+            pod_ip(&done)
+        )
+    );
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_reaches_the_api_server_with_its_service_account_as_in_cluster() {
+    let sim = Sim::start().await;
+    if !sim.net.isolated() {
+        eprintln!("no network namespaces here: the in-cluster configuration is not tested");
+        return;
+    }
+    let script = r#"
+import json, os, ssl, urllib.request
+d = "/var/run/secrets/kubernetes.io/serviceaccount"
+ctx = ssl.create_default_context(cafile=d + "/ca.crt")
+url = "https://%s:%s/api/v1/namespaces/%s/pods" % (
+    os.environ["KUBERNETES_SERVICE_HOST"], os.environ["KUBERNETES_SERVICE_PORT"],
+    open(d + "/namespace").read())
+req = urllib.request.Request(url, headers={"Authorization": "Bearer " + open(d + "/token").read()})
+pods = json.load(urllib.request.urlopen(req, context=ctx, timeout=10))["items"]
+print("pods=" + ",".join(sorted(p["metadata"]["name"] for p in pods)))
+"#;
+    let p: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "incluster"},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [{"name": "main", "image": "python", "command": ["python3", "-c", script]}]
+        }
+    }))
+    .expect("a Pod");
+    create(&sim, &p).await;
+    wait_pod(&sim, "incluster", "Succeeded", |p| phase(p) == "Succeeded").await;
+    let log = sim.log("incluster", "main");
+    assert!(log.contains("pods=incluster"), "{log}");
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_left_by_a_previous_kubelet_are_failed_and_their_deletion_finished() {
+    let mut sim = Sim::start().await;
+    create(&sim, &pod("old", "exec sleep 300")).await;
+    let old = wait_pod(&sim, "old", "Running", |p| phase(p) == "Running").await;
+    let pid = container_pid(&old);
+    let cfg = sim.kubelet().config().clone();
+    sim.stop_kubelet().await;
+    assert!(!alive(pid));
+    sim.kubelet = Some(
+        Kubelet::start(sim.client.clone(), cfg)
+            .await
+            .expect("the kubelet starts again"),
+    );
+    let failed = wait_pod(&sim, "old", "Failed", |p| phase(p) == "Failed").await;
+    assert_eq!(
+        failed.status.and_then(|s| s.reason).as_deref(),
+        Some("NodeRestarted")
+    );
+    // New Pods run as usual.
+    create(&sim, &pod("new", "exit 0")).await;
+    wait_pod(&sim, "new", "Succeeded", |p| phase(p) == "Succeeded").await;
+    // A bound Pod is only removed once its kubelet says so: the new one does.
+    sim.pods()
+        .delete("old", &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_gone(&sim, "old").await;
     sim.stop().await;
 }

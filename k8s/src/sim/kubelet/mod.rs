@@ -155,7 +155,7 @@ impl Kubelet {
             client,
             cfg: cfg.clone(),
             exe,
-            mount_points: volumes::MountPoints::default(),
+            mount_points: volumes::MountPoints::acquire(),
             said_no_isolation: std::sync::Once::new(),
         });
         let (stop, stop_rx) = watch::channel(false);

@@ -246,13 +246,37 @@ pub fn mounts(
     Ok(mounts)
 }
 
-/// Mount points this process created on the host, removed (when empty) at shutdown.
-#[derive(Debug, Default)]
+/// Mount points this process created on the host, removed (when empty) when the last
+/// kubelet of the process that uses them shuts down: kubelets of one process (parallel
+/// tests) share mount points such as the ServiceAccount directory's.
+#[derive(Debug)]
 pub struct MountPoints {
-    created: Mutex<BTreeSet<PathBuf>>,
+    released: std::sync::atomic::AtomicBool,
+}
+
+struct Registry {
+    users: usize,
+    created: BTreeSet<PathBuf>,
+}
+
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
+    users: 0,
+    created: BTreeSet::new(),
+});
+
+fn registry() -> std::sync::MutexGuard<'static, Registry> {
+    REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl MountPoints {
+    /// A user of the process's mount points (one per kubelet).
+    pub fn acquire() -> MountPoints {
+        registry().users += 1;
+        MountPoints {
+            released: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
     /// Makes sure the directory `target` exists, creating it and its missing parents.
     /// `redirect` maps a target that lies in a directory the container gets from elsewhere
     /// (its own `/tmp`) to where it must be made instead.
@@ -263,6 +287,8 @@ impl MountPoints {
                 return std::fs::create_dir_all(&dir).map_err(io(&dir));
             }
         }
+        // Held while creating, so a last user's removal cannot interleave.
+        let mut reg = registry();
         // Which ancestors are missing, outermost first, so each can be removed later.
         let mut missing: Vec<PathBuf> = target
             .ancestors()
@@ -270,11 +296,10 @@ impl MountPoints {
             .map(Path::to_path_buf)
             .collect();
         missing.reverse();
-        let mut created = self.created.lock().unwrap_or_else(|e| e.into_inner());
         for dir in missing {
             match std::fs::create_dir(&dir) {
                 Ok(()) => {
-                    created.insert(dir);
+                    reg.created.insert(dir);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(io(&dir)(e)),
@@ -283,10 +308,21 @@ impl MountPoints {
         Ok(())
     }
 
-    /// Removes the created mount points that are empty, deepest first.
+    /// Ends this use; the last one removes the created mount points that are empty,
+    /// deepest first. Idempotent.
     pub fn remove_created(&self) {
-        let created = std::mem::take(&mut *self.created.lock().unwrap_or_else(|e| e.into_inner()));
-        let mut dirs: Vec<PathBuf> = created.into_iter().collect();
+        if self
+            .released
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            return;
+        }
+        let mut reg = registry();
+        reg.users = reg.users.saturating_sub(1);
+        if reg.users > 0 {
+            return;
+        }
+        let mut dirs: Vec<PathBuf> = std::mem::take(&mut reg.created).into_iter().collect();
         dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
         for dir in dirs {
             // Fails, as wanted, when something else put a file there.
@@ -443,7 +479,7 @@ mod tests {
     #[test]
     fn mount_points_made_are_removed_when_empty() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let points = MountPoints::default();
+        let points = MountPoints::acquire();
         let deep = tmp.path().join("a/b/c");
         points.ensure(&deep, &[]).expect("made");
         assert!(deep.is_dir());
