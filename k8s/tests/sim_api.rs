@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{
     Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
 };
@@ -504,6 +505,42 @@ async fn the_runtime_watcher_sees_every_kind_of_event() {
 }
 
 #[tokio::test]
+async fn the_runtime_watcher_streams_lists_too() {
+    let (server, client) = start().await;
+    let pods: Api<Pod> = Api::default_namespaced(client);
+    pods.create(&PostParams::default(), &pod("before", json!({})))
+        .await
+        .unwrap();
+    let config = watcher::Config::default().streaming_lists();
+    let mut events = watcher(pods.clone(), config).boxed();
+    let mut seen = Vec::new();
+    tokio::time::timeout(DEADLINE, async {
+        while let Some(event) = events.try_next().await.unwrap() {
+            match event {
+                watcher::Event::InitApply(p) => {
+                    seen.push(format!("init {}", p.metadata.name.unwrap()))
+                }
+                watcher::Event::InitDone => {
+                    seen.push("init done".into());
+                    pods.create(&PostParams::default(), &pod("after", json!({})))
+                        .await
+                        .unwrap();
+                }
+                watcher::Event::Apply(p) => {
+                    seen.push(format!("apply {}", p.metadata.name.unwrap()));
+                    break;
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the watcher sees the changes in time");
+    assert_eq!(seen, ["init before", "init done", "apply after"]);
+    server.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_bound_pod_terminates_gracefully_and_an_unbound_one_goes_at_once() {
     let (server, client) = start().await;
     let pods: Api<Pod> = Api::default_namespaced(client);
@@ -657,6 +694,131 @@ async fn apply_creates_then_merges() {
     server.shutdown().await;
 }
 
+#[tokio::test]
+async fn the_other_kinds_and_their_defaults() {
+    let (server, client) = start().await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let team: Namespace = serde_json::from_value(json!({"metadata": {"name": "team"}})).unwrap();
+    let created = namespaces
+        .create(&PostParams::default(), &team)
+        .await
+        .unwrap();
+    assert_eq!(created.status.unwrap().phase.as_deref(), Some("Active"));
+    let all: Vec<String> = namespaces
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|n| n.metadata.name)
+        .collect();
+    assert_eq!(all, ["default", "kube-public", "kube-system", "team"]);
+
+    // Every namespace has its default service account, as the real controller makes.
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), "team");
+    accounts.get("default").await.unwrap();
+    let autoscaler: ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": "demo-autoscaler"}})).unwrap();
+    accounts
+        .create(&PostParams::default(), &autoscaler)
+        .await
+        .unwrap();
+
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "team");
+    let secret: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "demo-token"}, "stringData": {"token": "s3cret"}}),
+    )
+    .unwrap();
+    let stored = secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    assert_eq!(stored.type_.as_deref(), Some("Opaque"));
+    assert_eq!(stored.data.unwrap()["token"].0, b"s3cret");
+    assert!(stored.string_data.is_none());
+
+    let services: Api<Service> = Api::namespaced(client.clone(), "team");
+    let service: Service = serde_json::from_value(json!({
+        "metadata": {"name": "demo-head"},
+        "spec": {"selector": {"app": "head"}, "ports": [{"name": "gcs", "port": 6380}]},
+    }))
+    .unwrap();
+    let stored = services
+        .create(&PostParams::default(), &service)
+        .await
+        .unwrap();
+    let spec = stored.spec.unwrap();
+    assert_eq!(spec.type_.as_deref(), Some("ClusterIP"));
+    let port = &spec.ports.unwrap()[0];
+    assert_eq!(port.protocol.as_deref(), Some("TCP"));
+    assert_eq!(
+        port.target_port,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(6380))
+    );
+    let bad: Service =
+        serde_json::from_value(json!({"metadata": {"name": "1-bad"}, "spec": {}})).unwrap();
+    assert_eq!(
+        status_of(
+            services
+                .create(&PostParams::default(), &bad)
+                .await
+                .unwrap_err()
+        )
+        .code,
+        422
+    );
+
+    let roles: Api<Role> = Api::namespaced(client.clone(), "team");
+    let role: Role = serde_json::from_value(json!({
+        "metadata": {"name": "demo-autoscaler"},
+        "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "create", "delete"]}],
+    }))
+    .unwrap();
+    roles.create(&PostParams::default(), &role).await.unwrap();
+    let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), "team");
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "demo-autoscaler"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "demo-autoscaler"},
+        "subjects": [{"kind": "ServiceAccount", "name": "demo-autoscaler", "namespace": "team"}],
+    }))
+    .unwrap();
+    bindings
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+    assert_eq!(
+        bindings.get("demo-autoscaler").await.unwrap().role_ref.name,
+        "demo-autoscaler"
+    );
+
+    // Deleting the namespace takes everything in it along.
+    namespaces
+        .delete("team", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        status_of(namespaces.get("team").await.unwrap_err()).code,
+        404
+    );
+    assert!(
+        Api::<Service>::all(client.clone())
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert!(
+        Api::<Role>::all(client)
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    server.shutdown().await;
+}
+
 /// A kubeconfig written for kubectl, removed with its folder on drop.
 struct Kubectl {
     dir: tempfile::TempDir,
@@ -741,6 +903,119 @@ async fn kubectl_gets_and_deletes_pods() {
     assert_eq!(
         status_of(pods.get("demo-worker-abcde").await.unwrap_err()).code,
         404
+    );
+    server.shutdown().await;
+}
+
+/// A stand-in kubelet: deletes the first Pod it sees marked for deletion with grace 0;
+/// returns whether it saw one.
+fn remove_terminating_pod(pods: Api<Pod>) -> tokio::task::JoinHandle<bool> {
+    tokio::spawn(async move {
+        let mut events = watcher(pods.clone(), watcher::Config::default()).boxed();
+        while let Ok(Some(event)) = events.try_next().await {
+            if let watcher::Event::Apply(p) | watcher::Event::InitApply(p) = event
+                && p.metadata.deletion_timestamp.is_some()
+            {
+                let name = p.metadata.name.unwrap_or_default();
+                let _ = pods
+                    .delete(&name, &DeleteParams::default().grace_period(0))
+                    .await;
+                return true;
+            }
+        }
+        false
+    })
+}
+
+#[tokio::test]
+async fn kubectl_waits_for_a_terminating_pod_until_its_kubelet_removes_it() {
+    let (server, client) = start().await;
+    let pods: Api<Pod> = Api::default_namespaced(client);
+    pods.create(&PostParams::default(), &pod("demo-head", json!({})))
+        .await
+        .unwrap();
+    let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "demo-head"}, "target": {"kind": "Node", "name": "miniray-sim"}});
+    let _: serde_json::Value = pods
+        .create_subresource("binding", "demo-head", &PostParams::default(), &binding)
+        .await
+        .unwrap();
+    let kubelet = remove_terminating_pod(pods.clone());
+    let kubectl = Kubectl::new(server.access());
+    let deleted = kubectl.run(&["delete", "pod", "demo-head"]).await;
+    assert!(deleted.contains("demo-head"), "{deleted}");
+    assert_eq!(
+        status_of(pods.get("demo-head").await.unwrap_err()).code,
+        404
+    );
+    let marked = tokio::time::timeout(DEADLINE, kubelet)
+        .await
+        .expect("the kubelet is done")
+        .unwrap();
+    assert!(marked, "the deletion was graceful");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn kubectl_lists_every_kind_it_is_asked_for() {
+    let (server, client) = start().await;
+    let services: Api<Service> = Api::default_namespaced(client.clone());
+    let service: Service = serde_json::from_value(json!({
+        "metadata": {"name": "demo-head"},
+        "spec": {"selector": {"app": "head"}, "ports": [{"name": "gcs", "port": 6380}]},
+    }))
+    .unwrap();
+    services
+        .create(&PostParams::default(), &service)
+        .await
+        .unwrap();
+    let deployments: Api<Deployment> = Api::default_namespaced(client.clone());
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "demo-head"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "head"}},
+            "template": {"metadata": {"labels": {"app": "head"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}},
+        },
+    }))
+    .unwrap();
+    deployments
+        .create(&PostParams::default(), &deployment)
+        .await
+        .unwrap();
+    Api::<Pod>::namespaced(client.clone(), "kube-system")
+        .create(&PostParams::default(), &pod("system-pod", json!({})))
+        .await
+        .unwrap();
+
+    let kubectl = Kubectl::new(server.access());
+    let svc = kubectl.run(&["get", "svc"]).await;
+    assert!(
+        svc.starts_with("NAME") && svc.contains("CLUSTER-IP") && svc.contains("6380/TCP"),
+        "{svc}"
+    );
+    let deploy = kubectl.run(&["get", "deploy"]).await;
+    assert!(
+        deploy.contains("READY") && deploy.contains("demo-head") && deploy.contains("0/1"),
+        "{deploy}"
+    );
+    let ns = kubectl.run(&["get", "ns"]).await;
+    assert!(ns.contains("kube-system") && ns.contains("Active"), "{ns}");
+    let everywhere = kubectl.run(&["get", "pods", "-A"]).await;
+    assert!(
+        everywhere.starts_with("NAMESPACE")
+            && everywhere.contains("kube-system")
+            && everywhere.contains("system-pod"),
+        "{everywhere}"
+    );
+    let names = kubectl
+        .run(&["get", "pods", "-n", "kube-system", "-o", "name"])
+        .await;
+    assert_eq!(names.trim(), "pod/system-pod");
+    let yaml = kubectl
+        .run(&["get", "svc", "demo-head", "-o", "yaml"])
+        .await;
+    assert!(
+        yaml.contains("kind: Service") && yaml.contains("port: 6380"),
+        "{yaml}"
     );
     server.shutdown().await;
 }

@@ -269,6 +269,7 @@ async fn resource(app: &Arc<App>, target: Target, request: Request) -> Result<Re
                     resource_version: params.get("resourceVersion").cloned(),
                     timeout,
                     bookmarks: flag(&params, "allowWatchBookmarks"),
+                    send_initial_events: flag(&params, "sendInitialEvents"),
                 };
                 return Ok(watch::start(store, request, app.shutdown.clone()));
             }
@@ -371,6 +372,7 @@ async fn resource(app: &Arc<App>, target: Target, request: Request) -> Result<Re
                     }
                     PatchKind::Apply
                 }
+                "application/json-patch+json" => PatchKind::Json,
                 other => return Err(ApiError::unsupported_media_type(other)),
             };
             let body = body(request, kind == PatchKind::Apply).await?;

@@ -381,6 +381,8 @@ pub enum PatchKind {
     Merge,
     /// `application/apply-patch+yaml`: server-side apply approximated as create-or-merge.
     Apply,
+    /// `application/json-patch+json` (RFC 6902).
+    Json,
 }
 
 /// Patches the stored object (or, for apply, creates it when missing).
@@ -393,8 +395,8 @@ pub fn patch(
     kind: PatchKind,
     part: Part,
 ) -> Result<Value, ApiError> {
-    if !body.is_object() {
-        return Err(ApiError::bad_request("a patch must be a JSON object"));
+    if kind != PatchKind::Json && !body.is_object() {
+        return Err(ApiError::bad_request("a merge patch must be a JSON object"));
     }
     let Some(old) = objects.get(resource, namespace, name).cloned() else {
         if kind == PatchKind::Apply && part == Part::Main {
@@ -404,14 +406,18 @@ pub fn patch(
         }
         return Err(ApiError::not_found(resource, name));
     };
-    let mut merged = old.clone();
-    // The patch's resourceVersion, if any, is a precondition; otherwise the stored one is
-    // carried through (the patch was computed against whatever is stored).
-    patch::merge(&mut merged, &body);
-    if str_at(&body, "/metadata/resourceVersion").is_none() {
-        merged["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
+    // Patched from the stored object, so its resourceVersion is carried through unless the
+    // patch sets one, which is then a precondition.
+    let mut patched = old;
+    match kind {
+        PatchKind::Merge | PatchKind::Apply => patch::merge(&mut patched, &body),
+        PatchKind::Json => patch::json_patch(&mut patched, &body).map_err(|e| {
+            ApiError::unprocessable(format!(
+                "the server rejected our request due to an error in our request: {e}"
+            ))
+        })?,
     }
-    replace(objects, resource, namespace, name, merged, part)
+    replace(objects, resource, namespace, name, patched, part)
 }
 
 /// The options of a delete, from the query and the DeleteOptions body.

@@ -71,6 +71,7 @@ pub struct Objects {
     rv: u64,
     objects: BTreeMap<Key, Value>,
     history: VecDeque<Arc<Change>>,
+    history_limit: usize,
     /// The highest resourceVersion dropped from the history (0: none dropped).
     compacted: u64,
     changes: broadcast::Sender<Arc<Change>>,
@@ -89,12 +90,18 @@ impl Default for Store {
 
 impl Store {
     pub fn new() -> Store {
+        Store::with_history(HISTORY)
+    }
+
+    /// A store keeping the last `history` changes for watches.
+    pub fn with_history(history: usize) -> Store {
         let (changes, _) = broadcast::channel(BROADCAST);
         Store {
             inner: Mutex::new(Objects {
                 rv: 0,
                 objects: BTreeMap::new(),
                 history: VecDeque::new(),
+                history_limit: history.max(1),
                 compacted: 0,
                 changes,
             }),
@@ -207,7 +214,7 @@ impl Objects {
             object,
             old,
         });
-        if self.history.len() == HISTORY
+        if self.history.len() >= self.history_limit
             && let Some(dropped) = self.history.pop_front()
         {
             self.compacted = dropped.rv;
@@ -263,6 +270,18 @@ mod tests {
             kinds,
             vec![(3, EventType::Modified), (4, EventType::Deleted)]
         );
+    }
+
+    #[test]
+    fn a_watch_from_before_the_kept_history_is_too_old() {
+        let store = Store::with_history(2);
+        let mut objects = store.lock();
+        for name in ["a", "b", "c"] {
+            objects.put(PODS, "ns", json!({"metadata": {"name": name}}));
+        }
+        let too_old = objects.watch_from(0).unwrap_err();
+        assert_eq!((too_old.asked, too_old.oldest), (0, 1));
+        assert_eq!(objects.watch_from(1).unwrap().0.len(), 2);
     }
 
     #[test]

@@ -143,6 +143,62 @@ fn deployment_cells(deployment: &Value) -> Vec<Value> {
     ]
 }
 
+fn service_cells(service: &Value) -> Vec<Value> {
+    let or_none = |s: &str| {
+        if s.is_empty() {
+            "<none>".to_string()
+        } else {
+            s.to_string()
+        }
+    };
+    let ports: Vec<String> = service
+        .pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .map(|ports| {
+            ports
+                .iter()
+                .map(|p| {
+                    let protocol = p.get("protocol").and_then(Value::as_str).unwrap_or("TCP");
+                    format!(
+                        "{}/{protocol}",
+                        p.get("port").cloned().unwrap_or(Value::Null)
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let selector: Vec<String> = service
+        .pointer("/spec/selector")
+        .and_then(Value::as_object)
+        .map(|s| {
+            s.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default();
+    vec![
+        json!(str_at(service, "/metadata/name")),
+        json!(str_at(service, "/spec/type")),
+        json!(or_none(str_at(service, "/spec/clusterIP"))),
+        json!("<none>"),
+        json!(or_none(&ports.join(","))),
+        json!(age(service
+            .pointer("/metadata/creationTimestamp")
+            .and_then(Value::as_str))),
+        json!(or_none(&selector.join(","))),
+    ]
+}
+
+fn namespace_cells(namespace: &Value) -> Vec<Value> {
+    vec![
+        json!(str_at(namespace, "/metadata/name")),
+        json!(str_at(namespace, "/status/phase")),
+        json!(age(namespace
+            .pointer("/metadata/creationTimestamp")
+            .and_then(Value::as_str))),
+    ]
+}
+
 /// The cells of one object's row.
 type Cells = fn(&Value) -> Vec<Value>;
 
@@ -248,6 +304,38 @@ pub fn render(
                 age_column,
             ],
             deployment_cells,
+        ),
+        ("", "services") => (
+            vec![
+                name,
+                column("Type", "string", "", "The type of the service.", 0),
+                column(
+                    "Cluster-IP",
+                    "string",
+                    "",
+                    "The cluster IP of the service.",
+                    0,
+                ),
+                column(
+                    "External-IP",
+                    "string",
+                    "",
+                    "The external IPs of the service.",
+                    0,
+                ),
+                column("Port(s)", "string", "", "The ports of the service.", 0),
+                age_column,
+                column("Selector", "string", "", "The selector of the service.", 1),
+            ],
+            service_cells,
+        ),
+        ("", "namespaces") => (
+            vec![
+                name,
+                column("Status", "string", "", "The status of the namespace.", 0),
+                age_column,
+            ],
+            namespace_cells,
         ),
         _ => (vec![name, age_column], |object: &Value| {
             vec![

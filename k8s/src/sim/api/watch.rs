@@ -32,6 +32,9 @@ pub struct WatchRequest {
     pub resource_version: Option<String>,
     pub timeout: Option<Duration>,
     pub bookmarks: bool,
+    /// `sendInitialEvents=true` (streaming lists): the current objects as ADDED, then a
+    /// BOOKMARK annotated `k8s.io/initial-events-end`, then changes.
+    pub send_initial_events: bool,
 }
 
 impl WatchRequest {
@@ -81,10 +84,11 @@ pub fn start(
     request: WatchRequest,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Response {
+    // Initial events are the current state, which is at least as new as any version asked.
     let asked = request
         .resource_version
         .as_deref()
-        .filter(|rv| !rv.is_empty() && *rv != "0");
+        .filter(|rv| !rv.is_empty() && *rv != "0" && !request.send_initial_events);
     let (initial, receiver, mut last_rv): (Vec<(EventType, Value)>, _, u64) = {
         let objects = store.lock();
         match asked {
@@ -138,6 +142,19 @@ pub fn start(
                 return;
             }
         };
+        if request.send_initial_events {
+            let end = json!({
+                "kind": request.resource.kind,
+                "apiVersion": request.resource.api_version(),
+                "metadata": {
+                    "resourceVersion": last_rv.to_string(),
+                    "annotations": {"k8s.io/initial-events-end": "true"},
+                },
+            });
+            if sender.send(line("BOOKMARK", &end)).await.is_err() {
+                return;
+            }
+        }
         let mut bookmarks =
             tokio::time::interval_at(tokio::time::Instant::now() + BOOKMARK_EVERY, BOOKMARK_EVERY);
         loop {
@@ -179,4 +196,75 @@ pub fn start(
         http::HeaderValue::from_static("application/json"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::api::resources::PODS;
+
+    async fn events(response: Response) -> Vec<Value> {
+        let bytes = tokio::time::timeout(
+            Duration::from_secs(10),
+            axum::body::to_bytes(response.into_body(), 1 << 20),
+        )
+        .await
+        .expect("the watch ends")
+        .expect("a body");
+        bytes
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).expect("a JSON event"))
+            .collect()
+    }
+
+    fn request(rv: &str, initial: bool) -> WatchRequest {
+        WatchRequest {
+            resource: PODS,
+            namespace: Some("ns".into()),
+            labels: LabelSelector::default(),
+            fields: FieldSelector::default(),
+            resource_version: Some(rv.into()),
+            timeout: Some(Duration::from_millis(200)),
+            bookmarks: false,
+            send_initial_events: initial,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_watch_from_compacted_history_gets_410_gone() {
+        let store = Arc::new(Store::with_history(2));
+        for name in ["a", "b", "c", "d"] {
+            store
+                .lock()
+                .put(PODS, "ns", json!({"metadata": {"name": name}}));
+        }
+        let (_tx, shutdown) = tokio::sync::watch::channel(false);
+        let expired = events(start(&store, request("1", false), shutdown.clone())).await;
+        assert_eq!(expired.len(), 1, "{expired:?}");
+        assert_eq!(expired[0]["type"], "ERROR");
+        assert_eq!(expired[0]["object"]["code"], 410);
+        assert_eq!(expired[0]["object"]["reason"], "Expired");
+
+        let kept = events(start(&store, request("2", false), shutdown.clone())).await;
+        let names: Vec<&Value> = kept
+            .iter()
+            .map(|e| &e["object"]["metadata"]["name"])
+            .collect();
+        assert_eq!(names, ["c", "d"]);
+
+        // "0" is the current state, whatever the history holds.
+        let current = events(start(&store, request("0", false), shutdown.clone())).await;
+        assert_eq!(current.len(), 4);
+        assert!(current.iter().all(|e| e["type"] == "ADDED"));
+
+        // A streaming list: the state, then the bookmark that ends it.
+        let streamed = events(start(&store, request("1", true), shutdown.clone())).await;
+        assert_eq!(streamed.len(), 5);
+        assert_eq!(streamed[4]["type"], "BOOKMARK");
+        assert_eq!(
+            streamed[4]["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"],
+            "true"
+        );
+    }
 }
