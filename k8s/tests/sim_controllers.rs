@@ -383,6 +383,17 @@ async fn ready_replicas_follow_the_ready_condition_and_gc_deletes_orphans() {
         .await;
     wait_for("status with 0 ready again", status_is(0)).await;
 
+    // Converged: a later pass (seen through another object it changes) leaves the Deployment
+    // alone, so the controller does not rewrite its own status forever.
+    let settled = sim.deployments().get("ready").await.expect("get");
+    sim.create_service("unrelated").await;
+    wait_for("a later pass", || async {
+        (sim.cluster_ip("unrelated").await.as_deref() == Some("None")).then_some(())
+    })
+    .await;
+    let later = sim.deployments().get("ready").await.expect("get");
+    assert_eq!(later.resource_version(), settled.resource_version());
+
     // Deleting the Deployment deletes its Pods.
     sim.deployments()
         .delete("ready", &DeleteParams::default())
