@@ -90,7 +90,8 @@ fn apply_defaults(resource: &ResourceType, object: &mut Value) {
                     set_default(container, "/resources", json!({}));
                 }
             }
-            object["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
+            let qos = qos_class(object);
+            object["status"] = json!({"phase": "Pending", "qosClass": qos});
         }
         ("", "services") => {
             set_default(object, "/spec/type", json!("ClusterIP"));
@@ -139,6 +140,32 @@ fn apply_defaults(resource: &ResourceType, object: &mut Value) {
             object["status"] = json!({});
         }
         _ => {}
+    }
+}
+
+/// A Pod's QoS class from its containers' cpu and memory requests and limits: none at all is
+/// BestEffort, limits on both for every container (requests, if given, equal) Guaranteed,
+/// anything else Burstable.
+fn qos_class(pod: &Value) -> &'static str {
+    let containers = pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut any = false;
+    let mut guaranteed = !containers.is_empty();
+    for container in &containers {
+        for resource in ["cpu", "memory"] {
+            let limit = container.pointer(&format!("/resources/limits/{resource}"));
+            let request = container.pointer(&format!("/resources/requests/{resource}"));
+            any |= limit.is_some() || request.is_some();
+            guaranteed &= limit.is_some() && request.is_none_or(|r| Some(r) == limit);
+        }
+    }
+    match (any, guaranteed) {
+        (false, _) => "BestEffort",
+        (true, true) => "Guaranteed",
+        (true, false) => "Burstable",
     }
 }
 
@@ -634,6 +661,20 @@ mod tests {
         };
         delete(&mut objects, PODS, "default", "a", &now).unwrap();
         assert!(objects.get(PODS, "default", "a").is_none());
+    }
+
+    #[test]
+    fn qos_classes() {
+        let with = |resources: Value| json!({"spec": {"containers": [{"resources": resources}]}});
+        assert_eq!(qos_class(&with(json!({}))), "BestEffort");
+        assert_eq!(
+            qos_class(&with(json!({"requests": {"cpu": "1"}}))),
+            "Burstable"
+        );
+        assert_eq!(
+            qos_class(&with(json!({"limits": {"cpu": "1", "memory": "1Gi"}}))),
+            "Guaranteed"
+        );
     }
 
     #[test]
