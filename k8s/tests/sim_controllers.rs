@@ -192,6 +192,16 @@ where
     }
 }
 
+/// The status of the Deployment's `Available` condition.
+fn available(status: &k8s_openapi::api::apps::v1::DeploymentStatus) -> Option<&str> {
+    status
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Available")
+        .map(|c| c.status.as_str())
+}
+
 fn is_name_of(pod: &str, deployment: &str) -> bool {
     let Some(rest) = pod.strip_prefix(&format!("{deployment}-")) else {
         return false;
@@ -289,6 +299,62 @@ async fn a_deployment_keeps_its_pods() {
     sim.shutdown().await;
 }
 
+/// Recreate: while an old Pod is terminating (a bound Pod waits for its kubelet), no Pod of
+/// the new template is made, so two heads never run at once.
+#[tokio::test]
+async fn a_new_template_waits_for_the_old_pod_to_stop() {
+    let sim = Sim::start(false).await;
+    sim.create_deployment("rec", 1, "img:1").await;
+    let old = sim.wait_pods("rec", 1, "the first Pod").await.remove(0);
+    let binding = json!({"apiVersion": "v1", "kind": "Binding",
+        "metadata": {"name": old.name_any()}, "target": {"kind": "Node", "name": "miniray-sim"}});
+    let _: serde_json::Value = sim
+        .pods()
+        .create_subresource("binding", &old.name_any(), &PostParams::default(), &binding)
+        .await
+        .expect("bind");
+    sim.kubelet_status(&old.name_any(), "Running", "10.214.250.30", true)
+        .await;
+
+    sim.patch_deployment(
+        "rec",
+        json!({"spec": {"template": {"spec": {"containers": [{"name": "main", "image": "img:2", "command": ["sleep", "1000"]}]}}}}),
+    )
+    .await;
+    // A pass that saw the old Pod terminating reports no live replica.
+    wait_for(
+        "the old Pod terminating, seen by the controller",
+        || async {
+            let dep = sim.deployments().get("rec").await.expect("get");
+            let status = dep.status.clone().unwrap_or_default();
+            let pod = sim.pods().get(&old.name_any()).await.expect("get pod");
+            (pod.metadata.deletion_timestamp.is_some()
+                && status.observed_generation == dep.metadata.generation
+                && status.replicas == Some(0))
+            .then_some(())
+        },
+    )
+    .await;
+    let all = sim.pods().list(&ListParams::default()).await.expect("list");
+    assert_eq!(all.items.len(), 1, "no new Pod while the old one stops");
+
+    // The kubelet's last word: the old Pod is gone, so the new one comes.
+    sim.pods()
+        .delete(&old.name_any(), &DeleteParams::default().grace_period(0))
+        .await
+        .expect("delete with grace 0");
+    let new = sim.wait_pods("rec", 1, "the Pod of the new template").await;
+    assert_ne!(new[0].name_any(), old.name_any());
+    assert_eq!(
+        new[0].spec.as_ref().expect("spec").containers[0]
+            .image
+            .as_deref(),
+        Some("img:2")
+    );
+
+    sim.shutdown().await;
+}
+
 #[tokio::test]
 async fn ready_replicas_follow_the_ready_condition_and_gc_deletes_orphans() {
     let sim = Sim::start(false).await;
@@ -304,8 +370,9 @@ async fn ready_replicas_follow_the_ready_condition_and_gc_deletes_orphans() {
                 && status.available_replicas.unwrap_or(0) == ready
                 && status.replicas == Some(1)
                 && status.updated_replicas == Some(1)
-                && status.observed_generation == dep.metadata.generation)
-                .then_some(())
+                && status.observed_generation == dep.metadata.generation
+                && available(&status) == Some(if ready == 1 { "True" } else { "False" }))
+            .then_some(())
         }
     };
     wait_for("status with 0 ready", status_is(0)).await;
@@ -315,6 +382,17 @@ async fn ready_replicas_follow_the_ready_condition_and_gc_deletes_orphans() {
     sim.kubelet_status(&pod.name_any(), "Running", "10.214.250.3", false)
         .await;
     wait_for("status with 0 ready again", status_is(0)).await;
+
+    // Converged: a later pass (seen through another object it changes) leaves the Deployment
+    // alone, so the controller does not rewrite its own status forever.
+    let settled = sim.deployments().get("ready").await.expect("get");
+    sim.create_service("unrelated").await;
+    wait_for("a later pass", || async {
+        (sim.cluster_ip("unrelated").await.as_deref() == Some("None")).then_some(())
+    })
+    .await;
+    let later = sim.deployments().get("ready").await.expect("get");
+    assert_eq!(later.resource_version(), settled.resource_version());
 
     // Deleting the Deployment deletes its Pods.
     sim.deployments()

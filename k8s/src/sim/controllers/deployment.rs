@@ -13,9 +13,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentCondition, DeploymentStatus};
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 
@@ -138,12 +138,69 @@ pub fn plan(deployment: &Deployment, owned: &[&Pod]) -> Plan {
         ready_replicas: Some(ready),
         available_replicas: Some(ready),
         unavailable_replicas: Some((replicas as i32 - ready).max(0)),
+        conditions: Some(vec![available_condition(ready >= replicas as i32)]),
         ..DeploymentStatus::default()
     };
     Plan {
         create,
         delete,
         status,
+    }
+}
+
+/// The `Available` condition (what `kubectl wait --for=condition=Available` reads), without
+/// times: [`reconcile`] keeps the stored times while the status does not change.
+fn available_condition(available: bool) -> DeploymentCondition {
+    let (status, reason, message) = if available {
+        (
+            "True",
+            "MinimumReplicasAvailable",
+            "Deployment has minimum availability.",
+        )
+    } else {
+        (
+            "False",
+            "MinimumReplicasUnavailable",
+            "Deployment does not have minimum availability.",
+        )
+    };
+    DeploymentCondition {
+        type_: "Available".into(),
+        status: status.into(),
+        reason: Some(reason.into()),
+        message: Some(message.into()),
+        ..DeploymentCondition::default()
+    }
+}
+
+/// The `Available` condition's status in `status`, if it has one.
+fn available_status(status: &DeploymentStatus) -> Option<&str> {
+    status
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Available")
+        .map(|c| c.status.as_str())
+}
+
+/// Gives the conditions of `new` times: those of `old`'s condition of the same type and
+/// status if there is one (nothing changed), else now.
+fn stamp_conditions(new: &mut DeploymentStatus, old: Option<&DeploymentStatus>) {
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let old = old.and_then(|o| o.conditions.as_ref());
+    for condition in new.conditions.iter_mut().flatten() {
+        let same = old.and_then(|o| {
+            o.iter()
+                .find(|c| c.type_ == condition.type_ && c.status == condition.status)
+        });
+        condition.last_transition_time = Some(
+            same.and_then(|c| c.last_transition_time.clone())
+                .unwrap_or_else(|| now.clone()),
+        );
+        condition.last_update_time = Some(
+            same.and_then(|c| c.last_update_time.clone())
+                .unwrap_or_else(|| now.clone()),
+        );
     }
 }
 
@@ -193,6 +250,7 @@ fn same_status(a: Option<&DeploymentStatus>, b: &DeploymentStatus) -> bool {
             && a.ready_replicas.unwrap_or(0) == b.ready_replicas.unwrap_or(0)
             && a.available_replicas.unwrap_or(0) == b.available_replicas.unwrap_or(0)
             && a.unavailable_replicas.unwrap_or(0) == b.unavailable_replicas.unwrap_or(0)
+            && available_status(a) == available_status(b)
     })
 }
 
@@ -214,7 +272,7 @@ pub async fn reconcile(
         .iter()
         .filter(|p| p.namespace().as_deref() == Some(namespace.as_str()) && owned_by(p, &uid))
         .collect();
-    let plan = plan(deployment, &owned);
+    let mut plan = plan(deployment, &owned);
     let pod_api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
 
     for pod in &plan.delete {
@@ -231,6 +289,7 @@ pub async fn reconcile(
         tracing::info!(deployment = %name, %namespace, pod = %created.name_any(), "created a Pod");
     }
     if !same_status(deployment.status.as_ref(), &plan.status) {
+        stamp_conditions(&mut plan.status, deployment.status.as_ref());
         let api: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
         let patch = serde_json::json!({ "status": plan.status });
         api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -342,6 +401,10 @@ mod tests {
         assert_eq!(plan.status.replicas, Some(1));
         assert_eq!(plan.status.ready_replicas, Some(1));
         assert_eq!(plan.status.observed_generation, Some(3));
+        assert_eq!(available_status(&plan.status), Some("False"));
+        let full = pod(&dep, "b", 5, "Running", true);
+        let plan2 = super::plan(&dep, &[&p, &full]);
+        assert_eq!(available_status(&plan2.status), Some("True"));
     }
 
     #[test]
@@ -413,5 +476,31 @@ mod tests {
         assert!(!same_status(None, &status));
         stored.observed_generation = Some(2);
         assert!(!same_status(Some(&stored), &status));
+        stored.observed_generation = Some(1);
+        let mut available = status.clone();
+        available.conditions = Some(vec![available_condition(true)]);
+        assert!(!same_status(Some(&stored), &available));
+    }
+
+    #[test]
+    fn condition_times_change_only_with_the_condition() {
+        let mut old = DeploymentStatus {
+            conditions: Some(vec![available_condition(false)]),
+            ..DeploymentStatus::default()
+        };
+        stamp_conditions(&mut old, None);
+        let then = old.conditions.as_ref().expect("conds")[0]
+            .last_transition_time
+            .clone();
+        assert!(then.is_some());
+        let mut same = DeploymentStatus {
+            conditions: Some(vec![available_condition(false)]),
+            ..DeploymentStatus::default()
+        };
+        stamp_conditions(&mut same, Some(&old));
+        assert_eq!(
+            same.conditions.as_ref().expect("conds")[0].last_transition_time,
+            then
+        );
     }
 }

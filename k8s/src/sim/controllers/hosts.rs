@@ -338,6 +338,45 @@ mod tests {
     }
 
     #[test]
+    fn a_claimed_block_sweeps_the_dead_is_unique_and_goes_on_drop() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("hosts");
+        let mut child = std::process::Command::new("true")
+            .spawn()
+            .expect("spawn true");
+        let dead = child.id();
+        child.wait().expect("wait true");
+        let stale =
+            format!("# BEGIN miniray-k8s-sim {dead}\n1.1.1.1 x\n# END miniray-k8s-sim {dead}\n");
+        std::fs::write(&path, format!("{BASE}{stale}")).expect("seed");
+
+        let block = HostBlock::claim(&path).expect("claim");
+        let me = std::process::id();
+        let empty = format!("# BEGIN miniray-k8s-sim {me}\n# END miniray-k8s-sim {me}\n");
+        assert_eq!(
+            std::fs::read_to_string(&path).expect("read"),
+            format!("{BASE}{empty}")
+        );
+        assert!(matches!(
+            HostBlock::claim(&path),
+            Err(ControllersError::HostBlockHeld)
+        ));
+        assert!(
+            block
+                .set(&[entry("default", "a", "10.0.0.1")])
+                .expect("set")
+        );
+        assert!(
+            !block
+                .set(&[entry("default", "a", "10.0.0.1")])
+                .expect("same")
+        );
+        drop(block);
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), BASE);
+        drop(HostBlock::claim(&path).expect("claimable again after drop"));
+    }
+
+    #[test]
     fn writes_in_place_keep_the_inode() {
         use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().expect("tempdir");
