@@ -719,8 +719,10 @@ async fn a_pod_that_fails_before_running_is_reported_once_and_removed() {
         "name": "miniray", "ready": false, "restartCount": 0, "image": "bad:1", "imageID": "",
         "state": {"waiting": {"reason": "ErrImagePull",
                               "message": "pull access denied for bad"}}}]});
-    // Seen pending, stuck pulling its image: reported once, however often it is listed.
-    for _ in 0..2 {
+    // Seen pending, stuck pulling its image: reported once, however often it is listed
+    // (and while the kubelet alternates between ErrImagePull and ImagePullBackOff).
+    for reason in ["ErrImagePull", "ImagePullBackOff", "ErrImagePull"] {
+        pulling["containerStatuses"][0]["state"]["waiting"]["reason"] = json!(reason);
         let task = list_once(
             &p,
             &mut server,

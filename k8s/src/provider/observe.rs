@@ -33,7 +33,8 @@ const STUCK_REASONS: &[&str] = &[
     "RunContainerError",
 ];
 
-/// Why a pending Pod is not starting, if it says so: `(reason, message)`. A container
+/// Why a pending Pod is not starting, if it says so: `(key, message)`, the key naming the
+/// problem (reported once per Pod). A container
 /// waiting for a stuck reason, or the scheduler refusing the Pod.
 pub fn not_starting(pod: &Pod) -> Option<(String, String)> {
     let status = pod.status.as_ref()?;
@@ -43,8 +44,13 @@ pub fn not_starting(pod: &Pod) -> Option<(String, String)> {
             && STUCK_REASONS.contains(&reason.as_str())
         {
             let message = w.message.clone().unwrap_or_default();
+            // A pull that fails alternates between these two: one problem, one report.
+            let key = match reason.as_str() {
+                "ErrImagePull" | "ImagePullBackOff" => "ImagePull",
+                other => other,
+            };
             return Some((
-                reason.clone(),
+                key.to_string(),
                 format!("container {}: {reason}: {message}", c.name),
             ));
         }
@@ -68,7 +74,7 @@ pub fn not_starting(pod: &Pod) -> Option<(String, String)> {
 pub fn failure(pod: &Pod) -> String {
     let status = pod.status.as_ref();
     let mut parts = Vec::new();
-    if let Some(s) = pod.status.as_ref().and_then(|_| miniray_status(pod))
+    if let Some(s) = miniray_status(pod)
         && let Some(state) = &s.state
     {
         if let Some(t) = &state.terminated {
