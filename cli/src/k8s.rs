@@ -83,6 +83,10 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
     }
     // Checked before anything is applied.
     let tls = TlsPem::from_env()?;
+    // As `start --head`: a token given in MINIRAY_TOKEN is the cluster's, the first time.
+    let given_token = std::env::var(miniray_common::config::env::TOKEN)
+        .ok()
+        .filter(|t| !t.is_empty());
     let (address, token) = runtime()?.block_on(async {
         let (client, url) = deploy::connect(args.api.kubeconfig.as_deref()).await?;
         eprintln!(
@@ -94,12 +98,19 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
             &client,
             &spec,
             tls,
+            given_token.clone(),
             Duration::from_secs(args.api.timeout),
             &mut print_progress,
         )
         .await
         .with_context(|| format!("miniray up {} (API server {url})", args.config.display()))
     })?;
+    if given_token.as_ref().is_some_and(|t| *t != token) {
+        eprintln!(
+            "warning: MINIRAY_TOKEN is not this cluster's token (its Secret keeps the one made \
+             at the first `up`); unset it so drivers here use the recorded one"
+        );
+    }
     crate::start::record_head(&address, &token)?;
     eprintln!(
         "The head is ready. Drivers and `miniray status` on this machine find its token; \

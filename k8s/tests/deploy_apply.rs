@@ -401,9 +401,14 @@ async fn the_token_is_generated_once_and_kept() {
     );
 
     let mut lines = Vec::new();
-    let (address, token) = deploy::up(&client, &spec, None, Duration::from_secs(5), &mut |p| {
-        lines.push(p)
-    })
+    let (address, token) = deploy::up(
+        &client,
+        &spec,
+        None,
+        None,
+        Duration::from_secs(5),
+        &mut |p| lines.push(p),
+    )
     .await
     .expect("up");
     assert_eq!(address, "demo-head.rl.svc.cluster.local:6379");
@@ -419,11 +424,18 @@ async fn the_token_is_generated_once_and_kept() {
     );
     take_log(&state);
 
-    // A later `up` reads the Secret, keeps its token, and so writes nothing.
+    // A later `up` reads the Secret, keeps its token (whatever token it is offered), and so
+    // writes nothing.
     let mut lines = Vec::new();
-    let (_, again) = deploy::up(&client, &spec, None, Duration::from_secs(5), &mut |p| {
-        lines.push(p)
-    })
+    let offered = Some("another-token".to_string());
+    let (_, again) = deploy::up(
+        &client,
+        &spec,
+        None,
+        offered,
+        Duration::from_secs(5),
+        &mut |p| lines.push(p),
+    )
     .await
     .expect("up again");
     assert_eq!(again, token);
@@ -449,6 +461,30 @@ async fn the_token_is_generated_once_and_kept() {
 }
 
 #[tokio::test]
+async fn a_token_given_at_the_first_up_is_the_clusters() {
+    let state = Shared::default();
+    state.lock().expect("state").deployments_ready = true;
+    let client = client(&state);
+    let spec = spec(CONFIG);
+    let given = Some("given-token".to_string());
+    let (_, token) = deploy::up(
+        &client,
+        &spec,
+        None,
+        given,
+        Duration::from_secs(5),
+        &mut |_| {},
+    )
+    .await
+    .expect("up");
+    assert_eq!(token, "given-token");
+    assert_eq!(
+        apply::existing_token(&client, &spec).await.expect("read"),
+        Some("given-token".to_string())
+    );
+}
+
+#[tokio::test]
 async fn up_waits_for_the_head_until_its_deadline() {
     let state = Shared::default();
     let client = client(&state);
@@ -458,6 +494,7 @@ async fn up_waits_for_the_head_until_its_deadline() {
     let e = deploy::up(
         &client,
         &spec,
+        None,
         None,
         Duration::from_millis(1200),
         &mut |p| lines.push(p),
@@ -489,9 +526,14 @@ async fn up_waits_for_the_head_until_its_deadline() {
                    {"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}]}}),
     );
     let mut lines = Vec::new();
-    let e = deploy::up(&client, &spec, None, Duration::from_millis(700), &mut |p| {
-        lines.push(p)
-    })
+    let e = deploy::up(
+        &client,
+        &spec,
+        None,
+        None,
+        Duration::from_millis(700),
+        &mut |p| lines.push(p),
+    )
     .await
     .expect_err("still not ready");
     assert!(

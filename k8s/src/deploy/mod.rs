@@ -125,6 +125,11 @@ pub fn describe_api_error(e: &kube::Error) -> String {
                  on this kind in this namespace",
                 status.message
             ),
+            404 if status.message.contains("namespace") => format!(
+                "the Kubernetes API answered 404 NotFound: {} (create the namespace first, or \
+                 name another in provider.namespace)",
+                status.message
+            ),
             code => format!(
                 "the Kubernetes API answered {code} {}: {}",
                 status.reason, status.message
@@ -358,20 +363,24 @@ pub fn dry_run(
     manifests::to_yaml(&manifests::build(spec, &secrets))
 }
 
-/// Runs `up`: reads the live token (or generates one), applies every manifest in order,
-/// then waits until the head Deployment has a ready replica. Returns the head address
+/// Runs `up`: reads the live token (or, the first time, takes `new_token`, else generates
+/// one), applies every manifest in order, then waits until the head Deployment has a ready
+/// replica; the whole within `timeout`. Returns the head address
 /// ([`ClusterSpec::head_address`]) and the token, for the caller to record.
 pub async fn up(
     client: &kube::Client,
     spec: &ClusterSpec,
     tls: Option<TlsPem>,
+    new_token: Option<String>,
     timeout: Duration,
     progress: &mut (dyn FnMut(Progress) + Send),
 ) -> Result<(String, String), DeployError> {
     let deadline = tokio::time::Instant::now() + timeout;
     let token = match apply::existing_token(client, spec).await? {
         Some(token) => token,
-        None => miniray_common::auth::generate_token(),
+        None => new_token
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(miniray_common::auth::generate_token),
     };
     let secrets = Secrets {
         token: token.clone(),
@@ -385,8 +394,20 @@ pub async fn up(
     wait::head_ready(client, spec, deadline, &mut |line| {
         progress(Progress::Waiting(line))
     })
-    .await?;
+    .await
+    .map_err(|e| whole_timeout(e, timeout))?;
     Ok((spec.head_address(), token))
+}
+
+/// A timeout reports the whole time allowed (`--timeout`), not only its last phase.
+fn whole_timeout(e: DeployError, timeout: Duration) -> DeployError {
+    match e {
+        DeployError::Timeout { what, .. } => DeployError::Timeout {
+            what,
+            waited: timeout,
+        },
+        other => other,
+    }
 }
 
 /// Runs `down`: deletes every object of the cluster and its Pods, and waits (at most
