@@ -44,7 +44,8 @@ pub(crate) const REHOME_DEADLINE: Duration =
 /// Bounds of the wait between attempts to find a new home.
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(1);
-/// How long registering with a candidate home may take.
+/// How long a call of the rehomer (to the GCS, or registering with a candidate home) may
+/// take.
 const REGISTER_DEADLINE: Duration = Duration::from_secs(5);
 
 /// One home raylet.
@@ -123,6 +124,10 @@ impl HomeCell {
     /// The home to use now: the current one unless it is gone (retired or declared dead),
     /// else, for a remote driver, the next one, waited for up to `REHOME_DEADLINE`.
     pub(crate) async fn usable(&self, dead: &DeadNodes) -> Result<Arc<Home>> {
+        self.usable_within(dead, REHOME_DEADLINE).await
+    }
+
+    async fn usable_within(&self, dead: &DeadNodes, deadline: Duration) -> Result<Arc<Home>> {
         let gone = |h: &Arc<Home>| h.is_retired() || dead.is_dead(h.id.as_bytes());
         let home = self.get();
         if !gone(&home) {
@@ -140,7 +145,7 @@ impl HomeCell {
         let mut rx = self.tx.subscribe();
         // `wait_for` checks the current value first; a death recorded after our check
         // above is seen again by `gone` here (the dead set is read, not watched).
-        let next = tokio::time::timeout(REHOME_DEADLINE, async {
+        let next = tokio::time::timeout(deadline, async {
             loop {
                 let h = rx.borrow_and_update().clone();
                 if !gone(&h) {
@@ -157,7 +162,7 @@ impl HomeCell {
             _ => Err(unreachable(format!(
                 "the home raylet's node is gone and no alive node to work through \
                  appeared within {}s",
-                REHOME_DEADLINE.as_secs()
+                deadline.as_secs()
             ))),
         }
     }
@@ -265,37 +270,43 @@ impl Rehomer {
     /// Whether the GCS's table has `home`'s node dead or not at all (false when the GCS
     /// cannot be asked: then nothing is known).
     async fn gcs_says_gone(&mut self, home: &Home) -> bool {
-        match self.gcs.get_all_nodes(GetAllNodesRequest {}).await {
-            Ok(r) => {
-                let nodes = r.into_inner().nodes;
-                self.dead.apply(&nodes);
-                !nodes.iter().any(|n| {
-                    n.state != NodeState::Dead as i32
-                        && n.address
-                            .as_ref()
-                            .is_some_and(|a| a.node_id == home.id.as_bytes())
-                })
-            }
-            Err(status) => {
-                debug!(error = %status, "cannot ask the GCS about the home raylet");
+        match self.all_nodes().await {
+            Ok(nodes) => !nodes.iter().any(|n| {
+                n.state != NodeState::Dead as i32
+                    && n.address
+                        .as_ref()
+                        .is_some_and(|a| a.node_id == home.id.as_bytes())
+            }),
+            Err(e) => {
+                debug!(error = %e, "cannot ask the GCS about the home raylet");
                 false
             }
         }
     }
 
+    /// The GCS's node table (its deaths recorded), within `REGISTER_DEADLINE`: a GCS that
+    /// hangs must not hold up following the home's death.
+    async fn all_nodes(&mut self) -> Result<Vec<miniray_proto::NodeInfo>> {
+        let unreachable = |reason: String| Error::ClusterUnreachable {
+            address: "the GCS".into(),
+            reason,
+        };
+        let nodes = tokio::time::timeout(
+            REGISTER_DEADLINE,
+            self.gcs.get_all_nodes(GetAllNodesRequest {}),
+        )
+        .await
+        .map_err(|_| unreachable("no answer in time".into()))?
+        .map_err(|s| unreachable(s.message().to_string()))?
+        .into_inner()
+        .nodes;
+        self.dead.apply(&nodes);
+        Ok(nodes)
+    }
+
     /// A new home: chosen from the GCS's table, and registered with as a store client.
     async fn find_home(&mut self, old: &Home) -> Result<Home> {
-        let nodes = self
-            .gcs
-            .get_all_nodes(GetAllNodesRequest {})
-            .await
-            .map_err(|s| Error::ClusterUnreachable {
-                address: "the GCS".into(),
-                reason: s.message().to_string(),
-            })?
-            .into_inner()
-            .nodes;
-        self.dead.apply(&nodes);
+        let nodes = self.all_nodes().await?;
         let node = choose_next_home(
             &nodes,
             old.id.as_bytes(),
@@ -379,6 +390,48 @@ mod tests {
         // A raylet named `localhost` is on a loopback driver's node.
         let named = vec![(node("localhost", 4), false)];
         assert!(choose_home(&named, ip("127.0.0.1")).unwrap().1);
+    }
+
+    fn home(id: u8) -> Home {
+        let clients = Clients::new("t".into());
+        let node = node("10.0.0.1", id);
+        let raylet = clients
+            .raylet(&node_endpoint(&node))
+            .expect("a lazy channel");
+        Home::new(node, NodeId::from_array([id; 16]), raylet)
+    }
+
+    #[tokio::test]
+    async fn calls_wait_for_the_next_home_and_give_up_after_the_deadline() {
+        let dead = DeadNodes::default();
+        let cell = Arc::new(HomeCell::new(home(1), true));
+        assert_eq!(cell.usable(&dead).await.expect("alive").id.as_bytes()[0], 1);
+        dead.mark_dead(&[1; 16]);
+        // Gone, and a new one comes a while later: the call waits and gets it.
+        let waiter = {
+            let (cell, dead) = (cell.clone(), Arc::new(DeadNodes::default()));
+            dead.mark_dead(&[1; 16]);
+            tokio::spawn(async move { cell.usable(&dead).await.map(|h| h.id) })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        cell.set(home(2));
+        let next = waiter.await.expect("ran").expect("the next home");
+        assert_eq!(next.as_bytes()[0], 2);
+        // Gone with no next one: a clear error after the deadline.
+        dead.mark_dead(&[2; 16]);
+        let started = std::time::Instant::now();
+        let deadline = Duration::from_millis(500);
+        let err = cell
+            .usable_within(&dead, deadline)
+            .await
+            .err()
+            .expect("no home");
+        assert!(started.elapsed() >= deadline);
+        assert!(matches!(err, Error::ClusterUnreachable { .. }), "{err}");
+        // A local driver's or worker's home never moves: its death fails calls at once.
+        let fixed = HomeCell::new(home(3), false);
+        dead.mark_dead(&[3; 16]);
+        assert!(fixed.usable(&dead).await.is_err());
     }
 
     #[test]

@@ -17,7 +17,11 @@
 //!   (its node is gone too), every unfinished task spends a retry, as in Ray on node death;
 //! - a worker on a node the GCS declared dead (`nodes.rs`) fails at once: its push stops
 //!   waiting, its raylet is neither asked what ran nor given the lease back, and no lease
-//!   request goes to that node.
+//!   request goes to that node;
+//! - a lease request starts at the home raylet as it is when the request is made
+//!   (`home.rs`); a remote driver's request that its home did not answer, or that was
+//!   pending when the home's node died, goes again at the next home. Leases already granted
+//!   by other nodes are unaffected by the home's death.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
