@@ -598,13 +598,22 @@ impl CoreWorker {
         let mut target_node = home.id.to_vec();
         let mut no_spillback = false;
         for hop in 0..=MAX_SPILLBACK_HOPS {
+            // The home not answering, or its node dying under the request, is for the
+            // caller to retry at the next home; any other failure spends an attempt.
             let failed = |e: Error| match e {
                 Error::ClusterUnreachable { .. } if hop == 0 => LeaseError::HomeUnreachable(e),
                 e => LeaseError::Other(e),
             };
-            let dead = || Error::Internal(format!("the node of raylet {target} is dead"));
+            let dead = || {
+                let e = Error::Internal(format!("the node of raylet {target} is dead"));
+                if hop == 0 {
+                    LeaseError::HomeUnreachable(e)
+                } else {
+                    LeaseError::Other(e)
+                }
+            };
             if self.dead_nodes.is_dead(&target_node) {
-                return Err(LeaseError::Other(dead()));
+                return Err(dead());
             }
             let mut client = self.clients.raylet(&target).map_err(LeaseError::Other)?;
             let call = client.request_worker_lease(RequestWorkerLeaseRequest {
@@ -616,7 +625,7 @@ impl CoreWorker {
             let reply = tokio::select! {
                 biased;
                 reply = call => reply.map_err(|s| failed(status_error(&target, s)))?.into_inner(),
-                () = self.dead_nodes.wait_dead(&target_node) => return Err(LeaseError::Other(dead())),
+                () = self.dead_nodes.wait_dead(&target_node) => return Err(dead()),
             };
             match reply.outcome {
                 Some(request_worker_lease_reply::Outcome::Granted(grant)) => {
