@@ -134,7 +134,7 @@ pub fn cluster_resources() -> Result<std::collections::BTreeMap<String, f64>> {
 
 /// The node this code runs on.
 pub fn node_id() -> Result<NodeId> {
-    Ok(runtime::current()?.node_id)
+    Ok(runtime::current()?.node_id())
 }
 
 /// Stores a value in the object store; the reference can be passed to tasks.

@@ -33,9 +33,15 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts `redis-server` on a free loopback port and waits until it answers PING.
     pub fn start() -> Result<Self, RedisServerError> {
+        Self::start_also_on(None)
+    }
+
+    /// Like `start`, also listening on `also` (an address other network namespaces reach,
+    /// such as a test bridge's); see `url_at`.
+    pub fn start_also_on(also: Option<Ipv4Addr>) -> Result<Self, RedisServerError> {
         let mut last_err = None;
         for _ in 0..START_ATTEMPTS {
-            match Self::try_start() {
+            match Self::try_start(also) {
                 Ok(server) => return Ok(server),
                 // The port was taken between picking and binding: try another one.
                 Err(e @ RedisServerError::Exited(_)) => last_err = Some(e),
@@ -45,14 +51,22 @@ impl RedisServer {
         Err(last_err.unwrap_or(RedisServerError::Timeout(START_DEADLINE)))
     }
 
-    fn try_start() -> Result<Self, RedisServerError> {
+    fn try_start(also: Option<Ipv4Addr>) -> Result<Self, RedisServerError> {
         let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .and_then(|l| l.local_addr())
             .map_err(RedisServerError::Port)?
             .port();
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string()])
-            .args(["--bind", "127.0.0.1"])
+            .arg("--bind")
+            .arg("127.0.0.1")
+            .args(also.map(|ip| ip.to_string()))
+            // Clients from another namespace come from a non-loopback address, which
+            // protected mode refuses without a password; `also` is a private test address.
+            .args([
+                "--protected-mode",
+                if also.is_some() { "no" } else { "yes" },
+            ])
             .args(["--save", ""])
             .args(["--appendonly", "no"])
             .args(["--dir", &std::env::temp_dir().to_string_lossy()])
@@ -81,6 +95,11 @@ impl RedisServer {
     /// `redis://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// `redis://IP:PORT`, for an address given to `start_also_on`.
+    pub fn url_at(&self, ip: Ipv4Addr) -> String {
+        format!("redis://{ip}:{}", self.port)
     }
 
     pub fn port(&self) -> u16 {

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use super::borrowing::{BorrowQueue, GiveBack};
 use super::clients::{Clients, node_endpoint};
 use super::cluster::{LocalCluster, LocalClusterOptions};
+use super::home::{Home, HomeCell, Rehomer, choose_home};
 use super::plasma::{PlasmaClient, status_error};
 use super::store::{Freed, ObjectStore};
 use super::submitter::Submitter;
@@ -167,6 +168,9 @@ pub(crate) fn start_driver(opts: InitOptions) -> Result<()> {
     let stop = {
         let _guard = rt.enter();
         background.spawn(&cw);
+        if cw.home.is_movable() {
+            follow_home(&cw, &token)?;
+        }
         server::serve(&cw, listener, &token, None)
     };
     rt.block_on(job::register(&cw))?;
@@ -176,6 +180,29 @@ pub(crate) fn start_driver(opts: InitOptions) -> Result<()> {
         server_stop: Some(stop),
         cluster,
     });
+    Ok(())
+}
+
+/// Starts re-homing a remote driver when its home is gone (see `home.rs`); node deaths
+/// are followed from now on, not from the first task, so a driver that only puts and gets
+/// re-homes too.
+fn follow_home(cw: &Arc<CoreWorker>, token: &str) -> Result<()> {
+    let node_ip = cw.address.host.parse::<IpAddr>().map_err(|e| {
+        Error::Internal(format!("this driver's address {:?}: {e}", cw.address.host))
+    })?;
+    cw.follow_node_deaths();
+    tokio::spawn(
+        Rehomer {
+            gcs: cw.gcs.clone(),
+            cell: cw.home.clone(),
+            dead: cw.dead_nodes.clone(),
+            clients: Clients::new(token.to_string()),
+            node_ip,
+            worker_id: cw.worker_id,
+            job_id: cw.job_id,
+        }
+        .run(),
+    );
     Ok(())
 }
 
@@ -244,26 +271,6 @@ async fn connect_driver(
     .await
 }
 
-/// The raylet a driver on `node_ip` works through, and whether it runs on this machine:
-/// an alive node advertising `node_ip` (the head first), else, for a driver with no raylet
-/// on its machine, the head if alive, else any alive node (remote mode: reached over the
-/// network, its store not mapped).
-fn choose_home(alive: &[(NodeAddress, bool)], node_ip: IpAddr) -> Option<(&NodeAddress, bool)> {
-    let on_this_node = |a: &NodeAddress| {
-        a.host.parse::<IpAddr>().ok() == Some(node_ip)
-            || (a.host == "localhost" && node_ip.is_loopback())
-    };
-    let head_first = |(_, head): &&(NodeAddress, bool)| *head;
-    if let Some((a, _)) = alive
-        .iter()
-        .filter(|(a, _)| on_this_node(a))
-        .max_by_key(head_first)
-    {
-        return Some((a, true));
-    }
-    alive.iter().max_by_key(head_first).map(|(a, _)| (a, false))
-}
-
 /// The node a core worker belongs to: its raylet, its IP, and whether that raylet's store
 /// can be mapped here.
 struct Node {
@@ -292,8 +299,12 @@ async fn build(
     let raylet_endpoint = node_endpoint(&local_node);
     let clients = Clients::new(token.to_string());
     let raylet: RayletClient<AuthedChannel> = clients.raylet(&raylet_endpoint)?;
-    let plasma =
-        PlasmaClient::connect(raylet, raylet_endpoint.clone(), worker_id, job_id, local).await?;
+    // Only a remote driver moves: a worker or local driver lives and dies with its raylet.
+    let home = Arc::new(HomeCell::new(
+        Home::new(local_node, node_id, raylet),
+        mode == Mode::Driver && !local,
+    ));
+    let plasma = PlasmaClient::connect(home.clone(), worker_id, job_id, local).await?;
     let (listener, port) = bind_node_ip(&ip).await?;
     let (freed_tx, freed_rx) = mpsc::unbounded_channel();
     let (borrows, given_back_rx) = BorrowQueue::new();
@@ -301,15 +312,13 @@ async fn build(
         mode,
         worker_id,
         job_id,
-        node_id,
         address: OwnerAddr {
             worker_id,
             node_id,
             host: ip,
             port,
         },
-        local_node,
-        raylet_endpoint,
+        home,
         gcs,
         gcs_address: gcs_address.to_string(),
         clients,
@@ -437,14 +446,15 @@ fn worker_main() -> Result<()> {
             journals,
         }),
     );
-    let mut raylet = cw.clients.raylet(&cw.raylet_endpoint)?;
+    let home = cw.home.get();
+    let mut raylet = home.raylet.clone();
     rt.block_on(raylet.register_worker(RegisterWorkerRequest {
         worker_id: worker_id.to_vec(),
         port: u32::from(port),
         pid: std::process::id(),
         job_id: job_id.to_vec(),
     }))
-    .map_err(|s| status_error(&cw.raylet_endpoint, s))?;
+    .map_err(|s| status_error(&home.endpoint, s))?;
 
     // A worker never outlives the raylet that started it.
     let parent = std::os::unix::process::parent_id();
@@ -468,45 +478,4 @@ fn worker_main() -> Result<()> {
     drop(cw);
     super::shutdown();
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn node(host: &str, id: u8) -> NodeAddress {
-        NodeAddress {
-            node_id: vec![id; 16],
-            host: host.into(),
-            port: 1000 + u32::from(id),
-        }
-    }
-
-    fn ip(s: &str) -> IpAddr {
-        s.parse().expect("an IP")
-    }
-
-    #[test]
-    fn the_home_raylet_is_on_the_node_ip_else_the_head_over_the_network() {
-        let alive = vec![
-            (node("10.0.0.1", 1), false),
-            (node("10.0.0.2", 2), false),
-            (node("10.0.0.2", 3), true),
-        ];
-        // On a node's IP: that node, the head among several.
-        let (home, local) = choose_home(&alive, ip("10.0.0.1")).unwrap();
-        assert_eq!((home.node_id[0], local), (1, true));
-        let (home, local) = choose_home(&alive, ip("10.0.0.2")).unwrap();
-        assert_eq!((home.node_id[0], local), (3, true));
-        // No raylet on this IP: the head, remote.
-        let (home, local) = choose_home(&alive, ip("10.0.0.9")).unwrap();
-        assert_eq!((home.node_id[0], local), (3, false));
-        // No head alive: any node, remote.
-        let (_, local) = choose_home(&alive[..2], ip("10.0.0.9")).unwrap();
-        assert!(!local);
-        assert!(choose_home(&[], ip("10.0.0.9")).is_none());
-        // A raylet named `localhost` is on a loopback driver's node.
-        let named = vec![(node("localhost", 4), false)];
-        assert!(choose_home(&named, ip("127.0.0.1")).unwrap().1);
-    }
 }

@@ -11,6 +11,7 @@ pub(crate) mod borrowing;
 mod clients;
 pub(crate) mod cluster;
 pub(crate) mod executor;
+mod home;
 mod job;
 mod journal;
 mod nodes;
@@ -57,11 +58,12 @@ pub(crate) struct CoreWorker {
     pub(crate) mode: Mode,
     pub(crate) worker_id: WorkerId,
     pub(crate) job_id: JobId,
-    pub(crate) node_id: NodeId,
-    /// This process's own CoreWorker server: the owner address of what it creates.
+    /// This process's own CoreWorker server: the owner address of what it creates. Its
+    /// node id is the home's at start; nothing uses it to judge the owner's liveness (a
+    /// remote driver outlives its first home, see `home.rs`).
     pub(crate) address: OwnerAddr,
-    pub(crate) local_node: NodeAddress,
-    pub(crate) raylet_endpoint: String,
+    /// The raylet this process leases from and puts through; a remote driver's can change.
+    pub(crate) home: Arc<home::HomeCell>,
     pub(crate) gcs: GcsClient<AuthedChannel>,
     pub(crate) gcs_address: String,
     pub(crate) clients: Clients,
@@ -77,6 +79,10 @@ pub(crate) struct CoreWorker {
     pub(crate) borrows: Arc<borrowing::BorrowQueue>,
     pub(crate) handle: Handle,
 }
+
+/// How long a call that found the home unreachable waits for a re-home before it tries
+/// again (the home may also just come back).
+const HOME_RETRY: Duration = Duration::from_millis(500);
 
 /// The process-wide runtime state.
 struct Global {
@@ -170,10 +176,13 @@ impl CoreWorker {
         })
     }
 
+    /// The node of the home raylet (this process's node, unless it is a remote driver).
+    pub(crate) fn node_id(&self) -> NodeId {
+        self.home.get().id
+    }
+
     async fn notify_blocked(&self, blocked: bool) {
-        let Ok(mut raylet) = self.clients.raylet(&self.raylet_endpoint) else {
-            return;
-        };
+        let mut raylet = self.home.get().raylet.clone();
         if let Err(status) = raylet
             .notify_blocked(NotifyBlockedRequest {
                 worker_id: self.worker_id.to_vec(),
@@ -326,7 +335,7 @@ impl CoreWorker {
 
     /// Makes sure a plasma object is in this node's store.
     pub(crate) async fn make_local(&self, id: ObjectId, node: &NodeAddress) -> Result<()> {
-        if node.node_id != self.node_id.as_bytes() {
+        if node.node_id != self.home.get().id.as_bytes() {
             self.plasma.pull(id, node).await?;
         }
         Ok(())
@@ -370,11 +379,28 @@ impl CoreWorker {
                 other => other_to_vec(other),
             })));
         }
-        let size = self.plasma.put(id, owner, encoded).await?;
-        Ok(Value::Plasma {
-            node: self.local_node.clone(),
-            size,
-        })
+        let started = std::time::Instant::now();
+        loop {
+            let home = self.home.usable(&self.dead_nodes).await?;
+            match self.plasma.put(&home, id, owner.clone(), encoded).await {
+                Ok(size) => {
+                    return Ok(Value::Plasma {
+                        node: home.node.clone(),
+                        size,
+                    });
+                }
+                // A remote driver's home that stopped answering may be gone for good: the
+                // put goes again to the next home once there is one (the failed stream
+                // left nothing behind there).
+                Err(Error::ClusterUnreachable { .. })
+                    if self.home.is_movable() && started.elapsed() < home::REHOME_DEADLINE =>
+                {
+                    self.home.report_unreachable(&home);
+                    self.home.wait_change(&home, HOME_RETRY).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Stores already-encoded bytes in the background; the handle resolves once stored.

@@ -14,6 +14,8 @@
 //! - A created object is either sealed or aborted: a put that fails after `PlasmaCreate`
 //!   aborts it (best effort; if the raylet is unreachable it aborts it when we are gone).
 
+use std::sync::Arc;
+
 use miniray_common::ErrorCode;
 use miniray_common::auth::AuthedChannel;
 use miniray_common::config::TRANSFER_CHUNK_SIZE;
@@ -27,20 +29,30 @@ use miniray_proto::{
 };
 use tonic::Status;
 
+use super::home::{Home, HomeCell};
 use crate::codec::Encoded;
 use crate::error::{Error, Result};
 
 pub(crate) struct PlasmaClient {
     /// The segment of a raylet on this machine; `None` in remote mode.
     mapping: Option<SegmentMapping>,
-    raylet: RayletClient<AuthedChannel>,
-    raylet_address: String,
+    /// The raylet whose store this is; in remote mode it can change (see `home.rs`).
+    home: Arc<HomeCell>,
     /// This process, as the raylet knows it: its worker id and job.
     client_id: WorkerId,
     job_id: JobId,
 }
 
 pub(crate) fn status_error(address: &str, status: Status) -> Error {
+    // A connection that broke under a call (the peer was killed, a reset) surfaces from
+    // the transport as UNKNOWN without the error code a miniray service sets: the peer is
+    // unreachable, as for UNAVAILABLE (a remote driver's home is then suspected gone).
+    if status.code() == tonic::Code::Unknown && status.metadata().get("x-miniray-error").is_none() {
+        return Error::ClusterUnreachable {
+            address: address.to_string(),
+            reason: status.message().to_string(),
+        };
+    }
     match ErrorCode::of_status(&status) {
         ErrorCode::ObjectStoreFull => Error::ObjectStoreFull(status.message().to_string()),
         ErrorCode::Unavailable => Error::ClusterUnreachable {
@@ -57,22 +69,24 @@ pub(crate) fn status_error(address: &str, status: Status) -> Error {
 }
 
 impl PlasmaClient {
-    /// Registers this process as a store client of `raylet`; maps its segment when `local`
-    /// (the raylet runs on this machine), else works in remote mode.
+    /// Registers this process as a store client of the home raylet; maps its segment when
+    /// `local` (the raylet runs on this machine), else works in remote mode.
     pub(crate) async fn connect(
-        mut raylet: RayletClient<AuthedChannel>,
-        raylet_address: String,
+        home: Arc<HomeCell>,
         client_id: WorkerId,
         job_id: JobId,
         local: bool,
     ) -> Result<Self> {
-        let info = raylet
+        let current = home.get();
+        let info = current
+            .raylet
+            .clone()
             .plasma_info(PlasmaInfoRequest {
                 client_id: client_id.to_vec(),
                 job_id: job_id.to_vec(),
             })
             .await
-            .map_err(|s| status_error(&raylet_address, s))?
+            .map_err(|s| status_error(&current.endpoint, s))?
             .into_inner();
         let mapping = if local {
             Some(
@@ -84,15 +98,15 @@ impl PlasmaClient {
         };
         Ok(Self {
             mapping,
-            raylet,
-            raylet_address,
+            home,
             client_id,
             job_id,
         })
     }
 
-    fn err(&self, status: Status) -> Error {
-        status_error(&self.raylet_address, status)
+    /// The home raylet, for one call.
+    fn home(&self) -> Arc<Home> {
+        self.home.get()
     }
 
     /// Whether this process works without a mapping (see the module doc).
@@ -106,18 +120,21 @@ impl PlasmaClient {
         })
     }
 
-    /// Creates, writes in place, and seals a primary copy owned by `owner`.
+    /// Creates, writes in place, and seals a primary copy owned by `owner` in the store of
+    /// `home` (the caller's current home, read once for the whole put).
     pub(crate) async fn put(
         &self,
+        home: &Home,
         id: ObjectId,
         owner: WorkerAddress,
         encoded: &Encoded<'_>,
     ) -> Result<u64> {
         let Some(mapping) = &self.mapping else {
-            return self.put_remote(id, owner, encoded).await;
+            return self.put_remote(home, id, owner, encoded).await;
         };
         let size = encoded.len() as u64;
-        let mut raylet = self.raylet.clone();
+        let err = |s| status_error(&home.endpoint, s);
+        let mut raylet = home.raylet.clone();
         let offset = raylet
             .plasma_create(PlasmaCreateRequest {
                 object_id: id.to_vec(),
@@ -127,7 +144,7 @@ impl PlasmaClient {
                 client_id: self.client_id.to_vec(),
             })
             .await
-            .map_err(|s| self.err(s))?
+            .map_err(err)?
             .into_inner()
             .offset;
         let loc = ObjectLocation { offset, size };
@@ -151,7 +168,7 @@ impl PlasmaClient {
         {
             // An unsealed object is invisible and never evicted: give it back, not leak it.
             self.abort(id).await;
-            return Err(self.err(s));
+            return Err(err(s));
         }
         Ok(size)
     }
@@ -160,6 +177,7 @@ impl PlasmaClient {
     /// failure on either side aborts it there, so nothing half-written stays.
     async fn put_remote(
         &self,
+        home: &Home,
         id: ObjectId,
         owner: WorkerAddress,
         encoded: &Encoded<'_>,
@@ -167,7 +185,7 @@ impl PlasmaClient {
         let size = encoded.len() as u64;
         // Two chunks in flight: the copy of the next overlaps the send of the last.
         let (tx, rx) = tokio::sync::mpsc::channel(2);
-        let mut raylet = self.raylet.clone();
+        let mut raylet = home.raylet.clone();
         let call = raylet.plasma_write(tokio_stream::wrappers::ReceiverStream::new(rx));
         let feed = async move {
             let mut chunks = encoded.chunks(TRANSFER_CHUNK_SIZE);
@@ -198,7 +216,7 @@ impl PlasmaClient {
             }
         };
         let (reply, ()) = tokio::join!(call, feed);
-        reply.map_err(|s| self.err(s))?;
+        reply.map_err(|s| status_error(&home.endpoint, s))?;
         Ok(size)
     }
 
@@ -257,7 +275,7 @@ impl PlasmaClient {
 
     /// Discards an object this process created and could not seal.
     async fn abort(&self, id: ObjectId) {
-        let mut raylet = self.raylet.clone();
+        let mut raylet = self.home().raylet.clone();
         if let Err(status) = raylet
             .plasma_abort(PlasmaAbortRequest {
                 object_id: id.to_vec(),
@@ -270,7 +288,8 @@ impl PlasmaClient {
 
     /// Pins the object if it is sealed in this node's store; pair with `release`.
     pub(crate) async fn pin(&self, id: ObjectId) -> Result<Option<ObjectLocation>> {
-        let mut raylet = self.raylet.clone();
+        let home = self.home();
+        let mut raylet = home.raylet.clone();
         let reply = raylet
             .plasma_get(PlasmaGetRequest {
                 object_ids: vec![id.to_vec()],
@@ -278,7 +297,7 @@ impl PlasmaClient {
                 client_id: self.client_id.to_vec(),
             })
             .await
-            .map_err(|s| self.err(s))?
+            .map_err(|s| status_error(&home.endpoint, s))?
             .into_inner();
         Ok(reply
             .objects
@@ -302,14 +321,15 @@ impl PlasmaClient {
         if ids.is_empty() {
             return Ok(());
         }
-        let mut raylet = self.raylet.clone();
+        let home = self.home();
+        let mut raylet = home.raylet.clone();
         raylet
             .plasma_release(PlasmaReleaseRequest {
                 object_ids: ids.iter().map(|id| id.to_vec()).collect(),
                 client_id: self.client_id.to_vec(),
             })
             .await
-            .map_err(|s| self.err(s))?;
+            .map_err(|s| status_error(&home.endpoint, s))?;
         Ok(())
     }
 
@@ -320,8 +340,9 @@ impl PlasmaClient {
         f: impl FnOnce(&[u8]) -> R,
     ) -> Result<Option<R>> {
         if self.is_remote() {
+            let home = self.home();
             let bytes = self
-                .read_remote(id, self.raylet.clone(), &self.raylet_address)
+                .read_remote(id, home.raylet.clone(), &home.endpoint)
                 .await;
             return match bytes {
                 Ok(bytes) => Ok(Some(f(&bytes))),
@@ -342,7 +363,8 @@ impl PlasmaClient {
 
     /// Brings an object from `source`'s store into this node's store.
     pub(crate) async fn pull(&self, id: ObjectId, source: &NodeAddress) -> Result<()> {
-        let mut raylet = self.raylet.clone();
+        let home = self.home();
+        let mut raylet = home.raylet.clone();
         raylet
             .pull_object(PullObjectRequest {
                 object_id: id.to_vec(),
@@ -359,7 +381,7 @@ impl PlasmaClient {
                         s.message()
                     ),
                 },
-                _ => self.err(s),
+                _ => status_error(&home.endpoint, s),
             })?;
         Ok(())
     }

@@ -17,7 +17,11 @@
 //!   (its node is gone too), every unfinished task spends a retry, as in Ray on node death;
 //! - a worker on a node the GCS declared dead (`nodes.rs`) fails at once: its push stops
 //!   waiting, its raylet is neither asked what ran nor given the lease back, and no lease
-//!   request goes to that node.
+//!   request goes to that node;
+//! - a lease request starts at the home raylet as it is when the request is made
+//!   (`home.rs`); a remote driver's request that its home did not answer, or that was
+//!   pending when the home's node died, goes again at the next home. Leases already granted
+//!   by other nodes are unaffected by the home's death.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -32,8 +36,10 @@ use parking_lot::Mutex;
 use tracing::{debug, warn};
 
 use super::CoreWorker;
+use super::HOME_RETRY;
 use super::borrowing::Held;
 use super::clients::node_endpoint;
+use super::home::{Home, REHOME_DEADLINE};
 use super::plasma::status_error;
 use super::push::{PushOutcome, Recovered};
 use super::store::{State, Value};
@@ -129,6 +135,13 @@ struct Grant {
     endpoint: String,
     raylet: String,
     node_id: Vec<u8>,
+}
+
+/// Why a lease request failed: its first hop, the home raylet, did not answer (a remote
+/// driver then waits for a re-home), or anything else.
+enum LeaseError {
+    HomeUnreachable(Error),
+    Other(Error),
 }
 
 /// Arguments in wire form, and the objects they read.
@@ -554,16 +567,55 @@ impl CoreWorker {
     /// Asks the local raylet for a lease, following spillback. A node the GCS declared
     /// dead is never asked (a spillback there fails this attempt, which is retried), and a
     /// request to a node declared dead while it waits fails at once.
+    ///
+    /// The first hop is the home raylet as it is now (see `home.rs`). A remote driver whose
+    /// home does not answer asks again, at the next home once it re-homed, for up to
+    /// `REHOME_DEADLINE`: such failures spend none of the key's lease attempts.
     async fn acquire_lease(&self, resources: &Resources) -> Result<Grant> {
-        let mut target = self.raylet_endpoint.clone();
-        let mut target_node = self.node_id.to_vec();
+        let started = std::time::Instant::now();
+        loop {
+            let home = self.home.usable(&self.dead_nodes).await?;
+            match self.lease_from(&home, resources).await {
+                Err(LeaseError::HomeUnreachable(_))
+                    if self.home.is_movable() && started.elapsed() < REHOME_DEADLINE =>
+                {
+                    self.home.report_unreachable(&home);
+                    self.home.wait_change(&home, HOME_RETRY).await;
+                }
+                Err(LeaseError::HomeUnreachable(e) | LeaseError::Other(e)) => return Err(e),
+                Ok(grant) => return Ok(grant),
+            }
+        }
+    }
+
+    /// One lease request, starting at `home` and following spillback.
+    async fn lease_from(
+        &self,
+        home: &Home,
+        resources: &Resources,
+    ) -> std::result::Result<Grant, LeaseError> {
+        let mut target = home.endpoint.clone();
+        let mut target_node = home.id.to_vec();
         let mut no_spillback = false;
-        for _ in 0..=MAX_SPILLBACK_HOPS {
-            let dead = || Error::Internal(format!("the node of raylet {target} is dead"));
+        for hop in 0..=MAX_SPILLBACK_HOPS {
+            // The home not answering, or its node dying under the request, is for the
+            // caller to retry at the next home; any other failure spends an attempt.
+            let failed = |e: Error| match e {
+                Error::ClusterUnreachable { .. } if hop == 0 => LeaseError::HomeUnreachable(e),
+                e => LeaseError::Other(e),
+            };
+            let dead = || {
+                let e = Error::Internal(format!("the node of raylet {target} is dead"));
+                if hop == 0 {
+                    LeaseError::HomeUnreachable(e)
+                } else {
+                    LeaseError::Other(e)
+                }
+            };
             if self.dead_nodes.is_dead(&target_node) {
                 return Err(dead());
             }
-            let mut client = self.clients.raylet(&target)?;
+            let mut client = self.clients.raylet(&target).map_err(LeaseError::Other)?;
             let call = client.request_worker_lease(RequestWorkerLeaseRequest {
                 job_id: self.job_id.to_vec(),
                 resources: Some(resources.to_proto()),
@@ -572,14 +624,14 @@ impl CoreWorker {
             });
             let reply = tokio::select! {
                 biased;
-                reply = call => reply.map_err(|s| status_error(&target, s))?.into_inner(),
+                reply = call => reply.map_err(|s| failed(status_error(&target, s)))?.into_inner(),
                 () = self.dead_nodes.wait_dead(&target_node) => return Err(dead()),
             };
             match reply.outcome {
                 Some(request_worker_lease_reply::Outcome::Granted(grant)) => {
-                    let worker = grant
-                        .worker
-                        .ok_or_else(|| Error::Internal("lease grant without a worker".into()))?;
+                    let worker = grant.worker.ok_or_else(|| {
+                        LeaseError::Other(Error::Internal("lease grant without a worker".into()))
+                    })?;
                     return Ok(Grant {
                         lease_id: grant.lease_id,
                         endpoint: miniray_common::net::host_port(&worker.host, worker.port),
@@ -593,10 +645,16 @@ impl CoreWorker {
                     target_node = node.node_id;
                     no_spillback = true;
                 }
-                None => return Err(Error::Internal("empty lease reply".into())),
+                None => {
+                    return Err(LeaseError::Other(Error::Internal(
+                        "empty lease reply".into(),
+                    )));
+                }
             }
         }
-        Err(Error::Internal("lease spilled back too many times".into()))
+        Err(LeaseError::Other(Error::Internal(
+            "lease spilled back too many times".into(),
+        )))
     }
 
     /// Pushes a batch to a leased worker and completes each task as its reply streams in.

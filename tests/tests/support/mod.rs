@@ -266,7 +266,9 @@ impl Cluster {
                 tls: self.tls.clone(),
                 cloud_instance_id: None,
                 node_type: None,
-                num_cpus: None,
+                // A zero amount leaves `CPU` out of the resources, which would then mean
+                // the core count: say it explicitly (a head that runs no tasks).
+                num_cpus: (cpus == 0.0).then_some(0.0),
             }),
             &self.session_dir.join(format!("logs/raylet-{index}.err")),
             true,

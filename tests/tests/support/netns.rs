@@ -106,6 +106,22 @@ impl Hosts {
         &self.hosts[host].ip
     }
 
+    /// The address at which every host reaches this process's network stack: the bridge's
+    /// (`.1` of the hosts' /24), or loopback in the fallback.
+    pub fn gateway(&self) -> std::net::Ipv4Addr {
+        let loopback = std::net::Ipv4Addr::LOCALHOST;
+        if !self.isolated() {
+            return loopback;
+        }
+        match self.hosts[0].ip.parse::<std::net::Ipv4Addr>() {
+            Ok(ip) => {
+                let [a, b, c, _] = ip.octets();
+                std::net::Ipv4Addr::new(a, b, c, 1)
+            }
+            Err(_) => loopback,
+        }
+    }
+
     /// The network namespace of `host` (`None` in the fallback).
     pub fn namespace(&self, host: usize) -> Option<&str> {
         self.hosts[host].netns.as_ref().map(|(ns, _)| ns.as_str())

@@ -419,6 +419,10 @@ fn run(scenario: &str) -> anyhow::Result<()> {
             let dir = std::env::args().nth(2).unwrap_or_default();
             gcs_faults::across_gcs_restart(&dir)?;
         }
+        "head_restart" => {
+            let dir = std::env::args().nth(2).unwrap_or_default();
+            gcs_faults::across_head_restart(&dir)?;
+        }
         "shm_full" => limits::shm_full()?,
         "addresses" => addresses::run()?,
         "hold_actor" => limits::hold_actor()?,
