@@ -98,7 +98,7 @@ enum LeaseError {
     Connect { address: String, source: AuthError },
     #[error("the raylet at {address} refused the lease: {message}")]
     Refused { address: String, message: String },
-    #[error("the raylet at {address} spilled the lease despite no_spillback")]
+    #[error("the raylet at {address} spilled the lease to another node")]
     Spilled { address: String },
     #[error("the raylet at {address} sent a malformed grant: {reason}")]
     BadGrant { address: String, reason: String },
@@ -196,7 +196,7 @@ impl Supervisor {
         };
 
         // a. Choose a node.
-        let Some((node_id, node, room_now)) = self.place(&mut snap, &resources).await else {
+        let Some((node_id, node)) = self.place(&mut snap, &resources).await else {
             return;
         };
         if !actors
@@ -211,11 +211,12 @@ impl Supervisor {
         let request = RequestWorkerLeaseRequest {
             job_id: snap.info.job_id.clone(),
             resources: snap.info.resources.clone(),
-            // The GCS chose the node; a raylet redirecting would bypass that choice. But a
-            // node chosen by its total (nothing had room) queues the lease: then it may
-            // spill it to a node that gains room (one the autoscaler adds), and the actor
-            // is placed again (as Ray's GCS actor scheduler follows a spillback).
-            no_spillback: room_now,
+            // The raylet grants what fits there now. What does not fit (the GCS's view of
+            // free resources lags, or the node was chosen by its total) queues there and
+            // may be spilled once another node has room, such as one the autoscaler
+            // added; the actor is then placed again (Ray's GCS actor scheduler also
+            // follows a spillback). Never spilling would leave it queued on a full node.
+            no_spillback: false,
             requester: None,
         };
         let granted = tokio::select! {
@@ -228,7 +229,7 @@ impl Supervisor {
         };
         let lease = match granted {
             Ok(lease) => lease,
-            Err(LeaseError::Spilled { address }) if !room_now => {
+            Err(LeaseError::Spilled { address }) => {
                 tracing::info!(actor_id = %id, node_id = %node_id, raylet = %address, "the queued lease was spilled to a node with room; placing again");
                 // Not a failure; the short pause keeps two views that disagree from spinning.
                 tokio::select! {
@@ -271,14 +272,13 @@ impl Supervisor {
         self.transition(&mut snap, transition).await;
     }
 
-    /// Picks a node for the actor, and whether it has room for it now (else the lease will
-    /// queue there), waiting while no alive node could ever hold it. `None`
+    /// Picks a node for the actor, waiting while no alive node could ever hold it. `None`
     /// when the actor changed meanwhile.
     async fn place(
         &self,
         snap: &mut Snapshot,
         resources: &Resources,
-    ) -> Option<(NodeId, NodeAddress, bool)> {
+    ) -> Option<(NodeId, NodeAddress)> {
         let mut cluster = self.state.actors.watch_cluster();
         let mut logged = false;
         // Whatever way this returns (placed, the actor changed, the task ended), the actor
@@ -308,10 +308,7 @@ impl Supervisor {
                     .filter_map(|n| n.address.as_ref())
                     .find(|a| a.node_id == chosen.as_bytes())
                     .cloned()?;
-                let room_now = candidates
-                    .iter()
-                    .any(|c| c.node_id == chosen && c.available.contains(resources));
-                return Some((chosen, address, room_now));
+                return Some((chosen, address));
             }
             if !logged {
                 tracing::info!(actor_id = %self.id, resources = %resources, alive_nodes = nodes.len(), "no alive node can hold the actor; waiting for the cluster to change");
