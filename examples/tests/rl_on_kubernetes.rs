@@ -3,7 +3,6 @@
 //! machine, outside every Pod; the autoscaler adds worker Pods for the actors, training
 //! solves CartPole, and the Pods go once the job has ended.
 
-#[allow(dead_code)]
 #[path = "../../cli/tests/support/k8s.rs"]
 mod k8s;
 
