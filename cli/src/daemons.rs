@@ -16,6 +16,10 @@ pub struct DaemonRecord {
     pub address: String,
     pub exe: PathBuf,
     pub session_dir: PathBuf,
+    /// A raylet's plasma segment, removed (with its reply journals) once the raylet is
+    /// gone: a raylet that was killed cannot remove them itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment: Option<PathBuf>,
 }
 
 fn dir() -> PathBuf {
@@ -44,7 +48,11 @@ pub fn list() -> Vec<(DaemonRecord, PathBuf)> {
             .and_then(|b| serde_json::from_slice::<DaemonRecord>(&b).ok());
         match rec {
             Some(rec) if is_running(&rec) => out.push((rec, path)),
-            _ => {
+            Some(rec) => {
+                remove_segment(&rec);
+                let _ = std::fs::remove_file(&path);
+            }
+            None => {
                 let _ = std::fs::remove_file(&path);
             }
         }
@@ -69,7 +77,34 @@ fn same_file(a: &Path, b: &Path) -> bool {
     strip(a) == strip(b)
 }
 
-/// Removes the record of a daemon that was stopped.
+/// Removes what shared memory a raylet that is no longer running left behind: its segment
+/// and its workers' reply journals. Nothing else has their names (they hold the session
+/// folder's name and the node id), so nothing of a live node is touched.
+pub fn remove_segment(rec: &DaemonRecord) {
+    let Some(segment) = &rec.segment else {
+        return;
+    };
+    let _ = std::fs::remove_file(segment);
+    let (Some(dir), Some(name)) = (segment.parent(), segment.file_name()) else {
+        return;
+    };
+    let journals = format!("{}-journal-", name.to_string_lossy());
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&journals) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Removes the record of a daemon that was stopped, and the shared memory it left if it
+/// was a raylet that could not remove it itself.
 pub fn remove(pid: u32) {
-    let _ = std::fs::remove_file(dir().join(format!("{pid}.json")));
+    let path = dir().join(format!("{pid}.json"));
+    if let Some(rec) = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<DaemonRecord>(&b).ok())
+    {
+        remove_segment(&rec);
+    }
+    let _ = std::fs::remove_file(path);
 }

@@ -229,6 +229,7 @@ pub fn start(args: StartArgs) -> anyhow::Result<()> {
             address: gcs.address.clone(),
             exe: exe.clone(),
             session_dir: session_dir.clone(),
+            segment: None,
         })?;
         children.push(("gcs".into(), gcs.child));
         // A GCS on every interface is reached at the node IP: `0.0.0.0:PORT` names no host
@@ -251,25 +252,27 @@ pub fn start(args: StartArgs) -> anyhow::Result<()> {
         (address, token)
     };
 
+    let raylet_spec = RayletSpec {
+        gcs_address: gcs_address.clone(),
+        token: token.clone(),
+        bind_host: node_ip.clone(),
+        port: 0,
+        node_id: NodeId::random(),
+        resources,
+        object_store_memory,
+        prefault_object_store: args.prefault_object_store,
+        is_head: args.head,
+        session_dir: session_dir.clone(),
+        plasma_dir: Some(args.plasma_directory.clone()),
+        tls: tls.clone(),
+        cloud_instance_id: non_empty_env(config::env::CLOUD_INSTANCE_ID),
+        node_type: non_empty_env(config::env::NODE_TYPE),
+        num_cpus,
+    };
+    let segment = raylet_spec.segment_path();
     let raylet = spawn(
         &exe,
-        &DaemonSpec::Raylet(RayletSpec {
-            gcs_address: gcs_address.clone(),
-            token: token.clone(),
-            bind_host: node_ip.clone(),
-            port: 0,
-            node_id: NodeId::random(),
-            resources,
-            object_store_memory,
-            prefault_object_store: args.prefault_object_store,
-            is_head: args.head,
-            session_dir: session_dir.clone(),
-            plasma_dir: Some(args.plasma_directory.clone()),
-            tls: tls.clone(),
-            cloud_instance_id: non_empty_env(config::env::CLOUD_INSTANCE_ID),
-            node_type: non_empty_env(config::env::NODE_TYPE),
-            num_cpus,
-        }),
+        &DaemonSpec::Raylet(raylet_spec),
         &logs.join("raylet.err"),
         attached,
     )?;
@@ -279,6 +282,7 @@ pub fn start(args: StartArgs) -> anyhow::Result<()> {
         address: raylet.address.clone(),
         exe: exe.clone(),
         session_dir: session_dir.clone(),
+        segment: Some(segment),
     })?;
     children.push(("raylet".into(), raylet.child));
 
@@ -298,6 +302,7 @@ pub fn start(args: StartArgs) -> anyhow::Result<()> {
             address: gcs_address.clone(),
             exe: exe.clone(),
             session_dir: session_dir.clone(),
+            segment: None,
         })?;
         crate::autoscaler::wait_for_first_report(&mut child, &gcs_address, &token, &logs)?;
         println!(
@@ -537,6 +542,8 @@ fn stop_recorded((rec, path): (DaemonRecord, PathBuf), grace: Duration) -> bool 
     match stop_pid(rec.pid, grace) {
         Ok(()) => {
             println!("Stopped {} (pid {}, {}).", rec.role, rec.pid, rec.address);
+            // Gone for good: whatever it did not remove itself (it was SIGKILLed) goes now.
+            daemons::remove_segment(&rec);
             let _ = std::fs::remove_file(&path);
             if rec.role == "gcs" {
                 forget_head(&rec.address);

@@ -407,6 +407,39 @@ impl Cluster {
         pids
     }
 
+    /// `miniray stop`; then nothing of this cluster's nodes is left in shared memory: no
+    /// plasma segment or reply journal named after one of its sessions, also of nodes that
+    /// were killed.
+    fn stop_and_assert_no_shared_memory_left(&self) {
+        let (ok, text) = self.miniray(&["stop", "--grace-period", "5"]);
+        assert!(ok, "stop failed:\n{text}");
+        let sessions: Vec<String> = std::fs::read_dir(&self.root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("session_"))
+            .collect();
+        assert!(
+            !sessions.is_empty(),
+            "no session in {}",
+            self.root.display()
+        );
+        let plasma_dir = miniray_common::shm::plasma_dir();
+        let left: Vec<String> = std::fs::read_dir(&plasma_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| sessions.iter().any(|s| n.contains(s.as_str())))
+            .collect();
+        assert!(
+            left.is_empty(),
+            "left in {}: {left:?}",
+            plasma_dir.display()
+        );
+    }
+
     /// Every instance the local provider ever started a process for in this test: one log
     /// each, which the node's `miniray start --block` writes to once its raylet is up. An
     /// empty log is a launch cut off before its spawn (the autoscaler killed mid-launch).
@@ -978,6 +1011,8 @@ fn a_restarted_head_adopts_the_nodes_it_launched() {
         before,
         "each node was launched once"
     );
+    // The killed head's raylet could not remove its segment; `stop` does.
+    cluster.stop_and_assert_no_shared_memory_left();
 }
 
 /// A head restarted without Redis has lost its instance records: the nodes the old
@@ -1038,6 +1073,7 @@ fn a_head_restarted_without_redis_terminates_the_nodes_no_record_owns() {
         launched,
         "no node was launched again"
     );
+    cluster.stop_and_assert_no_shared_memory_left();
 }
 
 /// Work that arrives between the decision to remove an idle node and its drain: the
@@ -1333,7 +1369,7 @@ fn a_blocking_head_stops_its_autoscaler_and_nodes_on_sigterm() {
     }
 }
 
-const TESTS: &[(&str, fn())] = &[
+const TESTS: &[support::harness::Test] = &[
     (
         "scale_up_for_tasks_then_down_when_idle",
         scale_up_for_tasks_then_down_when_idle,
@@ -1389,51 +1425,5 @@ const TESTS: &[(&str, fn())] = &[
 ];
 
 fn main() {
-    // A worker of the driver: runs tasks and never returns.
-    if std::env::var_os("MINIRAY_ROLE").is_some() {
-        if let Err(e) = miniray::init() {
-            eprintln!("worker: {e}");
-            std::process::exit(1);
-        }
-        return;
-    }
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("driver") {
-        if let Err(e) = driver(&args[1..]) {
-            eprintln!("driver: {e}");
-            std::process::exit(1);
-        }
-        return;
-    }
-    // libtest-like: positional arguments filter by name; flags are ignored.
-    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
-    let selected: Vec<_> = TESTS
-        .iter()
-        .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())))
-        .collect();
-    if args.iter().any(|a| a == "--list") {
-        for (name, _) in &selected {
-            println!("{name}: test");
-        }
-        return;
-    }
-    println!("running {} tests", selected.len());
-    let mut failed = Vec::new();
-    for (name, test) in selected {
-        let start = Instant::now();
-        let ok = std::panic::catch_unwind(test).is_ok();
-        println!(
-            "test {name} ... {} ({:?})",
-            if ok { "ok" } else { "FAILED" },
-            start.elapsed()
-        );
-        if !ok {
-            failed.push(*name);
-        }
-    }
-    if !failed.is_empty() {
-        println!("failed: {failed:?}");
-        std::process::exit(1);
-    }
-    println!("test result: ok");
+    support::harness::run(TESTS, driver);
 }

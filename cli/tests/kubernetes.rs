@@ -121,12 +121,23 @@ impl Drop for Driver {
 // The tests.
 
 fn config(name: &str, max_workers: u32, idle_s: u32, launch_timeout_s: u32) -> String {
+    config_with(name, max_workers, idle_s, launch_timeout_s, "")
+}
+
+/// [`config`] with more keys in the provider section (`provider_extra` starts with ", ").
+fn config_with(
+    name: &str,
+    max_workers: u32,
+    idle_s: u32,
+    launch_timeout_s: u32,
+    provider_extra: &str,
+) -> String {
     format!(
         "cluster_name: {name}
 max_workers: {max_workers}
 idle_timeout_s: {idle_s}
 node_launch_timeout_s: {launch_timeout_s}
-provider: {{ type: kubernetes, namespace: default, image: miniray:dev }}
+provider: {{ type: kubernetes, namespace: default, image: miniray:dev{provider_extra} }}
 head_node_type: head
 available_node_types:
   head: {{ resources: {{ CPU: 0 }} }}
@@ -344,6 +355,145 @@ fn unschedulable_and_deleted_worker_pods_are_replaced() {
     cluster.down();
 }
 
+/// `miniray status --format json` of the recorded cluster.
+fn status_json(cluster: &SimCluster) -> Result<serde_json::Value, String> {
+    let (ok, text) = cluster.miniray(&["status", "--format", "json"]);
+    if !ok {
+        return Err(text);
+    }
+    let stdout = text
+        .split("--- stdout\n")
+        .nth(1)
+        .and_then(|s| s.split("\n--- stderr").next())
+        .unwrap_or_default();
+    serde_json::from_str(stdout).map_err(|e| format!("{e}: {text}"))
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Issue test 4: the head Pod deleted mid-run with Redis fault tolerance on: the
+/// Deployment's new head Pod adopts the worker Pods, the running driver carries on, and no
+/// worker Pod is launched twice.
+fn a_deleted_head_pod_is_replaced_and_adopts_the_worker_pods() {
+    let cluster = SimCluster::start(
+        MINIRAY,
+        "ft",
+        &config_with("ft", 2, 120, 120, ", redis: { deploy: true }"),
+    );
+    let address = cluster.up();
+    let head = head_running(&cluster).unwrap_or_else(|e| fail(&cluster, &e));
+    // 8 one-CPU tasks of 12 s on at most 2 Pods of 2 CPUs: 4 run, 4 wait (demand the
+    // max_workers cap leaves unmet, so an autoscaler that lost count would launch more).
+    let mut driver = Driver::start(&cluster, &address, &["tasks", "8", "12000"]);
+    let workers: BTreeSet<String> =
+        poll("two running worker Pods", Duration::from_secs(120), || {
+            let running: BTreeSet<String> = cluster
+                .live_workers()
+                .into_iter()
+                .filter(|p| p.phase == "Running")
+                .map(|p| p.name)
+                .collect();
+            if running.len() == 2 {
+                Ok(running)
+            } else {
+                Err(format!("{:?}", cluster.pods()))
+            }
+        });
+    poll(
+        "four tasks running on the worker Pods",
+        Duration::from_secs(120),
+        || {
+            let status = status_json(&cluster)?;
+            let total = status["total"]["CPU"].as_f64().unwrap_or(0.0);
+            // A resource with nothing left is left out of `available`.
+            let available = status["available"]["CPU"].as_f64().unwrap_or(0.0);
+            if total == 4.0 && available == 0.0 {
+                Ok(())
+            } else {
+                Err(format!("CPU {available} free of {total}"))
+            }
+        },
+    );
+
+    let deleted_ms = now_ms();
+    let deleted = Instant::now();
+    let (ok, text) = cluster.kubectl(&["delete", "pod", &head.name, "--wait=false"]);
+    assert!(ok, "{text}");
+    let new_head = poll("a new head Pod", Duration::from_secs(120), || {
+        head_running(&cluster).and_then(|p| {
+            if p.name == head.name {
+                Err("the old head still runs".to_string())
+            } else {
+                Ok(p)
+            }
+        })
+    });
+    eprintln!(
+        "head Pod {} replaced by {} in {:?}",
+        head.name,
+        new_head.name,
+        deleted.elapsed()
+    );
+
+    // The new head's autoscaler adopts both worker Pods from the records in Redis.
+    poll(
+        "the new autoscaler to report the two worker Pods",
+        Duration::from_secs(120),
+        || {
+            let status = status_json(&cluster)?;
+            let autoscaler = &status["autoscaler"];
+            let reported = autoscaler["reported_ms"].as_u64().unwrap_or(0);
+            let instances: BTreeSet<String> = autoscaler["instances"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i["instance_id"].as_str().map(String::from))
+                .collect();
+            if reported > deleted_ms && instances == workers {
+                Ok(())
+            } else {
+                Err(format!("reported at {reported}, instances {instances:?}"))
+            }
+        },
+    );
+
+    // The driver carries on to the end while no other worker Pod appears.
+    let done = loop {
+        let names: BTreeSet<String> = cluster
+            .pods()
+            .into_iter()
+            .filter(|p| p.component == "worker")
+            .map(|p| p.name)
+            .collect();
+        if names != workers {
+            fail(
+                &cluster,
+                &format!("worker Pods changed from {workers:?} to {names:?}"),
+            );
+        }
+        if let Some(done) = driver.try_value("done", Duration::from_millis(500)) {
+            break done;
+        }
+        if driver.finished() || deleted.elapsed() > Duration::from_secs(240) {
+            fail(
+                &cluster,
+                "the driver did not finish after the head was replaced",
+            );
+        }
+    };
+    assert_eq!(done, "8");
+    eprintln!(
+        "driver done {:?} after the head Pod's deletion",
+        deleted.elapsed()
+    );
+    cluster.down();
+}
+
 /// Issue test 5: a second `up` changes nothing; `down` then `up` gives a working cluster.
 fn up_is_idempotent_and_down_then_up_works() {
     let cluster = SimCluster::start(MINIRAY, "demo", &config("demo", 2, 30, 120));
@@ -384,7 +534,7 @@ fn up_is_idempotent_and_down_then_up_works() {
     cluster.down();
 }
 
-const TESTS: &[(&str, fn())] = &[
+const TESTS: &[support::harness::Test] = &[
     (
         "tasks_scale_worker_pods_up_and_down",
         tasks_scale_worker_pods_up_and_down,
@@ -394,56 +544,15 @@ const TESTS: &[(&str, fn())] = &[
         unschedulable_and_deleted_worker_pods_are_replaced,
     ),
     (
+        "a_deleted_head_pod_is_replaced_and_adopts_the_worker_pods",
+        a_deleted_head_pod_is_replaced_and_adopts_the_worker_pods,
+    ),
+    (
         "up_is_idempotent_and_down_then_up_works",
         up_is_idempotent_and_down_then_up_works,
     ),
 ];
 
 fn main() {
-    // A worker of the driver: runs tasks and never returns.
-    if std::env::var_os("MINIRAY_ROLE").is_some() {
-        if let Err(e) = miniray::init() {
-            eprintln!("worker: {e}");
-            std::process::exit(1);
-        }
-        return;
-    }
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("driver") {
-        if let Err(e) = driver(&args[1..]) {
-            eprintln!("driver: {e}");
-            std::process::exit(1);
-        }
-        return;
-    }
-    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
-    let selected: Vec<_> = TESTS
-        .iter()
-        .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())))
-        .collect();
-    if args.iter().any(|a| a == "--list") {
-        for (name, _) in &selected {
-            println!("{name}: test");
-        }
-        return;
-    }
-    println!("running {} tests", selected.len());
-    let mut failed = Vec::new();
-    for (name, test) in selected {
-        let start = Instant::now();
-        let ok = std::panic::catch_unwind(test).is_ok();
-        println!(
-            "test {name} ... {} ({:?})",
-            if ok { "ok" } else { "FAILED" },
-            start.elapsed()
-        );
-        if !ok {
-            failed.push(*name);
-        }
-    }
-    if !failed.is_empty() {
-        println!("failed: {failed:?}");
-        std::process::exit(1);
-    }
-    println!("test result: ok");
+    support::harness::run(TESTS, driver);
 }

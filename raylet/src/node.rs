@@ -32,8 +32,8 @@ use miniray_plasma::PlasmaStore;
 use miniray_proto::gcs_client::GcsClient;
 use miniray_proto::request_worker_lease_reply::Outcome as WireOutcome;
 use miniray_proto::{
-    HeartbeatRequest, LeaseGrant, NodeAddress, NodeInfo, NodeState, ReportWorkerFailureRequest,
-    RequestWorkerLeaseReply, RequestWorkerLeaseRequest, WorkerAddress,
+    HeartbeatRequest, LeaseGrant, LeaseRejected, NodeAddress, NodeInfo, NodeState,
+    ReportWorkerFailureRequest, RequestWorkerLeaseReply, RequestWorkerLeaseRequest, WorkerAddress,
 };
 use tokio::sync::{oneshot, watch};
 use tonic::Status;
@@ -42,7 +42,9 @@ use crate::config::RayletConfig;
 use crate::error::RayletError;
 use crate::object_manager::ObjectManager;
 use crate::ownership::Ownership;
-use crate::scheduler::{ClusterNode, LeaseRequest, Outcome, Scheduler, Submitted, Ticket};
+use crate::scheduler::{
+    ClusterNode, LeaseRequest, Outcome, Placement, Scheduler, Submitted, Ticket,
+};
 use crate::worker_pool::WorkerPool;
 
 pub(crate) struct SchedState {
@@ -225,7 +227,7 @@ impl Node {
         let request = LeaseRequest {
             job_id,
             resources,
-            no_spillback: req.no_spillback,
+            placement: Placement::from_flags(req.no_spillback, req.grant_or_reject),
         };
         let outcome = {
             let mut st = self.sched.lock();
@@ -237,6 +239,11 @@ impl Node {
                     return Err(ErrorCode::Unavailable.status(
                         "this node is draining and no other node can take the lease; try another node",
                     ));
+                }
+                Submitted::Rejected => {
+                    return Ok(RequestWorkerLeaseReply {
+                        outcome: Some(WireOutcome::Rejected(LeaseRejected {})),
+                    });
                 }
                 Submitted::Queued(ticket) => {
                     let (tx, rx) = oneshot::channel();

@@ -12,7 +12,13 @@
 //!   runs [`Scheduler::schedule_queue`], so no queued request fits the available resources
 //!   between events. This makes FIFO per shape hold: a new request of a shape never
 //!   overtakes an older queued one, because the older one would have been granted first.
-//! - Spillback never names this node, and a request marked `no_spillback` is never spilled.
+//! - Spillback never names this node, and only to a node whose available resources (as last
+//!   reported, less what this node spilled there since) fit the request: a request no node
+//!   has room for waits in this queue, where it counts as demand, instead of on a full node
+//!   that cannot hand it on when others free up or join.
+//! - A [`Placement::Pinned`] request is never spilled; a [`Placement::GrantOrReject`] request
+//!   (one spilled here) is granted at once or rejected, never queued or spilled again, so a
+//!   request is queued in one place only: the home raylet of its requester.
 //! - A draining scheduler grants nothing and queues nothing: a new request is spilled to a
 //!   node that fits it, else refused. Draining is only entered when the node is idle
 //!   ([`Scheduler::busy_reasons`] empty), so no lease or queued request outlives it.
@@ -36,7 +42,29 @@ pub type Ticket = u64;
 pub struct LeaseRequest {
     pub job_id: JobId,
     pub resources: Resources,
-    pub no_spillback: bool,
+    pub placement: Placement,
+}
+
+/// Where a request may go besides this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Granted here, spilled to a node with room, or queued here until one of those.
+    Anywhere,
+    /// Granted here or queued here (the requester chose this node).
+    Pinned,
+    /// Spilled here: granted now or rejected (the requester asks its home raylet again).
+    GrantOrReject,
+}
+
+impl Placement {
+    /// From the two flags of the wire request; `grant_or_reject` wins.
+    pub fn from_flags(no_spillback: bool, grant_or_reject: bool) -> Self {
+        match (no_spillback, grant_or_reject) {
+            (_, true) => Self::GrantOrReject,
+            (true, false) => Self::Pinned,
+            (false, false) => Self::Anywhere,
+        }
+    }
 }
 
 /// Another node of the cluster as last reported by the GCS.
@@ -63,6 +91,8 @@ pub enum Submitted {
     Done(Outcome),
     /// The node is draining and no other node fits: the requester tries elsewhere.
     Refused,
+    /// A [`Placement::GrantOrReject`] request that does not fit now.
+    Rejected,
     /// Waiting in the queue; [`Scheduler::schedule_queue`] will produce its outcome later.
     Queued(Ticket),
 }
@@ -91,6 +121,7 @@ enum Decision {
     Spill(NodeAddress),
     Queue { infeasible: bool },
     Refuse,
+    Reject,
 }
 
 /// Per-node lease scheduler; see the module docs for its invariants.
@@ -229,38 +260,42 @@ impl Scheduler {
     }
 
     fn decide(&self, req: &LeaseRequest) -> Decision {
+        let placement = req.placement;
         if self.draining {
-            if req.no_spillback {
-                return Decision::Refuse;
-            }
-            return match self
-                .best_node(&req.resources, false)
-                .or_else(|| self.best_node(&req.resources, true))
-            {
-                Some(n) => Decision::Spill(n.address.clone()),
-                None => Decision::Refuse,
+            return match placement {
+                Placement::Pinned => Decision::Refuse,
+                Placement::GrantOrReject => Decision::Reject,
+                // A draining node may not queue, so a busy node that fits is better than
+                // a refusal; should it reject, the requester comes back here and is spilled
+                // again with a fresher view.
+                Placement::Anywhere => match self
+                    .best_node(&req.resources, false)
+                    .or_else(|| self.best_node(&req.resources, true))
+                {
+                    Some(n) => Decision::Spill(n.address.clone()),
+                    None => Decision::Refuse,
+                },
             };
         }
         if self.fits_available(&req.resources) {
             return Decision::Local;
         }
-        if !req.no_spillback
-            && let Some(n) = self.best_node(&req.resources, false)
-        {
-            return Decision::Spill(n.address.clone());
-        }
-        if self.total.contains(&req.resources) {
-            return Decision::Queue { infeasible: false };
-        }
-        if let Some(n) = self.best_node(&req.resources, true) {
-            if !req.no_spillback {
-                return Decision::Spill(n.address.clone());
+        match placement {
+            Placement::GrantOrReject => return Decision::Reject,
+            Placement::Anywhere => {
+                if let Some(n) = self.best_node(&req.resources, false) {
+                    return Decision::Spill(n.address.clone());
+                }
             }
-            // Fits elsewhere but may not go there: it waits here for ever (or until
-            // cancelled); it is not infeasible for the cluster.
-            return Decision::Queue { infeasible: false };
+            Placement::Pinned => {}
         }
-        Decision::Queue { infeasible: true }
+        // Waits here: granted when this node frees up, or (when not pinned) spilled once
+        // another node that fits has room. Infeasible only if no known node ever fits it.
+        let feasible =
+            self.total.contains(&req.resources) || self.best_node(&req.resources, true).is_some();
+        Decision::Queue {
+            infeasible: !feasible,
+        }
     }
 
     fn grant(&mut self, req: &LeaseRequest) -> LeaseId {
@@ -313,6 +348,7 @@ impl Scheduler {
                 Submitted::Done(Outcome::Spill(addr))
             }
             Decision::Refuse => Submitted::Refused,
+            Decision::Reject => Submitted::Rejected,
             Decision::Queue { infeasible } => {
                 if infeasible {
                     self.warn_infeasible(&req.resources);
@@ -357,8 +393,9 @@ impl Scheduler {
                     q.infeasible = infeasible;
                     remaining.push_back(q);
                 }
-                // Not reached: draining starts with an empty queue and queues nothing.
-                Decision::Refuse => remaining.push_back(q),
+                // Not reached: draining starts with an empty queue and queues nothing, and
+                // a grant-or-reject request is never queued.
+                Decision::Refuse | Decision::Reject => remaining.push_back(q),
             }
         }
         self.queue = remaining;
@@ -516,11 +553,11 @@ mod tests {
         Resources::from_pairs(pairs.iter().map(|(k, v)| (k.to_string(), *v))).unwrap()
     }
 
-    fn req(pairs: &[(&str, f64)], no_spillback: bool) -> LeaseRequest {
+    fn req(pairs: &[(&str, f64)], placement: Placement) -> LeaseRequest {
         LeaseRequest {
             job_id: JobId::from_array([1; 16]),
             resources: res(pairs),
-            no_spillback,
+            placement,
         }
     }
 
@@ -548,12 +585,12 @@ mod tests {
     #[test]
     fn grants_then_queues_fifo_then_grants_on_release() {
         let mut s = Scheduler::new(NodeId::random(), res(&[("CPU", 2.0)]));
-        let a = granted(s.submit(req(&[("CPU", 2.0)], false)));
+        let a = granted(s.submit(req(&[("CPU", 2.0)], Placement::Anywhere)));
         assert_eq!(s.available_amount("CPU"), 0.0);
-        let Submitted::Queued(t1) = s.submit(req(&[("CPU", 1.0)], false)) else {
+        let Submitted::Queued(t1) = s.submit(req(&[("CPU", 1.0)], Placement::Anywhere)) else {
             panic!("expected queued")
         };
-        let Submitted::Queued(t2) = s.submit(req(&[("CPU", 1.0)], false)) else {
+        let Submitted::Queued(t2) = s.submit(req(&[("CPU", 1.0)], Placement::Anywhere)) else {
             panic!("expected queued")
         };
         assert_eq!(s.demand().len(), 1);
@@ -574,34 +611,43 @@ mod tests {
     fn spills_to_the_node_with_most_available_never_itself() {
         let me = NodeId::from_array([9; 16]);
         let mut s = Scheduler::new(me, res(&[("CPU", 1.0)]));
-        granted(s.submit(req(&[("CPU", 1.0)], false)));
+        granted(s.submit(req(&[("CPU", 1.0)], Placement::Anywhere)));
         s.update_cluster(vec![
             node(9, &[("CPU", 8.0)], &[("CPU", 8.0)]),
             node(1, &[("CPU", 4.0)], &[("CPU", 1.0)]),
             node(2, &[("CPU", 4.0)], &[("CPU", 3.0)]),
         ]);
-        let Submitted::Done(Outcome::Spill(addr)) = s.submit(req(&[("CPU", 1.0)], false)) else {
+        let Submitted::Done(Outcome::Spill(addr)) =
+            s.submit(req(&[("CPU", 1.0)], Placement::Anywhere))
+        else {
             panic!("expected spillback")
         };
         assert_eq!(addr.node_id, vec![2; 16]);
-        // no_spillback queues here instead.
+        // A pinned request queues here instead.
         assert!(matches!(
-            s.submit(req(&[("CPU", 1.0)], true)),
+            s.submit(req(&[("CPU", 1.0)], Placement::Pinned)),
             Submitted::Queued(_)
         ));
     }
 
     #[test]
-    fn infeasible_is_reported_and_spilled_when_a_node_appears() {
+    fn infeasible_is_reported_and_spilled_once_a_node_that_fits_has_room() {
         let mut s = Scheduler::new(NodeId::random(), res(&[("CPU", 1.0)]));
-        let Submitted::Queued(t) = s.submit(req(&[("GPU", 1.0)], false)) else {
+        let Submitted::Queued(t) = s.submit(req(&[("GPU", 1.0)], Placement::Anywhere)) else {
             panic!("expected queued")
         };
         let d = s.demand();
         assert_eq!(d.len(), 1);
         assert!(d[0].infeasible);
+        // A busy GPU node joins: the request is feasible now but waits here, where it is
+        // still demand, rather than on a node that could not hand it on.
         s.update_cluster(vec![node(3, &[("GPU", 1.0)], &[])]);
-        // The GPU node is busy but its total fits: spill there.
+        assert!(s.schedule_queue().is_empty());
+        let d = s.demand();
+        assert_eq!(d[0].count, 1);
+        assert!(!d[0].infeasible);
+        // The GPU node reports room: spill there.
+        s.update_cluster(vec![node(3, &[("GPU", 1.0)], &[("GPU", 1.0)])]);
         let out = s.schedule_queue();
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].0, t);
@@ -610,10 +656,73 @@ mod tests {
     }
 
     #[test]
+    fn requests_no_node_has_room_for_wait_at_home_and_go_where_room_appears() {
+        // The home has no CPU (a head of `CPU: 0`); one worker node, full.
+        let mut s = Scheduler::new(NodeId::from_array([9; 16]), res(&[]));
+        s.update_cluster(vec![node(1, &[("CPU", 1.0)], &[])]);
+        let tickets: Vec<Ticket> = (0..3)
+            .map(
+                |_| match s.submit(req(&[("CPU", 1.0)], Placement::Anywhere)) {
+                    Submitted::Queued(t) => t,
+                    other => panic!("expected queued at home, got {other:?}"),
+                },
+            )
+            .collect();
+        assert_eq!(s.demand()[0].count, 3);
+        assert!(!s.demand()[0].infeasible);
+        // Two new nodes join with room: the two oldest requests go there, one each.
+        s.update_cluster(vec![
+            node(1, &[("CPU", 1.0)], &[]),
+            node(2, &[("CPU", 1.0)], &[("CPU", 1.0)]),
+            node(3, &[("CPU", 1.0)], &[("CPU", 1.0)]),
+        ]);
+        let out = s.schedule_queue();
+        assert_eq!(out.len(), 2);
+        assert_eq!((out[0].0, out[1].0), (tickets[0], tickets[1]));
+        let targets: HashSet<Vec<u8>> = out
+            .iter()
+            .map(|(_, o)| match o {
+                Outcome::Spill(a) => a.node_id.clone(),
+                other => panic!("expected spillback, got {other:?}"),
+            })
+            .collect();
+        assert_eq!(targets, HashSet::from([vec![2; 16], vec![3; 16]]));
+        assert_eq!(s.queue_len(), 1);
+    }
+
+    #[test]
+    fn a_spilled_request_is_granted_now_or_rejected_never_queued() {
+        let mut s = Scheduler::new(NodeId::random(), res(&[("CPU", 1.0)]));
+        s.update_cluster(vec![node(2, &[("CPU", 4.0)], &[("CPU", 4.0)])]);
+        let a = granted(s.submit(req(&[("CPU", 1.0)], Placement::GrantOrReject)));
+        // Full now: rejected, though another node has room and this one could fit it later.
+        assert_eq!(
+            s.submit(req(&[("CPU", 1.0)], Placement::GrantOrReject)),
+            Submitted::Rejected
+        );
+        assert_eq!(
+            s.submit(req(&[("GPU", 1.0)], Placement::GrantOrReject)),
+            Submitted::Rejected
+        );
+        assert_eq!(s.queue_len(), 0);
+        assert!(s.demand().is_empty());
+        s.release(&a).unwrap();
+        granted(s.submit(req(&[("CPU", 1.0)], Placement::GrantOrReject)));
+    }
+
+    #[test]
+    fn placement_from_wire_flags() {
+        assert_eq!(Placement::from_flags(false, false), Placement::Anywhere);
+        assert_eq!(Placement::from_flags(true, false), Placement::Pinned);
+        assert_eq!(Placement::from_flags(false, true), Placement::GrantOrReject);
+        assert_eq!(Placement::from_flags(true, true), Placement::GrantOrReject);
+    }
+
+    #[test]
     fn blocked_workers_lend_cpus_and_may_drive_available_negative() {
         let mut s = Scheduler::new(NodeId::random(), res(&[("CPU", 1.0)]));
-        let a = granted(s.submit(req(&[("CPU", 1.0)], true)));
-        let Submitted::Queued(_) = s.submit(req(&[("CPU", 1.0)], true)) else {
+        let a = granted(s.submit(req(&[("CPU", 1.0)], Placement::Pinned)));
+        let Submitted::Queued(_) = s.submit(req(&[("CPU", 1.0)], Placement::Pinned)) else {
             panic!("expected queued")
         };
         assert!(s.set_blocked(&a, true));
@@ -631,7 +740,7 @@ mod tests {
         s.release(&a).unwrap();
         assert_eq!(s.available_amount("CPU"), 1.0);
         // A lease released while blocked gives back only what it still holds.
-        let c = granted(s.submit(req(&[("CPU", 1.0)], true)));
+        let c = granted(s.submit(req(&[("CPU", 1.0)], Placement::Pinned)));
         s.set_blocked(&c, true);
         s.release(&c).unwrap();
         assert_eq!(s.available_amount("CPU"), 1.0);
@@ -640,7 +749,7 @@ mod tests {
     #[test]
     fn cancel_removes_queued_requests() {
         let mut s = Scheduler::new(NodeId::random(), res(&[("CPU", 1.0)]));
-        let Submitted::Queued(t) = s.submit(req(&[("CPU", 2.0)], false)) else {
+        let Submitted::Queued(t) = s.submit(req(&[("CPU", 2.0)], Placement::Anywhere)) else {
             panic!("expected queued")
         };
         assert!(s.cancel(t));
@@ -652,9 +761,9 @@ mod tests {
     fn busy_reasons_name_leases_and_queue_and_clear_when_idle() {
         let mut s = Scheduler::new(NodeId::random(), res(&[("CPU", 1.0)]));
         assert!(s.busy_reasons().is_empty());
-        let a = granted(s.submit(req(&[("CPU", 1.0)], false)));
-        let b = granted(s.submit(req(&[], false)));
-        let Submitted::Queued(_) = s.submit(req(&[("CPU", 1.0)], true)) else {
+        let a = granted(s.submit(req(&[("CPU", 1.0)], Placement::Anywhere)));
+        let b = granted(s.submit(req(&[], Placement::Anywhere)));
+        let Submitted::Queued(_) = s.submit(req(&[("CPU", 1.0)], Placement::Pinned)) else {
             panic!("expected queued")
         };
         assert_eq!(
@@ -678,16 +787,35 @@ mod tests {
         let mut s = Scheduler::new(me, res(&[("CPU", 4.0)]));
         s.start_draining();
         assert!(s.is_draining());
-        assert_eq!(s.submit(req(&[("CPU", 1.0)], false)), Submitted::Refused);
-        assert_eq!(s.submit(req(&[("CPU", 1.0)], true)), Submitted::Refused);
-        // A busy node whose total fits still takes the request (it queues there).
+        assert_eq!(
+            s.submit(req(&[("CPU", 1.0)], Placement::Anywhere)),
+            Submitted::Refused
+        );
+        assert_eq!(
+            s.submit(req(&[("CPU", 1.0)], Placement::Pinned)),
+            Submitted::Refused
+        );
+        assert_eq!(
+            s.submit(req(&[("CPU", 1.0)], Placement::GrantOrReject)),
+            Submitted::Rejected
+        );
+        // A draining node may not queue, so it spills even to a busy node whose total fits
+        // (which grants or rejects; a rejected requester comes back with a fresher view).
         s.update_cluster(vec![node(2, &[("CPU", 2.0)], &[])]);
-        let Submitted::Done(Outcome::Spill(addr)) = s.submit(req(&[("CPU", 1.0)], false)) else {
+        let Submitted::Done(Outcome::Spill(addr)) =
+            s.submit(req(&[("CPU", 1.0)], Placement::Anywhere))
+        else {
             panic!("expected spillback")
         };
         assert_eq!(addr.node_id, vec![2; 16]);
-        assert_eq!(s.submit(req(&[("CPU", 1.0)], true)), Submitted::Refused);
-        assert_eq!(s.submit(req(&[("CPU", 8.0)], false)), Submitted::Refused);
+        assert_eq!(
+            s.submit(req(&[("CPU", 1.0)], Placement::Pinned)),
+            Submitted::Refused
+        );
+        assert_eq!(
+            s.submit(req(&[("CPU", 8.0)], Placement::Anywhere)),
+            Submitted::Refused
+        );
         assert_eq!(s.num_leases(), 0);
         assert_eq!(s.queue_len(), 0);
     }
@@ -695,7 +823,7 @@ mod tests {
     #[test]
     fn workers_bind_to_leases() {
         let mut s = Scheduler::new(NodeId::random(), res(&[("CPU", 1.0)]));
-        let a = granted(s.submit(req(&[], false)));
+        let a = granted(s.submit(req(&[], Placement::Anywhere)));
         let w = WorkerId::random();
         assert!(s.bind_worker(&a, w));
         assert_eq!(s.lease_of_worker(&w), Some(a));

@@ -408,6 +408,7 @@ async fn refuses_unauthenticated_calls_and_bad_input() {
             resources: None,
             no_spillback: false,
             requester: None,
+            grant_or_reject: false,
         })
         .await
         .unwrap_err();
@@ -420,6 +421,7 @@ async fn refuses_unauthenticated_calls_and_bad_input() {
             resources: Some(negative),
             no_spillback: false,
             requester: None,
+            grant_or_reject: false,
         })
         .await
         .unwrap_err();

@@ -155,6 +155,7 @@ async fn scenario() {
             }),
             no_spillback: true,
             requester: None,
+            grant_or_reject: false,
         })
         .await
         .unwrap()

@@ -83,6 +83,15 @@ fn lease_req(job: JobId, resources: ResourceSet, no_spillback: bool) -> RequestW
         resources: Some(resources),
         no_spillback,
         requester: None,
+        grant_or_reject: false,
+    }
+}
+
+/// A request as a submitter sends it to the node it was spilled to.
+fn spilled_req(job: JobId, resources: ResourceSet) -> RequestWorkerLeaseRequest {
+    RequestWorkerLeaseRequest {
+        grant_or_reject: true,
+        ..lease_req(job, resources, false)
     }
 }
 
@@ -99,14 +108,14 @@ async fn lease(c: &mut RayletClient<AuthedChannel>, req: RequestWorkerLeaseReque
 fn granted(o: Outcome) -> LeaseGrant {
     match o {
         Outcome::Granted(g) => g,
-        Outcome::Spillback(a) => panic!("expected a grant, got spillback to {a:?}"),
+        other => panic!("expected a grant, got {other:?}"),
     }
 }
 
 fn spilled(o: Outcome) -> NodeAddress {
     match o {
         Outcome::Spillback(a) => a,
-        Outcome::Granted(g) => panic!("expected spillback, got grant {g:?}"),
+        other => panic!("expected spillback, got {other:?}"),
     }
 }
 
@@ -226,8 +235,23 @@ async fn scenario(tmp_root: &Path) {
     let to_b = spilled(lease(&mut ca, lease_req(job, cpu(1.0), false)).await);
     assert_eq!(to_b.node_id, b.node_id().to_vec());
     assert_eq!(to_b.port, u32::from(b.address().port()));
-    let lb = granted(lease(&mut cb, lease_req(job, cpu(1.0), true)).await);
+    let lb = granted(lease(&mut cb, spilled_req(job, cpu(1.0))).await);
     pids.push(worker_pid(sb, worker_id(&lb)).await);
+    // B is full now: a second spilled request is rejected at once (its requester asks its
+    // home again), not queued on B where it would wait whatever other nodes free up.
+    let again = lease(&mut cb, spilled_req(job, cpu(1.0))).await;
+    assert!(
+        matches!(again, Outcome::Rejected(_)),
+        "expected a rejection, got {again:?}"
+    );
+    assert_eq!(stats(&mut cb).await.num_workers, 1);
+    assert!(
+        stats(&mut cb)
+            .await
+            .node
+            .is_some_and(|n| n.demand.is_empty()),
+        "nothing was queued on B"
+    );
     // A returned lease with `disconnect` stops its worker.
     cb.return_worker(ReturnWorkerRequest {
         lease_id: lb.lease_id.clone(),
@@ -301,7 +325,7 @@ async fn scenario(tmp_root: &Path) {
     let mut cd = raylet_client(&d).await;
     let mut gpu = ResourceSet::default();
     gpu.amounts.insert("GPU".into(), 1.0);
-    let ld = granted(lease(&mut cd, lease_req(job, gpu, true)).await);
+    let ld = granted(lease(&mut cd, spilled_req(job, gpu)).await);
     pids.push(worker_pid(sd, worker_id(&ld)).await);
 
     // 5. A cancelled queued request leaves the queue.

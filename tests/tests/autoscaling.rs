@@ -117,6 +117,69 @@ fn stop_clean(mut cluster: Cluster) {
     assert!(leftovers.is_empty(), "segments left behind: {leftovers:?}");
 }
 
+/// Nodes that ran a task of the `as_spread` scenario, from its marker files.
+fn marked_nodes(dir: &Path) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    name.rsplit_once('-').map(|(node, _)| node.to_string())
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A head with no CPU (as on Kubernetes) and one busy node: lease requests that the busy
+/// node cannot take wait at the head, and go to the nodes that join once they have room,
+/// instead of queueing on the busy node while the new ones stay idle.
+#[test]
+fn waiting_tasks_go_to_nodes_that_join_not_to_the_busy_one() {
+    let mut cluster = Cluster::start(Options {
+        head_cpus: 0.0,
+        object_store_memory: 64 << 20,
+        ..Options::default()
+    });
+    let first = cluster.add_node(1.0, &[], false, 64 << 20);
+    let marks = cluster.session_dir.join("marks");
+    std::fs::create_dir_all(&marks).expect("marks dir");
+    let mut driver = cluster.spawn_driver(&["as_spread", &marks.to_string_lossy()]);
+    let first_id = cluster.nodes[first].node_id.to_string();
+    wait_until("a task to start on the first node", DEADLINE, || {
+        if let Ok(Some(status)) = driver.try_wait() {
+            panic!("the driver exited early ({status})");
+        }
+        marked_nodes(&marks).contains(&first_id)
+    });
+    // Both waiting requests wait at the head (the driver's home), not on the busy node.
+    let one_cpu = set(&[("CPU", 1.0)]);
+    wait_until("two one-CPU leases queued at the head", DEADLINE, || {
+        node_info(&cluster, 0).is_some_and(|n| {
+            n.demand
+                .iter()
+                .any(|d| d.shape.as_ref() == Some(&one_cpu) && d.count == 2)
+        })
+    });
+    assert_eq!(
+        count_of(&resource_state(&cluster).pending_leases, &one_cpu),
+        2
+    );
+    cluster.add_node(1.0, &[], false, 64 << 20);
+    cluster.add_node(1.0, &[], false, 64 << 20);
+    wait_until("tasks running on three nodes at once", DEADLINE, || {
+        if let Ok(Some(status)) = driver.try_wait() {
+            panic!("the driver exited early ({status})");
+        }
+        marked_nodes(&marks).len() == 3
+    });
+    std::fs::write(marks.join("release"), b"x").expect("release");
+    let run = DriverRun::wait(driver, DRIVER_DEADLINE);
+    run.assert_success();
+    assert_eq!(run.get("distinct_nodes"), "3");
+    stop_clean(cluster);
+}
+
 #[test]
 fn a_task_only_a_node_type_fits_waits_for_that_node_and_one_no_type_fits_fails_at_once() {
     let mut cluster = Cluster::start(Options {

@@ -22,4 +22,5 @@ pub fn free_port() -> u16 {
         }
     }
 }
+pub mod harness;
 pub mod k8s;

@@ -90,6 +90,20 @@ pub struct RayletSpec {
     pub num_cpus: Option<f64>,
 }
 
+impl RayletSpec {
+    /// The node's plasma segment; its reply journals are the files named after it plus
+    /// `-journal-…`. A raylet removes them when it stops; one that was killed leaves them.
+    pub fn segment_path(&self) -> PathBuf {
+        self.plasma_dir
+            .clone()
+            .unwrap_or_else(miniray_common::shm::plasma_dir)
+            .join(miniray_raylet::segment_name(
+                &self.session_dir,
+                self.node_id,
+            ))
+    }
+}
+
 impl DaemonSpec {
     fn role(&self) -> &'static str {
         match self {

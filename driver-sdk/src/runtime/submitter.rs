@@ -49,8 +49,13 @@ use crate::options::{Arg, ArgKind, TaskOptions};
 
 const MAX_PENDING_LEASES: usize = 10;
 const LEASE_LINGER: Duration = Duration::from_millis(100);
-/// Spillback hops before a request settles where it is.
+/// Spillback hops one request may follow. A spilled request is granted or rejected where it
+/// lands (never spilled again), so one hop is all a current raylet asks for.
 const MAX_SPILLBACK_HOPS: usize = 4;
+/// First pause before asking the home again after a node rejected a spilled request; it
+/// doubles up to `MAX_REJECT_BACKOFF` (about a raylet's cluster-view refresh).
+const MIN_REJECT_BACKOFF: Duration = Duration::from_millis(10);
+const MAX_REJECT_BACKOFF: Duration = Duration::from_millis(500);
 /// Consecutive failed lease attempts (with backoff) before the key's tasks fail.
 const MAX_LEASE_FAILURES: u32 = 30;
 
@@ -138,9 +143,11 @@ struct Grant {
 }
 
 /// Why a lease request failed: its first hop, the home raylet, did not answer (a remote
-/// driver then waits for a re-home), or anything else.
+/// driver then waits for a re-home), the node it was spilled to had no room after all (ask
+/// the home again), or anything else.
 enum LeaseError {
     HomeUnreachable(Error),
+    Rejected,
     Other(Error),
 }
 
@@ -571,8 +578,13 @@ impl CoreWorker {
     /// The first hop is the home raylet as it is now (see `home.rs`). A remote driver whose
     /// home does not answer asks again, at the next home once it re-homed, for up to
     /// `REHOME_DEADLINE`: such failures spend none of the key's lease attempts.
+    ///
+    /// A request spilled to a node that turns out to have no room is rejected there and
+    /// asked again at the home, which queues it until some node has room (see the raylet's
+    /// scheduler): rejections spend no attempt either.
     async fn acquire_lease(&self, resources: &Resources) -> Result<Grant> {
         let started = std::time::Instant::now();
+        let mut reject_backoff = MIN_REJECT_BACKOFF;
         loop {
             let home = self.home.usable(&self.dead_nodes).await?;
             match self.lease_from(&home, resources).await {
@@ -582,13 +594,19 @@ impl CoreWorker {
                     self.home.report_unreachable(&home);
                     self.home.wait_change(&home, HOME_RETRY).await;
                 }
+                Err(LeaseError::Rejected) => {
+                    debug!(shape = %resources, backoff_ms = reject_backoff.as_millis() as u64, "spilled lease request rejected; asking the home again");
+                    tokio::time::sleep(reject_backoff).await;
+                    reject_backoff = (reject_backoff * 2).min(MAX_REJECT_BACKOFF);
+                }
                 Err(LeaseError::HomeUnreachable(e) | LeaseError::Other(e)) => return Err(e),
                 Ok(grant) => return Ok(grant),
             }
         }
     }
 
-    /// One lease request, starting at `home` and following spillback.
+    /// One lease request, starting at `home` and following spillback; a node spilled to is
+    /// asked to grant or reject.
     async fn lease_from(
         &self,
         home: &Home,
@@ -596,7 +614,6 @@ impl CoreWorker {
     ) -> std::result::Result<Grant, LeaseError> {
         let mut target = home.endpoint.clone();
         let mut target_node = home.id.to_vec();
-        let mut no_spillback = false;
         for hop in 0..=MAX_SPILLBACK_HOPS {
             // The home not answering, or its node dying under the request, is for the
             // caller to retry at the next home; any other failure spends an attempt.
@@ -619,8 +636,9 @@ impl CoreWorker {
             let call = client.request_worker_lease(RequestWorkerLeaseRequest {
                 job_id: self.job_id.to_vec(),
                 resources: Some(resources.to_proto()),
-                no_spillback,
+                no_spillback: false,
                 requester: Some(self.address.to_proto()),
+                grant_or_reject: hop > 0,
             });
             let reply = tokio::select! {
                 biased;
@@ -643,7 +661,9 @@ impl CoreWorker {
                 Some(request_worker_lease_reply::Outcome::Spillback(node)) => {
                     target = node_endpoint(&node);
                     target_node = node.node_id;
-                    no_spillback = true;
+                }
+                Some(request_worker_lease_reply::Outcome::Rejected(_)) => {
+                    return Err(LeaseError::Rejected);
                 }
                 None => {
                     return Err(LeaseError::Other(Error::Internal(

@@ -213,11 +213,12 @@ impl Supervisor {
             resources: snap.info.resources.clone(),
             // The raylet grants what fits there now. What does not fit (the GCS's view of
             // free resources lags, or the node was chosen by its total) queues there and
-            // may be spilled once another node has room, such as one the autoscaler
-            // added; the actor is then placed again (Ray's GCS actor scheduler also
-            // follows a spillback). Never spilling would leave it queued on a full node.
+            // is spilled once another node has room, such as one the autoscaler added;
+            // the actor is then placed again (Ray's GCS actor scheduler also follows a
+            // spillback). Never spilling would leave it queued on a full node.
             no_spillback: false,
             requester: None,
+            grant_or_reject: false,
         };
         let granted = tokio::select! {
             _ = snap.changed.changed() => return,
@@ -425,7 +426,11 @@ async fn request_lease(
         .into_inner();
     let grant = match reply.outcome {
         Some(LeaseOutcome::Granted(grant)) => grant,
-        Some(LeaseOutcome::Spillback(_)) => return Err(LeaseError::Spilled { address }),
+        // A rejection answers only `grant_or_reject`, which the GCS never sets; should one
+        // come, placing the actor again is the right answer to it too.
+        Some(LeaseOutcome::Spillback(_) | LeaseOutcome::Rejected(_)) => {
+            return Err(LeaseError::Spilled { address });
+        }
         None => {
             return Err(LeaseError::BadGrant {
                 address,

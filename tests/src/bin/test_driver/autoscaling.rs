@@ -21,6 +21,7 @@ pub(crate) fn run(scenario: &str) -> anyhow::Result<bool> {
         "as_floor" => floor(Path::new(&dir))?,
         "as_hold" => hold(Path::new(&dir))?,
         "as_pending_actor" => pending_actor(Path::new(&dir))?,
+        "as_spread" => spread(Path::new(&dir))?,
         _ => return Ok(false),
     }
     Ok(true)
@@ -48,6 +49,31 @@ fn held(dir: String) -> u64 {
         Ok(()) => 1,
         Err(e) => panic!("{e}"),
     }
+}
+
+/// Marks that it started (a file named after its node and process), then runs until the
+/// test releases it; returns its node.
+#[miniray::remote]
+fn held_marked(dir: String) -> String {
+    let dir = Path::new(&dir);
+    let node = miniray::node_id()
+        .map(|n| n.to_string())
+        .unwrap_or_default();
+    let _ = std::fs::write(dir.join(format!("{node}-{}", std::process::id())), b"x");
+    match wait_for_file(&dir.join("release")) {
+        Ok(()) => node,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// Three one-CPU tasks held until the test releases them; prints how many nodes ran them.
+fn spread(dir: &Path) -> anyhow::Result<()> {
+    let refs: Vec<_> = (0..3)
+        .map(|_| held_marked::remote(dir.display().to_string()))
+        .collect::<Result<_, _>>()?;
+    let nodes: std::collections::BTreeSet<String> = miniray::get_all(&refs)?.into_iter().collect();
+    out("distinct_nodes", nodes.len());
+    Ok(())
 }
 
 /// A GPU task fails at once (no node type has a GPU); a 2-CPU task waits for a node of the
