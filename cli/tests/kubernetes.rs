@@ -202,6 +202,11 @@ fn tasks_scale_worker_pods_up_and_down() {
         "kubectl get pods:\n{table}"
     );
     assert!(cluster.live_workers().is_empty(), "no worker before demand");
+    let head_log = cluster.kubectl_ok(&["logs", &head.name, "--tail", "20"]);
+    assert!(
+        head_log.contains("miniray start --address"),
+        "kubectl logs of the head:\n{head_log}"
+    );
 
     let submitted = Instant::now();
     let mut driver = Driver::start(&cluster, &address, &["tasks", "12", "2000"]);

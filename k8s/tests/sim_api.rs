@@ -20,7 +20,7 @@ const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const DEADLINE: Duration = Duration::from_secs(20);
 
 async fn start() -> (ApiServer, kube::Client) {
-    let server = ApiServer::start(&[LOOPBACK], LOOPBACK)
+    let server = ApiServer::start(&[LOOPBACK], LOOPBACK, None)
         .await
         .expect("the server starts");
     let client = server.access().client().await.expect("a client");

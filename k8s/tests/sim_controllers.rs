@@ -32,7 +32,7 @@ impl Sim {
     async fn start(host_hosts_block: bool) -> Sim {
         let dir = tempfile::tempdir().expect("tempdir");
         let hosts_file = dir.path().join("hosts");
-        let server = ApiServer::start(&[LOOPBACK], LOOPBACK)
+        let server = ApiServer::start(&[LOOPBACK], LOOPBACK, None)
             .await
             .expect("start the API server");
         let client = server.access().client().await.expect("client");

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams, LogParams, PostParams};
 use miniray_k8s::sim::ApiServer;
 use miniray_k8s::sim::kubelet::{Kubelet, KubeletConfig, NODE_NAME, PodNetwork};
 use serde_json::json;
@@ -43,16 +43,16 @@ impl Sim {
         if !listen.contains(&bridge) {
             listen.push(bridge);
         }
-        let server = ApiServer::start(&listen, bridge)
-            .await
-            .expect("the API server starts");
-        let client = server.access().client().await.expect("a client");
         let state_dir = PathBuf::from(format!(
             "/var/tmp/miniray-kubelet-test-{}-{}",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
         let _ = std::fs::remove_dir_all(&state_dir);
+        let server = ApiServer::start(&listen, bridge, Some(state_dir.clone()))
+            .await
+            .expect("the API server starts");
+        let client = server.access().client().await.expect("a client");
         let cfg = KubeletConfig {
             node_name: NODE_NAME.into(),
             state_dir: state_dir.clone(),
@@ -458,6 +458,55 @@ async fn a_pod_has_its_own_tmp_and_shm_its_config_map_and_service_account() {
     );
     // The mount point goes when the process's last kubelet shuts down (tests run several
     // at once; `volumes::MountPoints` has the unit test).
+    sim.stop().await;
+}
+
+/// `kubectl logs` and kube-rs read a container's output through `pods/NAME/log`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pods_log_is_served_whole_or_its_last_lines() {
+    let sim = Sim::start().await;
+    create(&sim, &pod("talker", "echo one; echo two >&2; echo three")).await;
+    wait_pod(&sim, "talker", "Succeeded", |p| phase(p) == "Succeeded").await;
+    let pods = sim.pods();
+    let whole = pods
+        .logs("talker", &LogParams::default())
+        .await
+        .expect("the log");
+    assert_eq!(whole, "one\ntwo\nthree\n");
+    let last = pods
+        .logs(
+            "talker",
+            &LogParams {
+                tail_lines: Some(1),
+                container: Some("main".into()),
+                ..LogParams::default()
+            },
+        )
+        .await
+        .expect("the last line");
+    assert_eq!(last, "three\n");
+    let wrong = pods
+        .logs(
+            "talker",
+            &LogParams {
+                container: Some("sidecar".into()),
+                ..LogParams::default()
+            },
+        )
+        .await
+        .expect_err("no such container");
+    assert!(
+        matches!(&wrong, kube::Error::Api(e) if e.code == 400 && e.message.contains("sidecar")),
+        "{wrong:?}"
+    );
+    let missing = pods
+        .logs("nobody", &LogParams::default())
+        .await
+        .expect_err("no such Pod");
+    assert!(
+        matches!(&missing, kube::Error::Api(e) if e.code == 404),
+        "{missing:?}"
+    );
     sim.stop().await;
 }
 

@@ -19,6 +19,17 @@ use std::path::{Path, PathBuf};
 pub use api::ApiServer;
 pub use simulator::{Simulator, SimulatorConfig, SimulatorError};
 
+/// The folder of Pod `namespace/name` under the simulator's state folder: the kubelet keeps
+/// the Pod's volumes and container logs there, and the API server reads the logs from it.
+pub fn pod_dir(state_dir: &Path, namespace: &str, name: &str) -> PathBuf {
+    state_dir.join("pods").join(format!("{namespace}_{name}"))
+}
+
+/// The log of container `container` of Pod `namespace/name` (stdout and stderr).
+pub fn container_log(state_dir: &Path, namespace: &str, name: &str, container: &str) -> PathBuf {
+    pod_dir(state_dir, namespace, name).join(format!("{container}.log"))
+}
+
 /// What can go wrong starting or reaching the simulator.
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {

@@ -78,7 +78,7 @@ impl Simulator {
             kubeconfig: cfg.kubeconfig.clone(),
         };
         // On any error below, dropping `sim` stops what started.
-        let api = ApiServer::start(&listen, bridge).await?;
+        let api = ApiServer::start(&listen, bridge, Some(state_dir.clone())).await?;
         let access = api.access().clone();
         sim.api = Some(api);
         let hosts_file = state_dir.join("hosts");

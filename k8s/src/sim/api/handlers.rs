@@ -29,6 +29,8 @@ pub struct App {
     /// `host:port` clients reach the server at (in `/api`'s document).
     pub server_address: String,
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// The simulator's state folder, where the kubelet writes container logs.
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 /// The request's resource: which collection, and which object and subresource in it.
@@ -347,6 +349,20 @@ async fn resource(app: &Arc<App>, target: Target, request: Request) -> Result<Re
             }
             Ok(json_response(200, &object))
         }
+        (&Method::GET, Some(name), Some("log")) => {
+            let pod = store
+                .lock()
+                .get(resource, &ns, &name)
+                .cloned()
+                .ok_or_else(|| ApiError::not_found(resource, &name))?;
+            let text = pod_log(app.state_dir.as_deref(), &pod, &ns, &name, &params)?;
+            let mut response = Response::new(axum::body::Body::from(text));
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain"),
+            );
+            Ok(response)
+        }
         (&Method::PUT, Some(name), None | Some("status")) => {
             let body = body(request, false).await?;
             let replaced = objects::replace(&mut store.lock(), resource, &ns, &name, body, part)?;
@@ -403,6 +419,75 @@ async fn resource(app: &Arc<App>, target: Target, request: Request) -> Result<Re
             Err(ApiError::method_not_allowed(method.as_str(), &what))
         }
     }
+}
+
+/// The log of one container of `pod`, as `GET pods/NAME/log` answers it: the container named
+/// by `container` (optional when the Pod has one), whole or its last `tailLines` lines.
+fn pod_log(
+    state_dir: Option<&std::path::Path>,
+    pod: &Value,
+    ns: &str,
+    name: &str,
+    params: &Params,
+) -> Result<String, ApiError> {
+    let containers: Vec<&str> = pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.get("name").and_then(Value::as_str))
+        .collect();
+    let container = match params.get("container").filter(|c| !c.is_empty()) {
+        Some(c) if containers.contains(&c.as_str()) => c.clone(),
+        Some(c) => {
+            return Err(ApiError::bad_request(format!(
+                "container {c} is not valid for pod {name}"
+            )));
+        }
+        None => match containers.as_slice() {
+            [only] => (*only).to_string(),
+            all => {
+                return Err(ApiError::bad_request(format!(
+                    "a container name must be specified for pod {name}, choose one of: [{}]",
+                    all.join(" ")
+                )));
+            }
+        },
+    };
+    let tail = match params.get("tailLines") {
+        None => None,
+        Some(t) => Some(t.parse::<usize>().map_err(|_| {
+            ApiError::bad_request(format!("tailLines: {t:?} is not a number of lines"))
+        })?),
+    };
+    let Some(state_dir) = state_dir else {
+        return Ok(String::new());
+    };
+    let path = crate::sim::container_log(state_dir, ns, name, &container);
+    let text = match std::fs::read(&path) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ApiError::bad_request(format!(
+                "container \"{container}\" in pod \"{name}\" is waiting to start: ContainerCreating"
+            )));
+        }
+        Err(e) => {
+            return Err(ApiError::bad_request(format!(
+                "cannot read the log of container {container}: {e}"
+            )));
+        }
+    };
+    Ok(match tail {
+        None => text,
+        Some(n) => {
+            let lines: Vec<&str> = text.lines().collect();
+            let mut out = lines[lines.len().saturating_sub(n)..].join("\n");
+            if !out.is_empty() {
+                out.push('\n');
+            }
+            out
+        }
+    })
 }
 
 /// A `XList` of `items` at resourceVersion `rv`.

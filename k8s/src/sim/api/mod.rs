@@ -4,7 +4,9 @@
 //! bodies (the k8s-openapi types' JSON), `Status` errors, resourceVersions from one counter,
 //! label and field selectors, watches with history, merge patches and graceful Pod deletion.
 //! Not served: RBAC enforcement (any request with the token may do anything), admission,
-//! finalizers, `limit`/`continue` paging (lists are whole), JSON patches, protobuf, OpenAPI.
+//! finalizers, `limit`/`continue` paging (lists are whole), protobuf, OpenAPI, `exec` and
+//! `attach`. A Pod's `log` is served from the files the kubelet writes (whole or its last
+//! `tailLines`; `follow` returns what is written so far instead of streaming).
 //! Namespaces must exist before objects are created in them (404 otherwise, as on a real
 //! cluster); `default`, `kube-system` and `kube-public` exist from the start, each with its
 //! `default` ServiceAccount, and deleting a namespace removes everything in it at once.
@@ -25,6 +27,7 @@ mod validation;
 mod watch;
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -48,7 +51,13 @@ pub struct ApiServer {
 impl ApiServer {
     /// Starts a server on one port on every address of `listen` (the first one is in
     /// [`ApiAccess::url`]); its certificate also names `pod_host`, the address Pods dial.
-    pub async fn start(listen: &[IpAddr], pod_host: IpAddr) -> Result<ApiServer, SimError> {
+    /// Pods' `log` is read from the kubelet's files under `state_dir` (see
+    /// [`super::container_log`]); without one, every log is empty.
+    pub async fn start(
+        listen: &[IpAddr],
+        pod_host: IpAddr,
+        state_dir: Option<PathBuf>,
+    ) -> Result<ApiServer, SimError> {
         let first = *listen.first().ok_or(SimError::NoListenAddress)?;
         let listeners = bind_all(listen).await?;
         let port = listeners[0]
@@ -81,6 +90,7 @@ impl ApiServer {
             token,
             server_address: SocketAddr::new(first, port).to_string(),
             shutdown: shutdown_rx.clone(),
+            state_dir,
         });
         let router = axum::Router::new()
             .fallback(handlers::handle)

@@ -79,7 +79,7 @@ pub static RESOURCES: [ResourceType; 10] = [
         kind: "Pod",
         namespaced: true,
         short_names: &["po"],
-        subresources: &["status", "binding"],
+        subresources: &["status", "binding", "log"],
         has_generation: false,
         field_labels: &[
             "spec.nodeName",

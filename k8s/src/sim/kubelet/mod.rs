@@ -91,15 +91,12 @@ pub struct KubeletConfig {
 impl KubeletConfig {
     /// The directory of Pod `namespace/name`.
     pub fn pod_dir(&self, namespace: &str, name: &str) -> PathBuf {
-        self.state_dir
-            .join("pods")
-            .join(format!("{namespace}_{name}"))
+        super::pod_dir(&self.state_dir, namespace, name)
     }
 
     /// The log of container `container` of Pod `namespace/name`.
     pub fn log_path(&self, namespace: &str, name: &str, container: &str) -> PathBuf {
-        self.pod_dir(namespace, name)
-            .join(format!("{container}.log"))
+        super::container_log(&self.state_dir, namespace, name, container)
     }
 }
 
