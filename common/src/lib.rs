@@ -10,6 +10,7 @@ pub mod error;
 pub mod ids;
 pub mod logging;
 pub mod net;
+pub mod netns;
 pub mod probe;
 pub mod reply_journal;
 pub mod resources;

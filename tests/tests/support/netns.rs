@@ -21,15 +21,18 @@
 //! pid (`mrn<pid>x<n>…` links, `mrn-<pid>-<n>-<host>` namespaces); each sandbox first
 //! removes those of owners no longer running, left by a crashed run.
 //!
-//! Only `std` and `libc`: the `cli` crate's tests include this file as well.
+//! The `cli` crate's tests include this file as well (it needs only `std`, `libc` and
+//! `miniray-common`).
 
 #![allow(dead_code)]
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
+
+use miniray_common::netns::{self, ip};
 
 /// Prefix of every link and namespace a sandbox creates.
 const TAG: &str = "mrn";
@@ -63,11 +66,11 @@ impl Hosts {
     pub fn new(count: usize) -> Hosts {
         assert!((1..=200).contains(&count), "1 to 200 hosts");
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let made = match namespaces_unavailable() {
+        let made = match netns::unavailable(NO_NETNS_ENV) {
             Some(why) => Err(why),
             None => {
                 let _setup = SETUP.lock().unwrap_or_else(|e| e.into_inner());
-                sweep_leftovers();
+                netns::sweep_leftovers(TAG, 10);
                 create_namespaces(count, n)
             }
         };
@@ -230,51 +233,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Why this process cannot create namespaces, if it cannot.
-fn namespaces_unavailable() -> Option<String> {
-    if std::env::var_os(NO_NETNS_ENV).is_some() {
-        return Some(format!("{NO_NETNS_ENV} is set"));
-    }
-    if !cfg!(target_os = "linux") {
-        return Some("network namespaces are Linux only".into());
-    }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not root".into());
-    }
-    match Command::new("ip")
-        .arg("-V")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-    {
-        Ok(_) => None,
-        Err(e) => Some(format!("no `ip` command ({e}); install iproute2")),
-    }
-}
-
-/// Runs `ip args`; its stdout, or why it failed.
-fn ip(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("ip {}: {e}", args.join(" ")))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
 /// Builds the bridge and the namespaces; on failure removes what it made.
 fn create_namespaces(count: usize, n: u32) -> Result<(Vec<Host>, Option<String>), String> {
     let pid = std::process::id();
-    let subnet = free_subnet(pid, n)?;
+    let [a, b, c] = netns::free_subnet(213, pid, n)?;
+    let subnet = format!("{a}.{b}.{c}");
     // Names stay within the 15-byte limit of interface names for pids up to 7 digits and
     // 100 sandboxes per process.
     let n = n % 100;
@@ -324,48 +287,6 @@ fn create_namespaces(count: usize, n: u32) -> Result<(Vec<Host>, Option<String>)
                 bridge: Some(bridge),
             });
             Err(e)
-        }
-    }
-}
-
-/// A /24 under 10.213.0.0/16 that no interface of this network stack uses, as `10.213.X`.
-fn free_subnet(pid: u32, n: u32) -> Result<String, String> {
-    let used = ip(&["-o", "-4", "addr", "show"])?;
-    let start = (pid.wrapping_mul(7).wrapping_add(n)) % 250;
-    (0..250)
-        .map(|k| format!("10.213.{}", (start + k) % 250 + 1))
-        .find(|s| !used.contains(&format!(" {s}.")))
-        .ok_or_else(|| "no free /24 under 10.213.0.0/16".into())
-}
-
-/// Removes namespaces and links of sandboxes whose owner process is gone.
-fn sweep_leftovers() {
-    let gone = |pid: &str| {
-        pid.parse::<u32>()
-            .is_ok_and(|p| !Path::new(&format!("/proc/{p}")).exists())
-    };
-    if let Ok(list) = ip(&["netns", "list"]) {
-        for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
-            let Some(rest) = name.strip_prefix(&format!("{TAG}-")) else {
-                continue;
-            };
-            if rest.split('-').next().is_some_and(gone) {
-                let _ = ip(&["netns", "del", name]);
-            }
-        }
-    }
-    if let Ok(list) = ip(&["-o", "link", "show"]) {
-        for line in list.lines() {
-            // `7: mrn123x0h1@if2: <…` — the name, without the peer suffix.
-            let Some(name) = line.split(": ").nth(1).and_then(|s| s.split('@').next()) else {
-                continue;
-            };
-            let Some(rest) = name.strip_prefix(TAG) else {
-                continue;
-            };
-            if rest.split('x').next().is_some_and(gone) {
-                let _ = ip(&["link", "del", name]);
-            }
         }
     }
 }

@@ -21,9 +21,10 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
+
+use miniray_common::netns::{self, ip};
 
 /// Prefix of every link and namespace a Pod network creates.
 const TAG: &str = "mrk";
@@ -89,11 +90,11 @@ impl PodNetwork {
     /// fallback (one line on stderr says why). Never fails: the fallback always works.
     pub fn create() -> PodNetwork {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let made = match namespaces_unavailable() {
+        let made = match netns::unavailable(NO_NETNS_ENV) {
             Some(why) => Err(why),
             None => {
                 let _setup = SETUP.lock().unwrap_or_else(|e| e.into_inner());
-                sweep_leftovers();
+                netns::sweep_leftovers(TAG, 36);
                 create_bridge(n)
             }
         };
@@ -258,49 +259,8 @@ fn base36(mut v: u32) -> String {
     String::from_utf8_lossy(&digits).into_owned()
 }
 
-/// Why this process cannot create namespaces, if it cannot.
-fn namespaces_unavailable() -> Option<String> {
-    if std::env::var_os(NO_NETNS_ENV).is_some() {
-        return Some(format!("{NO_NETNS_ENV} is set"));
-    }
-    if !cfg!(target_os = "linux") {
-        return Some("network namespaces are Linux only".into());
-    }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not root, so no network namespaces".into());
-    }
-    match Command::new("ip")
-        .arg("-V")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-    {
-        Ok(_) => None,
-        Err(e) => Some(format!("no `ip` command ({e}); install iproute2")),
-    }
-}
-
-/// Runs `ip args`; its stdout, or why it failed.
-fn ip(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("ip {}: {e}", args.join(" ")))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
 fn create_bridge(n: u32) -> Result<Bridge, String> {
-    let subnet = free_subnet(std::process::id(), n)?;
+    let subnet = netns::free_subnet(214, std::process::id(), n)?;
     let name = format!("{TAG}{}x{}b", base36(std::process::id()), base36(n));
     let made = (|| {
         ip(&["link", "add", &name, "type", "bridge"])?;
@@ -317,53 +277,10 @@ fn create_bridge(n: u32) -> Result<Bridge, String> {
     }
 }
 
-/// A /24 under 10.214.0.0/16 that no interface of this network stack uses.
-fn free_subnet(pid: u32, n: u32) -> Result<[u8; 3], String> {
-    let used = ip(&["-o", "-4", "addr", "show"])?;
-    let start = (pid.wrapping_mul(7).wrapping_add(n)) % 250;
-    (0..250)
-        .map(|k| ((start + k) % 250 + 1) as u8)
-        .find(|x| !used.contains(&format!(" 10.214.{x}.")))
-        .map(|x| [10, 214, x])
-        .ok_or_else(|| "no free /24 under 10.214.0.0/16".into())
-}
-
-/// Removes namespaces and links of Pod networks whose owner process is gone.
-fn sweep_leftovers() {
-    let gone = |pid: Option<u32>| pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists());
-    if let Ok(list) = ip(&["netns", "list"]) {
-        for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
-            let Some(rest) = name.strip_prefix(&format!("{TAG}-")) else {
-                continue;
-            };
-            if gone(rest.split('-').next().and_then(|p| p.parse().ok())) {
-                let _ = ip(&["netns", "del", name]);
-            }
-        }
-    }
-    if let Ok(list) = ip(&["-o", "link", "show"]) {
-        for line in list.lines() {
-            // `7: mrk2n9cx0p3@if2: <…` — the name, without the peer suffix.
-            let Some(name) = line.split(": ").nth(1).and_then(|s| s.split('@').next()) else {
-                continue;
-            };
-            let Some(rest) = name.strip_prefix(TAG) else {
-                continue;
-            };
-            let pid = rest
-                .split('x')
-                .next()
-                .and_then(|p| u32::from_str_radix(p, 36).ok());
-            if rest.contains('x') && gone(pid) {
-                let _ = ip(&["link", "del", name]);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::process::{Command, Stdio};
 
     #[test]
     fn names_fit_interface_limit() {
