@@ -2,7 +2,7 @@
 //! --autoscaling-config` starts it) and what `start` needs to launch it.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use miniray_autoscaler::clients::Gcs;
 use miniray_autoscaler::config::{AutoscalingConfig, ProviderConfig};
 use miniray_autoscaler::local::{FAIL_LIST_HOOK_ENV, LocalProvider, LocalProviderConfig};
 use miniray_autoscaler::provider::NodeProvider;
-use miniray_common::config::{self, env};
+use miniray_common::config;
 use miniray_common::tls::{self, TlsFiles};
 use miniray_k8s::provider::{KubernetesProvider, KubernetesProviderConfig};
 use tracing::info;
@@ -81,31 +81,13 @@ pub fn spawn(
     let log_path = logs.join("autoscaler.err");
     let log = std::fs::File::create(&log_path)
         .with_context(|| format!("creating {}", log_path.display()))?;
-    let mut cmd = Command::new(exe);
-    cmd.arg("autoscaler")
-        .arg("--address")
+    let mut cmd = crate::daemons::head_daemon_command(exe, "autoscaler", token, log, tls, attached);
+    cmd.arg("--address")
         .arg(gcs_address)
         .arg("--config")
         .arg(&config_path)
         .arg("--log-dir")
-        .arg(logs.join("nodes"))
-        .env(env::TOKEN, token)
-        .env_remove(env::ROLE)
-        .env_remove(env::ADDRESS)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log));
-    for (k, v) in TlsFiles::env(tls) {
-        match v {
-            Some(v) => cmd.env(k, v),
-            None => cmd.env_remove(k),
-        };
-    }
-    if attached {
-        cmd.arg("--exit-with-parent");
-    } else {
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    }
+        .arg(logs.join("nodes"));
     cmd.spawn()
         .with_context(|| format!("starting the autoscaler ({})", exe.display()))
 }
@@ -171,7 +153,7 @@ fn local_provider(
 }
 
 /// SIGTERM, SIGINT, or (if asked) the parent's exit.
-async fn stop_requested(exit_with_parent: bool) {
+pub(crate) async fn stop_requested(exit_with_parent: bool) {
     use tokio::signal::unix::{SignalKind, signal};
     let parent = std::os::unix::process::parent_id();
     let parent_gone = async move {

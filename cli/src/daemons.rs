@@ -77,6 +77,42 @@ fn same_file(a: &Path, b: &Path) -> bool {
     strip(a) == strip(b)
 }
 
+/// `miniray <subcommand>` as a daemon of a head (the autoscaler, the dashboard): the
+/// cluster token in its environment and nothing of a driver's, no stdin or stdout, stderr
+/// to `log`, the TLS files, and either tied to its parent (`attached`: `--exit-with-parent`)
+/// or in a process group of its own, so it outlives `start`.
+pub fn head_daemon_command(
+    exe: &Path,
+    subcommand: &str,
+    token: &str,
+    log: std::fs::File,
+    tls: Option<&miniray_common::tls::TlsFiles>,
+    attached: bool,
+) -> std::process::Command {
+    use miniray_common::config::env;
+    use std::process::Stdio;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg(subcommand)
+        .env(env::TOKEN, token)
+        .env_remove(env::ROLE)
+        .env_remove(env::ADDRESS)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log));
+    for (k, v) in miniray_common::tls::TlsFiles::env(tls) {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    if attached {
+        cmd.arg("--exit-with-parent");
+    } else {
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    }
+    cmd
+}
+
 /// Removes what shared memory a raylet that is no longer running left behind: its segment
 /// and its workers' reply journals. Nothing else has their names (they hold the session
 /// folder's name and the node id), so nothing of a live node is touched.

@@ -112,6 +112,9 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         );
     }
     crate::start::record_head(&address, &token)?;
+    let dashboard = dashboard_address(&spec);
+    crate::start::record_dashboard(&dashboard, &token)?;
+    eprintln!("Submit jobs with: miniray job submit --address http://{dashboard} -- ./driver");
     eprintln!(
         "The head is ready. Drivers and `miniray status` on this machine find its token; \
          elsewhere set MINIRAY_TOKEN (kubectl get secret -n {} {} -o jsonpath='{{.data.token}}' | base64 -d).",
@@ -120,6 +123,15 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
     );
     println!("{address}");
     Ok(())
+}
+
+/// `HOST:PORT` of the head Service's dashboard port.
+fn dashboard_address(spec: &miniray_k8s::deploy::ClusterSpec) -> String {
+    let host = miniray_k8s::names::service_dns(
+        &miniray_k8s::names::head_service(spec.cluster_name()),
+        spec.namespace(),
+    );
+    miniray_common::net::host_port(&host, miniray_k8s::names::DASHBOARD_PORT)
 }
 
 pub fn down(args: DownArgs) -> anyhow::Result<()> {
@@ -136,6 +148,9 @@ pub fn down(args: DownArgs) -> anyhow::Result<()> {
         .with_context(|| format!("miniray down {} (API server {url})", args.config.display()))
     })?;
     crate::start::forget_head(&spec.head_address());
+    let _ = std::fs::remove_file(miniray_common::config::dashboard_token_file(
+        &dashboard_address(&spec),
+    ));
     if deleted.is_empty() {
         println!(
             "Nothing of cluster {:?} was left in namespace {:?}.",

@@ -6,6 +6,8 @@
 
 mod autoscaler;
 mod daemons;
+mod dashboard;
+mod job;
 mod k8s;
 mod microbenchmark;
 mod simulate;
@@ -48,9 +50,15 @@ enum Command {
     /// Kubernetes tools: `miniray k8s simulate` serves a simulated cluster.
     #[command(subcommand)]
     K8s(simulate::K8sCommand),
+    /// Submit jobs to a cluster's head and follow them (`--address http://HEAD:8265`).
+    #[command(subcommand)]
+    Job(job::JobCommand),
     /// The autoscaler daemon (`start --head --autoscaling-config` runs it).
     #[command(hide = true)]
     Autoscaler(autoscaler::AutoscalerArgs),
+    /// The dashboard daemon (`start --head` runs it).
+    #[command(hide = true)]
+    Dashboard(dashboard::DashboardArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -61,7 +69,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // A daemon logs what it does; a command only what goes wrong.
     let default_filter = match cli.command {
-        Command::Autoscaler(_) | Command::K8s(_) => "info",
+        Command::Autoscaler(_) | Command::Dashboard(_) | Command::K8s(_) => "info",
         // kube's client logs each failed request; up/down report it themselves, with what
         // they were doing.
         Command::Up(_) | Command::Down(_) => "warn,kube_client=off",
@@ -77,6 +85,8 @@ fn main() -> anyhow::Result<()> {
         Command::Down(args) => k8s::down(args),
         Command::Tls(command) => tls::run(command),
         Command::Autoscaler(args) => autoscaler::run(args),
+        Command::Dashboard(args) => dashboard::run(args),
+        Command::Job(command) => job::run(command),
         Command::K8s(command) => simulate::run(command),
     }
 }

@@ -79,7 +79,20 @@ pub struct StartArgs {
     /// them exits (a drained raylet).
     #[arg(long)]
     block: bool,
+    /// Run the dashboard on a head: the HTTP API `miniray job` uses.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, requires = "head")]
+    include_dashboard: bool,
+    /// Interface of the dashboard (default: `--host`).
+    #[arg(long, requires = "head")]
+    dashboard_host: Option<String>,
+    /// Port of the dashboard (0: any free port) [default: 8265; when that is taken, the head
+    /// starts without a dashboard and says so].
+    #[arg(long, env = "MINIRAY_DASHBOARD_PORT")]
+    dashboard_port: Option<u16>,
 }
+
+/// The dashboard's port when `--dashboard-port` is not given (Ray's).
+const DEFAULT_DASHBOARD_PORT: u16 = 8265;
 
 #[derive(Args)]
 pub struct StopArgs {
@@ -286,6 +299,44 @@ pub fn start(args: StartArgs) -> anyhow::Result<()> {
     })?;
     children.push(("raylet".into(), raylet.child));
 
+    let mut dashboard_url = None;
+    if args.head && args.include_dashboard {
+        let host = args
+            .dashboard_host
+            .clone()
+            .unwrap_or_else(|| args.host.clone());
+        let port = args.dashboard_port.unwrap_or(DEFAULT_DASHBOARD_PORT);
+        match crate::dashboard::spawn(
+            &exe,
+            &gcs_address,
+            &token,
+            (&host, port),
+            &session_dir,
+            tls.as_ref(),
+            attached,
+        ) {
+            Ok((child, port)) => {
+                let address = net::host_port(&host, port);
+                daemons::record(&DaemonRecord {
+                    pid: child.id(),
+                    role: "dashboard".into(),
+                    address: address.clone(),
+                    exe: exe.clone(),
+                    session_dir: session_dir.clone(),
+                    segment: None,
+                })?;
+                // `miniray job --address http://<address>` finds the token by it.
+                record_dashboard(&address, &token)?;
+                dashboard_url = Some(format!("http://{address}"));
+                children.push(("dashboard".into(), child));
+            }
+            Err(e) if args.dashboard_port.is_none() => {
+                eprintln!("warning: the head starts without a dashboard: {e:#}");
+            }
+            Err(e) => return Err(e.context("starting the dashboard")),
+        }
+    }
+
     if let (Some(path), Some(config)) = (&args.autoscaling_config, &autoscaling) {
         let mut child = crate::autoscaler::spawn(
             &exe,
@@ -319,6 +370,9 @@ pub fn start(args: StartArgs) -> anyhow::Result<()> {
         println!("  GCS address: {gcs_address}");
         println!("  node IP:     {node_ip}");
         println!("  raylet:      {}", raylet.address);
+        if let Some(url) = &dashboard_url {
+            println!("  dashboard:   {url}");
+        }
         if addrs.every_interface() {
             println!(
                 "  the GCS is listening on every interface ({}): the token guards it",
@@ -329,6 +383,12 @@ pub fn start(args: StartArgs) -> anyhow::Result<()> {
         println!();
         println!("Run a driver on this cluster:");
         println!("  MINIRAY_ADDRESS={gcs_address} cargo run --release --example quickstart");
+        if let Some(url) = &dashboard_url {
+            println!("Or submit it as a job, run on the head:");
+            println!(
+                "  miniray job submit --address {url} -- ./target/release/examples/quickstart"
+            );
+        }
         println!("Add a node on this machine:");
         println!("  miniray start --address {gcs_address}");
         println!("From another machine, also pass the token:");
@@ -447,6 +507,11 @@ pub(crate) fn record_head(address: &str, token: &str) -> anyhow::Result<()> {
     write_private(&address_file(address), address)
 }
 
+/// Records the token of a head's dashboard at `address`, for `miniray job` on this machine.
+pub(crate) fn record_dashboard(address: &str, token: &str) -> anyhow::Result<()> {
+    write_private(&config::dashboard_token_file(address), token)
+}
+
 /// Forgets the head at `address` (a stopped head, a cluster taken down).
 pub(crate) fn forget_head(address: &str) {
     let _ = std::fs::remove_file(config::token_file(address));
@@ -512,7 +577,7 @@ pub fn stop(args: StopArgs) -> anyhow::Result<()> {
     // which stop their workers and remove their segments while the GCS is up; the GCS last.
     let (mut autoscalers, mut rest): (Vec<_>, Vec<_>) = found
         .into_iter()
-        .partition(|(rec, _)| rec.role == "autoscaler");
+        .partition(|(rec, _)| rec.role == "autoscaler" || rec.role == "dashboard");
     rest.sort_by_key(|(rec, _)| rec.role == "gcs");
     let grace = Duration::from_secs(args.grace_period);
     let mut failed = 0;
@@ -547,6 +612,9 @@ fn stop_recorded((rec, path): (DaemonRecord, PathBuf), grace: Duration) -> bool 
             let _ = std::fs::remove_file(&path);
             if rec.role == "gcs" {
                 forget_head(&rec.address);
+            }
+            if rec.role == "dashboard" {
+                let _ = std::fs::remove_file(config::dashboard_token_file(&rec.address));
             }
             true
         }

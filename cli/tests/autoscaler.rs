@@ -276,6 +276,7 @@ impl Cluster {
             cmd.env("MINIRAY_TEST_DRAIN_PAUSE_FILE", self.drain_pause_hook());
         }
         cmd.env("MINIRAY_TMPDIR", &self.root)
+            .env("MINIRAY_DASHBOARD_PORT", "0")
             .env(
                 "MINIRAY_TEST_PROVIDER_LIST_FAILS_WHILE",
                 self.list_fails_hook(),
@@ -484,7 +485,8 @@ impl Cluster {
         records
     }
 
-    /// SIGKILLs the head's daemons (the GCS, its raylet, the autoscaler), as a crash would.
+    /// SIGKILLs the head's daemons (the GCS, its raylet, the autoscaler, the dashboard), as a
+    /// crash would.
     fn kill_head(&self) {
         let records = self.daemon_records();
         let head_session = records
@@ -497,7 +499,11 @@ impl Cluster {
             .filter(|r| r["session_dir"] == head_session)
             .filter_map(|r| r["pid"].as_u64().and_then(|p| u32::try_from(p).ok()))
             .collect();
-        assert_eq!(pids.len(), 3, "gcs, raylet and autoscaler: {records:?}");
+        assert_eq!(
+            pids.len(),
+            4,
+            "gcs, raylet, autoscaler and dashboard: {records:?}"
+        );
         for pid in &pids {
             // SAFETY: kill(2) on a daemon this test's cluster started.
             unsafe { libc::kill(*pid as i32, libc::SIGKILL) };

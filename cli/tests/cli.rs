@@ -45,6 +45,7 @@ impl Sandbox {
         let mut cmd = Command::new(MINIRAY);
         cmd.args(args)
             .env("MINIRAY_TMPDIR", &self.root)
+            .env("MINIRAY_DASHBOARD_PORT", "0")
             .env_remove("MINIRAY_ADDRESS")
             .env_remove("MINIRAY_TOKEN")
             .env_remove("MINIRAY_ROLE")
@@ -322,8 +323,8 @@ fn start_status_stop_a_two_node_cluster() {
     assert!(table.stdout.contains("/1 GPU"), "{}", table.describe());
 
     let daemons = sandbox.recorded_daemons();
-    // A GCS and a raylet for the head, a raylet for the worker node.
-    assert_eq!(daemons.len(), 3, "{daemons:?}");
+    // A GCS, a raylet and the dashboard for the head, a raylet for the worker node.
+    assert_eq!(daemons.len(), 4, "{daemons:?}");
     let sessions: Vec<String> = daemons.iter().map(|(_, s)| s.clone()).collect();
     assert_eq!(
         segments_of(&sessions).len(),
@@ -335,7 +336,7 @@ fn start_status_stop_a_two_node_cluster() {
     stop.assert_success();
     assert_eq!(
         stop.stdout.matches("Stopped ").count(),
-        3,
+        4,
         "{}",
         stop.describe()
     );

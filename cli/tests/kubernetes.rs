@@ -536,6 +536,26 @@ fn up_is_idempotent_and_down_then_up_works() {
             &format!("after down and up the driver got {done:?}"),
         );
     }
+    drop(driver);
+
+    // The same driver as a job: submitted to the head Service's dashboard port, it runs in
+    // the head Pod, and its output and exit status come back.
+    let exe = std::env::current_exe().expect("this test's executable");
+    let (ok, text) = cluster.miniray(&[
+        "job",
+        "submit",
+        "--address",
+        "http://demo-head.default.svc.cluster.local:8265",
+        "--",
+        &exe.to_string_lossy(),
+        "driver",
+        "tasks",
+        "2",
+        "100",
+    ]);
+    if !ok || !text.contains("done=2") {
+        fail(&cluster, &format!("the job on the head Pod:\n{text}"));
+    }
     cluster.down();
 }
 

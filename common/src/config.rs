@@ -110,6 +110,13 @@ pub fn token_file(gcs_address: &str) -> PathBuf {
     tmp_root().join("clusters").join(format!("{name}.token"))
 }
 
+/// Where `start --head` records the cluster token for its dashboard at `address`, so that
+/// `miniray job --address http://<address>` on this machine finds it. Not a [`token_file`]:
+/// those name clusters (`miniray status` lists them).
+pub fn dashboard_token_file(address: &str) -> PathBuf {
+    token_file(address).with_extension("dashboard-token")
+}
+
 /// The cluster token for `gcs_address`: `MINIRAY_TOKEN`, else the token file.
 pub fn find_token(gcs_address: &str) -> Option<String> {
     if let Ok(t) = std::env::var(env::TOKEN)

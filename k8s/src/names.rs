@@ -26,6 +26,8 @@ pub const MINIRAY_COMMAND: &str = "miniray";
 
 /// The head's GCS port (`miniray start --port`) unless the provider section says otherwise.
 pub const DEFAULT_GCS_PORT: u16 = 6379;
+/// The head's dashboard port (job submission): Ray's, and `miniray start`'s default.
+pub const DASHBOARD_PORT: u16 = 8265;
 pub const REDIS_PORT: u16 = 6379;
 
 /// Where the head Pod finds the cluster config (the ConfigMap, mounted).

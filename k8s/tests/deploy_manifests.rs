@@ -151,6 +151,8 @@ fn the_head_runs_gcs_raylet_and_autoscaler_behind_a_probe_and_a_service() {
             "$(MINIRAY_NODE_IP)",
             "--port",
             "6379",
+            "--dashboard-port",
+            "8265",
             "--autoscaling-config",
             "/etc/miniray/cluster.yaml",
             "--block"
@@ -158,8 +160,11 @@ fn the_head_runs_gcs_raylet_and_autoscaler_behind_a_probe_and_a_service() {
     );
     assert_eq!(c["readinessProbe"]["tcpSocket"]["port"], 6379);
     assert_eq!(
-        c["ports"][0],
-        json!({"name": "gcs", "containerPort": 6379, "protocol": "TCP"})
+        c["ports"],
+        json!([
+            {"name": "gcs", "containerPort": 6379, "protocol": "TCP"},
+            {"name": "dashboard", "containerPort": 8265, "protocol": "TCP"},
+        ])
     );
     let env = c["env"].as_array().expect("env");
     let var = |name: &str| {
@@ -195,7 +200,10 @@ fn the_head_runs_gcs_raylet_and_autoscaler_behind_a_probe_and_a_service() {
     assert_eq!(svc["spec"]["selector"], selector);
     assert_eq!(
         svc["spec"]["ports"],
-        json!([{"name": "gcs", "port": 6379, "targetPort": 6379, "protocol": "TCP"}])
+        json!([
+            {"name": "gcs", "port": 6379, "targetPort": 6379, "protocol": "TCP"},
+            {"name": "dashboard", "port": 8265, "targetPort": 8265, "protocol": "TCP"},
+        ])
     );
     let spec = ClusterSpec::parse(config("", "")).expect("valid");
     assert_eq!(spec.head_address(), "demo-head.rl.svc.cluster.local:6379");

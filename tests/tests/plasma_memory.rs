@@ -96,6 +96,7 @@ impl StartedCluster {
         let mut cmd = Command::new(program);
         cmd.args(args)
             .env("MINIRAY_TMPDIR", &self.root)
+            .env("MINIRAY_DASHBOARD_PORT", "0")
             .env("MINIRAY_ADDRESS", &self.address)
             .env_remove("MINIRAY_TOKEN")
             .env_remove("MINIRAY_ROLE");

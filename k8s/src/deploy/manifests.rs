@@ -202,8 +202,7 @@ pub fn build(spec: &ClusterSpec, secrets: &Secrets) -> Vec<Manifest> {
             spec,
             &names::redis(cluster),
             names::COMPONENT_REDIS,
-            "redis",
-            names::REDIS_PORT,
+            &[("redis", names::REDIS_PORT)],
         ));
     }
     // The head reads the config and the Secret only when it starts: their hash in its Pod
@@ -214,8 +213,10 @@ pub fn build(spec: &ClusterSpec, secrets: &Secrets) -> Vec<Manifest> {
         spec,
         &names::head_service(cluster),
         names::COMPONENT_HEAD,
-        "gcs",
-        spec.k8s.gcs_port,
+        &[
+            ("gcs", spec.k8s.gcs_port),
+            ("dashboard", names::DASHBOARD_PORT),
+        ],
     ));
     out
 }
@@ -251,14 +252,14 @@ fn secret(spec: &ClusterSpec, secrets: &Secrets) -> Manifest {
     )
 }
 
-/// A Service in front of the Pods of `component`, one named TCP port.
-fn service(
-    spec: &ClusterSpec,
-    name: &str,
-    component: &str,
-    port_name: &str,
-    port: u16,
-) -> Manifest {
+/// A Service in front of the Pods of `component`, with these named TCP ports.
+fn service(spec: &ClusterSpec, name: &str, component: &str, ports: &[(&str, u16)]) -> Manifest {
+    let ports: Vec<Value> = ports
+        .iter()
+        .map(|(port_name, port)| {
+            json!({"name": port_name, "port": port, "targetPort": port, "protocol": "TCP"})
+        })
+        .collect();
     object(
         Kind::Service,
         name,
@@ -267,7 +268,7 @@ fn service(
         json!({
             "spec": {
                 "selector": selector(spec.cluster_name(), component),
-                "ports": [{"name": port_name, "port": port, "targetPort": port, "protocol": "TCP"}],
+                "ports": ports,
             },
         }),
     )
@@ -350,6 +351,7 @@ fn miniray_env(cluster: &str, node_type: &str, tls: bool) -> Value {
 /// The head's command line: GCS, raylet and autoscaler in one foreground process.
 pub fn head_command(spec: &ClusterSpec) -> Vec<String> {
     let port = spec.k8s.gcs_port.to_string();
+    let dashboard_port = names::DASHBOARD_PORT.to_string();
     let mut cmd: Vec<String> = [
         names::MINIRAY_COMMAND,
         "start",
@@ -360,6 +362,8 @@ pub fn head_command(spec: &ClusterSpec) -> Vec<String> {
         "$(MINIRAY_NODE_IP)",
         "--port",
         &port,
+        "--dashboard-port",
+        &dashboard_port,
         "--autoscaling-config",
     ]
     .iter()
@@ -398,7 +402,10 @@ pub fn head_pod_template(spec: &ClusterSpec, inputs_hash: &str, tls: bool) -> Va
         "image": spec.k8s.image,
         "command": head_command(spec),
         "env": miniray_env(cluster, head_type, tls),
-        "ports": [{"name": "gcs", "containerPort": port, "protocol": "TCP"}],
+        "ports": [
+            {"name": "gcs", "containerPort": port, "protocol": "TCP"},
+            {"name": "dashboard", "containerPort": names::DASHBOARD_PORT, "protocol": "TCP"},
+        ],
         "readinessProbe": tcp_probe(json!(port)),
         "volumeMounts": [{"name": "config", "mountPath": names::CONFIG_DIR, "readOnly": true}],
     });
