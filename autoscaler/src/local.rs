@@ -572,6 +572,19 @@ mod tests {
         cmd.arg("60").env(CLOUD_INSTANCE_ID_ENV, &id);
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let mut child = cmd.spawn().unwrap();
+        // The record stands for a process started a while ago: wait until its environment
+        // is readable (the kernel sets it up after `spawn` returns, when under load).
+        let needle = format!("{CLOUD_INSTANCE_ID_ENV}={id}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !std::fs::read(format!("/proc/{}/environ", child.id()))
+            .is_ok_and(|e| e.windows(needle.len()).any(|w| w == needle.as_bytes()))
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the child's environment"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let record = NodeRecord {
             instance_id: id.clone(),
             cluster_name: "c".into(),
