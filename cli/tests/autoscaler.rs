@@ -11,7 +11,7 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -334,16 +334,7 @@ impl Cluster {
                     .expect("driver log"),
             ));
         let mut child = cmd.spawn().expect("start the driver");
-        let stdout = child.stdout.take().expect("piped");
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = support::harness::stdout_lines(&mut child);
         Driver { child, lines }
     }
 
@@ -571,18 +562,8 @@ struct Driver {
 impl Driver {
     /// The value of the next `key=` line, waiting up to `deadline`.
     fn value(&mut self, key: &str, deadline: Duration) -> String {
-        let end = Instant::now() + deadline;
-        loop {
-            let left = end.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(v) = line.strip_prefix(&format!("{key}=")) {
-                        return v.to_string();
-                    }
-                }
-                Err(_) => panic!("the driver printed no {key}= within {deadline:?}"),
-            }
-        }
+        support::harness::next_value(&self.lines, key, deadline)
+            .unwrap_or_else(|| panic!("the driver printed no {key}= within {deadline:?}"))
     }
 
     fn say(&mut self, line: &str) {

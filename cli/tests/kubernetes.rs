@@ -12,7 +12,7 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
@@ -76,33 +76,13 @@ impl Driver {
                     .expect("driver log"),
             ));
         let mut child = cmd.spawn().expect("start the driver");
-        let stdout = child.stdout.take().expect("piped");
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = support::harness::stdout_lines(&mut child);
         Driver { child, lines }
     }
 
     /// The value of the next `key=` line, if one comes before `deadline`.
     fn try_value(&mut self, key: &str, deadline: Duration) -> Option<String> {
-        let end = Instant::now() + deadline;
-        loop {
-            let left = end.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(v) = line.strip_prefix(&format!("{key}=")) {
-                        return Some(v.to_string());
-                    }
-                }
-                Err(_) => return None,
-            }
-        }
+        support::harness::next_value(&self.lines, key, deadline)
     }
 
     fn finished(&mut self) -> bool {

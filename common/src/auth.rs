@@ -75,13 +75,20 @@ impl Interceptor for TokenCheck {
             .get(TOKEN_METADATA_KEY)
             .map(|v| v.as_bytes())
             .unwrap_or_default();
-        // Fail closed: an empty expected token would otherwise admit requests without one.
-        if !self.expected.is_empty() && constant_time_eq(presented, &self.expected) {
+        if token_matches(&self.expected, presented) {
             Ok(req)
         } else {
             Err(ErrorCode::Unauthenticated.status("missing or wrong cluster token"))
         }
     }
+}
+
+/// Whether `presented` is the `expected` token, compared in constant time (for its length),
+/// so its bytes cannot be guessed one by one. Fails closed: an empty expected token would
+/// otherwise admit requests without one. Every server that checks the cluster token (gRPC,
+/// the dashboard's HTTP, the Kubernetes simulator's API) decides with this.
+pub fn token_matches(expected: &[u8], presented: &[u8]) -> bool {
+    !expected.is_empty() && constant_time_eq(presented, expected)
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

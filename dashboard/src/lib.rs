@@ -16,4 +16,4 @@ pub mod jobs;
 pub mod server;
 
 pub use jobs::{JobError, JobManager, JobRecord, JobStatus, ManagerConfig, SubmitRequest};
-pub use server::{DashboardConfig, serve};
+pub use server::serve;

@@ -55,13 +55,6 @@ pub async fn serve(
         .await
 }
 
-/// Where the dashboard listens and how it reaches the cluster.
-#[derive(Clone, Debug)]
-pub struct DashboardConfig {
-    pub bind: std::net::SocketAddr,
-    pub manager: crate::jobs::ManagerConfig,
-}
-
 fn router(token: String, jobs: JobManager) -> Router {
     let state = AppState { token, jobs };
     Router::new()
@@ -99,13 +92,7 @@ async fn authenticate(State(state): State<AppState>, request: Request, next: Nex
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
-    // Constant time in the token's length, so its bytes cannot be guessed one by one.
-    let ok = given.len() == state.token.len()
-        && given
-            .bytes()
-            .zip(state.token.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
+    let ok = miniray_common::auth::token_matches(state.token.as_bytes(), given.as_bytes());
     if !ok {
         return error(
             401,

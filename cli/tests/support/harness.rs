@@ -4,7 +4,43 @@
 
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
+use std::process::Child;
+use std::sync::mpsc::Receiver;
 use std::time::Instant;
+
+/// The lines `child` prints on its (piped) stdout, read on a thread of their own as they
+/// come, so a test can wait for one with a deadline.
+pub fn stdout_lines(child: &mut Child) -> Receiver<String> {
+    let stdout = child.stdout.take().expect("the child's stdout is piped");
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
+}
+
+/// The value of the next `key=VALUE` line of `lines`, if one comes within `deadline`.
+pub fn next_value(
+    lines: &Receiver<String>,
+    key: &str,
+    deadline: std::time::Duration,
+) -> Option<String> {
+    let end = Instant::now() + deadline;
+    let prefix = format!("{key}=");
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        let line = lines.recv_timeout(left).ok()?;
+        if let Some(v) = line.strip_prefix(&prefix) {
+            return Some(v.to_string());
+        }
+    }
+}
 
 /// A test: its name (positional arguments filter on it, as libtest's do) and its body.
 pub type Test = (&'static str, fn());

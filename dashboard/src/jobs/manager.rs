@@ -255,21 +255,21 @@ impl JobManager {
     /// Stops every running driver (SIGTERM, then SIGKILL after the grace period) and
     /// records them as FAILED: the head they ran on is stopping.
     pub async fn shutdown(&self) {
-        let pids: Vec<(String, u32)> = self
+        let pids: Vec<u32> = self
             .inner
             .running
             .lock()
-            .iter()
-            .filter_map(|(id, r)| Some((id.clone(), r.pid?)))
+            .values()
+            .filter_map(|r| r.pid)
             .collect();
-        for (_, pid) in &pids {
+        for pid in &pids {
             signal(*pid, libc::SIGTERM);
         }
         let deadline = tokio::time::Instant::now() + self.inner.cfg.stop_grace;
         while !self.inner.running.lock().is_empty() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        for (_, pid) in &pids {
+        for pid in &pids {
             signal(*pid, libc::SIGKILL);
         }
     }

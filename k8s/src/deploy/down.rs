@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use kube::api::{DeleteParams, DynamicObject, ListParams};
+use kube::api::{DeleteParams, DynamicObject};
 use tokio::time::Instant;
 
 use super::manifests::Kind;
@@ -85,16 +85,8 @@ pub async fn down(
         let api: Api<DynamicObject> =
             Api::namespaced_with(client.clone(), ns, &kind.api_resource());
         let mut targets: BTreeSet<String> = names_of(spec, kind).into_iter().collect();
-        let listed = api
-            .list(&ListParams::default().labels(&selector))
-            .await
-            .map_err(|e| DeployError::ApiList {
-                kind: kind.as_str(),
-                namespace: ns.to_string(),
-                selector: selector.clone(),
-                cause: Box::new(e),
-            })?;
-        targets.extend(listed.items.into_iter().filter_map(|o| o.metadata.name));
+        let listed = super::list_labelled(&api, kind.as_str(), ns, &selector).await?;
+        targets.extend(listed.into_iter().filter_map(|o| o.metadata.name));
         for name in targets {
             match api.delete(&name, &background).await {
                 Ok(_) => {
@@ -128,20 +120,12 @@ async fn wait_pods_gone(
     let started = Instant::now();
     let mut last: Vec<String> = Vec::new();
     loop {
-        let listed = pods
-            .list(&ListParams::default().labels(&selector))
-            .await
-            .map_err(|e| DeployError::ApiList {
-                kind: "Pod",
-                namespace: ns.to_string(),
-                selector: selector.clone(),
-                cause: Box::new(e),
-            })?;
-        if listed.items.is_empty() {
+        let listed = super::list_labelled(&pods, "Pod", ns, &selector).await?;
+        if listed.is_empty() {
             return Ok(());
         }
         let mut remaining = Vec::new();
-        for pod in &listed.items {
+        for pod in &listed {
             let Some(name) = pod.metadata.name.clone() else {
                 continue;
             };

@@ -427,6 +427,27 @@ pub async fn down(
     .await
 }
 
+/// The objects of `api` (in `namespace`) labelled `selector`; an error names `kind`.
+async fn list_labelled<K>(
+    api: &kube::Api<K>,
+    kind: &'static str,
+    namespace: &str,
+    selector: &str,
+) -> Result<Vec<K>, DeployError>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.list(&kube::api::ListParams::default().labels(selector))
+        .await
+        .map(|l| l.items)
+        .map_err(|e| DeployError::ApiList {
+            kind,
+            namespace: namespace.to_string(),
+            selector: selector.to_string(),
+            cause: Box::new(e),
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

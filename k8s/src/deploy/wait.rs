@@ -9,7 +9,6 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use kube::api::ListParams;
 use tokio::time::Instant;
 
 use super::{ClusterSpec, DeployError};
@@ -114,16 +113,8 @@ pub async fn head_ready(
         if deployment.as_ref().is_some_and(rolled_out) {
             return Ok(());
         }
-        let listed = pods
-            .list(&ListParams::default().labels(&selector))
-            .await
-            .map_err(|e| DeployError::ApiList {
-                kind: "Pod",
-                namespace: ns.to_string(),
-                selector: selector.clone(),
-                cause: Box::new(e),
-            })?;
-        let mut state: Vec<String> = listed.items.iter().map(pod_summary).collect();
+        let listed = super::list_labelled(&pods, "Pod", ns, &selector).await?;
+        let mut state: Vec<String> = listed.iter().map(pod_summary).collect();
         state.sort();
         let state = match (&deployment, state.is_empty()) {
             (None, _) => "the head Deployment is gone".to_string(),
