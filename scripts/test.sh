@@ -18,8 +18,9 @@ install_if_missing() {
 install_if_missing redis-server redis-server "the GCS Redis backend is tested against a real one"
 install_if_missing ip iproute2 "the multi-host tests put each host in a network namespace"
 install_if_missing kubectl kubernetes-client "the Kubernetes simulator is checked with kubectl get and delete"
-# The harness starts its own redis-server on free loopback ports; a packaged service that
-# may have auto-started is not used.
+install_if_missing promtool prometheus "every metrics endpoint is checked with promtool and scraped by a real Prometheus"
+# The harness starts its own redis-server, and the metrics test its own prometheus, on free
+# loopback ports; a packaged service that may have auto-started is not used.
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

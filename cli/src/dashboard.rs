@@ -113,7 +113,7 @@ pub fn run(args: DashboardArgs) -> anyhow::Result<()> {
                 state_dir: args.state_dir.clone(),
                 stop_grace: JOB_STOP_GRACE,
             },
-            gcs,
+            gcs.clone(),
         )
         .await
         .context("starting the job manager")?;
@@ -124,9 +124,19 @@ pub fn run(args: DashboardArgs) -> anyhow::Result<()> {
         let port = listener.local_addr().context("the bound address")?.port();
         std::fs::write(args.state_dir.join("port"), port.to_string())
             .context("writing the port file")?;
-        tracing::info!(address = %bind, port, gcs = %args.address, "dashboard listening");
+        tracing::info!(address = %bind, port, gcs = %args.address, tls = tls::current().is_some(), "dashboard listening");
+        let https = tls::current()
+            .map(|t| t.https_server_config())
+            .transpose()
+            .context("the dashboard's TLS")?;
         let stop = crate::autoscaler::stop_requested(args.exit_with_parent);
-        miniray_dashboard::serve(listener, args.token.clone(), manager.clone(), stop)
+        let options = miniray_dashboard::ServeOptions {
+            tls: https,
+            token: args.token.clone(),
+            gcs,
+            host: args.host.clone(),
+        };
+        miniray_dashboard::serve(listener, options, manager.clone(), stop)
             .await
             .context("serving")?;
         manager.shutdown().await;

@@ -10,19 +10,23 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use miniray_common::tls;
 use serde_json::{Value, json};
 
 /// The dashboard of a head started on this machine with the defaults.
-const DEFAULT_ADDRESS: &str = "http://127.0.0.1:8265";
+const DEFAULT_AUTHORITY: &str = "127.0.0.1:8265";
 
 #[derive(Args)]
 pub struct ApiArgs {
-    /// The head's dashboard, `http://HOST:PORT`.
-    #[arg(long, env = "MINIRAY_DASHBOARD_ADDRESS", default_value = DEFAULT_ADDRESS)]
-    address: String,
+    /// The head's dashboard, `http://HOST:PORT`, or `https://HOST:PORT` when the cluster
+    /// uses TLS (then `MINIRAY_TLS_CERT`, `_KEY` and `_CA` name this machine's files).
+    /// Default: the port 8265 of this machine, https when `MINIRAY_TLS_*` are set.
+    #[arg(long, env = "MINIRAY_DASHBOARD_ADDRESS")]
+    address: Option<String>,
     /// Cluster token (default: `MINIRAY_TOKEN`, else the one `start --head` recorded on
     /// this machine for that address).
     #[arg(long, env = "MINIRAY_TOKEN", hide_env_values = true)]
@@ -295,17 +299,30 @@ fn check(status: u16, body: &[u8]) -> anyhow::Result<()> {
 struct Api {
     base: String,
     token: String,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 impl Api {
     fn new(args: &ApiArgs) -> anyhow::Result<Api> {
-        let base = args.address.trim_end_matches('/').to_string();
-        let Some(authority) = base.strip_prefix("http://") else {
-            bail!("--address {:?}: give http://HOST:PORT", args.address);
+        tls::install_from_env().context("MINIRAY_TLS_*")?;
+        let address = args.address.clone().unwrap_or_else(|| {
+            let scheme = if tls::current().is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://{DEFAULT_AUTHORITY}")
+        });
+        let base = address.trim_end_matches('/').to_string();
+        let usage = || format!("--address {address:?}: give http://HOST:PORT or https://HOST:PORT");
+        let (https, authority) = match (base.strip_prefix("https://"), base.strip_prefix("http://"))
+        {
+            (Some(authority), _) => (true, authority),
+            (None, Some(authority)) => (false, authority),
+            (None, None) => bail!(usage()),
         };
         if authority.is_empty() || authority.contains('/') {
-            bail!("--address {:?}: give http://HOST:PORT", args.address);
+            bail!(usage());
         }
         let token = args
             .token
@@ -320,7 +337,33 @@ impl Api {
             .with_context(|| {
                 format!("no token for {authority}: pass --token or set MINIRAY_TOKEN")
             })?;
-        let client = Client::builder(TokioExecutor::new()).build_http();
+        let tls_config = match tls::current() {
+            Some(material) => material.https_client_config().context("MINIRAY_TLS_*")?,
+            None if https => bail!(
+                "{address} uses TLS: set MINIRAY_TLS_CERT, MINIRAY_TLS_KEY and MINIRAY_TLS_CA \
+                 to the cluster's certificate files"
+            ),
+            // Never used: plain http.
+            None => rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .context("TLS defaults")?
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth(),
+        };
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        // Node certificates name `miniray`, not the address dialed (see `common::tls`).
+        let server_name = rustls_pki_types::ServerName::try_from(tls::SERVER_NAME)
+            .context("the TLS server name")?;
+        let connector = HttpsConnector::new(
+            http,
+            tls_config,
+            https,
+            std::sync::Arc::new(FixedServerNameResolver::new(server_name)),
+        );
+        let client = Client::builder(TokioExecutor::new()).build(connector);
         Ok(Api {
             base,
             token,
@@ -348,10 +391,16 @@ impl Api {
         let request = request
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .context("building the request")?;
-        self.client
-            .request(request)
-            .await
-            .with_context(|| format!("reaching the head at {}", self.base))
+        self.client.request(request).await.with_context(|| {
+            if self.base.starts_with("http://") && tls::current().is_some() {
+                format!(
+                    "reaching the head at {} (a cluster that uses TLS serves https://)",
+                    self.base
+                )
+            } else {
+                format!("reaching the head at {}", self.base)
+            }
+        })
     }
 
     async fn request(

@@ -83,6 +83,8 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
     }
     // Checked before anything is applied.
     let tls = TlsPem::from_env()?;
+    // The head serves its dashboard over the cluster's TLS when it has one.
+    let dashboard_scheme = if tls.is_some() { "https" } else { "http" };
     // As `start --head`: a token given in MINIRAY_TOKEN is the cluster's, the first time.
     let given_token = std::env::var(miniray_common::config::env::TOKEN)
         .ok()
@@ -114,7 +116,9 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
     crate::start::record_head(&address, &token)?;
     let dashboard = dashboard_address(&spec);
     crate::start::record_dashboard(&dashboard, &token)?;
-    eprintln!("Submit jobs with: miniray job submit --address http://{dashboard} -- ./driver");
+    eprintln!(
+        "Submit jobs with: miniray job submit --address {dashboard_scheme}://{dashboard} -- ./driver"
+    );
     eprintln!(
         "The head is ready. Drivers and `miniray status` on this machine find its token; \
          elsewhere set MINIRAY_TOKEN (kubectl get secret -n {} {} -o jsonpath='{{.data.token}}' | base64 -d).",

@@ -89,6 +89,13 @@ pub struct StartArgs {
     /// starts without a dashboard and says so].
     #[arg(long, env = "MINIRAY_DASHBOARD_PORT")]
     dashboard_port: Option<u16>,
+    /// Port of this node's Prometheus endpoint (the raylet's `/metrics`, on the node IP;
+    /// 0: any free port). The head's `/api/prometheus/sd` lists every node's.
+    #[arg(long, default_value_t = 0)]
+    metrics_port: u16,
+    /// Port of the head GCS's Prometheus endpoint (on `--host`; 0: any free port).
+    #[arg(long, default_value_t = 0, requires = "head")]
+    gcs_metrics_port: u16,
 }
 
 /// The dashboard's port when `--dashboard-port` is not given (Ray's).
@@ -232,6 +239,7 @@ pub fn start(args: StartArgs) -> anyhow::Result<()> {
                 node_timeout_ms: args.node_timeout_ms,
                 max_destroyed_actors: Some(args.max_destroyed_actors),
                 tls: tls.clone(),
+                metrics_port: Some(args.gcs_metrics_port),
             }),
             &logs.join("gcs.err"),
             attached,
@@ -281,6 +289,7 @@ pub fn start(args: StartArgs) -> anyhow::Result<()> {
         cloud_instance_id: non_empty_env(config::env::CLOUD_INSTANCE_ID),
         node_type: non_empty_env(config::env::NODE_TYPE),
         num_cpus,
+        metrics_port: Some(args.metrics_port),
     };
     let segment = raylet_spec.segment_path();
     let raylet = spawn(
@@ -325,9 +334,10 @@ pub fn start(args: StartArgs) -> anyhow::Result<()> {
                     session_dir: session_dir.clone(),
                     segment: None,
                 })?;
-                // `miniray job --address http://<address>` finds the token by it.
+                // `miniray job --address http(s)://<address>` finds the token by it.
                 record_dashboard(&address, &token)?;
-                dashboard_url = Some(format!("http://{address}"));
+                let scheme = if tls.is_some() { "https" } else { "http" };
+                dashboard_url = Some(format!("{scheme}://{address}"));
                 children.push(("dashboard".into(), child));
             }
             Err(e) if args.dashboard_port.is_none() => {

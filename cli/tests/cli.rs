@@ -681,7 +681,15 @@ fn tls_init_writes_private_keys_never_overwrites_and_its_files_start_a_tls_head(
     let address = format!("127.0.0.1:{port}");
     let head = ["start", "--head", "--port", &port, "--num-cpus", "1"];
     let tls_flags = ["--tls-cert", &cert, "--tls-key", &key, "--tls-ca", &ca];
-    sandbox.run(&[head, tls_flags].concat()).assert_success();
+    let started = sandbox.run(&[head, tls_flags].concat());
+    started.assert_success();
+    let with_tls = |args: &[&str]| {
+        let mut cmd = sandbox.command(args);
+        cmd.env("MINIRAY_TLS_CERT", &cert)
+            .env("MINIRAY_TLS_KEY", &key)
+            .env("MINIRAY_TLS_CA", &ca);
+        run_to_end(cmd, args)
+    };
     let status_args = ["status", "--address", &address];
     poll("status over TLS", CLUSTER_DEADLINE, || {
         let mut cmd = sandbox.command(&status_args);
@@ -697,6 +705,37 @@ fn tls_init_writes_private_keys_never_overwrites_and_its_files_start_a_tls_head(
     });
     let plain = sandbox.run(&status_args);
     assert!(!plain.success, "{}", plain.describe());
+
+    // The dashboard port speaks TLS too: a job runs through it with the files, and nothing
+    // gets in without them or over plain HTTP.
+    let dashboard = started
+        .stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("dashboard:"))
+        .map(|url| url.trim().to_string())
+        .unwrap_or_else(|| panic!("start names no dashboard:\n{}", started.describe()));
+    assert!(dashboard.starts_with("https://"), "{}", started.describe());
+    let submit = ["job", "submit", "--address", &dashboard, "--", "/bin/true"];
+    let job = with_tls(&submit);
+    job.assert_success();
+    assert!(job.stderr.contains("SUCCEEDED"), "{}", job.describe());
+    let list = with_tls(&["job", "list", "--address", &dashboard]);
+    list.assert_success();
+    let no_files = sandbox.run(&["job", "list", "--address", &dashboard]);
+    assert!(!no_files.success, "{}", no_files.describe());
+    assert!(
+        no_files.stderr.contains("MINIRAY_TLS_CERT"),
+        "{}",
+        no_files.describe()
+    );
+    let http = dashboard.replacen("https://", "http://", 1);
+    let plain_http = with_tls(&["job", "list", "--address", &http]);
+    assert!(!plain_http.success, "{}", plain_http.describe());
+    assert!(
+        plain_http.stderr.contains("serves https://"),
+        "{}",
+        plain_http.describe()
+    );
 }
 
 #[test]

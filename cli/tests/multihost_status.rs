@@ -79,6 +79,7 @@ fn status_from_another_host_lists_each_node_with_its_own_ip() {
             node_timeout_ms: 10_000,
             max_destroyed_actors: None,
             tls: None,
+            metrics_port: None,
         }),
         &session_dir.join("logs/gcs.err"),
     );
@@ -102,6 +103,7 @@ fn status_from_another_host_lists_each_node_with_its_own_ip() {
                 session_dir: session_dir.clone(),
                 plasma_dir: None,
                 tls: None,
+                metrics_port: None,
                 cloud_instance_id: None,
                 node_type: None,
                 num_cpus: None,

@@ -7,8 +7,10 @@
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod https;
 pub mod ids;
 pub mod logging;
+pub mod metrics;
 pub mod net;
 pub mod netns;
 pub mod probe;

@@ -231,6 +231,63 @@ impl Tls {
         self.files.as_ref()
     }
 
+    /// The dashboard port's TLS (HTTP/1.1 and HTTP/2 by ALPN): our certificate; a client
+    /// certificate is optional, because browsers open the dashboard, but one that is
+    /// presented must be from the CA. The cluster token authenticates every request.
+    pub fn https_server_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let config_error = |e: rustls::Error| TlsError::Config(e.to_string());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let roots = Arc::new(self.root_store()?);
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| TlsError::Config(e.to_string()))?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(config_error)?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.cert_chain()?, self.private_key()?)
+            .map_err(config_error)?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// A client of the dashboard port: checks the server against the CA (under
+    /// [`SERVER_NAME`], which the caller must ask for) and presents our certificate.
+    pub fn https_client_config(&self) -> Result<rustls::ClientConfig, TlsError> {
+        let config_error = |e: rustls::Error| TlsError::Config(e.to_string());
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(config_error)?
+        .with_root_certificates(self.root_store()?)
+        .with_client_auth_cert(self.cert_chain()?, self.private_key()?)
+        .map_err(config_error)
+    }
+
+    fn root_store(&self) -> Result<rustls::RootCertStore, TlsError> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&self.pem.ca) {
+            let cert = cert.map_err(|e| TlsError::Config(e.to_string()))?;
+            roots
+                .add(cert)
+                .map_err(|e| TlsError::Config(e.to_string()))?;
+        }
+        Ok(roots)
+    }
+
+    fn cert_chain(&self) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+        CertificateDer::pem_slice_iter(&self.pem.cert)
+            .collect::<Result<_, _>>()
+            .map_err(|e| TlsError::Config(e.to_string()))
+    }
+
+    fn private_key(&self) -> Result<PrivateKeyDer<'static>, TlsError> {
+        PrivateKeyDer::from_pem_slice(&self.pem.key).map_err(|e| TlsError::Config(e.to_string()))
+    }
+
     /// A server builder that demands client certificates from the CA.
     pub(crate) fn server(&self) -> Server {
         self.server.clone()

@@ -17,6 +17,9 @@
 use std::time::Duration;
 
 use tonic::transport::{Endpoint, Server};
+use tower_layer::{Identity, Stack};
+
+use crate::metrics::RpcMetricsLayer;
 
 use crate::auth::AuthError;
 use crate::tls;
@@ -32,10 +35,11 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const STREAM_WINDOW: u32 = 8 << 20;
 const CONNECTION_WINDOW: u32 = 32 << 20;
 
-/// The builder of every miniray server: keepalive, windows, and this process's TLS
-/// setting. Servers that accept sockets themselves must still set `TCP_NODELAY` on them
-/// (tonic's option only covers listeners it binds).
-pub fn server_builder() -> Server {
+/// The builder of every miniray server: keepalive, windows, this process's TLS setting,
+/// and the RPC latency histograms ([`crate::metrics`]). Servers that accept sockets
+/// themselves must still set `TCP_NODELAY` on them (tonic's option only covers listeners it
+/// binds).
+pub fn server_builder() -> Server<Stack<RpcMetricsLayer, Identity>> {
     tls::current()
         .map_or_else(Server::builder, tls::Tls::server)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
@@ -43,6 +47,7 @@ pub fn server_builder() -> Server {
         .initial_stream_window_size(Some(STREAM_WINDOW))
         .initial_connection_window_size(Some(CONNECTION_WINDOW))
         .tcp_nodelay(true)
+        .layer(RpcMetricsLayer)
 }
 
 /// The endpoint of every client channel to `address` (`HOST:PORT`, or a URI): keepalive,

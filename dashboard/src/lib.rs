@@ -7,13 +7,16 @@
 //! - [`server`]: the HTTP routes, each behind the cluster token (`Authorization: Bearer`).
 //!
 //! - [`executables`]: the driver executables users uploaded, by content.
+//! - [`metrics`]: the dashboard's own metrics (jobs by state) and the cluster's Prometheus
+//!   service discovery.
 //!
 //! Layering: above `miniray-proto` and `miniray-common`, below `miniray-cli`, which runs it
 //! as `miniray dashboard` beside the head's GCS.
 
 pub mod executables;
 pub mod jobs;
+pub mod metrics;
 pub mod server;
 
 pub use jobs::{JobError, JobManager, JobRecord, JobStatus, ManagerConfig, SubmitRequest};
-pub use server::serve;
+pub use server::{ServeOptions, serve};

@@ -5,6 +5,8 @@
 //! | route | |
 //! |---|---|
 //! | `GET /api/version` | `{"version"}` |
+//! | `GET /metrics` | jobs by state (Prometheus) |
+//! | `GET /api/prometheus/sd` | the cluster's metrics endpoints (Prometheus file_sd / http_sd) |
 //! | `GET /api/executables/{hash}` | 200 if the head has it, else 404 |
 //! | `PUT /api/executables/{hash}` | the executable's bytes, checked against the hash |
 //! | `POST /api/jobs/` | a [`SubmitRequest`]; `{"submission_id", "job_id"}` |
@@ -28,6 +30,9 @@ use axum::routing::get;
 use futures::StreamExt;
 use serde_json::json;
 
+use miniray_common::auth::AuthedChannel;
+use miniray_proto::gcs_client::GcsClient;
+
 use crate::executables::is_hash;
 use crate::jobs::{JobError, JobManager, SubmitRequest};
 
@@ -41,24 +46,57 @@ const TAIL_POLL: Duration = Duration::from_millis(200);
 struct AppState {
     token: String,
     jobs: JobManager,
+    gcs: GcsClient<AuthedChannel>,
+    /// The host and port this server listens on, for the service discovery.
+    listen: (String, u16),
 }
 
-/// Serves the routes on `listener` until `shutdown` resolves.
+/// How the dashboard serves.
+pub struct ServeOptions {
+    /// The cluster's TLS, when it uses TLS.
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    pub token: String,
+    /// The GCS, for the cluster's metrics targets.
+    pub gcs: GcsClient<AuthedChannel>,
+    /// The host the listener is bound to (its own target in the service discovery).
+    pub host: String,
+}
+
+/// Serves the routes on `listener` until `shutdown` resolves: over TLS with `options.tls`
+/// (the cluster's, when it uses TLS), else plain HTTP.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    token: String,
+    options: ServeOptions,
     jobs: JobManager,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(token, jobs))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let port = listener.local_addr()?.port();
+    let state = AppState {
+        token: options.token,
+        jobs,
+        gcs: options.gcs,
+        listen: (options.host, port),
+    };
+    let router = router(state);
+    match options.tls {
+        Some(config) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(config);
+            miniray_common::https::serve_tls(listener, acceptor, router, shutdown).await;
+            Ok(())
+        }
+        None => {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
 }
 
-fn router(token: String, jobs: JobManager) -> Router {
-    let state = AppState { token, jobs };
+fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/version", get(version))
+        .route("/metrics", get(metrics))
+        .route("/api/prometheus/sd", get(prometheus_sd))
         .route(
             "/api/executables/{hash}",
             get(has_executable).put(put_executable),
@@ -71,6 +109,26 @@ fn router(token: String, jobs: JobManager) -> Router {
         .route("/api/jobs/{id}/stop", axum::routing::post(stop_job))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state)
+}
+
+/// `GET /metrics`: jobs by state, in the format the scraper asks for.
+async fn metrics(State(state): State<AppState>, headers: http::HeaderMap) -> Response {
+    match state.jobs.list().await {
+        Ok(records) => {
+            miniray_common::metrics::reply(&crate::metrics::jobs_registry(&records), &headers)
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `GET /api/prometheus/sd`: every metrics endpoint of the cluster, as Prometheus's
+/// file_sd / http_sd target groups.
+async fn prometheus_sd(State(state): State<AppState>) -> Response {
+    let (host, port) = &state.listen;
+    match crate::metrics::targets(state.gcs.clone(), (host, *port)).await {
+        Ok(groups) => axum::Json(groups).into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 fn error(status: u16, message: impl Into<String>) -> Response {

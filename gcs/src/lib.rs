@@ -13,6 +13,7 @@ pub mod testing;
 mod actors;
 mod autoscaling;
 mod driver_monitor;
+mod metrics;
 mod service;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -57,6 +58,9 @@ pub struct GcsConfig {
     /// Dead actors kept in the actor table (and storage) so callers learn why an actor
     /// died; older ones are forgotten first. Live actors are never forgotten.
     pub max_destroyed_actors: usize,
+    /// Serve Prometheus metrics (`/metrics`) on this port of the bind address (0: any free
+    /// port); `None`: no metrics endpoint.
+    pub metrics_port: Option<u16>,
 }
 
 /// Default of [`GcsConfig::max_destroyed_actors`] (Ray's
@@ -73,6 +77,7 @@ impl GcsConfig {
             node_timeout: DEFAULT_NODE_TIMEOUT,
             session_name: format!("session_{}", miniray_common::time::now_ms()),
             max_destroyed_actors: DEFAULT_MAX_DESTROYED_ACTORS,
+            metrics_port: None,
         }
     }
 }
@@ -149,8 +154,33 @@ impl GcsServer {
         // server: they watch the same shutdown signal).
         actors::supervisor::resume(&state).await;
 
+        let metrics_address = match cfg.metrics_port {
+            Some(port) => {
+                let bind = SocketAddr::new(cfg.bind.ip(), port);
+                let listener = TcpListener::bind(bind)
+                    .await
+                    .map_err(|source| GcsError::Bind { addr: bind, source })?;
+                let metrics_address = listener
+                    .local_addr()
+                    .map_err(|source| GcsError::Bind { addr: bind, source })?;
+                let registry = Arc::new(metrics::registry(state.clone()));
+                let mut stop = shutdown_rx.clone();
+                let token = cfg.token.clone();
+                tokio::spawn(async move {
+                    let shutdown = async move { stopped(&mut stop).await };
+                    if let Err(e) =
+                        miniray_common::metrics::serve(listener, registry, &token, shutdown).await
+                    {
+                        tracing::warn!(error = %e, "the metrics endpoint stopped");
+                    }
+                });
+                Some(metrics_address)
+            }
+            None => None,
+        };
         let grpc = GcsGrpcServer::new(GcsService {
             state: state.clone(),
+            metrics_address,
         })
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
@@ -178,6 +208,7 @@ impl GcsServer {
         tracing::info!(%address, session = %cfg.session_name, node_timeout_ms = cfg.node_timeout.as_millis() as u64, "gcs listening");
         Ok(GcsHandle {
             address,
+            metrics_address,
             shutdown: Arc::new(shutdown_tx),
             server,
             health,
@@ -189,6 +220,7 @@ impl GcsServer {
 /// without waiting for it; [`GcsHandle::shutdown`] stops it and waits.
 pub struct GcsHandle {
     address: SocketAddr,
+    metrics_address: Option<SocketAddr>,
     shutdown: Arc<watch::Sender<bool>>,
     server: JoinHandle<Result<(), String>>,
     health: JoinHandle<()>,
@@ -198,6 +230,11 @@ impl GcsHandle {
     /// The address the server is bound to.
     pub fn address(&self) -> SocketAddr {
         self.address
+    }
+
+    /// Where the GCS serves Prometheus metrics, if it does.
+    pub fn metrics_address(&self) -> Option<SocketAddr> {
+        self.metrics_address
     }
 
     /// Something that stops the server from elsewhere while [`GcsHandle::wait`] runs.
@@ -224,6 +261,7 @@ impl GcsHandle {
     async fn finish(self) -> Result<(), GcsError> {
         let GcsHandle {
             address,
+            metrics_address: _,
             shutdown,
             server,
             health,

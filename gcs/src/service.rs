@@ -263,6 +263,16 @@ impl GcsState {
         self.shutdown.clone()
     }
 
+    /// Every node the table holds, dead ones included.
+    pub(crate) fn node_infos(&self) -> Vec<NodeInfo> {
+        self.nodes.lock().values().map(|e| e.info.clone()).collect()
+    }
+
+    /// The autoscaler's latest report, if one came.
+    pub(crate) fn autoscaling_report(&self) -> Option<miniray_proto::AutoscalingState> {
+        self.autoscaling.report()
+    }
+
     /// Nodes that take new work (ALIVE; not draining, not dead).
     pub(crate) async fn alive_nodes(&self) -> Vec<NodeInfo> {
         self.nodes
@@ -617,6 +627,8 @@ type PubStream = Pin<Box<dyn Stream<Item = Result<PubMessage, Status>> + Send>>;
 /// The tonic service: a thin shell over [`GcsState`].
 pub(crate) struct GcsService {
     pub(crate) state: Arc<GcsState>,
+    /// This GCS's own `/metrics` endpoint, if it serves one.
+    pub(crate) metrics_address: Option<std::net::SocketAddr>,
 }
 
 #[tonic::async_trait]
@@ -1083,6 +1095,15 @@ impl Gcs for GcsService {
     ) -> Result<Response<GetAutoscalingStateReply>, Status> {
         Ok(Response::new(GetAutoscalingStateReply {
             state: self.state.autoscaling.report(),
+        }))
+    }
+
+    async fn get_metrics_targets(
+        &self,
+        _request: Request<miniray_proto::GetMetricsTargetsRequest>,
+    ) -> Result<Response<miniray_proto::GetMetricsTargetsReply>, Status> {
+        Ok(Response::new(miniray_proto::GetMetricsTargetsReply {
+            targets: crate::metrics::targets(&self.state, self.metrics_address),
         }))
     }
 

@@ -52,6 +52,9 @@ pub struct RayletConfig {
     pub node_type: Option<String>,
     /// CPUs given explicitly, 0 included; `None`: `resources`' CPU, else the core count.
     pub num_cpus: Option<f64>,
+    /// Serve Prometheus metrics (`/metrics`) on this port of `bind_host` (0: any free
+    /// port); `None`: no metrics endpoint.
+    pub metrics_port: Option<u16>,
 }
 
 impl RayletConfig {
@@ -117,6 +120,7 @@ impl Default for RayletConfig {
             cloud_instance_id: None,
             node_type: None,
             num_cpus: None,
+            metrics_port: None,
         }
     }
 }

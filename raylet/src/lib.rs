@@ -21,6 +21,7 @@ pub mod config;
 pub mod error;
 pub mod executable_cache;
 mod heartbeat;
+mod metrics;
 mod node;
 pub mod object_manager;
 mod owner_liveness;
@@ -163,6 +164,30 @@ impl Raylet {
             host,
             port: u32::from(local.port()),
         };
+        let metrics_listener = match cfg.metrics_port {
+            Some(port) => {
+                let bind = miniray_common::net::host_port(&cfg.bind_host, port);
+                Some(
+                    tokio::net::TcpListener::bind(&bind)
+                        .await
+                        .map_err(|source| RayletError::Bind {
+                            address: bind.clone(),
+                            source,
+                        })?,
+                )
+            }
+            None => None,
+        };
+        let metrics_port = match &metrics_listener {
+            Some(l) => l
+                .local_addr()
+                .map_err(|source| RayletError::Bind {
+                    address: cfg.bind_host.clone(),
+                    source,
+                })?
+                .port(),
+            None => 0,
+        };
         let (shutdown_tx, _) = watch::channel(false);
         let node = Arc::new(Node::new(
             cfg.clone(),
@@ -173,7 +198,23 @@ impl Raylet {
             objects,
             gcs,
             shutdown_tx,
+            metrics_port,
         ));
+        if let Some(listener) = metrics_listener {
+            let registry = Arc::new(metrics::registry(Arc::clone(&node)));
+            let mut signal = node.shutdown_signal();
+            let token = cfg.token.clone();
+            tokio::spawn(async move {
+                let shutdown = async move {
+                    let _ = signal.wait_for(|s| *s).await;
+                };
+                if let Err(e) =
+                    miniray_common::metrics::serve(listener, registry, &token, shutdown).await
+                {
+                    tracing::warn!(error = %e, "the metrics endpoint stopped");
+                }
+            });
+        }
 
         let server = {
             let svc = RayletServer::new(server::RayletService {

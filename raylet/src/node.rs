@@ -23,6 +23,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use miniray_common::auth::AuthedChannel;
@@ -96,6 +97,11 @@ pub(crate) struct Node {
     /// When the raylet started: a node that never held a primary copy is idle since then
     /// as far as copies go.
     started: Instant,
+    /// Where this raylet serves `/metrics` (0: nowhere); reported in its `NodeInfo`.
+    pub metrics_port: u16,
+    /// Lease requests answered with a grant, and with a spill to another node.
+    pub leases_granted: AtomicU64,
+    pub leases_spilled: AtomicU64,
 }
 
 pub(crate) fn invalid(e: impl std::fmt::Display) -> Status {
@@ -113,6 +119,7 @@ impl Node {
         objects: Arc<ObjectManager>,
         gcs: GcsClient<AuthedChannel>,
         shutdown_tx: watch::Sender<bool>,
+        metrics_port: u16,
     ) -> Self {
         Self {
             node_id: cfg.node_id,
@@ -132,6 +139,9 @@ impl Node {
             stop_reason: parking_lot::Mutex::new(None),
             drained: parking_lot::Mutex::new(None),
             started: Instant::now(),
+            metrics_port,
+            leases_granted: AtomicU64::new(0),
+            leases_spilled: AtomicU64::new(0),
         }
     }
 
@@ -261,9 +271,12 @@ impl Node {
             Err(mut guard) => guard.wait().await?,
         };
         match outcome {
-            Outcome::Spill(addr) => Ok(RequestWorkerLeaseReply {
-                outcome: Some(WireOutcome::Spillback(addr)),
-            }),
+            Outcome::Spill(addr) => {
+                self.leases_spilled.fetch_add(1, Ordering::Relaxed);
+                Ok(RequestWorkerLeaseReply {
+                    outcome: Some(WireOutcome::Spillback(addr)),
+                })
+            }
             Outcome::Granted(lease_id) => {
                 let mut guard = LeaseGuard {
                     node: Arc::clone(self),
@@ -282,6 +295,7 @@ impl Node {
                     return Err(ErrorCode::Unavailable.status("the lease was revoked"));
                 }
                 guard.armed = false;
+                self.leases_granted.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(lease_id = %lease_id, worker_id = %worker.worker_id, job_id = %job_id, "granted lease");
                 Ok(RequestWorkerLeaseReply {
                     outcome: Some(WireOutcome::Granted(LeaseGrant {
@@ -554,6 +568,7 @@ impl Node {
             node_type: self.cfg.node_type.clone().unwrap_or_default(),
             idle_duration_ms: u64::try_from(idle.idle_for.as_millis()).unwrap_or(u64::MAX),
             busy_reasons: idle.busy_reasons,
+            metrics_port: u32::from(self.metrics_port),
         }
     }
 

@@ -27,6 +27,7 @@ fn gcs_against(redis_url: &str) -> (bool, String, Duration) {
         node_timeout_ms: 10_000,
         max_destroyed_actors: None,
         tls: None,
+        metrics_port: None,
     });
     let start = Instant::now();
     let mut child = Command::new(DRIVER)

@@ -23,4 +23,5 @@ pub fn free_port() -> u16 {
     }
 }
 pub mod harness;
+pub mod head;
 pub mod k8s;

@@ -54,6 +54,9 @@ pub struct GcsSpec {
     /// Mutual TLS for the daemon's server and its calls (`None`: plaintext).
     #[serde(default)]
     pub tls: Option<TlsFiles>,
+    /// Port of the Prometheus endpoint (0: any free one); `None`: no endpoint.
+    #[serde(default)]
+    pub metrics_port: Option<u16>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -88,6 +91,9 @@ pub struct RayletSpec {
     /// type without CPUs); `None`: the `CPU` of `resources`, else the core count.
     #[serde(default)]
     pub num_cpus: Option<f64>,
+    /// Port of the Prometheus endpoint on the node IP (0: any free one); `None`: none.
+    #[serde(default)]
+    pub metrics_port: Option<u16>,
 }
 
 impl RayletSpec {
@@ -322,6 +328,7 @@ async fn run_daemon(spec: DaemonSpec, exit_with_parent: bool) -> i32 {
                 max_destroyed_actors: s
                     .max_destroyed_actors
                     .unwrap_or(miniray_gcs::DEFAULT_MAX_DESTROYED_ACTORS),
+                metrics_port: s.metrics_port,
             };
             match miniray_gcs::GcsServer::start(cfg).await {
                 Ok(h) => {
@@ -354,6 +361,7 @@ async fn run_daemon(spec: DaemonSpec, exit_with_parent: bool) -> i32 {
             cfg.cloud_instance_id = s.cloud_instance_id;
             cfg.node_type = s.node_type;
             cfg.num_cpus = s.num_cpus;
+            cfg.metrics_port = s.metrics_port;
             match miniray_raylet::Raylet::start(cfg).await {
                 Ok(h) => {
                     let trigger = h.shutdown_trigger();
@@ -456,6 +464,7 @@ impl LocalCluster {
                 node_timeout_ms: miniray_common::config::DEFAULT_NODE_TIMEOUT.as_millis() as u64,
                 max_destroyed_actors: None,
                 tls: tls.clone(),
+                metrics_port: None,
             }),
             &logs.join("gcs.err"),
             true,
@@ -485,6 +494,7 @@ impl LocalCluster {
                 cloud_instance_id: None,
                 node_type: None,
                 num_cpus: None,
+                metrics_port: None,
             }),
             &logs.join("raylet.err"),
             true,

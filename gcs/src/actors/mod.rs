@@ -602,6 +602,15 @@ impl ActorManager {
         self.evict_destroyed().await;
     }
 
+    /// How many actors the table holds in each state (the metrics' view; no clones).
+    pub(crate) fn state_counts(&self) -> HashMap<i32, u64> {
+        let mut counts = HashMap::new();
+        for entry in self.table.lock().values() {
+            *counts.entry(entry.info.state).or_default() += 1;
+        }
+        counts
+    }
+
     /// Every actor, dead ones included.
     pub(crate) async fn all(&self) -> Vec<ActorInfo> {
         self.table.lock().values().map(|e| e.info.clone()).collect()

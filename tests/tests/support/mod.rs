@@ -139,6 +139,7 @@ fn gcs_spec(
         node_timeout_ms: node_timeout.as_millis() as u64,
         max_destroyed_actors,
         tls,
+        metrics_port: None,
     })
 }
 
@@ -269,6 +270,7 @@ impl Cluster {
                 // A zero amount leaves `CPU` out of the resources, which would then mean
                 // the core count: say it explicitly (a head that runs no tasks).
                 num_cpus: (cpus == 0.0).then_some(0.0),
+                metrics_port: None,
             }),
             &self.session_dir.join(format!("logs/raylet-{index}.err")),
             true,

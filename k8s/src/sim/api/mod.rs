@@ -30,8 +30,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
@@ -98,11 +96,14 @@ impl ApiServer {
         let acceptor = TlsAcceptor::from(tls.config);
         let mut tasks = JoinSet::new();
         for listener in listeners {
-            tasks.spawn(serve(
+            let mut shutdown = shutdown_rx.clone();
+            tasks.spawn(miniray_common::https::serve_tls(
                 listener,
                 acceptor.clone(),
                 router.clone(),
-                shutdown_rx.clone(),
+                async move {
+                    let _ = shutdown.changed().await;
+                },
             ));
         }
         tracing::info!(url = %access.url, pod_host = %access.pod_host, "simulated Kubernetes API server listening");
@@ -160,45 +161,4 @@ async fn bind_all(listen: &[IpAddr]) -> Result<Vec<TcpListener>, SimError> {
         }
     }
     Err(last_error.unwrap_or(SimError::NoListenAddress))
-}
-
-/// Accepts TLS connections until shutdown; each connection is served HTTP/1.1 or HTTP/2.
-/// Its connection tasks are aborted when it returns.
-async fn serve(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    router: axum::Router,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => return,
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            accepted = listener.accept() => {
-                let (tcp, peer) = match accepted {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accepting an API connection failed");
-                        continue;
-                    }
-                };
-                let acceptor = acceptor.clone();
-                let service = TowerToHyperService::new(router.clone());
-                connections.spawn(async move {
-                    let stream = match acceptor.accept(tcp).await {
-                        Ok(stream) => stream,
-                        Err(e) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                    };
-                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                    if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
-                        tracing::debug!(%peer, error = %e, "API connection ended with an error");
-                    }
-                });
-            }
-        }
-    }
 }

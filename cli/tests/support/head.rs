@@ -1,0 +1,163 @@
+//! A head started with `miniray start --head` under a private `MINIRAY_TMPDIR`, for the
+//! tests that run the real binary against one (jobs, metrics).
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use super::free_port;
+use super::k8s::poll;
+
+const MINIRAY: &str = env!("CARGO_BIN_EXE_miniray");
+/// How long the head's daemons may take to die once killed.
+const DEADLINE: Duration = Duration::from_secs(90);
+
+/// A head under a private `MINIRAY_TMPDIR`; `miniray stop` on drop.
+pub struct Head {
+    pub root: PathBuf,
+    pub port: u16,
+    pub dashboard: String,
+}
+
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn describe(&self) -> String {
+        format!(
+            "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+impl Head {
+    pub fn start(name: &str, extra: &[&str]) -> Head {
+        let root = std::env::temp_dir().join(format!(
+            "miniray-head-{name}-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).expect("temp root");
+        let mut head = Head {
+            root,
+            port: free_port(),
+            dashboard: String::new(),
+        };
+        head.start_head(extra);
+        head
+    }
+
+    /// `miniray start --head` on this head's port; remembers the dashboard's address.
+    pub fn start_head(&mut self, extra: &[&str]) {
+        let port = self.port.to_string();
+        let mut args = vec![
+            "start",
+            "--head",
+            "--port",
+            &port,
+            "--num-cpus",
+            "2",
+            "--object-store-memory",
+            "100000000",
+        ];
+        args.extend_from_slice(extra);
+        let run = self.miniray(&args);
+        assert_eq!(run.code, Some(0), "{}", run.describe());
+        self.dashboard = run
+            .stdout
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("dashboard:"))
+            .map(|a| a.trim().to_string())
+            .unwrap_or_else(|| panic!("start names no dashboard:\n{}", run.describe()));
+    }
+
+    pub fn miniray(&self, args: &[&str]) -> Run {
+        let mut cmd = Command::new(MINIRAY);
+        cmd.args(args)
+            .env("MINIRAY_TMPDIR", &self.root)
+            .env("MINIRAY_DASHBOARD_PORT", "0")
+            .env_remove("MINIRAY_ADDRESS")
+            .env_remove("MINIRAY_TOKEN")
+            .env_remove("MINIRAY_ROLE")
+            .env_remove("MINIRAY_DASHBOARD_ADDRESS")
+            .env_remove("RUST_BACKTRACE")
+            .stdin(Stdio::null());
+        let output = cmd.output().expect("run miniray");
+        Run {
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// `miniray job SUBCOMMAND --address <dashboard> ARGS`.
+    pub fn job(&self, subcommand: &str, args: &[&str]) -> Run {
+        let mut all = vec!["job", subcommand, "--address", &self.dashboard];
+        all.extend_from_slice(args);
+        self.miniray(&all)
+    }
+
+    pub fn status_of(&self, id: &str) -> String {
+        let run = self.job("status", &[id]);
+        assert_eq!(run.code, Some(0), "{}", run.describe());
+        run.stdout
+    }
+
+    /// SIGKILLs the head's daemons, as a crash of its machine would.
+    pub fn kill_daemons(&self) {
+        let mut pids = Vec::new();
+        for entry in std::fs::read_dir(self.root.join("daemons"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let Ok(bytes) = std::fs::read(entry.path()) else {
+                continue;
+            };
+            let Ok(rec) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+                continue;
+            };
+            if let Some(pid) = rec["pid"].as_u64().and_then(|p| i32::try_from(p).ok()) {
+                pids.push(pid);
+            }
+        }
+        assert_eq!(pids.len(), 3, "gcs, raylet and dashboard");
+        for pid in &pids {
+            // SAFETY: kill(2) on a daemon this test started.
+            unsafe { libc::kill(*pid, libc::SIGKILL) };
+        }
+        poll("the head's daemons to die", DEADLINE, || {
+            let alive: Vec<_> = pids
+                .iter()
+                .filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+                .collect();
+            if alive.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{alive:?}"))
+            }
+        });
+    }
+}
+
+impl Drop for Head {
+    fn drop(&mut self) {
+        let stop = self.miniray(&["stop", "--grace-period", "5"]);
+        if std::thread::panicking() {
+            eprintln!(
+                "miniray files kept in {}\n{}",
+                self.root.display(),
+                stop.describe()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
+    }
+}
