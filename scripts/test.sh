@@ -19,6 +19,7 @@ install_if_missing redis-server redis-server "the GCS Redis backend is tested ag
 install_if_missing ip iproute2 "the multi-host tests put each host in a network namespace"
 install_if_missing kubectl kubernetes-client "the Kubernetes simulator is checked with kubectl get and delete"
 install_if_missing promtool prometheus "every metrics endpoint is checked with promtool and scraped by a real Prometheus"
+install_if_missing chromium chromium "the dashboard's pages are tested in headless Chromium"
 # The harness starts its own redis-server, and the metrics test its own prometheus, on free
 # loopback ports; a packaged service that may have auto-started is not used.
 

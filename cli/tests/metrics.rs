@@ -164,13 +164,7 @@ impl Cluster {
             "100000000",
         ]);
         assert_eq!(node.code, Some(0), "{}", node.describe());
-        let token_file = head
-            .root
-            .join("clusters")
-            .join(format!("127_0_0_1_{}.token", head.port));
-        let token = std::fs::read_to_string(&token_file)
-            .map(|t| t.trim().to_string())
-            .unwrap_or_else(|e| panic!("start --head records the token: {e}"));
+        let token = head.token();
         Cluster { head, token }
     }
 

@@ -7,6 +7,7 @@
 //! - [`server`]: the HTTP routes, each behind the cluster token (`Authorization: Bearer`).
 //!
 //! - [`executables`]: the driver executables users uploaded, by content.
+//! - `pages`: the web pages (cluster, jobs, actors, tasks, node logs), rendered here.
 //! - [`metrics`]: the dashboard's own metrics (jobs by state) and the cluster's Prometheus
 //!   service discovery.
 //!
@@ -16,6 +17,7 @@
 pub mod executables;
 pub mod jobs;
 pub mod metrics;
+mod pages;
 pub mod server;
 
 pub use jobs::{JobError, JobManager, JobRecord, JobStatus, ManagerConfig, SubmitRequest};

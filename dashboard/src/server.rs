@@ -4,6 +4,7 @@
 //!
 //! | route | |
 //! |---|---|
+//! | `GET /`, `/jobs`, `/actors`, `/logs`, … | the web pages ([`crate::pages`]) |
 //! | `GET /api/version` | `{"version"}` |
 //! | `GET /metrics` | jobs by state (Prometheus) |
 //! | `GET /api/prometheus/sd` | the cluster's metrics endpoints (Prometheus file_sd / http_sd) |
@@ -43,10 +44,10 @@ const TAIL_POLL: Duration = Duration::from_millis(200);
 
 /// What the routes share.
 #[derive(Clone)]
-struct AppState {
-    token: String,
-    jobs: JobManager,
-    gcs: GcsClient<AuthedChannel>,
+pub(crate) struct AppState {
+    pub(crate) token: String,
+    pub(crate) jobs: JobManager,
+    pub(crate) gcs: GcsClient<AuthedChannel>,
     /// The host and port this server listens on, for the service discovery.
     listen: (String, u16),
 }
@@ -107,6 +108,7 @@ fn router(state: AppState) -> Router {
         .route("/api/jobs/{id}/logs", get(job_logs))
         .route("/api/jobs/{id}/logs/tail", get(tail_logs))
         .route("/api/jobs/{id}/stop", axum::routing::post(stop_job))
+        .merge(crate::pages::routes())
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state)
 }
@@ -143,21 +145,28 @@ impl IntoResponse for JobError {
     }
 }
 
+/// Lets through requests with the token: as a bearer header, or (GET requests of pages)
+/// as the pages' cookie; a page opened with `?token=` sets that cookie first.
 async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let given = request
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    let ok = miniray_common::auth::token_matches(state.token.as_bytes(), given.as_bytes());
-    if !ok {
-        return error(
-            401,
-            "missing or wrong cluster token (Authorization: Bearer <token>)",
-        );
+    let page = crate::pages::is_page(request.uri().path());
+    if page && let Some(response) = crate::pages::login(&request, &state.token) {
+        return response;
     }
-    next.run(request).await
+    let bearer = miniray_common::metrics::bearer_token_matches(request.headers(), &state.token);
+    let cookie = page
+        && crate::pages::cookie_token(&request).is_some_and(|t| {
+            miniray_common::auth::token_matches(state.token.as_bytes(), t.as_bytes())
+        });
+    if bearer || cookie {
+        return next.run(request).await;
+    }
+    if page {
+        return crate::pages::login_page("This dashboard needs the cluster token.");
+    }
+    error(
+        401,
+        "missing or wrong cluster token (Authorization: Bearer <token>)",
+    )
 }
 
 async fn version() -> Response {

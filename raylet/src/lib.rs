@@ -21,6 +21,7 @@ pub mod config;
 pub mod error;
 pub mod executable_cache;
 mod heartbeat;
+mod logs;
 mod metrics;
 mod node;
 pub mod object_manager;

@@ -368,6 +368,30 @@ impl Raylet for RayletService {
         }))
     }
 
+    async fn list_logs(
+        &self,
+        _request: Request<miniray_proto::ListLogsRequest>,
+    ) -> Result<Response<miniray_proto::ListLogsReply>, Status> {
+        let dir = self.node.cfg.session_dir.join("logs");
+        let files = tokio::task::spawn_blocking(move || crate::logs::list(&dir))
+            .await
+            .map_err(|e| ErrorCode::Internal.status(e.to_string()))??;
+        Ok(Response::new(miniray_proto::ListLogsReply { files }))
+    }
+
+    async fn read_log(
+        &self,
+        request: Request<miniray_proto::ReadLogRequest>,
+    ) -> Result<Response<miniray_proto::ReadLogReply>, Status> {
+        let req = request.into_inner();
+        let dir = self.node.cfg.session_dir.join("logs");
+        let reply =
+            tokio::task::spawn_blocking(move || crate::logs::read(&dir, &req.name, req.tail_bytes))
+                .await
+                .map_err(|e| ErrorCode::Internal.status(e.to_string()))??;
+        Ok(Response::new(reply))
+    }
+
     async fn shutdown(
         &self,
         _request: Request<ShutdownRequest>,

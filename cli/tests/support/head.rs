@@ -54,6 +54,17 @@ impl Head {
         head
     }
 
+    /// The cluster token `start --head` recorded.
+    pub fn token(&self) -> String {
+        let file = self
+            .root
+            .join("clusters")
+            .join(format!("127_0_0_1_{}.token", self.port));
+        std::fs::read_to_string(&file)
+            .map(|t| t.trim().to_string())
+            .unwrap_or_else(|e| panic!("start --head records the token in {}: {e}", file.display()))
+    }
+
     /// `miniray start --head` on this head's port; remembers the dashboard's address.
     pub fn start_head(&mut self, extra: &[&str]) {
         let port = self.port.to_string();
