@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use support::free_port;
 use support::k8s::poll;
+use support::run::Run;
 
 const MINIRAY: &str = env!("CARGO_BIN_EXE_miniray");
 /// How long a job may take to reach a state on a loaded machine.
@@ -90,21 +91,6 @@ struct Head {
     dashboard: String,
 }
 
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn describe(&self) -> String {
-        format!(
-            "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
-
 impl Head {
     fn start(name: &str, extra: &[&str]) -> Head {
         let root = std::env::temp_dir().join(format!(
@@ -158,12 +144,7 @@ impl Head {
             .env_remove("MINIRAY_DASHBOARD_ADDRESS")
             .env_remove("RUST_BACKTRACE")
             .stdin(Stdio::null());
-        let output = cmd.output().expect("run miniray");
-        Run {
-            code: output.status.code(),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
+        Run::from(cmd.output().expect("run miniray"))
     }
 
     /// `miniray job SUBCOMMAND --address <dashboard> ARGS`.
@@ -219,15 +200,7 @@ impl Head {
 impl Drop for Head {
     fn drop(&mut self) {
         let stop = self.miniray(&["stop", "--grace-period", "5"]);
-        if std::thread::panicking() {
-            eprintln!(
-                "miniray files kept in {}\n{}",
-                self.root.display(),
-                stop.describe()
-            );
-        } else {
-            let _ = std::fs::remove_dir_all(&self.root);
-        }
+        support::run::keep_if_failed(&self.root, &stop);
     }
 }
 

@@ -14,6 +14,7 @@ mod actors;
 mod autoscaling;
 mod driver_monitor;
 mod service;
+mod task_events;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -32,6 +33,7 @@ use tonic::service::interceptor::InterceptedService;
 pub use service::MAX_EXECUTABLE_SIZE;
 use service::{GcsService, GcsState, health_loop, stopped};
 use storage::{MemoryStorage, RedisStorage, Storage, StorageError};
+pub use task_events::DEFAULT_MAX_TASK_EVENTS;
 
 /// Where the GCS keeps its tables.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -57,6 +59,8 @@ pub struct GcsConfig {
     /// Dead actors kept in the actor table (and storage) so callers learn why an actor
     /// died; older ones are forgotten first. Live actors are never forgotten.
     pub max_destroyed_actors: usize,
+    /// Task attempts whose events are kept (memory only); the first seen go first.
+    pub max_task_events: usize,
 }
 
 /// Default of [`GcsConfig::max_destroyed_actors`] (Ray's
@@ -73,6 +77,7 @@ impl GcsConfig {
             node_timeout: DEFAULT_NODE_TIMEOUT,
             session_name: format!("session_{}", miniray_common::time::now_ms()),
             max_destroyed_actors: DEFAULT_MAX_DESTROYED_ACTORS,
+            max_task_events: DEFAULT_MAX_TASK_EVENTS,
         }
     }
 }
@@ -128,6 +133,7 @@ impl GcsServer {
                 cfg.session_name.clone(),
                 cfg.node_timeout,
                 cfg.max_destroyed_actors,
+                cfg.max_task_events,
                 shutdown_rx.clone(),
             )
             .await?,

@@ -75,6 +75,12 @@ impl Raylet for FakeNode {
     ) -> Result<Response<DrainNodeReply>, Status> {
         unimplemented()
     }
+    async fn report_task_events(
+        &self,
+        _: Request<ReportTaskEventsRequest>,
+    ) -> Result<Response<ReportTaskEventsReply>, Status> {
+        unimplemented()
+    }
     async fn notify_blocked(
         &self,
         _: Request<NotifyBlockedRequest>,

@@ -52,6 +52,8 @@ pub struct RayletConfig {
     pub node_type: Option<String>,
     /// CPUs given explicitly, 0 included; `None`: `resources`' CPU, else the core count.
     pub num_cpus: Option<f64>,
+    /// How often the task events of this node's core workers go to the GCS.
+    pub task_events_forward_interval: Duration,
 }
 
 impl RayletConfig {
@@ -117,6 +119,7 @@ impl Default for RayletConfig {
             cloud_instance_id: None,
             node_type: None,
             num_cpus: None,
+            task_events_forward_interval: crate::task_events::DEFAULT_TASK_EVENTS_FORWARD_INTERVAL,
         }
     }
 }

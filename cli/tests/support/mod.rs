@@ -24,3 +24,4 @@ pub fn free_port() -> u16 {
 }
 pub mod harness;
 pub mod k8s;
+pub mod run;
