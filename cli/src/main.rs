@@ -13,6 +13,7 @@ mod microbenchmark;
 mod simulate;
 mod start;
 mod status;
+mod timeline;
 mod tls;
 
 use clap::{Parser, Subcommand};
@@ -37,6 +38,8 @@ enum Command {
     Stop(start::StopArgs),
     /// Show nodes, resources, and queued and infeasible demand.
     Status(status::StatusArgs),
+    /// Write the cluster's task timeline as a Chrome trace (chrome://tracing, Perfetto).
+    Timeline(timeline::TimelineArgs),
     /// Run Ray's core microbenchmark loops and print `metric value` lines.
     Microbenchmark(microbenchmark::BenchArgs),
     /// Put a cluster's head on Kubernetes from its autoscaling config (provider type
@@ -80,6 +83,7 @@ fn main() -> anyhow::Result<()> {
         Command::Start(args) => start::start(*args),
         Command::Stop(args) => start::stop(args),
         Command::Status(args) => status::status(args),
+        Command::Timeline(args) => timeline::timeline(args),
         Command::Microbenchmark(args) => microbenchmark::run(args),
         Command::Up(args) => k8s::up(args),
         Command::Down(args) => k8s::down(args),

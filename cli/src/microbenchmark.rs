@@ -30,6 +30,17 @@ pub struct BenchArgs {
     /// Timed trials per metric.
     #[arg(long, default_value_t = 4)]
     trials: usize,
+    /// Record task events (`miniray timeline`) in the driver and its workers, or not, to
+    /// measure what they cost (default: as `MINIRAY_TASK_EVENTS_REPORT_INTERVAL_MS` says,
+    /// on when unset).
+    #[arg(long, value_enum)]
+    task_events: Option<TaskEvents>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TaskEvents {
+    On,
+    Off,
 }
 
 #[miniray::remote]
@@ -149,6 +160,22 @@ impl Bench<'_> {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(setting) = args.task_events {
+        let interval = match setting {
+            TaskEvents::On => "1000",
+            TaskEvents::Off => "0",
+        };
+        // The driver reads it at `init`; its private cluster's raylet passes it on to the
+        // workers, and the job's environment carries it to the workers of a joined cluster.
+        // SAFETY: no other thread runs yet (nothing was started before `init`), so nothing
+        // reads the environment concurrently.
+        unsafe {
+            std::env::set_var(
+                miniray_common::config::env::TASK_EVENTS_REPORT_INTERVAL_MS,
+                interval,
+            )
+        };
+    }
     miniray::init().context("starting miniray")?;
     let result = run_all(&args);
     miniray::shutdown();

@@ -68,6 +68,10 @@ pub struct StartArgs {
     /// forgotten first.
     #[arg(long, default_value_t = miniray::cluster::DEFAULT_MAX_DESTROYED_ACTORS)]
     max_destroyed_actors: usize,
+    /// Task attempts whose events (`miniray timeline`) the GCS keeps in memory; the first
+    /// seen are dropped first.
+    #[arg(long, default_value_t = miniray::cluster::DEFAULT_MAX_TASK_EVENTS)]
+    max_task_events: usize,
     #[command(flatten)]
     tls: crate::tls::TlsArgs,
     /// Run the autoscaler on this head with this config (YAML); checked before anything
@@ -238,6 +242,7 @@ pub fn start(args: StartArgs) -> anyhow::Result<()> {
                 redis_address: args.redis_address.clone(),
                 node_timeout_ms: args.node_timeout_ms,
                 max_destroyed_actors: Some(args.max_destroyed_actors),
+                max_task_events: Some(args.max_task_events),
                 tls: tls.clone(),
                 metrics_port: Some(args.gcs_metrics_port),
             }),

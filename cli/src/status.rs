@@ -4,6 +4,7 @@ mod render;
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
+use miniray_common::auth::AuthedChannel;
 use miniray_common::config;
 use miniray_proto::GetClusterStatusRequest;
 use miniray_proto::gcs_client::GcsClient;
@@ -64,17 +65,29 @@ fn recorded_clusters(dir: &std::path::Path) -> anyhow::Result<String> {
     }
 }
 
-pub fn status(args: StatusArgs) -> anyhow::Result<()> {
-    let address = resolve_address(args.address)?;
+/// Resolves the GCS address (given, else the one cluster recorded here), connects with
+/// its token and the process's TLS setting, and runs `call` on a runtime of its own.
+pub(crate) fn with_gcs<T>(
+    given: Option<String>,
+    call: impl AsyncFnOnce(GcsClient<AuthedChannel>) -> anyhow::Result<T>,
+) -> anyhow::Result<(String, T)> {
+    let address = resolve_address(given)?;
     miniray_common::tls::install_from_env()?;
     let token = config::find_token(&address)
         .with_context(|| format!("no token for {address}: set MINIRAY_TOKEN"))?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let reply = rt.block_on(async {
+    let out = rt.block_on(async {
         let channel = miniray_common::auth::connect(&address, &token).await?;
-        let mut gcs = GcsClient::new(channel);
+        let gcs = GcsClient::new(channel).max_decoding_message_size(config::MAX_MESSAGE_SIZE);
+        call(gcs).await
+    })?;
+    Ok((address, out))
+}
+
+pub fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let (address, reply) = with_gcs(args.address, async |mut gcs| {
         let reply = tokio::time::timeout(
             std::time::Duration::from_secs(10),
             gcs.get_cluster_status(GetClusterStatusRequest {}),

@@ -45,6 +45,10 @@ pub mod env {
     /// The autoscaler node type the machine was launched as; reported like
     /// [`CLOUD_INSTANCE_ID`].
     pub const NODE_TYPE: &str = "MINIRAY_NODE_TYPE";
+    /// How often a driver or worker reports its task events, in milliseconds (default
+    /// 1000); `0` turns task events off in that process. Workers get it from their raylet's
+    /// environment, or from their job's (a driver passes its own on).
+    pub const TASK_EVENTS_REPORT_INTERVAL_MS: &str = "MINIRAY_TASK_EVENTS_REPORT_INTERVAL_MS";
 }
 
 /// Objects below this size travel inline and live in the owner's process.

@@ -47,8 +47,8 @@ pub use runtime::bootstrap::InitOptions;
 /// Daemon roles of a miniray executable, for `miniray start` and tests.
 pub mod cluster {
     pub use crate::runtime::cluster::{
-        DEFAULT_MAX_DESTROYED_ACTORS, DaemonSpec, GcsSpec, RayletSpec, SpawnedDaemon,
-        run_daemon_from_env, spawn_daemon, spawn_daemon_via, stop_daemon,
+        DEFAULT_MAX_DESTROYED_ACTORS, DEFAULT_MAX_TASK_EVENTS, DaemonSpec, GcsSpec, RayletSpec,
+        SpawnedDaemon, run_daemon_from_env, spawn_daemon, spawn_daemon_via, stop_daemon,
     };
 }
 
@@ -58,6 +58,11 @@ pub mod __debug {
     /// Resource shapes the submitter keeps state for.
     pub fn submitter_keys() -> crate::Result<usize> {
         Ok(crate::runtime::current()?.submitter.key_count())
+    }
+
+    /// This process's job id in hex (what `miniray timeline --job` takes).
+    pub fn job_id() -> crate::Result<String> {
+        Ok(crate::runtime::current()?.job_id.hex())
     }
 }
 

@@ -15,6 +15,7 @@ mod autoscaling;
 mod driver_monitor;
 mod metrics;
 mod service;
+mod task_events;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -33,6 +34,7 @@ use tonic::service::interceptor::InterceptedService;
 pub use service::MAX_EXECUTABLE_SIZE;
 use service::{GcsService, GcsState, health_loop, stopped};
 use storage::{MemoryStorage, RedisStorage, Storage, StorageError};
+pub use task_events::DEFAULT_MAX_TASK_EVENTS;
 
 /// Where the GCS keeps its tables.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -61,6 +63,8 @@ pub struct GcsConfig {
     /// Serve Prometheus metrics (`/metrics`) on this port of the bind address (0: any free
     /// port); `None`: no metrics endpoint.
     pub metrics_port: Option<u16>,
+    /// Task attempts whose events are kept (memory only); the first seen go first.
+    pub max_task_events: usize,
 }
 
 /// Default of [`GcsConfig::max_destroyed_actors`] (Ray's
@@ -78,6 +82,7 @@ impl GcsConfig {
             session_name: format!("session_{}", miniray_common::time::now_ms()),
             max_destroyed_actors: DEFAULT_MAX_DESTROYED_ACTORS,
             metrics_port: None,
+            max_task_events: DEFAULT_MAX_TASK_EVENTS,
         }
     }
 }
@@ -133,6 +138,7 @@ impl GcsServer {
                 cfg.session_name.clone(),
                 cfg.node_timeout,
                 cfg.max_destroyed_actors,
+                cfg.max_task_events,
                 shutdown_rx.clone(),
             )
             .await?,

@@ -30,14 +30,15 @@ use miniray_common::time::now_ms;
 use miniray_common::{ErrorCode, JobId, NodeId, Resources, WorkerId};
 use miniray_proto::gcs_server::Gcs;
 use miniray_proto::{
-    AddJobReply, AddJobRequest, Channel, ClusterResourceState, CreateActorReply,
-    CreateActorRequest, ExecutableChunk, GetActorReply, GetActorRequest, GetAllActorsReply,
-    GetAllActorsRequest, GetAllJobsReply, GetAllJobsRequest, GetAllNodesReply, GetAllNodesRequest,
-    GetAutoscalingStateReply, GetAutoscalingStateRequest, GetClusterResourceStateReply,
-    GetClusterResourceStateRequest, GetClusterStatusReply, GetClusterStatusRequest,
-    GetExecutableRequest, GetJobReply, GetJobRequest, HasExecutableReply, HasExecutableRequest,
-    HeartbeatReply, HeartbeatRequest, JobInfo, KillActorReply, KillActorRequest, KvDelReply,
-    KvDelRequest, KvGetReply, KvGetRequest, KvKeysReply, KvKeysRequest, KvPutReply, KvPutRequest,
+    AddJobReply, AddJobRequest, AddTaskEventsReply, AddTaskEventsRequest, Channel,
+    ClusterResourceState, CreateActorReply, CreateActorRequest, ExecutableChunk, GetActorReply,
+    GetActorRequest, GetAllActorsReply, GetAllActorsRequest, GetAllJobsReply, GetAllJobsRequest,
+    GetAllNodesReply, GetAllNodesRequest, GetAutoscalingStateReply, GetAutoscalingStateRequest,
+    GetClusterResourceStateReply, GetClusterResourceStateRequest, GetClusterStatusReply,
+    GetClusterStatusRequest, GetExecutableRequest, GetJobReply, GetJobRequest, GetTaskEventsReply,
+    GetTaskEventsRequest, HasExecutableReply, HasExecutableRequest, HeartbeatReply,
+    HeartbeatRequest, JobInfo, KillActorReply, KillActorRequest, KvDelReply, KvDelRequest,
+    KvGetReply, KvGetRequest, KvKeysReply, KvKeysRequest, KvPutReply, KvPutRequest,
     MarkJobFinishedReply, MarkJobFinishedRequest, NodeInfo, NodeState, PubMessage,
     PutExecutableReply, RegisterNodeReply, RegisterNodeRequest, ReportAutoscalingStateReply,
     ReportAutoscalingStateRequest, ReportWorkerFailureReply, ReportWorkerFailureRequest,
@@ -53,6 +54,7 @@ use crate::GcsError;
 use crate::actors::{self, ActorManager};
 use crate::autoscaling::{self, Autoscaling};
 use crate::storage::{EXECUTABLES_TABLE, JOBS_TABLE, NODES_TABLE, Storage, kv_table};
+use crate::task_events::{self, TaskEvents};
 
 /// Messages a subscriber may fall behind by before its stream is ended with an error.
 const PUBSUB_CAPACITY: usize = 1024;
@@ -95,6 +97,8 @@ pub(crate) struct GcsState {
     executables: tokio::sync::Mutex<()>,
     /// The `request_resources` floor and the autoscaler's latest report.
     autoscaling: Autoscaling,
+    /// Task records from task events (memory only).
+    task_events: TaskEvents,
 }
 
 impl GcsState {
@@ -107,6 +111,7 @@ impl GcsState {
         session_name: String,
         node_timeout: Duration,
         max_destroyed_actors: usize,
+        max_task_events: usize,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Self, GcsError> {
         let now = Instant::now();
@@ -160,6 +165,7 @@ impl GcsState {
             shutdown,
             executables: tokio::sync::Mutex::new(()),
             autoscaling,
+            task_events: TaskEvents::new(max_task_events),
         })
     }
 
@@ -1105,6 +1111,29 @@ impl Gcs for GcsService {
         Ok(Response::new(miniray_proto::GetMetricsTargetsReply {
             targets: crate::metrics::targets(&self.state, self.metrics_address),
         }))
+    }
+
+    async fn add_task_events(
+        &self,
+        request: Request<AddTaskEventsRequest>,
+    ) -> Result<Response<AddTaskEventsReply>, Status> {
+        let AddTaskEventsRequest { events, dropped } = request.into_inner();
+        self.state
+            .task_events
+            .add(events, dropped)
+            .map_err(|e| invalid(format!("add task events: {e}")))?;
+        Ok(Response::new(AddTaskEventsReply {}))
+    }
+
+    async fn get_task_events(
+        &self,
+        request: Request<GetTaskEventsRequest>,
+    ) -> Result<Response<GetTaskEventsReply>, Status> {
+        let request = request.into_inner();
+        let job = task_events::job_filter(&request.job_id)
+            .map_err(|e| invalid(format!("get task events: job id: {e}")))?;
+        let limit = usize::try_from(request.limit).unwrap_or(usize::MAX);
+        Ok(Response::new(self.state.task_events.get(job, limit)))
     }
 
     /// Registers the actor (persisted before the reply) and starts its supervisor; the

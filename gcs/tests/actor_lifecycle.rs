@@ -75,6 +75,24 @@ impl Raylet for FakeNode {
     ) -> Result<Response<DrainNodeReply>, Status> {
         unimplemented()
     }
+    async fn report_task_events(
+        &self,
+        _: Request<ReportTaskEventsRequest>,
+    ) -> Result<Response<ReportTaskEventsReply>, Status> {
+        unimplemented()
+    }
+    async fn list_logs(
+        &self,
+        _: Request<miniray_proto::ListLogsRequest>,
+    ) -> Result<Response<miniray_proto::ListLogsReply>, Status> {
+        unimplemented()
+    }
+    async fn read_log(
+        &self,
+        _: Request<miniray_proto::ReadLogRequest>,
+    ) -> Result<Response<miniray_proto::ReadLogReply>, Status> {
+        unimplemented()
+    }
     async fn notify_blocked(
         &self,
         _: Request<NotifyBlockedRequest>,

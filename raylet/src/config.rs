@@ -55,6 +55,8 @@ pub struct RayletConfig {
     /// Serve Prometheus metrics (`/metrics`) on this port of `bind_host` (0: any free
     /// port); `None`: no metrics endpoint.
     pub metrics_port: Option<u16>,
+    /// How often the task events of this node's core workers go to the GCS.
+    pub task_events_forward_interval: Duration,
 }
 
 impl RayletConfig {
@@ -121,6 +123,7 @@ impl Default for RayletConfig {
             node_type: None,
             num_cpus: None,
             metrics_port: None,
+            task_events_forward_interval: crate::task_events::DEFAULT_TASK_EVENTS_FORWARD_INTERVAL,
         }
     }
 }

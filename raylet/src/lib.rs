@@ -29,6 +29,7 @@ mod owner_liveness;
 mod ownership;
 pub mod scheduler;
 mod server;
+pub mod task_events;
 pub mod task_outcomes;
 pub mod worker_pool;
 
@@ -52,6 +53,7 @@ use tonic::transport::server::TcpIncoming;
 pub use config::RayletConfig;
 pub use error::RayletError;
 pub use object_manager::TransferStats;
+pub use task_events::TaskCounts;
 
 use crate::executable_cache::ExecutableCache;
 use crate::node::Node;
@@ -275,6 +277,10 @@ impl Raylet {
         let heartbeat = tokio::spawn(heartbeat::run(Arc::clone(&node)));
         tokio::spawn(watch_exits(Arc::clone(&node), exits));
         tokio::spawn(owner_liveness::run(Arc::clone(&node)));
+        tokio::spawn(task_events::run(
+            Arc::clone(&node),
+            cfg.task_events_forward_interval,
+        ));
         let task = tokio::spawn(supervise(Arc::clone(&node), server, heartbeat));
         Ok(RayletHandle {
             node_id: cfg.node_id,
@@ -324,6 +330,9 @@ async fn supervise(
         },
     };
     heartbeat.abort();
+    // What the node's workers reported last goes before the node unregisters
+    // (best-effort: each call is bounded).
+    node.task_events.forward(&node).await;
     let mut gcs = node.gcs.clone();
     let reason = match node.take_stop_reason() {
         Some(r) => r,
@@ -383,6 +392,11 @@ impl RayletHandle {
     /// Node-to-node transfer counters of this raylet.
     pub fn transfer_stats(&self) -> TransferStats {
         self.node.objects.stats()
+    }
+
+    /// The tasks this node ran, by function and state.
+    pub fn task_counts(&self) -> Arc<TaskCounts> {
+        Arc::clone(&self.node.task_events.counts)
     }
 
     /// Something that starts the graceful stop from elsewhere while [`RayletHandle::wait`]

@@ -1,7 +1,7 @@
 //! The raylet's Prometheus metrics (`/metrics` on `RayletConfig::metrics_port`), read from
 //! the node at each scrape: workers by state, leases queued, held, granted and spilled,
-//! the object store's bytes and objects, transfers between nodes, and the node's
-//! resources. Plus the RPC latency histograms every server records.
+//! the object store's bytes and objects, transfers between nodes, the node's resources,
+//! and the tasks it ran by function and state. Plus the RPC latency histograms every server records.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -148,6 +148,22 @@ impl Collector for NodeCollector {
                 None,
             ),
             one(node.store.num_objects() as f64),
+        )?;
+        counters(
+            &mut encoder,
+            (
+                "miniray_tasks",
+                "Tasks this node ran, by function and state: RUNNING counts those that started, \
+                 FINISHED and FAILED those that ended so (from the workers' task events)",
+                None,
+            ),
+            node.task_events
+                .counts
+                .snapshot()
+                .into_iter()
+                .map(|(function, state, n)| {
+                    (vec![("state", state.to_string()), ("function", function)], n)
+                }),
         )?;
         let transfers = node.objects.stats();
         counters(

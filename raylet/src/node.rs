@@ -46,6 +46,7 @@ use crate::ownership::Ownership;
 use crate::scheduler::{
     ClusterNode, LeaseRequest, Outcome, Placement, Scheduler, Submitted, Ticket,
 };
+use crate::task_events::{DEFAULT_MAX_BUFFERED_EVENTS, TaskEventBuffer};
 use crate::worker_pool::WorkerPool;
 
 pub(crate) struct SchedState {
@@ -102,6 +103,9 @@ pub(crate) struct Node {
     /// Lease requests answered with a grant, and with a spill to another node.
     pub leases_granted: AtomicU64,
     pub leases_spilled: AtomicU64,
+    /// Task events of this node's core workers on their way to the GCS, and the counts
+    /// of the tasks that ran here.
+    pub task_events: TaskEventBuffer,
 }
 
 pub(crate) fn invalid(e: impl std::fmt::Display) -> Status {
@@ -123,6 +127,7 @@ impl Node {
     ) -> Self {
         Self {
             node_id: cfg.node_id,
+            task_events: TaskEventBuffer::new(cfg.node_id, DEFAULT_MAX_BUFFERED_EVENTS),
             sched: parking_lot::Mutex::new(SchedState {
                 scheduler: Scheduler::new(cfg.node_id, total),
                 waiters: HashMap::new(),

@@ -365,6 +365,18 @@ impl Raylet for RayletService {
             num_workers: counts.total,
             num_idle_workers: counts.idle,
             node: Some(node),
+            task_counts: self
+                .node
+                .task_events
+                .counts
+                .snapshot()
+                .into_iter()
+                .map(|(function_name, state, count)| TaskCount {
+                    function_name,
+                    state: state.to_string(),
+                    count,
+                })
+                .collect(),
         }))
     }
 
@@ -390,6 +402,18 @@ impl Raylet for RayletService {
                 .await
                 .map_err(|e| ErrorCode::Internal.status(e.to_string()))??;
         Ok(Response::new(reply))
+    }
+
+    async fn report_task_events(
+        &self,
+        request: Request<ReportTaskEventsRequest>,
+    ) -> Result<Response<ReportTaskEventsReply>, Status> {
+        let ReportTaskEventsRequest { events, dropped } = request.into_inner();
+        self.node
+            .task_events
+            .report(events, dropped)
+            .map_err(|e| invalid(format!("report task events: {e}")))?;
+        Ok(Response::new(ReportTaskEventsReply {}))
     }
 
     async fn shutdown(

@@ -26,6 +26,7 @@ fn gcs_against(redis_url: &str) -> (bool, String, Duration) {
         redis_address: Some(redis_url.to_string()),
         node_timeout_ms: 10_000,
         max_destroyed_actors: None,
+        max_task_events: None,
         tls: None,
         metrics_port: None,
     });

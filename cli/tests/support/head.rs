@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use super::free_port;
+pub use super::run::Run;
 use super::k8s::poll;
 
 const MINIRAY: &str = env!("CARGO_BIN_EXE_miniray");
@@ -19,21 +20,6 @@ pub struct Head {
     pub root: PathBuf,
     pub port: u16,
     pub dashboard: String,
-}
-
-pub struct Run {
-    pub code: Option<i32>,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl Run {
-    pub fn describe(&self) -> String {
-        format!(
-            "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
 }
 
 impl Head {
@@ -100,12 +86,7 @@ impl Head {
             .env_remove("MINIRAY_DASHBOARD_ADDRESS")
             .env_remove("RUST_BACKTRACE")
             .stdin(Stdio::null());
-        let output = cmd.output().expect("run miniray");
-        Run {
-            code: output.status.code(),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
+        Run::from(cmd.output().expect("run miniray"))
     }
 
     /// `miniray job SUBCOMMAND --address <dashboard> ARGS`.
@@ -161,14 +142,6 @@ impl Head {
 impl Drop for Head {
     fn drop(&mut self) {
         let stop = self.miniray(&["stop", "--grace-period", "5"]);
-        if std::thread::panicking() {
-            eprintln!(
-                "miniray files kept in {}\n{}",
-                self.root.display(),
-                stop.describe()
-            );
-        } else {
-            let _ = std::fs::remove_dir_all(&self.root);
-        }
+        super::run::keep_if_failed(&self.root, &stop);
     }
 }

@@ -25,3 +25,4 @@ pub fn free_port() -> u16 {
 pub mod harness;
 pub mod head;
 pub mod k8s;
+pub mod run;

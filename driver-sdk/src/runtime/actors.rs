@@ -26,7 +26,7 @@ use std::time::Duration;
 use miniray_common::{ActorId, ErrorCode, ObjectId, TaskId, WorkerId, probe};
 use miniray_proto::{
     ActorInfo, ActorState, CreateActorRequest, GetActorRequest, GetAllNodesRequest,
-    KillActorRequest, TaskSpec, push_task_reply,
+    KillActorRequest, TaskSpec, TaskState, push_task_reply,
 };
 use parking_lot::Mutex;
 use tracing::{debug, warn};
@@ -37,6 +37,7 @@ use super::clients::node_endpoint;
 use super::plasma::status_error;
 use super::push::{PushOutcome, Recovered};
 use super::submitter::PreparedArgs;
+use super::task_events::{FnName, Recorded};
 use crate::error::{Error, Result};
 use crate::object_ref::{OwnerAddr, RefHandle};
 use crate::options::{Arg, ResourceRequest};
@@ -536,12 +537,15 @@ impl CoreWorker {
             ..Default::default()
         };
         let ready = unresolved.is_empty();
+        self.task_events
+            .record(|| Recorded::new(&spec, TaskState::Submitted, FnName::Static(method)));
         {
             let mut actors = self.actors.actors.lock();
             let Some(q) = actors.get_mut(&id) else {
                 return Err(Error::Internal("actor call without a live handle".into()));
             };
             if let Some(err) = &q.dead {
+                self.record_failed(&spec, || err.to_string());
                 self.store.complete(return_id, Err(err.clone()));
                 return Ok(result);
             }
@@ -579,7 +583,9 @@ impl CoreWorker {
                         }
                         Err(e) => {
                             // A failed argument fails the call with the same error.
-                            q.calls.remove(pos);
+                            if let Some(call) = q.calls.remove(pos) {
+                                cw.record_failed(&call.spec, || e.to_string());
+                            }
                             cw.store.complete(return_id, Err(e));
                         }
                     }
@@ -654,6 +660,7 @@ impl CoreWorker {
             Step::Nothing => {}
             Step::Fail(calls, err) => {
                 for call in calls {
+                    self.record_failed(&call.spec, || err.to_string());
                     if let Ok(rid) = ObjectId::from_bytes(&call.spec.return_id) {
                         self.store.complete(rid, Err(err.clone()));
                     }
@@ -772,6 +779,12 @@ impl CoreWorker {
 
     /// Pushes one batch to the actor's worker and completes each call as its reply arrives.
     async fn push_actor_calls(self: Arc<Self>, id: ActorId, target: Target, calls: Vec<Call>) {
+        self.task_events.record_all(|| {
+            calls.iter().map(|c| {
+                Recorded::new(&c.spec, TaskState::Scheduled, FnName::None)
+                    .on(&target.node_id, &target.worker_id)
+            })
+        });
         let specs: Vec<TaskSpec> = calls.iter().map(|c| c.spec.clone()).collect();
         // A push whose connection was refused never reached a worker: all of it goes again
         // without spending retries (the usual case after a death not yet noticed here).
@@ -822,6 +835,9 @@ impl CoreWorker {
                     if !was_running {
                         requeue.push(call);
                     } else if call.retries_left > 0 {
+                        self.record_failed(&call.spec, || {
+                            format!("the actor's worker died while the call ran ({reason}); it is retried")
+                        });
                         call.retries_left -= 1;
                         call.spec.attempt += 1;
                         requeue.push(call);
@@ -847,6 +863,7 @@ impl CoreWorker {
             self.complete_actor_call(&call, outcome, contained);
         }
         for (call, err) in failed_calls {
+            self.record_failed(&call.spec, || err.to_string());
             if let Ok(rid) = ObjectId::from_bytes(&call.spec.return_id) {
                 self.store.complete(rid, Err(err));
             }

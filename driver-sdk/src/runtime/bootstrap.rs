@@ -21,6 +21,7 @@ use super::home::{Home, HomeCell, Rehomer, choose_home};
 use super::plasma::{PlasmaClient, status_error};
 use super::store::{Freed, ObjectStore};
 use super::submitter::Submitter;
+use super::task_events::TaskEvents;
 use super::{CoreWorker, Global, Mode, executor, install, job, server};
 use crate::error::{Error, Result};
 use crate::object_ref::OwnerAddr;
@@ -329,6 +330,7 @@ async fn build(
         dead_nodes: Default::default(),
         inline_threshold: DEFAULT_INLINE_THRESHOLD,
         borrows,
+        task_events: TaskEvents::from_env(job_id),
         handle: tokio::runtime::Handle::current(),
     });
     Ok((
@@ -354,6 +356,7 @@ impl Background {
         tokio::spawn(cw.clone().run_freer(self.freed_rx));
         tokio::spawn(cw.clone().run_give_back(self.given_back_rx));
         tokio::spawn(cw.clone().run_borrower_probe());
+        tokio::spawn(cw.clone().run_task_event_reporter());
     }
 }
 

@@ -24,7 +24,7 @@ use tracing::{info, warn};
 
 use crate::error::{Error, Result};
 
-pub use miniray_gcs::DEFAULT_MAX_DESTROYED_ACTORS;
+pub use miniray_gcs::{DEFAULT_MAX_DESTROYED_ACTORS, DEFAULT_MAX_TASK_EVENTS};
 
 const READY_PREFIX: &str = "MINIRAY_READY ";
 const EXIT_WITH_PARENT: &str = "MINIRAY_EXIT_WITH_PARENT";
@@ -51,6 +51,10 @@ pub struct GcsSpec {
     /// Dead actors the GCS keeps (default [`miniray_gcs::DEFAULT_MAX_DESTROYED_ACTORS`]).
     #[serde(default)]
     pub max_destroyed_actors: Option<usize>,
+    /// Task attempts whose events the GCS keeps (default
+    /// [`miniray_gcs::DEFAULT_MAX_TASK_EVENTS`]).
+    #[serde(default)]
+    pub max_task_events: Option<usize>,
     /// Mutual TLS for the daemon's server and its calls (`None`: plaintext).
     #[serde(default)]
     pub tls: Option<TlsFiles>,
@@ -329,6 +333,9 @@ async fn run_daemon(spec: DaemonSpec, exit_with_parent: bool) -> i32 {
                     .max_destroyed_actors
                     .unwrap_or(miniray_gcs::DEFAULT_MAX_DESTROYED_ACTORS),
                 metrics_port: s.metrics_port,
+                max_task_events: s
+                    .max_task_events
+                    .unwrap_or(miniray_gcs::DEFAULT_MAX_TASK_EVENTS),
             };
             match miniray_gcs::GcsServer::start(cfg).await {
                 Ok(h) => {
@@ -463,6 +470,7 @@ impl LocalCluster {
                 redis_address: None,
                 node_timeout_ms: miniray_common::config::DEFAULT_NODE_TIMEOUT.as_millis() as u64,
                 max_destroyed_actors: None,
+                max_task_events: None,
                 tls: tls.clone(),
                 metrics_port: None,
             }),

@@ -13,7 +13,9 @@ use std::sync::Arc;
 
 use miniray_common::ObjectId;
 use miniray_plasma::ObjectLocation;
-use miniray_proto::{ContainedRef, PushTaskReply, TaskSpec, object_value, push_task_reply};
+use miniray_proto::{
+    ContainedRef, PushTaskReply, TaskSpec, TaskState, object_value, push_task_reply,
+};
 use std::time::Instant;
 
 use parking_lot::Mutex;
@@ -21,6 +23,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::journal::SessionJournal;
+use super::task_events::{FnName, FnNames, Recorded};
 use super::{CoreWorker, borrowing, set_in_task};
 use crate::codec::Encoded;
 use crate::error::{Error, Result};
@@ -59,6 +62,9 @@ struct Hosted {
 /// Runs tasks until told to exit or until every sender is gone.
 pub(crate) fn run(cw: &Arc<CoreWorker>, rx: std::sync::mpsc::Receiver<ExecMsg>) {
     let mut hosted: Option<Hosted> = None;
+    // A worker's node and id never change: its events name them.
+    let (node_id, worker_id) = (cw.node_id(), cw.worker_id);
+    let mut names = FnNames::default();
     while let Ok(msg) = rx.recv() {
         match msg {
             ExecMsg::Exit => break,
@@ -74,13 +80,29 @@ pub(crate) fn run(cw: &Arc<CoreWorker>, rx: std::sync::mpsc::Receiver<ExecMsg>) 
                     if let Some(j) = &journal {
                         j.lock().record_started(&spec.task_id);
                     }
+                    let function = if cw.task_events.enabled() {
+                        names.get(&spec.function_name)
+                    } else {
+                        FnName::None
+                    };
+                    let event = |state| {
+                        Recorded::new(&spec, state, function.clone()).at(node_id, worker_id)
+                    };
+                    cw.task_events.record(|| event(TaskState::Running));
                     let started = Instant::now();
                     let (outcome, contained) = match execute(cw, &spec, &mut hosted) {
-                        Ok((v, lent)) => (push_task_reply::Outcome::Value(v), lent),
-                        Err(e) => (
-                            push_task_reply::Outcome::Error(e.to_task_error()),
-                            Vec::new(),
-                        ),
+                        Ok((v, lent)) => {
+                            cw.task_events.record(|| event(TaskState::Finished));
+                            (push_task_reply::Outcome::Value(v), lent)
+                        }
+                        Err(e) => {
+                            cw.task_events
+                                .record(|| event(TaskState::Failed).with_error(e.to_string()));
+                            (
+                                push_task_reply::Outcome::Error(e.to_task_error()),
+                                Vec::new(),
+                            )
+                        }
                     };
                     let run_micros = started.elapsed().as_micros() as u64;
                     let reply = PushTaskReply {

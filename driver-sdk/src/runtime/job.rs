@@ -19,7 +19,12 @@ use super::plasma::status_error;
 use crate::error::{Error, Result};
 
 /// Environment variables a driver passes on to its workers.
-const FORWARDED_ENV: &[&str] = &["MINIRAY_LOG", "RUST_LOG", "RUST_BACKTRACE"];
+const FORWARDED_ENV: &[&str] = &[
+    "MINIRAY_LOG",
+    "RUST_LOG",
+    "RUST_BACKTRACE",
+    miniray_common::config::env::TASK_EVENTS_REPORT_INTERVAL_MS,
+];
 
 pub(crate) async fn register(cw: &Arc<CoreWorker>) -> Result<()> {
     let exe = std::env::current_exe()

@@ -20,6 +20,7 @@ mod push;
 mod server;
 mod store;
 mod submitter;
+pub(crate) mod task_events;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,6 +78,8 @@ pub(crate) struct CoreWorker {
     /// Borrowed references waiting for registration with their owners, and registrations
     /// to give back (see `borrowing.rs`).
     pub(crate) borrows: Arc<borrowing::BorrowQueue>,
+    /// State transitions of the tasks this process submits and runs (see `task_events.rs`).
+    pub(crate) task_events: task_events::TaskEvents,
     pub(crate) handle: Handle,
 }
 
@@ -119,6 +122,13 @@ pub(crate) fn shutdown() {
     };
     let cw = global.cw.clone();
     global.runtime.block_on(async {
+        // First, while the home raylet surely still runs: a short driver's events go too.
+        if tokio::time::timeout(task_events::FINAL_REPORT_DEADLINE, cw.report_task_events())
+            .await
+            .is_err()
+        {
+            debug!("the last task events were not reported in time");
+        }
         cw.return_all_leases().await;
         let freed = cw.store.drain_owned_plasma();
         cw.free_plasma(freed).await;

@@ -30,7 +30,8 @@ use std::time::Duration;
 use miniray_common::{ObjectId, Resources, TaskId};
 use miniray_proto::{
     AutoscalingState, GetAllNodesRequest, GetAutoscalingStateRequest, NodeState, PushTaskReply,
-    RequestWorkerLeaseRequest, ReturnWorkerRequest, TaskArg, TaskSpec, request_worker_lease_reply,
+    RequestWorkerLeaseRequest, ReturnWorkerRequest, TaskArg, TaskSpec, TaskState,
+    request_worker_lease_reply,
 };
 use parking_lot::Mutex;
 use tracing::{debug, warn};
@@ -43,6 +44,7 @@ use super::home::{Home, REHOME_DEADLINE};
 use super::plasma::status_error;
 use super::push::{PushOutcome, Recovered};
 use super::store::{State, Value};
+use super::task_events::{FnName, Recorded};
 use crate::error::{Error, Result};
 use crate::object_ref::RefHandle;
 use crate::options::{Arg, ArgKind, TaskOptions};
@@ -131,6 +133,7 @@ fn in_flight_limit(avg_run_micros: Option<f64>) -> usize {
 struct Target {
     endpoint: String,
     node_id: Vec<u8>,
+    worker_id: Vec<u8>,
 }
 
 /// A granted lease: the worker and the raylet that granted it.
@@ -208,6 +211,8 @@ impl CoreWorker {
             attempt: 0,
             ..Default::default()
         };
+        self.task_events
+            .record(|| Recorded::new(&spec, TaskState::Submitted, FnName::Static(opts.function)));
         let task = QueuedTask {
             spec,
             retries_left: opts.max_retries,
@@ -223,7 +228,10 @@ impl CoreWorker {
                 match cw.resolve_args(&mut task.spec.args, unresolved).await {
                     Ok(()) => cw.enqueue(resources, task),
                     // A failed dependency fails the task with the same error.
-                    Err(e) => cw.store.complete(return_id, Err(e)),
+                    Err(e) => {
+                        cw.record_failed(&task.spec, || e.to_string());
+                        cw.store.complete(return_id, Err(e));
+                    }
                 }
             });
         }
@@ -327,6 +335,7 @@ impl CoreWorker {
                     Target {
                         endpoint: w.endpoint.clone(),
                         node_id: w.node_id.clone(),
+                        worker_id: w.worker_id.clone(),
                     },
                     batch,
                 ));
@@ -514,6 +523,7 @@ impl CoreWorker {
             tasks
         };
         for t in tasks {
+            self.record_failed(&t.spec, || err.to_string());
             if let Ok(id) = ObjectId::from_bytes(&t.spec.return_id) {
                 self.store.complete(id, Err(err.clone()));
             }
@@ -682,9 +692,18 @@ impl CoreWorker {
         self: Arc<Self>,
         key: String,
         lease_id: Vec<u8>,
-        Target { endpoint, node_id }: Target,
+        Target {
+            endpoint,
+            node_id,
+            worker_id,
+        }: Target,
         tasks: Vec<QueuedTask>,
     ) {
+        self.task_events.record_all(|| {
+            tasks.iter().map(|t| {
+                Recorded::new(&t.spec, TaskState::Scheduled, FnName::None).on(&node_id, &worker_id)
+            })
+        });
         let specs: Vec<TaskSpec> = tasks.iter().map(|t| t.spec.clone()).collect();
         let PushOutcome {
             done,
@@ -753,17 +772,19 @@ impl CoreWorker {
             if !was_running {
                 requeue.push(task);
             } else if task.retries_left > 0 {
+                self.record_failed(&task.spec, || {
+                    "its worker died while it ran; it is retried".to_string()
+                });
                 task.retries_left -= 1;
                 task.spec.attempt += 1;
                 requeue.push(task);
             } else {
-                self.store.complete(
-                    return_id,
-                    Err(Error::WorkerDied {
-                        function: task.spec.function_name.clone(),
-                        attempts: task.spec.attempt + 1,
-                    }),
-                );
+                let err = Error::WorkerDied {
+                    function: task.spec.function_name.clone(),
+                    attempts: task.spec.attempt + 1,
+                };
+                self.record_failed(&task.spec, || err.to_string());
+                self.store.complete(return_id, Err(err));
             }
         }
         let Some(first) = requeue.first() else {

@@ -138,6 +138,7 @@ fn gcs_spec(
         redis_address: redis,
         node_timeout_ms: node_timeout.as_millis() as u64,
         max_destroyed_actors,
+        max_task_events: None,
         tls,
         metrics_port: None,
     })
