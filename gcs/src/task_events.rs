@@ -62,12 +62,19 @@ struct Checked {
     event: TaskEvent,
 }
 
-fn check(event: TaskEvent) -> Result<Checked, String> {
-    let task = TaskId::from_bytes(&event.task_id).map_err(|e| format!("task id: {e}"))?;
-    let state = TaskState::try_from(event.state)
+fn parse_state(task: TaskId, raw: i32) -> Result<TaskState, String> {
+    TaskState::try_from(raw)
         .ok()
         .filter(|s| *s != TaskState::Unspecified)
-        .ok_or_else(|| format!("task {task}: invalid state {}", event.state))?;
+        .ok_or_else(|| format!("task {task}: invalid state {raw}"))
+}
+
+fn check(event: TaskEvent) -> Result<Checked, String> {
+    let task = TaskId::from_bytes(&event.task_id).map_err(|e| format!("task id: {e}"))?;
+    let state = parse_state(task, event.state)?;
+    for earlier in &event.earlier_states {
+        parse_state(task, earlier.state)?;
+    }
     if !event.job_id.is_empty() {
         JobId::from_bytes(&event.job_id).map_err(|e| format!("task {task}: job id: {e}"))?;
     }
@@ -76,6 +83,24 @@ fn check(event: TaskEvent) -> Result<Checked, String> {
         state,
         event,
     })
+}
+
+/// Records that the attempt reached `state` at `time_us`.
+fn reach(record: &mut TaskRecord, state: TaskState, time_us: u64) {
+    let slot = match state {
+        TaskState::Unspecified => return,
+        TaskState::Submitted => &mut record.submitted_time_us,
+        TaskState::Scheduled => &mut record.scheduled_time_us,
+        TaskState::Running => &mut record.running_time_us,
+        TaskState::Finished => &mut record.finished_time_us,
+        TaskState::Failed => &mut record.failed_time_us,
+    };
+    *slot = time_us;
+    // Events of one attempt come from two processes (submitter and worker) through
+    // different raylets, so they arrive in any order: a final state stays final.
+    if rank(state) > rank(record.state()) {
+        record.set_state(state);
+    }
 }
 
 fn merge(record: &mut TaskRecord, state: TaskState, event: TaskEvent) {
@@ -95,22 +120,12 @@ fn merge(record: &mut TaskRecord, state: TaskState, event: TaskEvent) {
     if !event.worker_id.is_empty() {
         record.worker_id = event.worker_id;
     }
-    let slot = match state {
-        TaskState::Unspecified => return,
-        TaskState::Submitted => &mut record.submitted_time_us,
-        TaskState::Scheduled => &mut record.scheduled_time_us,
-        TaskState::Running => &mut record.running_time_us,
-        TaskState::Finished => &mut record.finished_time_us,
-        TaskState::Failed => &mut record.failed_time_us,
-    };
-    *slot = event.time_us;
+    for earlier in &event.earlier_states {
+        reach(record, earlier.state(), earlier.time_us);
+    }
+    reach(record, state, event.time_us);
     if state == TaskState::Failed {
         record.error_message = event.error_message;
-    }
-    // Events of one attempt come from two processes (submitter and worker) through
-    // different raylets, so they arrive in any order: a final state stays final.
-    if rank(state) > rank(record.state()) {
-        record.set_state(state);
     }
 }
 
@@ -150,7 +165,7 @@ impl TaskEvents {
                     })
                 }
             };
-            entry.events += 1;
+            entry.events += 1 + event.earlier_states.len() as u64;
             merge(&mut entry.record, state, event);
         }
         while t.records.len() > self.max_tasks {
@@ -225,16 +240,29 @@ mod tests {
         submitted.job_id = job.to_vec();
         let mut failed = event(task, TaskState::Failed, 40);
         failed.error_message = "boom".into();
+        // The submitter's SCHEDULED folded into an event of a later state (as a process
+        // coalesces them), arriving late.
+        let mut scheduled = event(task, TaskState::Scheduled, 20);
+        scheduled.earlier_states = vec![miniray_proto::TaskStateTime {
+            state: TaskState::Submitted as i32,
+            time_us: 11,
+        }];
         // The worker's events arrive before the submitter's.
         store.add(vec![running, failed], 0).unwrap();
+        store.add(vec![scheduled], 0).unwrap();
         store.add(vec![submitted], 0).unwrap();
         let reply = store.get(Some(job), 0);
         assert_eq!(reply.tasks.len(), 1);
         let r = &reply.tasks[0];
         assert_eq!(r.state(), TaskState::Failed);
         assert_eq!(
-            (r.submitted_time_us, r.running_time_us, r.failed_time_us),
-            (10, 30, 40)
+            (
+                r.submitted_time_us,
+                r.scheduled_time_us,
+                r.running_time_us,
+                r.failed_time_us
+            ),
+            (10, 20, 30, 40)
         );
         assert_eq!(
             (r.function_name.as_str(), r.error_message.as_str()),

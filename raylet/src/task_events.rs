@@ -7,8 +7,8 @@
 //! Invariants:
 //! - At most `max_buffered` events wait here; past that the oldest go and are counted.
 //!   The count, plus what the core workers reported dropping, travels with the next batch.
-//! - A batch the GCS did not take is put back in front of newer events (still bounded),
-//!   so a GCS restart loses nothing that fits.
+//! - A batch the GCS did not take is counted as dropped (keeping a copy of every batch
+//!   for that case cost more than the rest of forwarding): events are best-effort.
 //! - A report with a malformed id or state is refused whole (`InvalidArgument`), so a
 //!   bad worker cannot make the GCS refuse the node's other events.
 //! - Only events naming this node count in [`TaskCounts`]: a driver here reports the
@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use miniray_common::ids::InvalidId;
 use miniray_common::{ActorId, JobId, NodeId, TaskId, WorkerId};
-use miniray_proto::{AddTaskEventsRequest, TaskEvent, TaskState};
+use miniray_proto::{AddTaskEventsRequest, TaskEvent, TaskState, TaskStateTime};
 use parking_lot::Mutex;
 
 use crate::node::Node;
@@ -71,18 +71,25 @@ impl TaskCounts {
     fn count(&self, events: &[TaskEvent], node: &[u8]) {
         let mut by_function = self.by_function.lock();
         for e in events.iter().filter(|e| e.node_id == node) {
-            let slot = match e.state() {
-                TaskState::Running => 0,
-                TaskState::Finished => 1,
-                TaskState::Failed => 2,
-                _ => continue,
-            };
-            match by_function.get_mut(e.function_name.as_str()) {
-                Some(counts) => counts[slot] += 1,
-                None => {
-                    let mut counts = [0; 3];
-                    counts[slot] = 1;
-                    by_function.insert(e.function_name.clone(), counts);
+            let states = e
+                .earlier_states
+                .iter()
+                .map(|s| s.state())
+                .chain([e.state()]);
+            for state in states {
+                let slot = match state {
+                    TaskState::Running => 0,
+                    TaskState::Finished => 1,
+                    TaskState::Failed => 2,
+                    _ => continue,
+                };
+                match by_function.get_mut(e.function_name.as_str()) {
+                    Some(counts) => counts[slot] += 1,
+                    None => {
+                        let mut counts = [0; 3];
+                        counts[slot] = 1;
+                        by_function.insert(e.function_name.clone(), counts);
+                    }
                 }
             }
         }
@@ -123,9 +130,80 @@ fn check(e: &TaskEvent) -> Result<(), String> {
             parse(raw).map_err(|err| format!("{what}: {err}"))?;
         }
     }
-    match TaskState::try_from(e.state) {
-        Ok(TaskState::Unspecified) | Err(_) => Err(format!("invalid state {}", e.state)),
-        Ok(_) => Ok(()),
+    let states = e.earlier_states.iter().map(|s| s.state).chain([e.state]);
+    for state in states {
+        if let Ok(TaskState::Unspecified) | Err(_) = TaskState::try_from(state) {
+            return Err(format!("invalid state {state}"));
+        }
+    }
+    Ok(())
+}
+
+/// The states in `batch` plus the drops it reports: what is dropped if it is lost.
+fn dropped_with(batch: &AddTaskEventsRequest) -> u64 {
+    let states: usize = batch
+        .events
+        .iter()
+        .map(|e| 1 + e.earlier_states.len())
+        .sum();
+    batch.dropped.saturating_add(states as u64)
+}
+
+/// Folds the events of one attempt into one (the submitter's and the worker's, when both
+/// are of this node and in one batch): the GCS merges half as many.
+fn coalesce(events: Vec<TaskEvent>) -> Vec<TaskEvent> {
+    let mut out: Vec<TaskEvent> = Vec::with_capacity(events.len());
+    let mut index: HashMap<([u8; 16], u32), usize> = HashMap::with_capacity(events.len());
+    for e in events {
+        // Task ids were checked when reported.
+        let Ok(task) = <[u8; 16]>::try_from(e.task_id.as_slice()) else {
+            out.push(e);
+            continue;
+        };
+        match index.get(&(task, e.attempt)) {
+            Some(&i) => fold(&mut out[i], e),
+            None => {
+                index.insert((task, e.attempt), out.len());
+                out.push(e);
+            }
+        }
+    }
+    out
+}
+
+/// Folds `e` into `into`, an event of the same attempt; the furthest state leads.
+fn fold(into: &mut TaskEvent, mut e: TaskEvent) {
+    let rank = |s: i32| match TaskState::try_from(s) {
+        Ok(TaskState::Finished | TaskState::Failed) => 4,
+        Ok(TaskState::Running) => 3,
+        Ok(TaskState::Scheduled) => 2,
+        Ok(TaskState::Submitted) => 1,
+        _ => 0,
+    };
+    if rank(e.state) > rank(into.state) {
+        std::mem::swap(&mut into.state, &mut e.state);
+        std::mem::swap(&mut into.time_us, &mut e.time_us);
+    }
+    into.earlier_states.push(TaskStateTime {
+        state: e.state,
+        time_us: e.time_us,
+    });
+    into.earlier_states.append(&mut e.earlier_states);
+    for (mine, theirs) in [
+        (&mut into.job_id, e.job_id),
+        (&mut into.actor_id, e.actor_id),
+        (&mut into.node_id, e.node_id),
+        (&mut into.worker_id, e.worker_id),
+    ] {
+        if mine.is_empty() {
+            *mine = theirs;
+        }
+    }
+    if into.function_name.is_empty() {
+        into.function_name = e.function_name;
+    }
+    if into.error_message.is_empty() {
+        into.error_message = e.error_message;
     }
 }
 
@@ -157,8 +235,13 @@ impl TaskEventBuffer {
     fn trim(&self, b: &mut Buffer) {
         let over = b.events.len().saturating_sub(self.max_buffered);
         if over > 0 {
-            b.events.drain(..over);
-            b.dropped = b.dropped.saturating_add(over as u64);
+            // An event may carry several states (coalesced by its core worker).
+            let states: usize = b
+                .events
+                .drain(..over)
+                .map(|e| 1 + e.earlier_states.len())
+                .sum();
+            b.dropped = b.dropped.saturating_add(states as u64);
         }
     }
 
@@ -172,42 +255,44 @@ impl TaskEventBuffer {
         let n = b.events.len().min(MAX_EVENTS_PER_CALL);
         let events: Vec<TaskEvent> = b.events.drain(..n).collect();
         let dropped = std::mem::take(&mut b.dropped);
-        Some(AddTaskEventsRequest { events, dropped })
+        drop(b);
+        Some(AddTaskEventsRequest {
+            events: coalesce(events),
+            dropped,
+        })
     }
 
-    /// Puts back a batch the GCS did not take, in front of what came since.
-    fn put_back(&self, batch: AddTaskEventsRequest) {
+    /// Counts a batch the GCS did not take: its states and the drops it carried.
+    fn lost(&self, batch: &AddTaskEventsRequest) {
         let mut b = self.buffer.lock();
-        b.dropped = b.dropped.saturating_add(batch.dropped);
-        for e in batch.events.into_iter().rev() {
-            b.events.push_front(e);
-        }
-        self.trim(&mut b);
+        b.dropped = b.dropped.saturating_add(dropped_with(batch));
     }
 
-    /// Sends what is buffered; false when the GCS did not take a batch (it is kept).
+    /// Sends what is buffered; false when the GCS did not take a batch (it is counted as
+    /// dropped).
     pub(crate) async fn forward(&self, node: &Node) -> bool {
         while let Some(batch) = self.take() {
             let sent = batch.events.len();
+            let more = sent > 0 && !self.buffer.lock().events.is_empty();
+            // What is lost if the call fails, counted before the batch moves into it.
+            let lost = AddTaskEventsRequest {
+                events: Vec::new(),
+                dropped: dropped_with(&batch),
+            };
             let mut gcs = node.gcs.clone();
-            let outcome =
-                tokio::time::timeout(GCS_CALL_TIMEOUT, gcs.add_task_events(batch.clone())).await;
-            match outcome {
-                Ok(Ok(_)) => {
-                    if sent < MAX_EVENTS_PER_CALL {
-                        return true;
-                    }
-                }
-                Ok(Err(status)) => {
-                    tracing::debug!(error = %status, events = sent, "forwarding task events failed");
-                    self.put_back(batch);
-                    return false;
-                }
-                Err(_) => {
-                    tracing::debug!(events = sent, "forwarding task events timed out");
-                    self.put_back(batch);
-                    return false;
-                }
+            let outcome = tokio::time::timeout(GCS_CALL_TIMEOUT, gcs.add_task_events(batch)).await;
+            let failure = match outcome {
+                Ok(Ok(_)) => None,
+                Ok(Err(status)) => Some(status.to_string()),
+                Err(_) => Some("timed out".to_string()),
+            };
+            if let Some(error) = failure {
+                tracing::debug!(%error, events = sent, "forwarding task events failed");
+                self.lost(&lost);
+                return false;
+            }
+            if !more {
+                return true;
             }
         }
         true
@@ -257,15 +342,9 @@ mod tests {
         assert_eq!(kept, ids[2..].to_vec());
         assert_eq!(batch.dropped, 4 + 2);
         assert!(buffer.take().is_none(), "the counter went with the batch");
-        // A batch the GCS refused goes back in front of newer events, still bounded.
-        let newer = event(TaskState::Submitted, &[], "f");
-        let newer_id = newer.task_id.clone();
-        buffer.report(vec![newer], 0).unwrap();
-        buffer.put_back(batch);
-        let again = buffer.take().unwrap();
-        let order: Vec<Vec<u8>> = again.events.iter().map(|e| e.task_id.clone()).collect();
-        assert_eq!(order, vec![ids[3].clone(), ids[4].clone(), newer_id]);
-        assert_eq!(again.dropped, 6 + 1);
+        // A batch the GCS refused is counted: its events and the drops it carried.
+        buffer.lost(&batch);
+        assert_eq!(buffer.take().map(|b| b.dropped), Some(6 + 3));
     }
 
     #[test]
@@ -285,6 +364,13 @@ mod tests {
                     event(TaskState::Failed, &here, "f"),
                     event(TaskState::Running, &here, "g"),
                     event(TaskState::Running, &other.to_vec(), "g"),
+                    TaskEvent {
+                        earlier_states: vec![miniray_proto::TaskStateTime {
+                            state: TaskState::Running as i32,
+                            time_us: 1,
+                        }],
+                        ..event(TaskState::Finished, &here, "h")
+                    },
                 ],
                 0,
             )
@@ -296,8 +382,45 @@ mod tests {
                 ("f".to_string(), "FINISHED", 1),
                 ("f".to_string(), "RUNNING", 2),
                 ("g".to_string(), "RUNNING", 1),
+                ("h".to_string(), "FINISHED", 1),
+                ("h".to_string(), "RUNNING", 1),
             ]
         );
+    }
+
+    #[test]
+    fn the_submitters_and_the_workers_events_of_an_attempt_go_as_one() {
+        let node = NodeId::random();
+        let buffer = TaskEventBuffer::new(node, 100);
+        let here = node.to_vec();
+        let time = |state: TaskState, time_us| TaskStateTime {
+            state: state as i32,
+            time_us,
+        };
+        let worker = TaskEvent {
+            time_us: 4,
+            earlier_states: vec![time(TaskState::Running, 3)],
+            ..event(TaskState::Finished, &here, "f")
+        };
+        let submitter = TaskEvent {
+            task_id: worker.task_id.clone(),
+            time_us: 2,
+            earlier_states: vec![time(TaskState::Submitted, 1)],
+            job_id: JobId::random().to_vec(),
+            ..event(TaskState::Scheduled, &here, "")
+        };
+        let other = event(TaskState::Submitted, &[], "g");
+        buffer.report(vec![worker, other], 0).unwrap();
+        buffer.report(vec![submitter.clone()], 0).unwrap();
+        let batch = buffer.take().unwrap();
+        assert_eq!(batch.events.len(), 2);
+        let one = &batch.events[0];
+        assert_eq!((one.state(), one.time_us), (TaskState::Finished, 4));
+        let mut earlier: Vec<u64> = one.earlier_states.iter().map(|s| s.time_us).collect();
+        earlier.sort_unstable();
+        assert_eq!(earlier, vec![1, 2, 3]);
+        assert_eq!(one.function_name, "f");
+        assert_eq!(one.job_id, submitter.job_id);
     }
 
     #[test]

@@ -23,7 +23,7 @@ use std::time::Duration;
 use miniray_common::config::env;
 use miniray_common::time::now_us;
 use miniray_common::{JobId, NodeId, WorkerId};
-use miniray_proto::{ReportTaskEventsRequest, TaskEvent, TaskSpec, TaskState};
+use miniray_proto::{ReportTaskEventsRequest, TaskEvent, TaskSpec, TaskState, TaskStateTime};
 use parking_lot::Mutex;
 use tracing::{debug, warn};
 
@@ -151,6 +151,27 @@ impl Recorded {
             node_id: id_bytes(self.node_id),
             worker_id: id_bytes(self.worker_id),
             error_message: self.error.unwrap_or_default(),
+            earlier_states: Vec::new(),
+        }
+    }
+
+    /// Folds a later transition of the same attempt into `event`.
+    fn fold_into(self, event: &mut TaskEvent) {
+        event.earlier_states.push(TaskStateTime {
+            state: event.state,
+            time_us: event.time_us,
+        });
+        event.state = self.state as i32;
+        event.time_us = self.time_us;
+        if event.function_name.is_empty() {
+            event.function_name = self.function.into_string();
+        }
+        if self.node_id.is_some() {
+            event.node_id = id_bytes(self.node_id);
+            event.worker_id = id_bytes(self.worker_id);
+        }
+        if let Some(error) = self.error {
+            event.error_message = error;
         }
     }
 }
@@ -251,16 +272,31 @@ impl TaskEvents {
             let events: Vec<Recorded> = b.events.drain(..n).collect();
             (events, std::mem::take(&mut b.dropped), !b.events.is_empty())
         };
-        // Built outside the lock: the task path never waits for this. A task id of the
-        // wrong length (a malformed spec) would make the raylet refuse the whole report.
-        let total = events.len();
-        let events: Vec<TaskEvent> = events
-            .into_iter()
-            .filter(|e| e.task_id.is_some())
-            .map(|e| e.into_proto(&self.job_id))
-            .collect();
-        let dropped = dropped + (total - events.len()) as u64;
-        Some((ReportTaskEventsRequest { events, dropped }, more))
+        // Built outside the lock: the task path never waits for this. Transitions of one
+        // attempt become one event (most tasks start and end between two reports), which
+        // halves what the raylet and the GCS handle. A task id of the wrong length (a
+        // malformed spec) would make the raylet refuse the whole report: it is dropped.
+        let mut out: Vec<TaskEvent> = Vec::with_capacity(events.len());
+        let mut index: HashMap<([u8; 16], u32), usize> = HashMap::with_capacity(events.len());
+        let mut malformed = 0u64;
+        for e in events {
+            let Some(task) = e.task_id else {
+                malformed += 1;
+                continue;
+            };
+            match index.get(&(task, e.attempt)) {
+                Some(&i) => e.fold_into(&mut out[i]),
+                None => {
+                    index.insert((task, e.attempt), out.len());
+                    out.push(e.into_proto(&self.job_id));
+                }
+            }
+        }
+        let report = ReportTaskEventsRequest {
+            events: out,
+            dropped: dropped + malformed,
+        };
+        Some((report, more))
     }
 
     /// Counts a report that did not get through: its events and the drops it carried.
@@ -346,6 +382,37 @@ mod tests {
         // A report that did not get through is counted, events and drops.
         events.lost(report.events.len(), report.dropped);
         assert_eq!(events.take().map(|r| r.dropped), Some(5));
+    }
+
+    #[test]
+    fn transitions_of_one_attempt_travel_as_one_event() {
+        let events = TaskEvents::new(JobId::random(), Some(DEFAULT_INTERVAL), 10);
+        let (node, worker) = (NodeId::random(), WorkerId::random());
+        let mut retried = spec(1);
+        retried.attempt = 1;
+        events.record_all(|| {
+            [
+                Recorded::new(&spec(1), TaskState::Running, FnName::Static("f")).at(node, worker),
+                Recorded::new(&retried, TaskState::Submitted, FnName::None),
+                Recorded::new(&spec(1), TaskState::Failed, FnName::None).with_error("x".into()),
+            ]
+        });
+        let report = events.take().expect("a report");
+        assert_eq!(report.events.len(), 2, "one per attempt");
+        let first = &report.events[0];
+        assert_eq!(first.state(), TaskState::Failed);
+        assert_eq!(first.earlier_states.len(), 1);
+        assert_eq!(first.earlier_states[0].state(), TaskState::Running);
+        assert_eq!(
+            (first.function_name.as_str(), first.error_message.as_str()),
+            ("f", "x")
+        );
+        assert_eq!(
+            first.worker_id,
+            worker.to_vec(),
+            "kept from the running event"
+        );
+        assert_eq!(report.events[1].attempt, 1);
     }
 
     #[test]
