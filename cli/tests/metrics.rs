@@ -276,8 +276,8 @@ fn address_of(targets: &[(String, BTreeMap<String, String>)], component: &str) -
         .collect()
 }
 
-/// Every endpoint passes promtool, and its values move with the work: leases granted and
-/// RPCs timed on the raylet, object store bytes up with a put and down after it, an object
+/// Every endpoint passes promtool, and its values move with the work: tasks counted where
+/// they ran, leases granted and RPCs timed on the raylet, object store bytes up with a put and down after it, an object
 /// pulled from the other node, an actor alive in the GCS, a job counted by the dashboard.
 fn every_endpoint_follows_the_work_and_passes_promtool() {
     let cluster = Cluster::start("metrics-follow");

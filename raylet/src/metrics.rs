@@ -162,7 +162,10 @@ impl Collector for NodeCollector {
                 .snapshot()
                 .into_iter()
                 .map(|(function, state, n)| {
-                    (vec![("state", state.to_string()), ("function", function)], n)
+                    (
+                        vec![("state", state.to_string()), ("function", function)],
+                        n,
+                    )
                 }),
         )?;
         let transfers = node.objects.stats();

@@ -8,8 +8,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use super::free_port;
-pub use super::run::Run;
 use super::k8s::poll;
+pub use super::run::Run;
 
 const MINIRAY: &str = env!("CARGO_BIN_EXE_miniray");
 /// How long the head's daemons may take to die once killed.

@@ -15,7 +15,7 @@ pub(super) async fn list(State(state): State<AppState>) -> Response {
         Ok(r) => r,
         Err(e) => return error_page("Jobs", "/jobs", e),
     };
-    records.sort_by(|a, b| b.start_time.cmp(&a.start_time));
+    records.sort_by_key(|r| std::cmp::Reverse(r.start_time));
     page(
         "Jobs",
         "/jobs",

@@ -12,6 +12,7 @@ mod cluster;
 mod jobs;
 mod logs;
 mod objects;
+mod tasks;
 
 use axum::Router;
 use axum::extract::{Query, Request};
@@ -33,6 +34,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/jobs", get(jobs::list))
         .route("/jobs/{id}", get(jobs::detail))
         .route("/actors", get(objects::actors))
+        .route("/tasks", get(tasks::summary))
         .route("/logs", get(logs::nodes))
         .route("/nodes/{node_id}/logs", get(logs::files))
         .route("/nodes/{node_id}/logs/{name}", get(logs::file))
