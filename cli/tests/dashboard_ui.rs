@@ -170,12 +170,8 @@ fn every_page_shows_the_cluster_as_it_runs() {
     let browser = Browser::new();
 
     let exe = std::env::current_exe().expect("this test's executable");
-    let mut driver = Command::new(exe)
-        .args(["driver", "work"])
-        .env("MINIRAY_ADDRESS", format!("127.0.0.1:{}", head.port))
-        .env("MINIRAY_TOKEN", &token)
-        .env("MINIRAY_TMPDIR", &head.root)
-        .env_remove("MINIRAY_ROLE")
+    let mut driver = head
+        .driver_command(&exe, &["driver", "work"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()

@@ -230,12 +230,9 @@ impl Cluster {
     /// The driver scenario `work`, run against this cluster, with its stdin to steer it.
     fn driver(&self) -> (Child, std::sync::mpsc::Receiver<String>) {
         let exe = std::env::current_exe().expect("this test's executable");
-        let mut child = Command::new(exe)
-            .args(["driver", "work"])
-            .env("MINIRAY_ADDRESS", format!("127.0.0.1:{}", self.head.port))
-            .env("MINIRAY_TOKEN", &self.token)
-            .env("MINIRAY_TMPDIR", &self.head.root)
-            .env_remove("MINIRAY_ROLE")
+        let mut child = self
+            .head
+            .driver_command(&exe, &["driver", "work"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()

@@ -7,8 +7,8 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use miniray_proto::gcs_client::GcsClient;
@@ -18,7 +18,8 @@ use miniray_proto::{
     TaskState,
 };
 use serde_json::Value;
-use support::free_port;
+use support::head::Head;
+use support::k8s::poll;
 use support::run::Run;
 
 const MINIRAY: &str = env!("CARGO_BIN_EXE_miniray");
@@ -100,58 +101,29 @@ fn driver(args: &[String]) -> Result<(), String> {
 // ---------------------------------------------------------------------------------------
 // The tests.
 
-/// A head under a private `MINIRAY_TMPDIR`; `miniray stop` on drop.
-struct Head {
-    root: PathBuf,
-    address: String,
-    token: String,
+/// A head (`miniray stop` on drop), and a runtime for the test's own gRPC calls.
+struct Cluster {
+    head: Head,
     /// Runs the test's own gRPC calls (a channel lives on the runtime it was made on).
     rt: tokio::runtime::Runtime,
 }
 
-impl Head {
-    fn start() -> Head {
-        let port = free_port();
-        let root =
-            std::env::temp_dir().join(format!("miniray-timeline-{}-{port}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(&root).expect("temp root");
-        let head = Head {
-            root,
-            address: format!("127.0.0.1:{port}"),
-            token: miniray_common::auth::generate_token(),
+impl Cluster {
+    fn start() -> Cluster {
+        Cluster {
+            head: Head::start("timeline", &[]),
             rt: tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("runtime"),
-        };
-        let port = port.to_string();
-        let run = head.run(
-            MINIRAY,
-            &[
-                "start",
-                "--head",
-                "--port",
-                &port,
-                "--num-cpus",
-                "2",
-                "--object-store-memory",
-                "100000000",
-            ],
-        );
-        assert_eq!(run.code, Some(0), "{}", run.describe());
-        head
+        }
     }
 
-    fn run(&self, program: &str, args: &[&str]) -> Run {
-        let mut child = Command::new(program)
-            .args(args)
-            .env("MINIRAY_TMPDIR", &self.root)
-            .env("MINIRAY_ADDRESS", &self.address)
-            .env("MINIRAY_TOKEN", &self.token)
-            .env("MINIRAY_DASHBOARD_PORT", "0")
-            .env_remove("MINIRAY_ROLE")
-            .env_remove("MINIRAY_TASK_EVENTS_REPORT_INTERVAL_MS")
+    /// Runs `program ARGS` as a driver of the cluster to its end (killed after DEADLINE).
+    fn run(&self, program: &Path, args: &[&str]) -> Run {
+        let mut child = self
+            .head
+            .driver_command(program, args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -171,7 +143,7 @@ impl Head {
     /// Runs the `work` driver; its job id.
     fn work(&self) -> String {
         let exe = std::env::current_exe().expect("this test's executable");
-        let run = self.run(&exe.to_string_lossy(), &["driver", "work"]);
+        let run = self.run(&exe, &["driver", "work"]);
         assert_eq!(run.code, Some(0), "{}", run.describe());
         assert_eq!(
             run.value("sum"),
@@ -187,7 +159,7 @@ impl Head {
         let path = out.to_string_lossy().into_owned();
         let mut args = vec!["timeline", "-o", &path];
         args.extend_from_slice(extra);
-        let run = self.run(MINIRAY, &args);
+        let run = self.run(Path::new(MINIRAY), &args);
         assert_eq!(run.code, Some(0), "{}", run.describe());
         let bytes = std::fs::read(out).expect("the trace file");
         serde_json::from_slice(&bytes).expect("the trace is JSON")
@@ -199,7 +171,10 @@ impl Head {
 
     fn gcs(&self) -> GcsClient<miniray_common::auth::AuthedChannel> {
         let channel = self
-            .block_on(miniray_common::auth::connect(&self.address, &self.token))
+            .block_on(miniray_common::auth::connect(
+                &self.head.address(),
+                &self.head.token(),
+            ))
             .expect("connect to the gcs");
         GcsClient::new(channel)
     }
@@ -229,7 +204,7 @@ impl Head {
             .expect("the head node");
         let endpoint = format!("{}:{}", head.host, head.port);
         let stats = self.block_on(async {
-            let channel = miniray_common::auth::connect(&endpoint, &self.token)
+            let channel = miniray_common::auth::connect(&endpoint, &self.head.token())
                 .await
                 .expect("connect to the raylet");
             RayletClient::new(channel)
@@ -247,28 +222,9 @@ impl Head {
     }
 }
 
-impl Drop for Head {
-    fn drop(&mut self) {
-        let stop = self.run(MINIRAY, &["stop", "--grace-period", "5"]);
-        support::run::keep_if_failed(&self.root, &stop);
-    }
-}
-
 /// The last path segment of a registered function name.
 fn short(name: &str) -> &str {
     name.rsplit("::").next().unwrap_or(name)
-}
-
-/// Polls `check` until it passes or the deadline is gone (then panics with its last word).
-fn poll<T>(what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
-    let end = Instant::now() + DEADLINE;
-    loop {
-        match check() {
-            Ok(v) => return v,
-            Err(e) if Instant::now() > end => panic!("{what}: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
-        }
-    }
 }
 
 /// Whether a job's records are complete: every square FINISHED through every state, the
@@ -337,7 +293,7 @@ fn x_events(trace: &Value) -> Vec<&Value> {
 }
 
 fn tasks_report_their_states_and_the_timeline_shows_them() {
-    let head = Head::start();
+    let head = Cluster::start();
     let first = head.work();
     let second = head.work();
     assert_ne!(first, second);
@@ -345,13 +301,13 @@ fn tasks_report_their_states_and_the_timeline_shows_them() {
     let node = head_node.node_id.clone();
 
     for job in [&first, &second] {
-        poll("task records of a job", || {
+        poll("task records of a job", DEADLINE, || {
             complete(&head.task_records(job), &node)
         });
     }
 
     // The head ran everything: two jobs' worth of each function.
-    poll("the raylet's task counts", || {
+    poll("the raylet's task counts", DEADLINE, || {
         let (_, counts) = head.task_counts();
         let count = |f: &str, s: &str| {
             counts
@@ -372,7 +328,7 @@ fn tasks_report_their_states_and_the_timeline_shows_them() {
         }
     });
 
-    let dir = head.root.join("traces");
+    let dir = head.head.root.join("traces");
     std::fs::create_dir_all(&dir).expect("traces dir");
     let all = head.timeline(&dir.join("all.json"), &[]);
     let only_first = head.timeline(&dir.join("first.json"), &["--job", &first]);

@@ -51,6 +51,24 @@ impl Head {
             .unwrap_or_else(|e| panic!("start --head records the token in {}: {e}", file.display()))
     }
 
+    /// `HOST:PORT` of the head's GCS.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `program ARGS` as a driver of this cluster (this test's executable, `miniray
+    /// timeline`, …): its address, token and folder, task events as by default.
+    pub fn driver_command(&self, program: &std::path::Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .env("MINIRAY_TMPDIR", &self.root)
+            .env("MINIRAY_ADDRESS", self.address())
+            .env("MINIRAY_TOKEN", self.token())
+            .env_remove("MINIRAY_ROLE")
+            .env_remove("MINIRAY_TASK_EVENTS_REPORT_INTERVAL_MS");
+        cmd
+    }
+
     /// `miniray start --head` on this head's port; remembers the dashboard's address.
     pub fn start_head(&mut self, extra: &[&str]) {
         let port = self.port.to_string();
