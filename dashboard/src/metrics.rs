@@ -65,30 +65,17 @@ pub async fn targets(
         .get_metrics_targets(miniray_proto::GetMetricsTargetsRequest {})
         .await
         .map_err(JobError::Gcs)?
-        .into_inner()
-        .targets;
+        .into_inner();
     let (host, port) = dashboard;
     let host = match host.parse::<std::net::IpAddr>() {
-        Ok(ip) if ip.is_unspecified() => {
-            let nodes = gcs
-                .get_all_nodes(miniray_proto::GetAllNodesRequest {})
-                .await
-                .map_err(JobError::Gcs)?
-                .into_inner()
-                .nodes;
-            nodes
-                .iter()
-                .filter(|n| n.is_head && n.state != miniray_proto::NodeState::Dead as i32)
-                .find_map(|n| n.address.as_ref().map(|a| a.host.clone()))
-                .unwrap_or_else(|| host.to_string())
-        }
+        Ok(ip) if ip.is_unspecified() && !listed.head_host.is_empty() => listed.head_host,
         _ => host.to_string(),
     };
     let mut groups = vec![TargetGroup {
         targets: vec![miniray_common::net::host_port(&host, port)],
         labels: [("component".to_string(), "dashboard".to_string())].into(),
     }];
-    for t in listed {
+    for t in listed.targets {
         let mut labels = BTreeMap::from([("component".to_string(), t.component)]);
         if !t.node_id.is_empty() {
             labels.insert("node_id".into(), hex::encode(&t.node_id));

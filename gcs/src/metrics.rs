@@ -10,7 +10,7 @@ use miniray_common::metrics::encode_gauges;
 use miniray_common::metrics::prometheus_client::collector::Collector;
 use miniray_common::metrics::prometheus_client::encoding::DescriptorEncoder;
 use miniray_common::metrics::prometheus_client::registry::Registry;
-use miniray_proto::{ActorState, MetricsTarget, NodeInfo, NodeState};
+use miniray_proto::{ActorState, GetMetricsTargetsReply, MetricsTarget, NodeState};
 
 use crate::service::GcsState;
 
@@ -35,23 +35,23 @@ pub(crate) fn registry(state: Arc<GcsState>) -> Registry {
 }
 
 /// The cluster's `/metrics` endpoints: this GCS's (`own`; on the head node's IP when it
-/// listens on every interface) and those of the raylets that are not dead.
-pub(crate) fn targets(state: &GcsState, own: Option<std::net::SocketAddr>) -> Vec<MetricsTarget> {
+/// listens on every interface) and those of the raylets that are not dead; and the head
+/// node's IP.
+pub(crate) fn targets(
+    state: &GcsState,
+    own: Option<std::net::SocketAddr>,
+) -> GetMetricsTargetsReply {
     let nodes = state.node_infos();
-    let node_ip = |n: &NodeInfo| {
-        n.address
-            .as_ref()
-            .map(|a| a.host.clone())
-            .unwrap_or_default()
-    };
+    let head_host = nodes
+        .iter()
+        .find(|n| n.is_head && n.state != NodeState::Dead as i32)
+        .and_then(|n| n.address.as_ref())
+        .map(|a| a.host.clone())
+        .unwrap_or_default();
     let mut targets = Vec::new();
     if let Some(own) = own {
-        let host = if own.ip().is_unspecified() {
-            nodes
-                .iter()
-                .find(|n| n.is_head && n.state != NodeState::Dead as i32)
-                .map(node_ip)
-                .unwrap_or_else(|| own.ip().to_string())
+        let host = if own.ip().is_unspecified() && !head_host.is_empty() {
+            head_host.clone()
         } else {
             own.ip().to_string()
         };
@@ -74,7 +74,7 @@ pub(crate) fn targets(state: &GcsState, own: Option<std::net::SocketAddr>) -> Ve
             node_id: address.node_id.clone(),
         });
     }
-    targets
+    GetMetricsTargetsReply { targets, head_host }
 }
 
 struct TablesCollector {

@@ -1108,9 +1108,10 @@ impl Gcs for GcsService {
         &self,
         _request: Request<miniray_proto::GetMetricsTargetsRequest>,
     ) -> Result<Response<miniray_proto::GetMetricsTargetsReply>, Status> {
-        Ok(Response::new(miniray_proto::GetMetricsTargetsReply {
-            targets: crate::metrics::targets(&self.state, self.metrics_address),
-        }))
+        Ok(Response::new(crate::metrics::targets(
+            &self.state,
+            self.metrics_address,
+        )))
     }
 
     async fn add_task_events(
