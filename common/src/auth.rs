@@ -91,6 +91,17 @@ pub fn token_matches(expected: &[u8], presented: &[u8]) -> bool {
     !expected.is_empty() && constant_time_eq(presented, expected)
 }
 
+/// Whether HTTP `headers` carry the cluster token as `Authorization: Bearer <token>`: how
+/// the dashboard, every `/metrics` endpoint and the Kubernetes simulator authenticate.
+pub fn bearer_token_matches(headers: &http::HeaderMap, token: &str) -> bool {
+    let presented = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    token_matches(token.as_bytes(), presented.as_bytes())
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;

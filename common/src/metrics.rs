@@ -273,22 +273,12 @@ struct EndpointState {
     token: Arc<str>,
 }
 
-/// Whether a request carries the cluster token as `Authorization: Bearer <token>`.
-pub fn bearer_token_matches(headers: &http::HeaderMap, token: &str) -> bool {
-    let presented = headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    crate::auth::token_matches(token.as_bytes(), presented.as_bytes())
-}
-
 async fn authenticate(
     State(state): State<EndpointState>,
     request: Request,
     next: Next,
 ) -> Response {
-    if bearer_token_matches(request.headers(), &state.token) {
+    if crate::auth::bearer_token_matches(request.headers(), &state.token) {
         next.run(request).await
     } else {
         (

@@ -152,7 +152,7 @@ async fn authenticate(State(state): State<AppState>, request: Request, next: Nex
     if page && let Some(response) = crate::pages::login(&request, &state.token) {
         return response;
     }
-    let bearer = miniray_common::metrics::bearer_token_matches(request.headers(), &state.token);
+    let bearer = miniray_common::auth::bearer_token_matches(request.headers(), &state.token);
     let cookie = page
         && crate::pages::cookie_token(&request).is_some_and(|t| {
             miniray_common::auth::token_matches(state.token.as_bytes(), t.as_bytes())

@@ -44,25 +44,11 @@ struct Target {
 
 type Params = HashMap<String, String>;
 
-fn authorized(request: &Request, token: &str) -> bool {
-    let Some(header) = request
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    let Some(given) = header.strip_prefix("Bearer ") else {
-        return false;
-    };
-    miniray_common::auth::token_matches(token.as_bytes(), given.as_bytes())
-}
-
 /// The one handler: every path goes through here.
 pub async fn handle(State(app): State<Arc<App>>, request: Request) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_string();
-    let response = if authorized(&request, &app.token) {
+    let response = if miniray_common::auth::bearer_token_matches(request.headers(), &app.token) {
         route(&app, request)
             .await
             .unwrap_or_else(ApiError::into_response)
