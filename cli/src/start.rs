@@ -68,8 +68,8 @@ pub struct StartArgs {
     /// forgotten first.
     #[arg(long, default_value_t = miniray::cluster::DEFAULT_MAX_DESTROYED_ACTORS)]
     max_destroyed_actors: usize,
-    /// Task attempts whose events (`miniray timeline`) the GCS keeps in memory; the first
-    /// seen are dropped first.
+    /// Task-event entries (`miniray timeline`; one per task attempt and reporting process,
+    /// so about two per task) the GCS keeps in memory; the oldest are dropped first.
     #[arg(long, default_value_t = miniray::cluster::DEFAULT_MAX_TASK_EVENTS)]
     max_task_events: usize,
     #[command(flatten)]

@@ -679,9 +679,21 @@ fn tls_init_writes_private_keys_never_overwrites_and_its_files_start_a_tls_head(
     // A head with these files: `status` gets in with them (from the environment) only.
     let port = free_port().to_string();
     let address = format!("127.0.0.1:{port}");
-    let head = ["start", "--head", "--port", &port, "--num-cpus", "1"];
+    let (raylet_metrics, gcs_metrics) = (free_port().to_string(), free_port().to_string());
+    let head = [
+        "start",
+        "--head",
+        "--port",
+        &port,
+        "--num-cpus",
+        "1",
+        "--metrics-port",
+        &raylet_metrics,
+        "--gcs-metrics-port",
+        &gcs_metrics,
+    ];
     let tls_flags = ["--tls-cert", &cert, "--tls-key", &key, "--tls-ca", &ca];
-    let started = sandbox.run(&[head, tls_flags].concat());
+    let started = sandbox.run(&[&head[..], &tls_flags[..]].concat());
     started.assert_success();
     let with_tls = |args: &[&str]| {
         let mut cmd = sandbox.command(args);
@@ -705,6 +717,33 @@ fn tls_init_writes_private_keys_never_overwrites_and_its_files_start_a_tls_head(
     });
     let plain = sandbox.run(&status_args);
     assert!(!plain.success, "{}", plain.describe());
+
+    // Every `/metrics` endpoint speaks TLS with the cluster's files and still wants the token.
+    let token_file = sandbox
+        .root
+        .join("clusters")
+        .join(format!("127_0_0_1_{port}.token"));
+    let token = std::fs::read_to_string(&token_file)
+        .map(|t| t.trim().to_string())
+        .unwrap_or_else(|e| panic!("{}: {e}", token_file.display()));
+    let files = [cert.as_str(), key.as_str(), ca.as_str()];
+    for (metrics_port, series) in [
+        (&raylet_metrics, "miniray_workers{"),
+        (&gcs_metrics, "miniray_nodes{"),
+    ] {
+        let endpoint = format!("127.0.0.1:{metrics_port}");
+        let (status, body) = https_get(&endpoint, "/metrics", &token, files)
+            .unwrap_or_else(|e| panic!("https://{endpoint}/metrics: {e}"));
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains(series), "{series} in {body}");
+        let (status, _) = https_get(&endpoint, "/metrics", "wrong-token", files)
+            .unwrap_or_else(|e| panic!("https://{endpoint}/metrics: {e}"));
+        assert_eq!(status, 401, "a wrong token is refused");
+        assert!(
+            plain_http_get(&endpoint, "/metrics", &token).is_err(),
+            "plain HTTP gets no metrics from a TLS cluster"
+        );
+    }
 
     // The dashboard port speaks TLS too: a job runs through it with the files, and nothing
     // gets in without them or over plain HTTP.
@@ -736,6 +775,92 @@ fn tls_init_writes_private_keys_never_overwrites_and_its_files_start_a_tls_head(
         "{}",
         plain_http.describe()
     );
+}
+
+/// `GET https://{address}{path}` with the cluster's TLS files (`[cert, key, ca]`) and
+/// `token`: the status and the body.
+fn https_get(
+    address: &str,
+    path: &str,
+    token: &str,
+    [cert, key, ca]: [&str; 3],
+) -> Result<(u16, String), String> {
+    use http_body_util::{BodyExt, Empty};
+    use hyper::body::Bytes;
+    use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use hyper_util::rt::TokioExecutor;
+    use miniray_common::tls::{SERVER_NAME, TlsFiles};
+
+    let files = TlsFiles::from_parts([
+        ("cert", Some(cert.into())),
+        ("key", Some(key.into())),
+        ("ca", Some(ca.into())),
+    ])
+    .map_err(|e| e.to_string())?
+    .ok_or("no TLS files")?;
+    let config = files
+        .load()
+        .and_then(|tls| tls.https_client_config())
+        .map_err(|e| e.to_string())?;
+    let name = rustls_pki_types::ServerName::try_from(SERVER_NAME).map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        let connector = HttpsConnector::new(
+            http,
+            config,
+            true,
+            std::sync::Arc::new(FixedServerNameResolver::new(name)),
+        );
+        let client: Client<_, Empty<Bytes>> =
+            Client::builder(TokioExecutor::new()).build(connector);
+        let request = hyper::Request::get(format!("https://{address}{path}"))
+            .header("authorization", format!("Bearer {token}"))
+            .body(Empty::new())
+            .map_err(|e| e.to_string())?;
+        let response = tokio::time::timeout(Duration::from_secs(20), client.request(request))
+            .await
+            .map_err(|_| "timed out".to_string())?
+            .map_err(|e| format!("{e:?}"))?;
+        let status = response.status().as_u16();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    })
+}
+
+/// `GET http://{address}{path}` over a plain socket: the response, or why there was none.
+fn plain_http_get(address: &str, path: &str, token: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    );
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| e.to_string())?;
+    if response.starts_with("HTTP/1.1 200") {
+        Ok(response)
+    } else {
+        Err(format!("no metrics: {response:?}"))
+    }
 }
 
 #[test]

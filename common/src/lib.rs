@@ -17,6 +17,7 @@ pub mod probe;
 pub mod reply_journal;
 pub mod resources;
 pub mod shm;
+pub mod task_events;
 pub mod time;
 pub mod tls;
 pub mod transport;

@@ -63,7 +63,8 @@ pub struct GcsConfig {
     /// Serve Prometheus metrics (`/metrics`) on this port of the bind address (0: any free
     /// port); `None`: no metrics endpoint.
     pub metrics_port: Option<u16>,
-    /// Task attempts whose events are kept (memory only); the first seen go first.
+    /// Task-event entries kept (one per task attempt and reporting process; memory only);
+    /// the batches that arrived first go first.
     pub max_task_events: usize,
 }
 

@@ -1118,10 +1118,10 @@ impl Gcs for GcsService {
         &self,
         request: Request<AddTaskEventsRequest>,
     ) -> Result<Response<AddTaskEventsReply>, Status> {
-        let AddTaskEventsRequest { events, dropped } = request.into_inner();
+        let AddTaskEventsRequest { batches, dropped } = request.into_inner();
         self.state
             .task_events
-            .add(events, dropped)
+            .add(batches, dropped)
             .map_err(|e| invalid(format!("add task events: {e}")))?;
         Ok(Response::new(AddTaskEventsReply {}))
     }

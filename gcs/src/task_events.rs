@@ -1,46 +1,52 @@
-//! Task events: what every task attempt went through, pieced together from the state
-//! transitions core workers record and raylets forward (`AddTaskEvents`), served to
-//! `miniray timeline` and tests (`GetTaskEvents`). As Ray's `GcsTaskManager`, memory only:
-//! a restarted GCS starts with none.
+//! Task events: what every task attempt went through, pieced together from the batches
+//! core workers build and raylets forward (`AddTaskEvents`), served to `miniray timeline`,
+//! the dashboard and tests (`GetTaskEvents`). As Ray's `GcsTaskManager`, memory only: a
+//! restarted GCS starts with none.
 //!
 //! Invariants:
-//! - At most `max_tasks` records (one per task id and attempt) are kept; past that the
-//!   record first seen longest ago goes, and every event it held is counted in
+//! - Batches are kept as they arrived, and attempts are pieced together when asked. Adding
+//!   is a check and a push, so the cost of events on a busy cluster stays with the rare
+//!   reader, not with every task.
+//! - At most `max_entries` entries (one per task attempt and reporting process) are kept;
+//!   past that the batches that arrived first go, and every event they held is counted in
 //!   `dropped_at_gcs`. Events dropped before they got here (core worker and raylet
 //!   buffers) are added up in `dropped_at_sources`.
-//! - A batch with a malformed id is refused whole; nothing of it is applied.
-//! - The table is a plain mutex held for memory work only, never across an await.
+//! - A call with a malformed batch is refused whole; nothing of it is applied.
+//! - The table is a plain mutex held for memory work only, never across an await; a
+//!   reader pieces records together outside it, from shared batches.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+use std::sync::Arc;
 
+use miniray_common::JobId;
 use miniray_common::ids::InvalidId;
-use miniray_common::{JobId, TaskId};
-use miniray_proto::{GetTaskEventsReply, TaskEvent, TaskRecord, TaskState};
+use miniray_common::task_events::{Entry, MalformedBatch, attempt_index, check};
+use miniray_proto::{GetTaskEventsReply, TaskEventBatch, TaskRecord, TaskState};
 use parking_lot::Mutex;
 
-/// Default of [`crate::GcsConfig::max_task_events`] (Ray's
-/// `task_events_max_num_task_in_gcs`).
-pub const DEFAULT_MAX_TASK_EVENTS: usize = 100_000;
+/// Default of [`crate::GcsConfig::max_task_events`]: about Ray's
+/// `task_events_max_num_task_in_gcs` of 100 000 tasks, each reported by its submitter and
+/// by its worker.
+pub const DEFAULT_MAX_TASK_EVENTS: usize = 200_000;
 
-type Key = (TaskId, u32);
-
-struct Entry {
-    record: TaskRecord,
-    /// Events merged into the record: what its eviction drops.
-    events: u64,
+struct Stored {
+    batch: Arc<TaskEventBatch>,
+    entries: usize,
+    states: u64,
 }
 
 struct Table {
-    records: HashMap<Key, Entry>,
-    /// Keys of `records` in the order first seen: eviction and reply order.
-    order: VecDeque<Key>,
+    /// In arrival order: eviction order, and the order records are first seen in.
+    batches: VecDeque<Stored>,
+    /// Entries over `batches`.
+    entries: usize,
     dropped_at_sources: u64,
     dropped_at_gcs: u64,
 }
 
-/// The task records of the cluster (see the module invariants).
+/// The task events of the cluster (see the module invariants).
 pub(crate) struct TaskEvents {
-    max_tasks: usize,
+    max_entries: usize,
     table: Mutex<Table>,
 }
 
@@ -55,36 +61,6 @@ fn rank(state: TaskState) -> u8 {
     }
 }
 
-/// A checked event: its key and state, ready to merge.
-struct Checked {
-    key: Key,
-    state: TaskState,
-    event: TaskEvent,
-}
-
-fn parse_state(task: TaskId, raw: i32) -> Result<TaskState, String> {
-    TaskState::try_from(raw)
-        .ok()
-        .filter(|s| *s != TaskState::Unspecified)
-        .ok_or_else(|| format!("task {task}: invalid state {raw}"))
-}
-
-fn check(event: TaskEvent) -> Result<Checked, String> {
-    let task = TaskId::from_bytes(&event.task_id).map_err(|e| format!("task id: {e}"))?;
-    let state = parse_state(task, event.state)?;
-    for earlier in &event.earlier_states {
-        parse_state(task, earlier.state)?;
-    }
-    if !event.job_id.is_empty() {
-        JobId::from_bytes(&event.job_id).map_err(|e| format!("task {task}: job id: {e}"))?;
-    }
-    Ok(Checked {
-        key: (task, event.attempt),
-        state,
-        event,
-    })
-}
-
 /// Records that the attempt reached `state` at `time_us`.
 fn reach(record: &mut TaskRecord, state: TaskState, time_us: u64) {
     let slot = match state {
@@ -96,85 +72,93 @@ fn reach(record: &mut TaskRecord, state: TaskState, time_us: u64) {
         TaskState::Failed => &mut record.failed_time_us,
     };
     *slot = time_us;
-    // Events of one attempt come from two processes (submitter and worker) through
+    // Entries of one attempt come from two processes (submitter and worker) through
     // different raylets, so they arrive in any order: a final state stays final.
     if rank(state) > rank(record.state()) {
         record.set_state(state);
     }
 }
 
-fn merge(record: &mut TaskRecord, state: TaskState, event: TaskEvent) {
+fn merge(record: &mut TaskRecord, job_id: &[u8], e: &Entry<'_>) {
     if record.job_id.is_empty() {
-        record.job_id = event.job_id;
+        record.job_id = job_id.to_vec();
     }
-    if record.function_name.is_empty() {
-        record.function_name = event.function_name;
+    if record.function_name.is_empty()
+        && let Some(f) = e.function
+    {
+        record.function_name = f.to_string();
     }
-    if record.actor_id.is_empty() {
-        record.actor_id = event.actor_id;
+    if record.actor_id.is_empty()
+        && let Some(a) = e.actor_id
+    {
+        record.actor_id = a.to_vec();
     }
     // The node and worker of the latest placement win (SUBMITTED carries none).
-    if !event.node_id.is_empty() {
-        record.node_id = event.node_id;
+    if let (Some(node), Some(worker)) = (e.node_id, e.worker_id) {
+        record.node_id = node.to_vec();
+        record.worker_id = worker.to_vec();
     }
-    if !event.worker_id.is_empty() {
-        record.worker_id = event.worker_id;
+    for (state, time_us) in e.states() {
+        reach(record, state, time_us);
     }
-    for earlier in &event.earlier_states {
-        reach(record, earlier.state(), earlier.time_us);
-    }
-    reach(record, state, event.time_us);
-    if state == TaskState::Failed {
-        record.error_message = event.error_message;
+    if let Some(error) = e.error {
+        record.error_message = error.to_string();
     }
 }
 
 impl TaskEvents {
-    pub(crate) fn new(max_tasks: usize) -> Self {
+    pub(crate) fn new(max_entries: usize) -> Self {
         Self {
-            max_tasks: max_tasks.max(1),
+            max_entries: max_entries.max(1),
             table: Mutex::new(Table {
-                records: HashMap::new(),
-                order: VecDeque::new(),
+                batches: VecDeque::new(),
+                entries: 0,
                 dropped_at_sources: 0,
                 dropped_at_gcs: 0,
             }),
         }
     }
 
-    /// Merges a batch of events (refused whole when one is malformed).
-    pub(crate) fn add(&self, events: Vec<TaskEvent>, dropped: u64) -> Result<(), String> {
-        let checked = events
-            .into_iter()
-            .map(check)
-            .collect::<Result<Vec<_>, _>>()?;
+    /// Keeps a node's batches (refused whole when one is malformed).
+    pub(crate) fn add(
+        &self,
+        batches: Vec<TaskEventBatch>,
+        dropped: u64,
+    ) -> Result<(), MalformedBatch> {
+        let mut stored = Vec::with_capacity(batches.len());
+        let mut trimmed = 0u64;
+        for batch in &batches {
+            let checked = check(batch)?;
+            if checked.len() > self.max_entries {
+                // Larger than the whole table: only its last entries can stay.
+                let last = checked.last(self.max_entries);
+                let kept = check(&last)?;
+                trimmed += checked.state_count() - kept.state_count();
+                stored.push((kept.len(), kept.state_count(), Some(last)));
+            } else {
+                stored.push((checked.len(), checked.state_count(), None));
+            }
+        }
         let mut t = self.table.lock();
         t.dropped_at_sources = t.dropped_at_sources.saturating_add(dropped);
-        for Checked { key, state, event } in checked {
-            let entry = match t.records.get_mut(&key) {
-                Some(entry) => entry,
-                None => {
-                    t.order.push_back(key);
-                    t.records.entry(key).or_insert_with(|| Entry {
-                        record: TaskRecord {
-                            task_id: key.0.to_vec(),
-                            attempt: key.1,
-                            ..Default::default()
-                        },
-                        events: 0,
-                    })
-                }
-            };
-            entry.events += 1 + event.earlier_states.len() as u64;
-            merge(&mut entry.record, state, event);
+        t.dropped_at_gcs = t.dropped_at_gcs.saturating_add(trimmed);
+        for (batch, (entries, states, replaced)) in batches.into_iter().zip(stored) {
+            if entries == 0 {
+                continue;
+            }
+            t.entries += entries;
+            t.batches.push_back(Stored {
+                batch: Arc::new(replaced.unwrap_or(batch)),
+                entries,
+                states,
+            });
         }
-        while t.records.len() > self.max_tasks {
-            let Some(oldest) = t.order.pop_front() else {
+        while t.entries > self.max_entries {
+            let Some(gone) = t.batches.pop_front() else {
                 break;
             };
-            if let Some(gone) = t.records.remove(&oldest) {
-                t.dropped_at_gcs = t.dropped_at_gcs.saturating_add(gone.events);
-            }
+            t.entries -= gone.entries;
+            t.dropped_at_gcs = t.dropped_at_gcs.saturating_add(gone.states);
         }
         Ok(())
     }
@@ -182,24 +166,43 @@ impl TaskEvents {
     /// The records of `job` (all jobs when `None`): the last `limit` first seen (all when
     /// 0), in the order first seen, and the drop counters.
     pub(crate) fn get(&self, job: Option<JobId>, limit: usize) -> GetTaskEventsReply {
-        let t = self.table.lock();
-        let job = job.map(|j| j.to_vec());
-        let wanted = |e: &&Entry| job.as_ref().is_none_or(|j| *j == e.record.job_id);
-        let limit = if limit == 0 { usize::MAX } else { limit };
-        let mut tasks: Vec<TaskRecord> = t
-            .order
-            .iter()
-            .rev()
-            .filter_map(|k| t.records.get(k))
-            .filter(wanted)
-            .take(limit)
-            .map(|e| e.record.clone())
-            .collect();
-        tasks.reverse();
+        let (batches, dropped_at_sources, dropped_at_gcs) = {
+            let t = self.table.lock();
+            let job = job.map(|j| j.to_vec());
+            let batches: Vec<Arc<TaskEventBatch>> = t
+                .batches
+                .iter()
+                .filter(|s| job.as_ref().is_none_or(|j| *j == s.batch.job_id))
+                .map(|s| Arc::clone(&s.batch))
+                .collect();
+            (batches, t.dropped_at_sources, t.dropped_at_gcs)
+        };
+        let mut tasks: Vec<TaskRecord> = Vec::new();
+        let mut index = attempt_index(0);
+        for batch in &batches {
+            // Checked when added; a batch is never changed after.
+            let Ok(checked) = check(batch) else {
+                continue;
+            };
+            for e in checked.entries() {
+                let i = *index.entry((*e.task_id, e.attempt)).or_insert_with(|| {
+                    tasks.push(TaskRecord {
+                        task_id: e.task_id.to_vec(),
+                        attempt: e.attempt,
+                        ..Default::default()
+                    });
+                    tasks.len() - 1
+                });
+                merge(&mut tasks[i], &batch.job_id, &e);
+            }
+        }
+        if limit > 0 && tasks.len() > limit {
+            tasks.drain(..tasks.len() - limit);
+        }
         GetTaskEventsReply {
             tasks,
-            dropped_at_sources: t.dropped_at_sources,
-            dropped_at_gcs: t.dropped_at_gcs,
+            dropped_at_sources,
+            dropped_at_gcs,
         }
     }
 }
@@ -215,42 +218,66 @@ pub(crate) fn job_filter(raw: &[u8]) -> Result<Option<JobId>, InvalidId> {
 
 #[cfg(test)]
 mod tests {
+    use miniray_common::TaskId;
+    use miniray_common::task_events::{BatchBuilder, NewEntry};
+
     use super::*;
 
-    fn event(task: TaskId, state: TaskState, time_us: u64) -> TaskEvent {
-        TaskEvent {
-            task_id: task.to_vec(),
-            state: state as i32,
-            time_us,
-            ..Default::default()
+    /// One entry per `(task, states)` with what else the test sets.
+    struct At<'a> {
+        task: TaskId,
+        states: &'a [(TaskState, u64)],
+        function: Option<&'a str>,
+        placement: Option<([u8; 16], [u8; 16])>,
+        error: Option<&'a str>,
+    }
+
+    fn at(task: TaskId, states: &[(TaskState, u64)]) -> At<'_> {
+        At {
+            task,
+            states,
+            function: None,
+            placement: None,
+            error: None,
         }
     }
 
+    fn batch(job: JobId, entries: &[At<'_>]) -> TaskEventBatch {
+        let mut b = BatchBuilder::new(job.as_bytes(), 0);
+        for e in entries {
+            b.push(NewEntry {
+                task_id: e.task.as_bytes(),
+                attempt: 0,
+                states: e.states,
+                function: e.function,
+                placement: e.placement.as_ref().map(|(n, w)| (n, w)),
+                actor_id: None,
+                error: e.error,
+            });
+        }
+        b.finish()
+    }
+
     #[test]
-    fn events_of_one_attempt_make_one_record_whatever_their_order() {
+    fn entries_of_one_attempt_make_one_record_whatever_their_order() {
         let store = TaskEvents::new(10);
         let task = TaskId::random();
         let job = JobId::random();
-        let node = vec![7u8; 16];
-        let mut running = event(task, TaskState::Running, 30);
-        running.node_id = node.clone();
-        running.worker_id = vec![8u8; 16];
-        running.function_name = "f".into();
-        let mut submitted = event(task, TaskState::Submitted, 10);
-        submitted.job_id = job.to_vec();
-        let mut failed = event(task, TaskState::Failed, 40);
-        failed.error_message = "boom".into();
-        // The submitter's SCHEDULED folded into an event of a later state (as a process
-        // coalesces them), arriving late.
-        let mut scheduled = event(task, TaskState::Scheduled, 20);
-        scheduled.earlier_states = vec![miniray_proto::TaskStateTime {
-            state: TaskState::Submitted as i32,
-            time_us: 11,
-        }];
-        // The worker's events arrive before the submitter's.
-        store.add(vec![running, failed], 0).unwrap();
-        store.add(vec![scheduled], 0).unwrap();
-        store.add(vec![submitted], 0).unwrap();
+        let (node, worker) = ([7u8; 16], [8u8; 16]);
+        use TaskState::*;
+        // The worker's entry arrives before the submitter's.
+        let worker_side = At {
+            function: Some("f"),
+            placement: Some((node, worker)),
+            error: Some("boom"),
+            ..at(task, &[(Running, 30), (Failed, 40)])
+        };
+        let submitter_side = At {
+            placement: Some((node, worker)),
+            ..at(task, &[(Submitted, 10), (Scheduled, 20)])
+        };
+        store.add(vec![batch(job, &[worker_side])], 0).unwrap();
+        store.add(vec![batch(job, &[submitter_side])], 0).unwrap();
         let reply = store.get(Some(job), 0);
         assert_eq!(reply.tasks.len(), 1);
         let r = &reply.tasks[0];
@@ -268,20 +295,22 @@ mod tests {
             (r.function_name.as_str(), r.error_message.as_str()),
             ("f", "boom")
         );
-        assert_eq!(r.node_id, node);
+        assert_eq!(
+            (r.node_id.as_slice(), r.job_id.clone()),
+            (&node[..], job.to_vec())
+        );
         assert_eq!(store.get(Some(JobId::random()), 0).tasks.len(), 0);
     }
 
     #[test]
-    fn the_oldest_tasks_are_dropped_and_their_events_counted() {
+    fn the_oldest_batches_are_dropped_and_their_events_counted() {
         let store = TaskEvents::new(3);
+        let job = JobId::random();
         let tasks: Vec<TaskId> = (0..5).map(|_| TaskId::random()).collect();
-        for (i, t) in tasks.iter().enumerate() {
-            let events = vec![
-                event(*t, TaskState::Submitted, i as u64),
-                event(*t, TaskState::Running, i as u64),
-            ];
-            store.add(events, 1).unwrap();
+        use TaskState::*;
+        for t in &tasks {
+            let states = [(Submitted, 1), (Running, 2)];
+            store.add(vec![batch(job, &[at(*t, &states)])], 1).unwrap();
         }
         let reply = store.get(None, 0);
         let kept: Vec<Vec<u8>> = reply.tasks.iter().map(|r| r.task_id.clone()).collect();
@@ -296,11 +325,28 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_with_a_bad_id_changes_nothing() {
+    fn a_batch_larger_than_the_table_keeps_its_last_entries() {
+        let store = TaskEvents::new(2);
+        let tasks: Vec<TaskId> = (0..5).map(|_| TaskId::random()).collect();
+        let states = [(TaskState::Finished, 1)];
+        let entries: Vec<At<'_>> = tasks.iter().map(|t| at(*t, &states)).collect();
+        store
+            .add(vec![batch(JobId::random(), &entries)], 0)
+            .unwrap();
+        let reply = store.get(None, 0);
+        let kept: Vec<Vec<u8>> = reply.tasks.iter().map(|r| r.task_id.clone()).collect();
+        assert_eq!(kept, vec![tasks[3].to_vec(), tasks[4].to_vec()]);
+        assert_eq!(reply.dropped_at_gcs, 3);
+    }
+
+    #[test]
+    fn a_call_with_a_malformed_batch_changes_nothing() {
         let store = TaskEvents::new(10);
-        let good = event(TaskId::random(), TaskState::Submitted, 1);
-        let mut bad = event(TaskId::random(), TaskState::Submitted, 1);
-        bad.task_id = vec![1, 2, 3];
+        let job = JobId::random();
+        let states = [(TaskState::Submitted, 1)];
+        let good = batch(job, &[at(TaskId::random(), &states)]);
+        let mut bad = good.clone();
+        bad.task_ids.truncate(3);
         assert!(store.add(vec![good, bad], 5).is_err());
         let reply = store.get(None, 0);
         assert!(reply.tasks.is_empty());

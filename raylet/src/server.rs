@@ -408,10 +408,10 @@ impl Raylet for RayletService {
         &self,
         request: Request<ReportTaskEventsRequest>,
     ) -> Result<Response<ReportTaskEventsReply>, Status> {
-        let ReportTaskEventsRequest { events, dropped } = request.into_inner();
+        let ReportTaskEventsRequest { batch, dropped } = request.into_inner();
         self.node
             .task_events
-            .report(events, dropped)
+            .report(batch, dropped)
             .map_err(|e| invalid(format!("report task events: {e}")))?;
         Ok(Response::new(ReportTaskEventsReply {}))
     }

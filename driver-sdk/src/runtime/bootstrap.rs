@@ -330,7 +330,7 @@ async fn build(
         dead_nodes: Default::default(),
         inline_threshold: DEFAULT_INLINE_THRESHOLD,
         borrows,
-        task_events: TaskEvents::from_env(job_id),
+        task_events: Arc::new(TaskEvents::from_env(job_id)),
         handle: tokio::runtime::Handle::current(),
     });
     Ok((

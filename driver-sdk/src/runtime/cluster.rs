@@ -51,8 +51,8 @@ pub struct GcsSpec {
     /// Dead actors the GCS keeps (default [`miniray_gcs::DEFAULT_MAX_DESTROYED_ACTORS`]).
     #[serde(default)]
     pub max_destroyed_actors: Option<usize>,
-    /// Task attempts whose events the GCS keeps (default
-    /// [`miniray_gcs::DEFAULT_MAX_TASK_EVENTS`]).
+    /// Task-event entries (one per task attempt and reporting process) the GCS keeps
+    /// (default [`miniray_gcs::DEFAULT_MAX_TASK_EVENTS`]).
     #[serde(default)]
     pub max_task_events: Option<usize>,
     /// Mutual TLS for the daemon's server and its calls (`None`: plaintext).

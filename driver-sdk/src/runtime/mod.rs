@@ -79,7 +79,7 @@ pub(crate) struct CoreWorker {
     /// to give back (see `borrowing.rs`).
     pub(crate) borrows: Arc<borrowing::BorrowQueue>,
     /// State transitions of the tasks this process submits and runs (see `task_events.rs`).
-    pub(crate) task_events: task_events::TaskEvents,
+    pub(crate) task_events: Arc<task_events::TaskEvents>,
     pub(crate) handle: Handle,
 }
 

@@ -4,26 +4,33 @@
 //! them to the GCS (`raylet/src/task_events.rs`).
 //!
 //! Invariants:
-//! - Recording is off the task's hot path in cost: a push onto a bounded buffer under a
-//!   mutex held for that push only, no id parsing beyond a 16-byte copy, and no allocation
-//!   for the function name (a `&'static str` or a shared `Arc<str>`). Proto messages are
-//!   built by the reporter, on the runtime, once per interval.
-//! - At most `max_buffered` events wait; past that the oldest go and are counted, and the
-//!   count travels with the next report. A report the raylet did not take is counted as
-//!   dropped too (events are best-effort; a task's result never waits for them).
+//! - Recording is off the task's hot path in cost: a push onto the recording thread's own
+//!   buffer (a shard: no other thread's pushes contend for it), no id parsing beyond a
+//!   16-byte copy, and no allocation for the function name (a `&'static str` or a shared
+//!   `Arc<str>`). The reporter builds the columnar batch (`TaskEventBatch`) once per
+//!   interval, or as soon as a thread has `REPORT_AT` events waiting, reusing its scratch
+//!   space so that a report allocates no per-event memory.
+//! - At most `max_buffered` events wait per recording thread; past that the oldest go and
+//!   are counted, and the count travels with the next report. A report the raylet did not
+//!   take is counted as dropped too (events are best-effort; a task's result never waits
+//!   for them).
 //! - With `MINIRAY_TASK_EVENTS_REPORT_INTERVAL_MS=0` nothing is recorded and no reporter
 //!   runs.
 //! - `shutdown` reports what is left, bounded by `FINAL_REPORT_DEADLINE`, so a short
 //!   driver's events are not lost.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::ThreadId;
 use std::time::Duration;
 
 use miniray_common::config::env;
+use miniray_common::task_events::{AttemptIndex, BatchBuilder, NewEntry, attempt_index};
 use miniray_common::time::now_us;
 use miniray_common::{JobId, NodeId, WorkerId};
-use miniray_proto::{ReportTaskEventsRequest, TaskEvent, TaskSpec, TaskState, TaskStateTime};
+use miniray_proto::{ReportTaskEventsRequest, TaskSpec, TaskState};
 use parking_lot::Mutex;
 use tracing::{debug, warn};
 
@@ -36,8 +43,12 @@ pub(crate) const DEFAULT_MAX_BUFFERED: usize = 100_000;
 /// Bound on one report, and on the last one at shutdown.
 const REPORT_DEADLINE: Duration = Duration::from_secs(2);
 pub(crate) const FINAL_REPORT_DEADLINE: Duration = Duration::from_secs(2);
-/// Events per `ReportTaskEvents` call, well below the message size limit.
-const MAX_EVENTS_PER_REPORT: usize = 20_000;
+/// Entries per `ReportTaskEvents` call, well below the message size limit.
+const MAX_ENTRIES_PER_REPORT: usize = 20_000;
+/// Events that start a report before the interval is up: a process running 10⁵ tasks a
+/// second records more in an interval than the buffer keeps, and a report of this size
+/// costs about what the same events would cost in any other report.
+const REPORT_AT: usize = 10_000;
 
 /// A function name without a copy: static on the submitter side, shared on the executor.
 #[derive(Clone, Debug)]
@@ -48,11 +59,11 @@ pub(crate) enum FnName {
 }
 
 impl FnName {
-    fn into_string(self) -> String {
+    fn as_str(&self) -> Option<&str> {
         match self {
-            FnName::None => String::new(),
-            FnName::Static(s) => s.to_string(),
-            FnName::Shared(s) => s.to_string(),
+            FnName::None => None,
+            FnName::Static(s) => Some(s),
+            FnName::Shared(s) => Some(s),
         }
     }
 }
@@ -84,10 +95,6 @@ type RawId = Option<[u8; 16]>;
 
 fn raw_id(bytes: &[u8]) -> RawId {
     bytes.try_into().ok()
-}
-
-fn id_bytes(id: RawId) -> Vec<u8> {
-    id.map(|b| b.to_vec()).unwrap_or_default()
 }
 
 /// One transition as recorded, turned into a [`TaskEvent`] only when reported.
@@ -138,42 +145,84 @@ impl Recorded {
         self.error = Some(error);
         self
     }
+}
 
-    fn into_proto(self, job_id: &[u8]) -> TaskEvent {
-        TaskEvent {
-            task_id: id_bytes(self.task_id),
-            attempt: self.attempt,
-            job_id: job_id.to_vec(),
-            function_name: self.function.into_string(),
-            actor_id: id_bytes(self.actor_id),
-            state: self.state as i32,
-            time_us: self.time_us,
-            node_id: id_bytes(self.node_id),
-            worker_id: id_bytes(self.worker_id),
-            error_message: self.error.unwrap_or_default(),
-            earlier_states: Vec::new(),
+/// The transitions of one attempt between two reports, folded together: times by state,
+/// and which recorded event holds each other part (nothing is moved or copied out of the
+/// events but the times).
+struct Attempt {
+    task_id: [u8; 16],
+    attempt: u32,
+    /// Time of each state reached, by `TaskState` value (0: not reached).
+    times: [u64; 6],
+    /// Indices into the events being reported.
+    function: Option<u32>,
+    placement: Option<u32>,
+    actor: Option<u32>,
+    error: Option<u32>,
+}
+
+impl Attempt {
+    fn new(task_id: [u8; 16], attempt: u32) -> Self {
+        Self {
+            task_id,
+            attempt,
+            times: [0; 6],
+            function: None,
+            placement: None,
+            actor: None,
+            error: None,
         }
     }
 
-    /// Folds a later transition of the same attempt into `event`.
-    fn fold_into(self, event: &mut TaskEvent) {
-        event.earlier_states.push(TaskStateTime {
-            state: event.state,
-            time_us: event.time_us,
-        });
-        event.state = self.state as i32;
-        event.time_us = self.time_us;
-        if event.function_name.is_empty() {
-            event.function_name = self.function.into_string();
+    /// Folds in transition `i`, `e`, of the same attempt; the latest placement wins.
+    fn fold(&mut self, i: u32, e: &Recorded) {
+        // A clock that reads 0 is not a machine this runs on; keep the slot meaningful.
+        self.times[e.state as usize] = e.time_us.max(1);
+        if self.function.is_none() && !matches!(e.function, FnName::None) {
+            self.function = Some(i);
         }
-        if self.node_id.is_some() {
-            event.node_id = id_bytes(self.node_id);
-            event.worker_id = id_bytes(self.worker_id);
+        if e.node_id.is_some() && e.worker_id.is_some() {
+            self.placement = Some(i);
         }
-        if let Some(error) = self.error {
-            event.error_message = error;
+        if self.actor.is_none() && e.actor_id.is_some() {
+            self.actor = Some(i);
+        }
+        if e.error.is_some() {
+            self.error = Some(i);
         }
     }
+
+    fn states(&self) -> impl Iterator<Item = (TaskState, u64)> + '_ {
+        [
+            TaskState::Submitted,
+            TaskState::Scheduled,
+            TaskState::Running,
+            TaskState::Finished,
+            TaskState::Failed,
+        ]
+        .into_iter()
+        .map(|s| (s, self.times[s as usize]))
+        .filter(|(_, t)| *t > 0)
+    }
+}
+
+/// What the reporter reuses from one report to the next, so that building a report
+/// neither allocates nor faults in fresh pages.
+struct Scratch {
+    /// The events being reported, moved out of every shard.
+    events: Vec<Recorded>,
+    attempts: Vec<Attempt>,
+    index: AttemptIndex,
+    states: Vec<(TaskState, u64)>,
+}
+
+/// The events one thread recorded since the last report. Only that thread pushes, so
+/// its lock is contended by nothing but the reporter's take, once per report: threads
+/// that submit and run tasks side by side never wait for each other here.
+struct Shard {
+    owner: ThreadId,
+    buffer: Mutex<Buffer>,
 }
 
 struct Buffer {
@@ -182,13 +231,42 @@ struct Buffer {
     dropped: u64,
 }
 
+impl Shard {
+    fn new() -> Self {
+        Self {
+            owner: std::thread::current().id(),
+            buffer: Mutex::new(Buffer {
+                events: VecDeque::new(),
+                dropped: 0,
+            }),
+        }
+    }
+}
+
+thread_local! {
+    /// This thread's shard, and the [`TaskEvents`] it belongs to.
+    static SHARD: RefCell<Option<(u64, Arc<Shard>)>> = const { RefCell::new(None) };
+}
+
+/// Tells [`TaskEvents`] instances apart in a thread's slot.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
 /// This process's task events waiting for the next report.
 pub(crate) struct TaskEvents {
     /// `None`: task events are off.
     interval: Option<Duration>,
     job_id: Vec<u8>,
+    id: u64,
+    /// Events kept per recording thread.
     max_buffered: usize,
-    buffer: Mutex<Buffer>,
+    /// A thread's buffered events that wake the reporter early (`REPORT_AT`, below
+    /// `max_buffered`).
+    report_at: usize,
+    shards: Mutex<Vec<Arc<Shard>>>,
+    /// The reporter's; never locked by a task's path.
+    scratch: Mutex<Scratch>,
+    /// Woken when a thread has `report_at` events waiting.
+    full: tokio::sync::Notify,
 }
 
 /// The report interval `MINIRAY_TASK_EVENTS_REPORT_INTERVAL_MS` asks for; `None`: off.
@@ -213,14 +291,21 @@ impl TaskEvents {
     }
 
     pub(crate) fn new(job_id: JobId, interval: Option<Duration>, max_buffered: usize) -> Self {
+        let max_buffered = max_buffered.max(1);
         Self {
             interval,
             job_id: job_id.to_vec(),
-            max_buffered: max_buffered.max(1),
-            buffer: Mutex::new(Buffer {
-                events: VecDeque::new(),
-                dropped: 0,
+            max_buffered,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            report_at: REPORT_AT.min(max_buffered.div_ceil(2)),
+            shards: Mutex::new(Vec::new()),
+            scratch: Mutex::new(Scratch {
+                events: Vec::new(),
+                attempts: Vec::new(),
+                index: attempt_index(0),
+                states: Vec::with_capacity(5),
             }),
+            full: tokio::sync::Notify::new(),
         }
     }
 
@@ -232,19 +317,47 @@ impl TaskEvents {
     pub(crate) fn record(&self, event: impl FnOnce() -> Recorded) {
         if self.enabled() {
             let event = event();
-            let mut b = self.buffer.lock();
-            self.push(&mut b, event);
+            self.with_shard(|b| self.push(b, event));
         }
     }
 
     /// Records the transitions of a batch under one lock.
     pub(crate) fn record_all<I: IntoIterator<Item = Recorded>>(&self, events: impl FnOnce() -> I) {
         if self.enabled() {
-            let mut b = self.buffer.lock();
-            for event in events() {
-                self.push(&mut b, event);
-            }
+            let events = events();
+            self.with_shard(|b| {
+                for event in events {
+                    self.push(b, event);
+                }
+            });
         }
+    }
+
+    /// Runs `f` on this thread's shard, locked.
+    fn with_shard(&self, f: impl FnOnce(&mut Buffer)) {
+        SHARD.with(|slot| {
+            // `f` only pushes: nothing in it records again, so the borrow is never nested.
+            let mut slot = slot.borrow_mut();
+            if !matches!(&*slot, Some((id, _)) if *id == self.id) {
+                *slot = Some((self.id, self.shard_of_this_thread()));
+            }
+            if let Some((_, shard)) = &*slot {
+                f(&mut shard.buffer.lock());
+            }
+        });
+    }
+
+    /// This thread's shard of this instance, found again (the thread recorded for another
+    /// instance in between) or new.
+    fn shard_of_this_thread(&self) -> Arc<Shard> {
+        let me = std::thread::current().id();
+        let mut shards = self.shards.lock();
+        if let Some(shard) = shards.iter().find(|s| s.owner == me) {
+            return Arc::clone(shard);
+        }
+        let shard = Arc::new(Shard::new());
+        shards.push(Arc::clone(&shard));
+        shard
     }
 
     fn push(&self, b: &mut Buffer, event: Recorded) {
@@ -253,59 +366,108 @@ impl TaskEvents {
             b.dropped += 1;
         }
         b.events.push_back(event);
+        // Once per crossing: the reporter takes everything when it wakes.
+        if b.events.len() == self.report_at {
+            self.full.notify_one();
+        }
     }
 
-    /// The next report (oldest events first), or `None` when there is nothing to say.
+    /// The next report, or `None` when there is nothing to say.
     #[cfg(test)]
     fn take(&self) -> Option<ReportTaskEventsRequest> {
-        self.take_some().map(|(report, _)| report)
+        self.take_reports().into_iter().next()
     }
 
-    /// The next report and whether more events wait after it.
-    fn take_some(&self) -> Option<(ReportTaskEventsRequest, bool)> {
-        let (events, dropped, more) = {
-            let mut b = self.buffer.lock();
-            if b.events.is_empty() && b.dropped == 0 {
-                return None;
+    /// Every waiting event, as reports of at most `MAX_ENTRIES_PER_REPORT` entries (the
+    /// first carries the drop count); empty when there is nothing to say.
+    fn take_reports(&self) -> Vec<ReportTaskEventsRequest> {
+        let mut scratch = self.scratch.lock();
+        let Scratch {
+            events,
+            attempts,
+            index,
+            states,
+        } = &mut *scratch;
+        let mut dropped = 0u64;
+        {
+            let mut shards = self.shards.lock();
+            for shard in shards.iter() {
+                let mut b = shard.buffer.lock();
+                events.extend(b.events.drain(..));
+                dropped += std::mem::take(&mut b.dropped);
             }
-            let n = b.events.len().min(MAX_EVENTS_PER_REPORT);
-            let events: Vec<Recorded> = b.events.drain(..n).collect();
-            (events, std::mem::take(&mut b.dropped), !b.events.is_empty())
-        };
-        // Built outside the lock: the task path never waits for this. Transitions of one
-        // attempt become one event (most tasks start and end between two reports), which
-        // halves what the raylet and the GCS handle. A task id of the wrong length (a
-        // malformed spec) would make the raylet refuse the whole report: it is dropped.
-        let mut out: Vec<TaskEvent> = Vec::with_capacity(events.len());
-        let mut index: HashMap<([u8; 16], u32), usize> = HashMap::with_capacity(events.len());
-        let mut malformed = 0u64;
-        for e in events {
+            // A shard whose thread ended goes once it is empty (only this list holds it).
+            shards.retain(|s| Arc::strong_count(s) > 1);
+        }
+        if events.is_empty() && dropped == 0 {
+            return Vec::new();
+        }
+        // Built outside every shard's lock: the task path never waits for this.
+        // Transitions of one attempt become one entry, whichever threads recorded them
+        // (most tasks start and end between two reports). A task id of the wrong length
+        // (a malformed spec) is dropped rather than sent.
+        for (i, e) in events.iter().enumerate() {
             let Some(task) = e.task_id else {
-                malformed += 1;
+                dropped += 1;
                 continue;
             };
-            match index.get(&(task, e.attempt)) {
-                Some(&i) => e.fold_into(&mut out[i]),
-                None => {
-                    index.insert((task, e.attempt), out.len());
-                    out.push(e.into_proto(&self.job_id));
-                }
-            }
+            let at = *index.entry((task, e.attempt)).or_insert_with(|| {
+                attempts.push(Attempt::new(task, e.attempt));
+                attempts.len() - 1
+            });
+            attempts[at].fold(i as u32, e);
         }
-        let report = ReportTaskEventsRequest {
-            events: out,
-            dropped: dropped + malformed,
-        };
-        Some((report, more))
+        let base = attempts
+            .iter()
+            .flat_map(|a| a.states().map(|(_, t)| t))
+            .min()
+            .unwrap_or(0);
+        let event = |i: Option<u32>| i.and_then(|i| events.get(i as usize));
+        let mut reports = Vec::new();
+        for chunk in attempts.chunks(MAX_ENTRIES_PER_REPORT) {
+            let mut builder = BatchBuilder::new(&self.job_id, base);
+            for a in chunk {
+                states.clear();
+                states.extend(a.states());
+                let placement =
+                    event(a.placement).and_then(|e| e.node_id.as_ref().zip(e.worker_id.as_ref()));
+                builder.push(NewEntry {
+                    task_id: &a.task_id,
+                    attempt: a.attempt,
+                    states,
+                    function: event(a.function).and_then(|e| e.function.as_str()),
+                    placement,
+                    actor_id: event(a.actor).and_then(|e| e.actor_id.as_ref()),
+                    error: event(a.error).and_then(|e| e.error.as_deref()),
+                });
+            }
+            reports.push(ReportTaskEventsRequest {
+                batch: (!builder.is_empty()).then(|| builder.finish()),
+                dropped: 0,
+            });
+        }
+        match reports.first_mut() {
+            Some(first) => first.dropped = dropped,
+            None => reports.push(ReportTaskEventsRequest {
+                batch: None,
+                dropped,
+            }),
+        }
+        events.clear();
+        attempts.clear();
+        index.clear();
+        // A burst leaves its capacity behind; more than a few reports' worth is given back.
+        if events.capacity() > 4 * self.report_at {
+            events.shrink_to(self.report_at);
+            attempts.shrink_to(self.report_at);
+            index.shrink_to(self.report_at);
+        }
+        reports
     }
 
-    /// Counts a report that did not get through: its events and the drops it carried.
-    fn lost(&self, events: usize, dropped: u64) {
-        let mut b = self.buffer.lock();
-        b.dropped = b
-            .dropped
-            .saturating_add(dropped)
-            .saturating_add(events as u64);
+    /// Counts reports that did not get through: their events and the drops they carried.
+    fn lost(&self, events: u64) {
+        self.with_shard(|b| b.dropped = b.dropped.saturating_add(events));
     }
 }
 
@@ -319,10 +481,22 @@ impl CoreWorker {
 
     /// Sends every buffered event to this process's raylet.
     pub(crate) async fn report_task_events(&self) {
-        while let Some((report, more)) = self.task_events.take_some() {
-            let (events, dropped) = (report.events.len(), report.dropped);
+        // Built on a blocking thread: a report of thousands of entries would otherwise hold
+        // a runtime thread, and every call it serves, for a millisecond or more.
+        let events = Arc::clone(&self.task_events);
+        let Ok(reports) = tokio::task::spawn_blocking(move || events.take_reports()).await else {
+            return;
+        };
+        let mut reports = reports.into_iter();
+        while let Some(report) = reports.next() {
             let home = self.home.get();
             let mut raylet = home.raylet.clone();
+            // Transitions, as drops are counted: one per state of every entry.
+            let lost = |r: &ReportTaskEventsRequest| {
+                let states = r.batch.as_ref().map_or(0, |b| b.time_offsets_us.len());
+                (states as u64).saturating_add(r.dropped)
+            };
+            let lost_here = lost(&report);
             let sent =
                 tokio::time::timeout(REPORT_DEADLINE, raylet.report_task_events(report)).await;
             let failure = match sent {
@@ -331,17 +505,18 @@ impl CoreWorker {
                 Err(_) => Some("timed out".to_string()),
             };
             if let Some(error) = failure {
-                debug!(raylet = %home.endpoint, %error, events, "reporting task events failed");
-                self.task_events.lost(events, dropped);
-                return;
-            }
-            if !more {
+                let lost = reports
+                    .map(|r| lost(&r))
+                    .fold(lost_here, u64::saturating_add);
+                debug!(raylet = %home.endpoint, %error, lost, "reporting task events failed");
+                self.task_events.lost(lost);
                 return;
             }
         }
     }
 
-    /// Reports task events every interval for as long as the runtime runs.
+    /// Reports task events every interval, and whenever `REPORT_AT` wait, for as long as
+    /// the runtime runs.
     pub(crate) async fn run_task_event_reporter(self: Arc<Self>) {
         let Some(interval) = self.task_events.interval else {
             return;
@@ -349,7 +524,10 @@ impl CoreWorker {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.task_events.full.notified() => {}
+            }
             self.report_task_events().await;
         }
     }
@@ -357,6 +535,9 @@ impl CoreWorker {
 
 #[cfg(test)]
 mod tests {
+    use miniray_common::task_events::{Entry, check};
+    use miniray_proto::TaskEventBatch;
+
     use super::*;
 
     fn spec(n: u8) -> TaskSpec {
@@ -366,6 +547,13 @@ mod tests {
         }
     }
 
+    fn entries(batch: &TaskEventBatch) -> Vec<Entry<'_>> {
+        check(batch)
+            .expect("a well-formed batch")
+            .entries()
+            .collect()
+    }
+
     #[test]
     fn a_full_buffer_drops_the_oldest_and_counts_them() {
         let events = TaskEvents::new(JobId::random(), Some(DEFAULT_INTERVAL), 3);
@@ -373,19 +561,20 @@ mod tests {
             events.record(|| Recorded::new(&spec(n), TaskState::Submitted, FnName::Static("f")));
         }
         let report = events.take().expect("a report");
-        let ids: Vec<u8> = report.events.iter().map(|e| e.task_id[0]).collect();
+        let batch = report.batch.expect("a batch");
+        let ids: Vec<u8> = entries(&batch).iter().map(|e| e.task_id[0]).collect();
         assert_eq!(ids, vec![2, 3, 4]);
         assert_eq!(report.dropped, 2);
-        assert_eq!(report.events[0].function_name, "f");
-        assert_eq!(report.events[0].job_id, events.job_id);
+        assert_eq!(entries(&batch)[0].function, Some("f"));
+        assert_eq!(batch.job_id, events.job_id);
         assert!(events.take().is_none(), "the counter went with the report");
         // A report that did not get through is counted, events and drops.
-        events.lost(report.events.len(), report.dropped);
+        events.lost(batch.time_offsets_us.len() as u64 + report.dropped);
         assert_eq!(events.take().map(|r| r.dropped), Some(5));
     }
 
     #[test]
-    fn transitions_of_one_attempt_travel_as_one_event() {
+    fn transitions_of_one_attempt_travel_as_one_entry() {
         let events = TaskEvents::new(JobId::random(), Some(DEFAULT_INTERVAL), 10);
         let (node, worker) = (NodeId::random(), WorkerId::random());
         let mut retried = spec(1);
@@ -397,22 +586,20 @@ mod tests {
                 Recorded::new(&spec(1), TaskState::Failed, FnName::None).with_error("x".into()),
             ]
         });
-        let report = events.take().expect("a report");
-        assert_eq!(report.events.len(), 2, "one per attempt");
-        let first = &report.events[0];
-        assert_eq!(first.state(), TaskState::Failed);
-        assert_eq!(first.earlier_states.len(), 1);
-        assert_eq!(first.earlier_states[0].state(), TaskState::Running);
-        assert_eq!(
-            (first.function_name.as_str(), first.error_message.as_str()),
-            ("f", "x")
-        );
+        let batch = events.take().and_then(|r| r.batch).expect("a batch");
+        let entries = entries(&batch);
+        assert_eq!(entries.len(), 2, "one per attempt");
+        let first = &entries[0];
+        let states: Vec<TaskState> = first.states().map(|(s, _)| s).collect();
+        assert_eq!(states, vec![TaskState::Running, TaskState::Failed]);
+        assert_eq!((first.function, first.error), (Some("f"), Some("x")));
         assert_eq!(
             first.worker_id,
-            worker.to_vec(),
+            Some(worker.as_bytes()),
             "kept from the running event"
         );
-        assert_eq!(report.events[1].attempt, 1);
+        assert_eq!(entries[1].attempt, 1);
+        assert_eq!(entries[1].function, None);
     }
 
     #[test]
@@ -424,7 +611,7 @@ mod tests {
     }
 
     #[test]
-    fn placement_and_errors_reach_the_event() {
+    fn placement_and_errors_reach_the_entry() {
         let events = TaskEvents::new(JobId::random(), Some(DEFAULT_INTERVAL), 10);
         let (node, worker) = (NodeId::random(), WorkerId::random());
         events.record_all(|| {
@@ -436,12 +623,26 @@ mod tests {
                 Recorded::new(&spec(2), TaskState::Scheduled, FnName::None).on(&[1, 2], &[]),
             ]
         });
+        let batch = events.take().and_then(|r| r.batch).expect("a batch");
+        let entries = entries(&batch);
+        let failed = &entries[0];
+        assert!(failed.reached(TaskState::Failed));
+        assert_eq!(failed.node_id, Some(node.as_bytes()));
+        assert_eq!(failed.worker_id, Some(worker.as_bytes()));
+        assert_eq!(failed.error, Some("boom"));
+        assert_eq!(entries[1].node_id, None);
+    }
+
+    #[test]
+    fn a_task_id_of_the_wrong_length_is_counted_as_dropped() {
+        let events = TaskEvents::new(JobId::random(), Some(DEFAULT_INTERVAL), 10);
+        let bad = TaskSpec {
+            task_id: vec![1, 2, 3],
+            ..Default::default()
+        };
+        events.record(|| Recorded::new(&bad, TaskState::Submitted, FnName::None));
         let report = events.take().expect("a report");
-        let failed = &report.events[0];
-        assert_eq!(failed.state(), TaskState::Failed);
-        assert_eq!(failed.node_id, node.to_vec());
-        assert_eq!(failed.worker_id, worker.to_vec());
-        assert_eq!(failed.error_message, "boom");
-        assert!(report.events[1].node_id.is_empty());
+        assert!(report.batch.is_none());
+        assert_eq!(report.dropped, 1);
     }
 }

@@ -1,0 +1,669 @@
+//! The columnar task-event batch (`TaskEventBatch`, see `common.proto`): the builder core
+//! workers fill, the check every receiver runs, and the entry view the raylet and the GCS
+//! read.
+//!
+//! Invariants:
+//! - [`check`] is the one gate: a batch that passed it can be read with
+//!   [`CheckedBatch::entries`] without a bounds check failing or a value being invented.
+//!   Receivers refuse a batch that fails it whole.
+//! - Per-entry columns are empty when every entry has the default, so the batch of a plain
+//!   worker carries no attempt or actor columns at all.
+//! - Nothing here allocates per entry on the read side; the builder allocates per distinct
+//!   function, placement and actor, not per entry.
+
+use std::borrow::Borrow;
+use std::collections::HashMap;
+use std::hash::Hash;
+
+use miniray_proto::{TaskEventBatch, TaskEventError, TaskState};
+
+use crate::ids::ID_LEN;
+
+/// Task attempt (task id, attempt) → a position, for piecing an attempt's transitions
+/// together. foldhash rather than SipHash: this map is built once per report and per
+/// read over every entry, and its keys are random ids of this cluster.
+pub type AttemptIndex = HashMap<([u8; ID_LEN], u32), usize, foldhash::fast::RandomState>;
+
+/// An empty [`AttemptIndex`] with room for `n` attempts.
+pub fn attempt_index(n: usize) -> AttemptIndex {
+    HashMap::with_capacity_and_hasher(n, foldhash::fast::RandomState::default())
+}
+
+/// Bytes of one placement: node id then worker id.
+const PLACEMENT_LEN: usize = 2 * ID_LEN;
+
+/// The states a mask may hold: bits 1 (SUBMITTED) to 5 (FAILED).
+const VALID_STATES: u32 = 0b11_1110;
+
+/// The states of an entry's mask, in the order their times travel.
+const STATES: [TaskState; 5] = [
+    TaskState::Submitted,
+    TaskState::Scheduled,
+    TaskState::Running,
+    TaskState::Finished,
+    TaskState::Failed,
+];
+
+/// The bit of `state` in a state mask.
+pub fn state_bit(state: TaskState) -> u32 {
+    1 << (state as u32)
+}
+
+/// A batch that does not hold together; it is refused whole.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed task event batch: {0}")]
+pub struct MalformedBatch(String);
+
+fn malformed(what: impl Into<String>) -> MalformedBatch {
+    MalformedBatch(what.into())
+}
+
+/// A per-entry column must be empty or hold one value per entry.
+fn check_column<T>(name: &str, column: &[T], entries: usize) -> Result<(), MalformedBatch> {
+    if column.is_empty() || column.len() == entries {
+        Ok(())
+    } else {
+        Err(malformed(format!(
+            "{name} has {} values for {entries} entries",
+            column.len()
+        )))
+    }
+}
+
+/// Every reference of `refs` must name an entry of a dictionary of `len`.
+fn check_refs(name: &str, refs: &[u32], len: usize) -> Result<(), MalformedBatch> {
+    match refs.iter().find(|r| **r as usize > len) {
+        Some(r) => Err(malformed(format!(
+            "{name} refers to {r} of a dictionary of {len}"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Checks that `batch` holds together (see the module invariants).
+pub fn check(batch: &TaskEventBatch) -> Result<CheckedBatch<'_>, MalformedBatch> {
+    if !batch.job_id.is_empty() && batch.job_id.len() != ID_LEN {
+        return Err(malformed(format!("job id of {} bytes", batch.job_id.len())));
+    }
+    if !batch.task_ids.len().is_multiple_of(ID_LEN) {
+        return Err(malformed(format!(
+            "task ids of {} bytes, not a multiple of {ID_LEN}",
+            batch.task_ids.len()
+        )));
+    }
+    let entries = batch.task_ids.len() / ID_LEN;
+    if batch.state_masks.len() != entries {
+        return Err(malformed(format!(
+            "{} state masks for {entries} entries",
+            batch.state_masks.len()
+        )));
+    }
+    let mut times = 0usize;
+    for mask in &batch.state_masks {
+        if *mask == 0 || mask & !VALID_STATES != 0 {
+            return Err(malformed(format!("invalid state mask {mask:#b}")));
+        }
+        times += mask.count_ones() as usize;
+    }
+    if batch.time_offsets_us.len() != times {
+        return Err(malformed(format!(
+            "{} times for {times} states",
+            batch.time_offsets_us.len()
+        )));
+    }
+    check_column("attempts", &batch.attempts, entries)?;
+    check_column("function refs", &batch.function_refs, entries)?;
+    check_column("placement refs", &batch.placement_refs, entries)?;
+    check_column("actor refs", &batch.actor_refs, entries)?;
+    if !batch.placements.len().is_multiple_of(PLACEMENT_LEN) {
+        return Err(malformed(format!(
+            "placements of {} bytes, not a multiple of {PLACEMENT_LEN}",
+            batch.placements.len()
+        )));
+    }
+    if !batch.actor_ids.len().is_multiple_of(ID_LEN) {
+        return Err(malformed(format!(
+            "actor ids of {} bytes, not a multiple of {ID_LEN}",
+            batch.actor_ids.len()
+        )));
+    }
+    check_refs(
+        "function refs",
+        &batch.function_refs,
+        batch.function_names.len(),
+    )?;
+    check_refs(
+        "placement refs",
+        &batch.placement_refs,
+        batch.placements.len() / PLACEMENT_LEN,
+    )?;
+    check_refs(
+        "actor refs",
+        &batch.actor_refs,
+        batch.actor_ids.len() / ID_LEN,
+    )?;
+    let mut previous: Option<u32> = None;
+    for error in &batch.errors {
+        if error.entry as usize >= entries || previous.is_some_and(|p| p >= error.entry) {
+            return Err(malformed(format!(
+                "error of entry {} out of place",
+                error.entry
+            )));
+        }
+        previous = Some(error.entry);
+    }
+    Ok(CheckedBatch {
+        batch,
+        entries,
+        states: times as u64,
+    })
+}
+
+/// A batch that passed [`check`].
+#[derive(Clone, Copy)]
+pub struct CheckedBatch<'a> {
+    batch: &'a TaskEventBatch,
+    entries: usize,
+    states: u64,
+}
+
+/// One task attempt of a batch: the states it reached while its core worker watched.
+#[derive(Clone, Copy, Debug)]
+pub struct Entry<'a> {
+    pub task_id: &'a [u8; ID_LEN],
+    pub attempt: u32,
+    mask: u32,
+    base_time_us: u64,
+    time_offsets_us: &'a [u64],
+    pub function: Option<&'a str>,
+    pub node_id: Option<&'a [u8; ID_LEN]>,
+    pub worker_id: Option<&'a [u8; ID_LEN]>,
+    pub actor_id: Option<&'a [u8; ID_LEN]>,
+    pub error: Option<&'a str>,
+}
+
+impl Entry<'_> {
+    /// Whether the attempt reached `state`.
+    pub fn reached(&self, state: TaskState) -> bool {
+        self.mask & state_bit(state) != 0
+    }
+
+    /// The states reached, in state order, with their Unix times in microseconds.
+    pub fn states(&self) -> impl Iterator<Item = (TaskState, u64)> + '_ {
+        STATES
+            .iter()
+            .filter(|s| self.reached(**s))
+            .zip(self.time_offsets_us)
+            .map(|(s, offset)| (*s, self.base_time_us.saturating_add(*offset)))
+    }
+
+    /// How many states the entry holds (what dropping it loses).
+    pub fn state_count(&self) -> u32 {
+        self.mask.count_ones()
+    }
+}
+
+/// The 16-byte id at `index` of a checked column of ids.
+fn id_at(bytes: &[u8], index: usize) -> &[u8; ID_LEN] {
+    bytes[index * ID_LEN..(index + 1) * ID_LEN]
+        .try_into()
+        .expect("checked: a whole id")
+}
+
+/// The dictionary index of a checked per-entry reference column, if the entry has one.
+fn reference(refs: &[u32], entry: usize) -> Option<usize> {
+    match refs.get(entry) {
+        Some(r) if *r > 0 => Some(*r as usize - 1),
+        _ => None,
+    }
+}
+
+impl<'a> CheckedBatch<'a> {
+    pub fn batch(&self) -> &'a TaskEventBatch {
+        self.batch
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries == 0
+    }
+
+    /// States over every entry: what dropping the batch loses.
+    pub fn state_count(&self) -> u64 {
+        self.states
+    }
+
+    /// The node of each placement of the batch's dictionary, by placement index.
+    pub fn placement_nodes(&self) -> impl Iterator<Item = &'a [u8; ID_LEN]> {
+        self.batch
+            .placements
+            .chunks_exact(PLACEMENT_LEN)
+            .map(|p| p[..ID_LEN].try_into().expect("checked: a whole placement"))
+    }
+
+    /// The placement index of entry `entry`, if it has one.
+    pub fn placement_of(&self, entry: usize) -> Option<usize> {
+        reference(&self.batch.placement_refs, entry)
+    }
+
+    /// The function index of entry `entry`, if it has one.
+    pub fn function_of(&self, entry: usize) -> Option<usize> {
+        reference(&self.batch.function_refs, entry)
+    }
+
+    /// The entries in batch order.
+    pub fn entries(&self) -> impl Iterator<Item = Entry<'a>> + 'a {
+        let b = self.batch;
+        let mut time_cursor = 0usize;
+        let mut errors = b.errors.iter().peekable();
+        (0..self.entries).map(move |i| {
+            let mask = b.state_masks[i];
+            let times = mask.count_ones() as usize;
+            let time_offsets_us = &b.time_offsets_us[time_cursor..time_cursor + times];
+            time_cursor += times;
+            let placement = reference(&b.placement_refs, i).map(|p| {
+                let at = p * PLACEMENT_LEN;
+                (
+                    id_at(&b.placements[at..at + ID_LEN], 0),
+                    id_at(&b.placements[at + ID_LEN..at + PLACEMENT_LEN], 0),
+                )
+            });
+            let error = match errors.peek() {
+                Some(e) if e.entry as usize == i => errors.next().map(|e| e.message.as_str()),
+                _ => None,
+            };
+            Entry {
+                task_id: id_at(&b.task_ids, i),
+                attempt: b.attempts.get(i).copied().unwrap_or(0),
+                mask,
+                base_time_us: b.base_time_us,
+                time_offsets_us,
+                function: reference(&b.function_refs, i).map(|f| b.function_names[f].as_str()),
+                node_id: placement.map(|(node, _)| node),
+                worker_id: placement.map(|(_, worker)| worker),
+                actor_id: reference(&b.actor_refs, i).map(|a| id_at(&b.actor_ids, a)),
+                error,
+            }
+        })
+    }
+
+    /// A batch of the last `keep` entries only (for a batch larger than a whole store).
+    pub fn last(&self, keep: usize) -> TaskEventBatch {
+        let skip = self.entries.saturating_sub(keep);
+        let mut builder = BatchBuilder::new(&self.batch.job_id, self.batch.base_time_us);
+        for e in self.entries().skip(skip) {
+            let states: Vec<(TaskState, u64)> = e.states().collect();
+            builder.push(NewEntry {
+                task_id: e.task_id,
+                attempt: e.attempt,
+                states: &states,
+                function: e.function,
+                placement: e.node_id.zip(e.worker_id),
+                actor_id: e.actor_id,
+                error: e.error,
+            });
+        }
+        builder.finish()
+    }
+}
+
+/// One entry for [`BatchBuilder::push`].
+pub struct NewEntry<'a> {
+    pub task_id: &'a [u8; ID_LEN],
+    pub attempt: u32,
+    /// Distinct states in state order, with their Unix times in microseconds (not before
+    /// the builder's base time).
+    pub states: &'a [(TaskState, u64)],
+    pub function: Option<&'a str>,
+    /// Node id and worker id.
+    pub placement: Option<(&'a [u8; ID_LEN], &'a [u8; ID_LEN])>,
+    pub actor_id: Option<&'a [u8; ID_LEN]>,
+    pub error: Option<&'a str>,
+}
+
+/// Appends `value` for entry `entry` to a column that stays empty while every value is 0.
+fn push_sparse(column: &mut Vec<u32>, entry: usize, value: u32) {
+    if value == 0 && column.is_empty() {
+        return;
+    }
+    column.resize(entry, 0);
+    column.push(value);
+}
+
+/// A dictionary of a batch: 1-based references, with the last one looked up checked first
+/// (consecutive entries mostly share a function and a placement).
+struct Dictionary<K> {
+    index: HashMap<K, u32>,
+    keys: Vec<K>,
+    last: Option<u32>,
+}
+
+impl<K: Hash + Eq + Clone> Dictionary<K> {
+    fn new() -> Self {
+        Self {
+            index: HashMap::new(),
+            keys: Vec::new(),
+            last: None,
+        }
+    }
+
+    /// The reference of `key`, and whether it is new (the caller appends it to the
+    /// batch). Allocates only for a new key.
+    fn reference<Q>(&mut self, key: &Q) -> (u32, bool)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        if let Some(r) = self.last
+            && self.keys[r as usize - 1].borrow() == key
+        {
+            return (r, false);
+        }
+        let (r, new) = match self.index.get(key) {
+            Some(r) => (*r, false),
+            None => {
+                let owned = key.to_owned();
+                self.keys.push(owned.clone());
+                let r = self.keys.len() as u32;
+                self.index.insert(owned, r);
+                (r, true)
+            }
+        };
+        self.last = Some(r);
+        (r, new)
+    }
+}
+
+/// Builds a [`TaskEventBatch`] entry by entry.
+pub struct BatchBuilder {
+    batch: TaskEventBatch,
+    entries: usize,
+    functions: Dictionary<String>,
+    placements: Dictionary<[u8; PLACEMENT_LEN]>,
+    actors: Dictionary<[u8; ID_LEN]>,
+}
+
+impl BatchBuilder {
+    /// A batch of `job_id`'s tasks whose times are not before `base_time_us`.
+    pub fn new(job_id: &[u8], base_time_us: u64) -> Self {
+        Self {
+            batch: TaskEventBatch {
+                job_id: job_id.to_vec(),
+                base_time_us,
+                ..Default::default()
+            },
+            entries: 0,
+            functions: Dictionary::new(),
+            placements: Dictionary::new(),
+            actors: Dictionary::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries == 0
+    }
+
+    /// Appends an entry. One without a state is skipped: it says nothing.
+    pub fn push(&mut self, e: NewEntry<'_>) {
+        let mut mask = 0u32;
+        for (state, time_us) in e.states {
+            let bit = state_bit(*state);
+            if *state == TaskState::Unspecified || mask & bit != 0 {
+                continue;
+            }
+            mask |= bit;
+            self.batch
+                .time_offsets_us
+                .push(time_us.saturating_sub(self.batch.base_time_us));
+        }
+        if mask == 0 {
+            return;
+        }
+        let i = self.entries;
+        self.entries += 1;
+        self.batch.task_ids.extend_from_slice(e.task_id);
+        self.batch.state_masks.push(mask);
+        push_sparse(&mut self.batch.attempts, i, e.attempt);
+        let function = e.function.map_or(0, |name| {
+            let (r, new) = self.functions.reference(name);
+            if new {
+                self.batch.function_names.push(name.to_string());
+            }
+            r
+        });
+        push_sparse(&mut self.batch.function_refs, i, function);
+        let placement = e.placement.map_or(0, |(node, worker)| {
+            let mut key = [0u8; PLACEMENT_LEN];
+            key[..ID_LEN].copy_from_slice(node);
+            key[ID_LEN..].copy_from_slice(worker);
+            let (r, new) = self.placements.reference(&key);
+            if new {
+                self.batch.placements.extend_from_slice(&key);
+            }
+            r
+        });
+        push_sparse(&mut self.batch.placement_refs, i, placement);
+        let actor = e.actor_id.map_or(0, |actor| {
+            let (r, new) = self.actors.reference(actor);
+            if new {
+                self.batch.actor_ids.extend_from_slice(actor);
+            }
+            r
+        });
+        push_sparse(&mut self.batch.actor_refs, i, actor);
+        if let Some(message) = e.error {
+            self.batch.errors.push(TaskEventError {
+                entry: i as u32,
+                message: message.to_string(),
+            });
+        }
+    }
+
+    pub fn finish(mut self) -> TaskEventBatch {
+        let n = self.entries;
+        for column in [
+            &mut self.batch.attempts,
+            &mut self.batch.function_refs,
+            &mut self.batch.placement_refs,
+            &mut self.batch.actor_refs,
+        ] {
+            if !column.is_empty() {
+                column.resize(n, 0);
+            }
+        }
+        self.batch
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const JOB: [u8; 16] = [9; 16];
+
+    fn ids(n: u8) -> [u8; 16] {
+        [n; 16]
+    }
+
+    #[test]
+    fn entries_read_back_as_they_were_built() {
+        let mut b = BatchBuilder::new(&JOB, 1_000);
+        let (node, worker, actor) = (ids(7), ids(8), ids(5));
+        b.push(NewEntry {
+            task_id: &ids(1),
+            attempt: 0,
+            states: &[(TaskState::Submitted, 1_000), (TaskState::Scheduled, 1_010)],
+            function: Some("f"),
+            placement: Some((&node, &worker)),
+            actor_id: None,
+            error: None,
+        });
+        b.push(NewEntry {
+            task_id: &ids(2),
+            attempt: 2,
+            states: &[(TaskState::Running, 1_020), (TaskState::Failed, 1_030)],
+            function: Some("g"),
+            placement: Some((&node, &worker)),
+            actor_id: Some(&actor),
+            error: Some("boom"),
+        });
+        b.push(NewEntry {
+            task_id: &ids(3),
+            attempt: 0,
+            states: &[(TaskState::Finished, 1_040)],
+            function: None,
+            placement: None,
+            actor_id: None,
+            error: None,
+        });
+        let batch = b.finish();
+        assert_eq!(batch.function_names, vec!["f", "g"]);
+        assert_eq!(batch.placements.len(), 32, "one placement, shared");
+        let checked = check(&batch).expect("a well-formed batch");
+        assert_eq!((checked.len(), checked.state_count()), (3, 5));
+        let entries: Vec<Entry<'_>> = checked.entries().collect();
+        assert_eq!(entries[0].task_id, &ids(1));
+        assert_eq!(
+            entries[0].states().collect::<Vec<_>>(),
+            vec![(TaskState::Submitted, 1_000), (TaskState::Scheduled, 1_010)]
+        );
+        assert_eq!(entries[0].node_id, Some(&node));
+        assert_eq!(entries[0].actor_id, None);
+        assert_eq!(entries[1].attempt, 2);
+        assert_eq!(entries[1].function, Some("g"));
+        assert_eq!(entries[1].actor_id, Some(&actor));
+        assert_eq!(entries[1].error, Some("boom"));
+        assert!(entries[1].reached(TaskState::Failed));
+        assert_eq!(
+            (entries[2].function, entries[2].worker_id),
+            (None, None),
+            "nothing invented"
+        );
+        assert_eq!(
+            entries[2].states().next(),
+            Some((TaskState::Finished, 1_040))
+        );
+    }
+
+    #[test]
+    fn a_plain_workers_batch_carries_no_default_columns() {
+        let mut b = BatchBuilder::new(&JOB, 0);
+        for n in 0..3 {
+            b.push(NewEntry {
+                task_id: &ids(n),
+                attempt: 0,
+                states: &[(TaskState::Running, 5), (TaskState::Finished, 6)],
+                function: Some("f"),
+                placement: None,
+                actor_id: None,
+                error: None,
+            });
+        }
+        let batch = b.finish();
+        assert!(batch.attempts.is_empty() && batch.actor_refs.is_empty());
+        assert!(batch.placement_refs.is_empty());
+        assert_eq!(batch.function_refs, vec![1, 1, 1]);
+        assert_eq!(check(&batch).map(|c| c.len()), Ok(3));
+    }
+
+    #[test]
+    fn a_late_first_value_fills_the_column_before_it() {
+        let mut b = BatchBuilder::new(&JOB, 0);
+        for attempt in [0, 0, 3] {
+            b.push(NewEntry {
+                task_id: &ids(1),
+                attempt,
+                states: &[(TaskState::Submitted, 1)],
+                function: None,
+                placement: None,
+                actor_id: None,
+                error: None,
+            });
+        }
+        let batch = b.finish();
+        assert_eq!(batch.attempts, vec![0, 0, 3]);
+        let checked = check(&batch).unwrap();
+        let attempts: Vec<u32> = checked.entries().map(|e| e.attempt).collect();
+        assert_eq!(attempts, vec![0, 0, 3]);
+    }
+
+    #[test]
+    fn the_last_entries_make_a_batch_of_their_own() {
+        let mut b = BatchBuilder::new(&JOB, 100);
+        for n in 0..5u8 {
+            b.push(NewEntry {
+                task_id: &ids(n),
+                attempt: 0,
+                states: &[(TaskState::Failed, 100 + n as u64)],
+                function: Some(if n % 2 == 0 { "even" } else { "odd" }),
+                placement: None,
+                actor_id: None,
+                error: (n == 4).then_some("late"),
+            });
+        }
+        let batch = b.finish();
+        let last = check(&batch).unwrap().last(2);
+        let checked = check(&last).unwrap();
+        let kept: Vec<(u8, Option<&str>, Option<&str>)> = checked
+            .entries()
+            .map(|e| (e.task_id[0], e.function, e.error))
+            .collect();
+        assert_eq!(
+            kept,
+            vec![(3, Some("odd"), None), (4, Some("even"), Some("late"))]
+        );
+        assert_eq!(last.job_id, JOB.to_vec());
+    }
+
+    #[test]
+    fn malformed_batches_are_refused() {
+        let good = {
+            let mut b = BatchBuilder::new(&JOB, 0);
+            b.push(NewEntry {
+                task_id: &ids(1),
+                attempt: 0,
+                states: &[(TaskState::Running, 1), (TaskState::Finished, 2)],
+                function: Some("f"),
+                placement: Some((&ids(2), &ids(3))),
+                actor_id: None,
+                error: None,
+            });
+            b.finish()
+        };
+        assert!(check(&good).is_ok());
+        type Breaks = fn(&mut TaskEventBatch);
+        let broken: [(&str, Breaks); 10] = [
+            ("short task id", |b| b.task_ids.truncate(15)),
+            ("short job id", |b| b.job_id.truncate(3)),
+            ("no state", |b| b.state_masks[0] = 0),
+            ("unknown state", |b| b.state_masks[0] |= 1 << 9),
+            ("missing time", |b| {
+                b.time_offsets_us.pop();
+            }),
+            ("function ref past the names", |b| b.function_refs[0] = 2),
+            ("placement ref past the placements", |b| {
+                b.placement_refs[0] = 9
+            }),
+            ("a column of the wrong length", |b| b.attempts = vec![0, 0]),
+            ("a torn placement", |b| b.placements.truncate(20)),
+            ("an error past the entries", |b| {
+                b.errors.push(TaskEventError {
+                    entry: 1,
+                    message: "x".into(),
+                })
+            }),
+        ];
+        for (what, breaks) in broken {
+            let mut batch = good.clone();
+            breaks(&mut batch);
+            assert!(check(&batch).is_err(), "{what} was accepted");
+        }
+    }
+}
