@@ -739,9 +739,10 @@ fn tls_init_writes_private_keys_never_overwrites_and_its_files_start_a_tls_head(
         let (status, _) = https_get(&endpoint, "/metrics", "wrong-token", files)
             .unwrap_or_else(|e| panic!("https://{endpoint}/metrics: {e}"));
         assert_eq!(status, 401, "a wrong token is refused");
+        let plain = support::http::http_get(&endpoint, "/metrics", &token);
         assert!(
-            plain_http_get(&endpoint, "/metrics", &token).is_err(),
-            "plain HTTP gets no metrics from a TLS cluster"
+            !matches!(plain, Ok((200, _))),
+            "plain HTTP gets no metrics from a TLS cluster: {plain:?}"
         );
     }
 
@@ -837,30 +838,6 @@ fn https_get(
             .to_bytes();
         Ok((status, String::from_utf8_lossy(&body).into_owned()))
     })
-}
-
-/// `GET http://{address}{path}` over a plain socket: the response, or why there was none.
-fn plain_http_get(address: &str, path: &str, token: &str) -> Result<String, String> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(address).map_err(|e| e.to_string())?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
-    );
-    stream
-        .write_all(request.as_bytes())
-        .map_err(|e| e.to_string())?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .map_err(|e| e.to_string())?;
-    if response.starts_with("HTTP/1.1 200") {
-        Ok(response)
-    } else {
-        Err(format!("no metrics: {response:?}"))
-    }
 }
 
 #[test]

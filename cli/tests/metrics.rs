@@ -9,7 +9,7 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, Read, Write};
+use std::io::{BufRead, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use serde_json::Value;
 use support::free_port;
 use support::harness::{next_value, stdout_lines};
 use support::head::Head;
+use support::http::http_get;
 use support::k8s::poll;
 
 /// How long a value may take to show on a loaded machine.
@@ -103,32 +104,6 @@ fn driver(args: &[String]) -> Result<(), String> {
 
 // ---------------------------------------------------------------------------------------
 // The test side.
-
-/// One HTTP/1.0 GET (so the reply is never chunked) with the cluster token: the status
-/// and body.
-fn http_get(address: &str, path: &str, token: &str) -> Result<(u16, String), String> {
-    let mut stream =
-        std::net::TcpStream::connect(address).map_err(|e| format!("{address}: {e}"))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.0\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| e.to_string())?;
-    let mut reply = String::new();
-    stream
-        .read_to_string(&mut reply)
-        .map_err(|e| e.to_string())?;
-    let (head, body) = reply.split_once("\r\n\r\n").ok_or("no header end")?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("bad status line in {head:?}"))?;
-    Ok((status, body.to_string()))
-}
 
 /// The value of the sample `name{labels}` (labels as written, sorted as the endpoint
 /// writes them), if present.

@@ -35,8 +35,8 @@ const PLACEMENT_LEN: usize = 2 * ID_LEN;
 /// The states a mask may hold: bits 1 (SUBMITTED) to 5 (FAILED).
 const VALID_STATES: u32 = 0b11_1110;
 
-/// The states of an entry's mask, in the order their times travel.
-const STATES: [TaskState; 5] = [
+/// The states an entry may hold, in the order their times travel.
+pub const STATES: [TaskState; 5] = [
     TaskState::Submitted,
     TaskState::Scheduled,
     TaskState::Running,
@@ -264,13 +264,9 @@ impl<'a> CheckedBatch<'a> {
             let times = mask.count_ones() as usize;
             let time_offsets_us = &b.time_offsets_us[time_cursor..time_cursor + times];
             time_cursor += times;
-            let placement = reference(&b.placement_refs, i).map(|p| {
-                let at = p * PLACEMENT_LEN;
-                (
-                    id_at(&b.placements[at..at + ID_LEN], 0),
-                    id_at(&b.placements[at + ID_LEN..at + PLACEMENT_LEN], 0),
-                )
-            });
+            // A placement is two ids in a row: node, then worker.
+            let placement = reference(&b.placement_refs, i)
+                .map(|p| (id_at(&b.placements, 2 * p), id_at(&b.placements, 2 * p + 1)));
             let error = match errors.peek() {
                 Some(e) if e.entry as usize == i => errors.next().map(|e| e.message.as_str()),
                 _ => None,

@@ -24,5 +24,6 @@ pub fn free_port() -> u16 {
 }
 pub mod harness;
 pub mod head;
+pub mod http;
 pub mod k8s;
 pub mod run;

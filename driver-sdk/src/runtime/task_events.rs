@@ -27,7 +27,7 @@ use std::thread::ThreadId;
 use std::time::Duration;
 
 use miniray_common::config::env;
-use miniray_common::task_events::{AttemptIndex, BatchBuilder, NewEntry, attempt_index};
+use miniray_common::task_events::{AttemptIndex, BatchBuilder, NewEntry, STATES, attempt_index};
 use miniray_common::time::now_us;
 use miniray_common::{JobId, NodeId, WorkerId};
 use miniray_proto::{ReportTaskEventsRequest, TaskSpec, TaskState};
@@ -194,16 +194,10 @@ impl Attempt {
     }
 
     fn states(&self) -> impl Iterator<Item = (TaskState, u64)> + '_ {
-        [
-            TaskState::Submitted,
-            TaskState::Scheduled,
-            TaskState::Running,
-            TaskState::Finished,
-            TaskState::Failed,
-        ]
-        .into_iter()
-        .map(|s| (s, self.times[s as usize]))
-        .filter(|(_, t)| *t > 0)
+        STATES
+            .into_iter()
+            .map(|s| (s, self.times[s as usize]))
+            .filter(|(_, t)| *t > 0)
     }
 }
 
