@@ -68,8 +68,9 @@ pub struct StartArgs {
     /// forgotten first.
     #[arg(long, default_value_t = miniray::cluster::DEFAULT_MAX_DESTROYED_ACTORS)]
     max_destroyed_actors: usize,
-    /// Task-event entries (`miniray timeline`; one per task attempt and reporting process,
-    /// so about two per task) the GCS keeps in memory; the oldest are dropped first.
+    /// Task-event entries (`miniray timeline`; about three per task: submitted and
+    /// scheduled from its submitter, run from its worker) the GCS keeps in memory; the
+    /// oldest are dropped first.
     #[arg(long, default_value_t = miniray::cluster::DEFAULT_MAX_TASK_EVENTS)]
     max_task_events: usize,
     #[command(flatten)]

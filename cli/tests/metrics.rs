@@ -66,18 +66,28 @@ fn wait_for_go() {
     let _ = std::io::stdin().lock().read_line(&mut line);
 }
 
-/// `work`: 20 tasks; a put of PUT_BYTES held until told; a task on the node with resource
-/// `B` returning PULL_BYTES, fetched here; an actor call; then waits to be told to end.
+/// `work`: serves its own metrics (`MINIRAY_METRICS_PORT`, set by the test) with one of
+/// the program's; 20 tasks, each result counted in that metric; a put of PUT_BYTES held
+/// until told; a task on the node with resource `B` returning PULL_BYTES, fetched here; an
+/// actor call; then waits to be told to end.
 fn driver(args: &[String]) -> Result<(), String> {
     if args.first().map(String::as_str) != Some("work") {
         return Err(format!("unknown scenario {args:?}"));
     }
     miniray::init().map_err(|e| format!("init: {e}"))?;
+    let squares: miniray::metrics::Counter = Default::default();
+    miniray::metrics::register("work_squares", "Squares computed", squares.clone())
+        .map_err(|e| format!("register: {e}"))?;
+    let endpoint = miniray::metrics::endpoint()
+        .map_err(|e| format!("endpoint: {e}"))?
+        .ok_or("no metrics endpoint")?;
+    out(format_args!("metrics={endpoint}"));
     let refs: Vec<_> = (0..20u64)
         .map(square::remote)
         .collect::<Result<_, _>>()
         .map_err(|e| format!("submit: {e}"))?;
     let done = miniray::get_all(&refs).map_err(|e| format!("get: {e}"))?;
+    squares.inc_by(done.len() as u64);
     out(format_args!("tasks={}", done.len()));
 
     let held = miniray::put(vec![1u8; PUT_BYTES]).map_err(|e| format!("put: {e}"))?;
@@ -208,6 +218,7 @@ impl Cluster {
         let mut child = self
             .head
             .driver_command(&exe, &["driver", "work"])
+            .env("MINIRAY_METRICS_PORT", "0")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -290,7 +301,40 @@ fn every_endpoint_follows_the_work_and_passes_promtool() {
     .expect("object store bytes");
 
     let (mut driver, lines) = cluster.driver();
+    let driver_endpoint = next_value(&lines, "metrics", DEADLINE).expect("the driver's endpoint");
     assert_eq!(next_value(&lines, "tasks", DEADLINE).as_deref(), Some("20"));
+    // The driver's endpoint: listed while its job runs, with the job's id; its own counts
+    // and the program's metric follow the work.
+    let with_driver = cluster.targets(5);
+    assert_eq!(
+        address_of(&with_driver, "driver"),
+        vec![driver_endpoint.clone()],
+        "{with_driver:?}"
+    );
+    let labels = &with_driver
+        .iter()
+        .find(|(_, l)| l.get("component").map(String::as_str) == Some("driver"))
+        .expect("the driver's group")
+        .1;
+    assert_eq!(
+        labels.get("job_id").map(String::len),
+        Some(32),
+        "{labels:?}"
+    );
+    cluster.wait_for(&driver_endpoint, "work_squares_total", |v| v == 20.0);
+    cluster.wait_for(
+        &driver_endpoint,
+        "miniray_driver_tasks_submitted_total{kind=\"task\"}",
+        |v| v == 20.0,
+    );
+    cluster.wait_for(
+        &driver_endpoint,
+        "miniray_driver_task_replies_total{outcome=\"value\"}",
+        |v| v == 20.0,
+    );
+    promtool_check(&driver_endpoint, &cluster.scrape(&driver_endpoint));
+    let (status, _) = http_get(&driver_endpoint, "/metrics", "wrong-token").expect("reachable");
+    assert_eq!(status, 401, "the driver's endpoint without the token");
     cluster.wait_for(&head_raylet, "miniray_leases_granted_total", |v| v >= 1.0);
     assert!(
         cluster.scrape(&head_raylet).contains(
@@ -332,11 +376,18 @@ fn every_endpoint_follows_the_work_and_passes_promtool() {
     );
     assert_eq!(next_value(&lines, "actor", DEADLINE).as_deref(), Some("3"));
     cluster.wait_for(&gcs[0], "miniray_actors{state=\"ALIVE\"}", |v| v == 1.0);
+    cluster.wait_for(
+        &driver_endpoint,
+        "miniray_driver_tasks_submitted_total{kind=\"actor_call\"}",
+        |v| v == 1.0,
+    );
     let stdin = driver.stdin.as_mut().expect("piped");
     stdin.write_all(b"go\n").expect("tell the driver");
     let status = driver.wait().expect("the driver ends");
     assert!(status.success(), "driver: {status}");
     cluster.wait_for(&gcs[0], "miniray_actors{state=\"ALIVE\"}", |v| v == 0.0);
+    // Its job ended: the driver's endpoint is no longer listed.
+    cluster.targets(4);
 
     let job = cluster.head.job("submit", &["--", "/bin/true"]);
     assert_eq!(job.code, Some(0), "{}", job.describe());
@@ -468,7 +519,39 @@ fn prometheus_scrapes_every_target_through_the_heads_service_discovery() {
     }
 }
 
+/// A driver asked to serve metrics on a port that is not one fails `init` with a clear
+/// error, before it starts or joins any cluster.
+fn a_bad_metrics_port_fails_init_clearly() {
+    let exe = std::env::current_exe().expect("this test's executable");
+    let output = Command::new(exe)
+        .args(["driver", "work"])
+        .env("MINIRAY_METRICS_PORT", "99999")
+        .env_remove("MINIRAY_ADDRESS")
+        .env(
+            "MINIRAY_TMPDIR",
+            std::env::temp_dir().join("miniray-bad-metrics-port"),
+        )
+        .output()
+        .expect("run the driver");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("MINIRAY_METRICS_PORT=\"99999\" is not a port number"),
+        "{stderr}"
+    );
+    assert!(
+        !std::env::temp_dir()
+            .join("miniray-bad-metrics-port")
+            .exists(),
+        "nothing was started"
+    );
+}
+
 const TESTS: &[support::harness::Test] = &[
+    (
+        "a_bad_metrics_port_fails_init_clearly",
+        a_bad_metrics_port_fails_init_clearly,
+    ),
     (
         "every_endpoint_follows_the_work_and_passes_promtool",
         every_endpoint_follows_the_work_and_passes_promtool,

@@ -49,6 +49,9 @@ pub mod env {
     /// 1000); `0` turns task events off in that process. Workers get it from their raylet's
     /// environment, or from their job's (a driver passes its own on).
     pub const TASK_EVENTS_REPORT_INTERVAL_MS: &str = "MINIRAY_TASK_EVENTS_REPORT_INTERVAL_MS";
+    /// The port a driver serves its Prometheus `/metrics` on, on its node IP (`0`: any
+    /// free one); unset: it serves none. Read by `init`, not passed on to workers.
+    pub const METRICS_PORT: &str = "MINIRAY_METRICS_PORT";
 }
 
 /// Objects below this size travel inline and live in the owner's process.

@@ -267,9 +267,18 @@ pub fn reply(registry: &Registry, headers: &http::HeaderMap) -> Response {
     }
 }
 
+/// A registry an endpoint serves while metrics can still be added to it (a driver's, where
+/// the program registers its own).
+pub type SharedRegistry = Arc<RwLock<Registry>>;
+
+/// `registry`, served as it is.
+pub fn shared(registry: Registry) -> SharedRegistry {
+    Arc::new(RwLock::new(registry))
+}
+
 #[derive(Clone)]
 struct EndpointState {
-    registry: Arc<Registry>,
+    registry: SharedRegistry,
     token: Arc<str>,
 }
 
@@ -290,7 +299,7 @@ async fn authenticate(
 }
 
 async fn metrics(State(state): State<EndpointState>, headers: http::HeaderMap) -> Response {
-    reply(&state.registry, &headers)
+    reply(&state.registry.read(), &headers)
 }
 
 /// Binds a metrics endpoint on `host:port` (port 0: any free one).
@@ -302,7 +311,7 @@ pub async fn bind(host: &str, port: u16) -> std::io::Result<TcpListener> {
 /// when this process has a TLS setting, to requests with the cluster token only.
 pub async fn serve(
     listener: TcpListener,
-    registry: Arc<Registry>,
+    registry: SharedRegistry,
     token: &str,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), MetricsError> {

@@ -80,6 +80,9 @@ pub async fn targets(
         if !t.node_id.is_empty() {
             labels.insert("node_id".into(), hex::encode(&t.node_id));
         }
+        if !t.job_id.is_empty() {
+            labels.insert("job_id".into(), hex::encode(&t.job_id));
+        }
         groups.push(TargetGroup {
             targets: vec![t.address],
             labels,

@@ -24,6 +24,7 @@ mod actor_pool;
 pub mod autoscaler;
 mod codec;
 mod error;
+pub mod metrics;
 mod object_ref;
 mod options;
 mod registry;

@@ -63,7 +63,7 @@ pub struct GcsConfig {
     /// Serve Prometheus metrics (`/metrics`) on this port of the bind address (0: any free
     /// port); `None`: no metrics endpoint.
     pub metrics_port: Option<u16>,
-    /// Task-event entries kept (one per task attempt and reporting process; memory only);
+    /// Task-event entries kept (about three per task; memory only);
     /// the batches that arrived first go first.
     pub max_task_events: usize,
 }
@@ -170,7 +170,7 @@ impl GcsServer {
                 let metrics_address = listener
                     .local_addr()
                     .map_err(|source| GcsError::Bind { addr: bind, source })?;
-                let registry = Arc::new(metrics::registry(state.clone()));
+                let registry = miniray_common::metrics::shared(metrics::registry(state.clone()));
                 let mut stop = shutdown_rx.clone();
                 let token = cfg.token.clone();
                 tokio::spawn(async move {

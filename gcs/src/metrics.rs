@@ -35,8 +35,8 @@ pub(crate) fn registry(state: Arc<GcsState>) -> Registry {
 }
 
 /// The cluster's `/metrics` endpoints: this GCS's (`own`; on the head node's IP when it
-/// listens on every interface) and those of the raylets that are not dead; and the head
-/// node's IP.
+/// listens on every interface), those of the raylets that are not dead and those of the
+/// drivers of running jobs that serve one; and the head node's IP.
 pub(crate) fn targets(
     state: &GcsState,
     own: Option<std::net::SocketAddr>,
@@ -59,6 +59,7 @@ pub(crate) fn targets(
             address: miniray_common::net::host_port(&host, own.port()),
             component: "gcs".into(),
             node_id: Vec::new(),
+            job_id: Vec::new(),
         });
     }
     for node in nodes {
@@ -72,6 +73,15 @@ pub(crate) fn targets(
             address: miniray_common::net::host_port(&address.host, node.metrics_port),
             component: "raylet".into(),
             node_id: address.node_id.clone(),
+            job_id: Vec::new(),
+        });
+    }
+    for (driver, port, job_id) in state.driver_metrics_endpoints() {
+        targets.push(MetricsTarget {
+            address: miniray_common::net::host_port(&driver.host, port),
+            component: "driver".into(),
+            node_id: driver.node_id,
+            job_id,
         });
     }
     GetMetricsTargetsReply { targets, head_host }

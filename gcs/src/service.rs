@@ -269,6 +269,22 @@ impl GcsState {
         self.shutdown.clone()
     }
 
+    /// The jobs whose drivers run now and serve metrics: (driver, port, job id).
+    pub(crate) fn driver_metrics_endpoints(
+        &self,
+    ) -> Vec<(miniray_proto::WorkerAddress, u16, Vec<u8>)> {
+        self.jobs
+            .lock()
+            .values()
+            .filter(|job| !job.finished)
+            .filter_map(|job| {
+                let port = u16::try_from(job.driver_metrics_port).ok()?;
+                let driver = job.driver.clone()?;
+                (port != 0).then(|| (driver, port, job.job_id.clone()))
+            })
+            .collect()
+    }
+
     /// Every node the table holds, dead ones included.
     pub(crate) fn node_infos(&self) -> Vec<NodeInfo> {
         self.nodes.lock().values().map(|e| e.info.clone()).collect()

@@ -204,7 +204,7 @@ impl Raylet {
             metrics_port,
         ));
         if let Some(listener) = metrics_listener {
-            let registry = Arc::new(metrics::registry(Arc::clone(&node)));
+            let registry = miniray_common::metrics::shared(metrics::registry(Arc::clone(&node)));
             let mut signal = node.shutdown_signal();
             let token = cfg.token.clone();
             tokio::spawn(async move {

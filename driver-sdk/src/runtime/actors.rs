@@ -539,6 +539,7 @@ impl CoreWorker {
         let ready = unresolved.is_empty();
         self.task_events
             .record(|| Recorded::new(&spec, TaskState::Submitted, FnName::Static(method)));
+        self.counters.actor_call_submitted();
         {
             let mut actors = self.actors.actors.lock();
             let Some(q) = actors.get_mut(&id) else {

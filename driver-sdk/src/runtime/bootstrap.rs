@@ -22,7 +22,7 @@ use super::plasma::{PlasmaClient, status_error};
 use super::store::{Freed, ObjectStore};
 use super::submitter::Submitter;
 use super::task_events::TaskEvents;
-use super::{CoreWorker, Global, Mode, executor, install, job, server};
+use super::{CoreWorker, Global, Mode, executor, install, job, metrics, server};
 use crate::error::{Error, Result};
 use crate::object_ref::OwnerAddr;
 
@@ -37,6 +37,7 @@ pub struct InitOptions {
     pub(crate) num_cpus: Option<f64>,
     pub(crate) resources: Vec<(String, f64)>,
     pub(crate) object_store_memory: Option<u64>,
+    pub(crate) metrics_port: Option<u16>,
 }
 
 impl InitOptions {
@@ -48,6 +49,14 @@ impl InitOptions {
     /// private local cluster).
     pub fn address(mut self, address: impl Into<String>) -> Self {
         self.address = Some(address.into());
+        self
+    }
+
+    /// Serve this driver's Prometheus metrics on `/metrics` at this port of its node IP (0:
+    /// any free port; default: `MINIRAY_METRICS_PORT`, else none). The cluster's service
+    /// discovery (`/api/prometheus/sd` on the dashboard) lists it while the job runs.
+    pub fn metrics_port(mut self, port: u16) -> Self {
+        self.metrics_port = Some(port);
         self
     }
 
@@ -116,6 +125,11 @@ fn gcs_client(channel: AuthedChannel) -> GcsClient<AuthedChannel> {
 /// Starts this process as a driver.
 pub(crate) fn start_driver(opts: InitOptions) -> Result<()> {
     miniray_common::logging::init("warn");
+    // Checked before anything starts: a bad value changes nothing.
+    let metrics_port = match opts.metrics_port {
+        Some(port) => Some(port),
+        None => metrics::port_from_env()?,
+    };
     let address = opts
         .address
         .clone()
@@ -166,6 +180,10 @@ pub(crate) fn start_driver(opts: InitOptions) -> Result<()> {
         .map_err(|_| unreachable(&gcs_address, "no answer in time"))?
     });
     let (cw, listener, background) = started?;
+    let metrics_listener = match metrics_port {
+        Some(port) => Some(rt.block_on(metrics::bind(&cw.address.host, port))?),
+        None => None,
+    };
     let stop = {
         let _guard = rt.enter();
         background.spawn(&cw);
@@ -174,7 +192,15 @@ pub(crate) fn start_driver(opts: InitOptions) -> Result<()> {
         }
         server::serve(&cw, listener, &token, None)
     };
-    rt.block_on(job::register(&cw))?;
+    let metrics_port = match metrics_listener {
+        Some((listener, port)) => {
+            let _guard = rt.enter();
+            metrics::serve(listener, &cw.address.host, &token);
+            port
+        }
+        None => 0,
+    };
+    rt.block_on(job::register(&cw, metrics_port))?;
     install(Global {
         cw,
         runtime: rt,
@@ -331,6 +357,7 @@ async fn build(
         inline_threshold: DEFAULT_INLINE_THRESHOLD,
         borrows,
         task_events: Arc::new(TaskEvents::from_env(job_id)),
+        counters: Default::default(),
         handle: tokio::runtime::Handle::current(),
     });
     Ok((

@@ -85,19 +85,18 @@ pub(crate) fn run(cw: &Arc<CoreWorker>, rx: std::sync::mpsc::Receiver<ExecMsg>) 
                     } else {
                         FnName::None
                     };
-                    let event = |state| {
-                        Recorded::new(&spec, state, function.clone()).at(node_id, worker_id)
-                    };
-                    cw.task_events.record(|| event(TaskState::Running));
+                    cw.task_events.start(|| {
+                        Recorded::new(&spec, TaskState::Running, function).at(node_id, worker_id)
+                    });
                     let started = Instant::now();
                     let (outcome, contained) = match execute(cw, &spec, &mut hosted) {
                         Ok((v, lent)) => {
-                            cw.task_events.record(|| event(TaskState::Finished));
+                            cw.task_events.end(TaskState::Finished, || None);
                             (push_task_reply::Outcome::Value(v), lent)
                         }
                         Err(e) => {
                             cw.task_events
-                                .record(|| event(TaskState::Failed).with_error(e.to_string()));
+                                .end(TaskState::Failed, || Some(e.to_string()));
                             (
                                 push_task_reply::Outcome::Error(e.to_task_error()),
                                 Vec::new(),

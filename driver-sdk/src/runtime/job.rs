@@ -26,7 +26,9 @@ const FORWARDED_ENV: &[&str] = &[
     miniray_common::config::env::TASK_EVENTS_REPORT_INTERVAL_MS,
 ];
 
-pub(crate) async fn register(cw: &Arc<CoreWorker>) -> Result<()> {
+/// Registers the job of driver `cw`, whose `/metrics` endpoint is on `metrics_port` (0:
+/// none).
+pub(crate) async fn register(cw: &Arc<CoreWorker>, metrics_port: u16) -> Result<()> {
     let exe = std::env::current_exe()
         .map_err(|e| Error::Startup(format!("cannot find this program's executable: {e}")))?;
     let bytes = tokio::fs::read(&exe)
@@ -59,6 +61,7 @@ pub(crate) async fn register(cw: &Arc<CoreWorker>) -> Result<()> {
             end_time_ms: 0,
             finished: false,
             env,
+            driver_metrics_port: u32::from(metrics_port),
         }),
     };
     match gcs.add_job(job.clone()).await {

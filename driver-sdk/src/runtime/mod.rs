@@ -14,6 +14,7 @@ pub(crate) mod executor;
 mod home;
 mod job;
 mod journal;
+pub(crate) mod metrics;
 mod nodes;
 pub(crate) mod plasma;
 mod push;
@@ -80,6 +81,8 @@ pub(crate) struct CoreWorker {
     pub(crate) borrows: Arc<borrowing::BorrowQueue>,
     /// State transitions of the tasks this process submits and runs (see `task_events.rs`).
     pub(crate) task_events: Arc<task_events::TaskEvents>,
+    /// What the process's `/metrics` counts (see `metrics.rs`).
+    pub(crate) counters: metrics::CoreCounters,
     pub(crate) handle: Handle,
 }
 
@@ -141,6 +144,7 @@ pub(crate) fn shutdown() {
     }
     drop(cw);
     global.runtime.shutdown_timeout(Duration::from_secs(2));
+    metrics::ended();
     if let Some(mut cluster) = global.cluster.take() {
         cluster.stop();
     }

@@ -280,6 +280,8 @@ impl CoreWorker {
         contained: Vec<miniray_proto::ContainedRef>,
     ) {
         let held = self.take_lent(contained);
+        self.counters
+            .replied(matches!(outcome, Some(push_task_reply::Outcome::Value(_))));
         self.store
             .complete_holding(return_id, reply_result(outcome), held);
     }

@@ -134,6 +134,11 @@ struct Removed {
 }
 
 impl ObjectStore {
+    /// Objects this process references, owned or borrowed.
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
     pub(crate) fn new(freed: mpsc::UnboundedSender<Freed>, borrows: Arc<BorrowQueue>) -> Self {
         Self {
             entries: DashMap::new(),

@@ -168,7 +168,21 @@ pub(crate) struct Submitter {
     keys: Mutex<HashMap<String, KeyState>>,
 }
 
+/// What the submitter holds now, for the process's metrics.
+pub(crate) struct SubmitterUsage {
+    pub(crate) queued: usize,
+    pub(crate) leases: usize,
+}
+
 impl Submitter {
+    pub(crate) fn usage(&self) -> SubmitterUsage {
+        let keys = self.keys.lock();
+        SubmitterUsage {
+            queued: keys.values().map(|st| st.queue.len()).sum(),
+            leases: keys.values().map(|st| st.workers.len()).sum(),
+        }
+    }
+
     /// Resource shapes with state (queued, leased or being leased tasks).
     pub(crate) fn key_count(&self) -> usize {
         self.keys.lock().len()
@@ -213,6 +227,7 @@ impl CoreWorker {
         };
         self.task_events
             .record(|| Recorded::new(&spec, TaskState::Submitted, FnName::Static(opts.function)));
+        self.counters.task_submitted();
         let task = QueuedTask {
             spec,
             retries_left: opts.max_retries,

@@ -6,10 +6,15 @@
 //! Invariants:
 //! - Recording is off the task's hot path in cost: a push onto the recording thread's own
 //!   buffer (a shard: no other thread's pushes contend for it), no id parsing beyond a
-//!   16-byte copy, and no allocation for the function name (a `&'static str` or a shared
-//!   `Arc<str>`). The reporter builds the columnar batch (`TaskEventBatch`) once per
+//!   16-byte copy, no allocation for the function name (a `&'static str` or a shared
+//!   `Arc<str>`), and a raw clock read ([`EventClock`]), turned into Unix time only when
+//!   reported. The reporter builds the columnar batch (`TaskEventBatch`) once per
 //!   interval, or as soon as a thread has `REPORT_AT` events waiting, reusing its scratch
 //!   space so that a report allocates no per-event memory.
+//! - A task run here is one push, when it ends: its RUNNING event waits in the thread's
+//!   running slot ([`TaskEvents::start`]), which a report reads without taking it, so a
+//!   task still running at a report is seen running; [`TaskEvents::end`] turns it into one
+//!   event that carries both times.
 //! - At most `max_buffered` events wait per recording thread; past that the oldest go and
 //!   are counted, and the count travels with the next report. A report the raylet did not
 //!   take is counted as dropped too (events are best-effort; a task's result never waits
@@ -27,7 +32,7 @@ use std::thread::ThreadId;
 use std::time::Duration;
 
 use miniray_common::config::env;
-use miniray_common::task_events::{AttemptIndex, BatchBuilder, NewEntry, STATES, attempt_index};
+use miniray_common::task_events::{BatchBuilder, NewEntry};
 use miniray_common::time::now_us;
 use miniray_common::{JobId, NodeId, WorkerId};
 use miniray_proto::{ReportTaskEventsRequest, TaskSpec, TaskState};
@@ -71,21 +76,33 @@ impl FnName {
 /// Shared copies of the function names a worker runs, so that its events carry a name
 /// without allocating one per event.
 #[derive(Default)]
-pub(crate) struct FnNames(HashMap<String, Arc<str>>);
+pub(crate) struct FnNames {
+    by_name: HashMap<String, Arc<str>>,
+    /// The name asked for last: a worker mostly runs one function many times in a row,
+    /// and a comparison costs less than a hash.
+    last: Option<Arc<str>>,
+}
 
 /// Names kept by [`FnNames`] before it starts over (a process runs few distinct ones).
 const MAX_FN_NAMES: usize = 1024;
 
 impl FnNames {
     pub(crate) fn get(&mut self, name: &str) -> FnName {
-        if let Some(shared) = self.0.get(name) {
-            return FnName::Shared(Arc::clone(shared));
+        if let Some(last) = self.last.as_ref().filter(|last| &***last == name) {
+            return FnName::Shared(Arc::clone(last));
         }
-        if self.0.len() >= MAX_FN_NAMES {
-            self.0.clear();
-        }
-        let shared: Arc<str> = Arc::from(name);
-        self.0.insert(name.to_string(), Arc::clone(&shared));
+        let shared = match self.by_name.get(name) {
+            Some(shared) => Arc::clone(shared),
+            None => {
+                if self.by_name.len() >= MAX_FN_NAMES {
+                    self.by_name.clear();
+                }
+                let shared: Arc<str> = Arc::from(name);
+                self.by_name.insert(name.to_string(), Arc::clone(&shared));
+                shared
+            }
+        };
+        self.last = Some(Arc::clone(&shared));
         FnName::Shared(shared)
     }
 }
@@ -97,14 +114,46 @@ fn raw_id(bytes: &[u8]) -> RawId {
     bytes.try_into().ok()
 }
 
-/// One transition as recorded, turned into a [`TaskEvent`] only when reported.
-#[derive(Debug)]
+/// Event times: a raw counter read on the task path (the CPU's time-stamp counter where it
+/// is invariant, else the OS's monotonic clock), turned into Unix time when reported.
+///
+/// Invariant: a raw time is turned into Unix time against a pair of readings taken at the
+/// report that carries it, so the counter's calibration error applies only to the time
+/// since the event (a second, or a task's run), never to the process's whole life.
+struct EventClock {
+    clock: quanta::Clock,
+}
+
+impl EventClock {
+    fn new() -> Self {
+        Self {
+            clock: quanta::Clock::new(),
+        }
+    }
+
+    fn raw(&self) -> u64 {
+        self.clock.raw()
+    }
+
+    /// Turns raw times into Unix microseconds, as of now.
+    fn to_unix(&self) -> impl Fn(u64) -> u64 + '_ {
+        let (raw_now, unix_now) = (self.clock.raw(), now_us());
+        move |raw| unix_now.saturating_sub(self.clock.delta_as_nanos(raw, raw_now) / 1_000)
+    }
+}
+
+/// One transition as recorded, turned into a batch entry only when reported.
+#[derive(Clone, Debug)]
 pub(crate) struct Recorded {
     task_id: RawId,
     attempt: u32,
     actor_id: RawId,
     state: TaskState,
-    time_us: u64,
+    /// Raw [`EventClock`] time, stamped when pushed.
+    time: u64,
+    /// Raw time the task started running, on the event that ended it ([`TaskEvents::end`]);
+    /// 0: none.
+    started: u64,
     function: FnName,
     /// Where the attempt was scheduled or ran.
     node_id: RawId,
@@ -120,7 +169,8 @@ impl Recorded {
             attempt: spec.attempt,
             actor_id: raw_id(&spec.actor_id),
             state,
-            time_us: now_us(),
+            time: 0,
+            started: 0,
             function,
             node_id: None,
             worker_id: None,
@@ -147,67 +197,11 @@ impl Recorded {
     }
 }
 
-/// The transitions of one attempt between two reports, folded together: times by state,
-/// and which recorded event holds each other part (nothing is moved or copied out of the
-/// events but the times).
-struct Attempt {
-    task_id: [u8; 16],
-    attempt: u32,
-    /// Time of each state reached, by `TaskState` value (0: not reached).
-    times: [u64; 6],
-    /// Indices into the events being reported.
-    function: Option<u32>,
-    placement: Option<u32>,
-    actor: Option<u32>,
-    error: Option<u32>,
-}
-
-impl Attempt {
-    fn new(task_id: [u8; 16], attempt: u32) -> Self {
-        Self {
-            task_id,
-            attempt,
-            times: [0; 6],
-            function: None,
-            placement: None,
-            actor: None,
-            error: None,
-        }
-    }
-
-    /// Folds in transition `i`, `e`, of the same attempt; the latest placement wins.
-    fn fold(&mut self, i: u32, e: &Recorded) {
-        // A clock that reads 0 is not a machine this runs on; keep the slot meaningful.
-        self.times[e.state as usize] = e.time_us.max(1);
-        if self.function.is_none() && !matches!(e.function, FnName::None) {
-            self.function = Some(i);
-        }
-        if e.node_id.is_some() && e.worker_id.is_some() {
-            self.placement = Some(i);
-        }
-        if self.actor.is_none() && e.actor_id.is_some() {
-            self.actor = Some(i);
-        }
-        if e.error.is_some() {
-            self.error = Some(i);
-        }
-    }
-
-    fn states(&self) -> impl Iterator<Item = (TaskState, u64)> + '_ {
-        STATES
-            .into_iter()
-            .map(|s| (s, self.times[s as usize]))
-            .filter(|(_, t)| *t > 0)
-    }
-}
-
 /// What the reporter reuses from one report to the next, so that building a report
 /// neither allocates nor faults in fresh pages.
 struct Scratch {
     /// The events being reported, moved out of every shard.
     events: Vec<Recorded>,
-    attempts: Vec<Attempt>,
-    index: AttemptIndex,
     states: Vec<(TaskState, u64)>,
 }
 
@@ -221,6 +215,11 @@ struct Shard {
 
 struct Buffer {
     events: VecDeque<Recorded>,
+    /// The task this thread is running, from [`TaskEvents::start`] to [`TaskEvents::end`].
+    running: Option<Recorded>,
+    /// `running` went out with a report already: the event that ends it does not carry
+    /// its RUNNING time again (the raylet counts each state of an attempt once).
+    running_reported: bool,
     /// Dropped since the last report the raylet took.
     dropped: u64,
 }
@@ -231,6 +230,8 @@ impl Shard {
             owner: std::thread::current().id(),
             buffer: Mutex::new(Buffer {
                 events: VecDeque::new(),
+                running: None,
+                running_reported: false,
                 dropped: 0,
             }),
         }
@@ -257,6 +258,9 @@ pub(crate) struct TaskEvents {
     /// `max_buffered`).
     report_at: usize,
     shards: Mutex<Vec<Arc<Shard>>>,
+    /// `None` when events are off: calibrating it costs a process up to a fraction of a
+    /// second at start.
+    clock: Option<EventClock>,
     /// The reporter's; never locked by a task's path.
     scratch: Mutex<Scratch>,
     /// Woken when a thread has `report_at` events waiting.
@@ -293,11 +297,10 @@ impl TaskEvents {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             report_at: REPORT_AT.min(max_buffered.div_ceil(2)),
             shards: Mutex::new(Vec::new()),
+            clock: interval.map(|_| EventClock::new()),
             scratch: Mutex::new(Scratch {
                 events: Vec::new(),
-                attempts: Vec::new(),
-                index: attempt_index(0),
-                states: Vec::with_capacity(5),
+                states: Vec::with_capacity(2),
             }),
             full: tokio::sync::Notify::new(),
         }
@@ -309,18 +312,55 @@ impl TaskEvents {
 
     /// Records one transition (nothing when events are off).
     pub(crate) fn record(&self, event: impl FnOnce() -> Recorded) {
-        if self.enabled() {
-            let event = event();
+        if let Some(clock) = &self.clock {
+            let mut event = event();
+            event.time = clock.raw();
             self.with_shard(|b| self.push(b, event));
         }
     }
 
-    /// Records the transitions of a batch under one lock.
+    /// Records transitions that happened together (a batch pushed to a worker): one time
+    /// and one lock for all of them.
     pub(crate) fn record_all<I: IntoIterator<Item = Recorded>>(&self, events: impl FnOnce() -> I) {
-        if self.enabled() {
+        if let Some(clock) = &self.clock {
             let events = events();
+            let time = clock.raw();
             self.with_shard(|b| {
-                for event in events {
+                for mut event in events {
+                    event.time = time;
+                    self.push(b, event);
+                }
+            });
+        }
+    }
+
+    /// This thread starts running a task: `event` is its RUNNING transition, kept in the
+    /// thread's running slot until [`TaskEvents::end`].
+    pub(crate) fn start(&self, event: impl FnOnce() -> Recorded) {
+        if let Some(clock) = &self.clock {
+            let mut event = event();
+            event.time = clock.raw();
+            self.with_shard(|b| {
+                b.running = Some(event);
+                b.running_reported = false;
+            });
+        }
+    }
+
+    /// The task this thread started ends in `state` (FINISHED, or FAILED with `error`):
+    /// one event with both times.
+    pub(crate) fn end(&self, state: TaskState, error: impl FnOnce() -> Option<String>) {
+        if let Some(clock) = &self.clock {
+            let error = error();
+            let time = clock.raw();
+            self.with_shard(|b| {
+                if let Some(mut event) = b.running.take() {
+                    if !b.running_reported {
+                        event.started = event.time;
+                    }
+                    event.time = time;
+                    event.state = state;
+                    event.error = error;
                     self.push(b, event);
                 }
             });
@@ -376,63 +416,63 @@ impl TaskEvents {
     /// first carries the drop count); empty when there is nothing to say.
     fn take_reports(&self) -> Vec<ReportTaskEventsRequest> {
         let mut scratch = self.scratch.lock();
-        let Scratch {
-            events,
-            attempts,
-            index,
-            states,
-        } = &mut *scratch;
+        let Scratch { events, states } = &mut *scratch;
+        let Some(clock) = &self.clock else {
+            return Vec::new();
+        };
         let mut dropped = 0u64;
         {
             let mut shards = self.shards.lock();
             for shard in shards.iter() {
                 let mut b = shard.buffer.lock();
                 events.extend(b.events.drain(..));
+                // Seen running, and left in place for the event that ends it.
+                if let Some(running) = &b.running {
+                    events.push(running.clone());
+                    b.running_reported = true;
+                }
                 dropped += std::mem::take(&mut b.dropped);
             }
             // A shard whose thread ended goes once it is empty (only this list holds it).
             shards.retain(|s| Arc::strong_count(s) > 1);
         }
+        // Built outside every shard's lock: the task path never waits for this. A task id
+        // of the wrong length (a malformed spec) is dropped rather than sent.
+        let before = events.len();
+        events.retain(|e| e.task_id.is_some());
+        dropped += (before - events.len()) as u64;
         if events.is_empty() && dropped == 0 {
             return Vec::new();
         }
-        // Built outside every shard's lock: the task path never waits for this.
-        // Transitions of one attempt become one entry, whichever threads recorded them
-        // (most tasks start and end between two reports). A task id of the wrong length
-        // (a malformed spec) is dropped rather than sent.
-        for (i, e) in events.iter().enumerate() {
-            let Some(task) = e.task_id else {
-                dropped += 1;
-                continue;
-            };
-            let at = *index.entry((task, e.attempt)).or_insert_with(|| {
-                attempts.push(Attempt::new(task, e.attempt));
-                attempts.len() - 1
-            });
-            attempts[at].fold(i as u32, e);
-        }
-        let base = attempts
+        let unix = clock.to_unix();
+        // Each event is an entry of its own: the transitions of one attempt come from
+        // several threads and processes anyway, and the GCS pieces them together when
+        // asked, so folding them here would cost a hash lookup per event (a cache miss at
+        // this volume) to save a few bytes.
+        let base = events
             .iter()
-            .flat_map(|a| a.states().map(|(_, t)| t))
+            .map(|e| if e.started > 0 { e.started } else { e.time })
             .min()
-            .unwrap_or(0);
-        let event = |i: Option<u32>| i.and_then(|i| events.get(i as usize));
+            .map_or(0, &unix);
         let mut reports = Vec::new();
-        for chunk in attempts.chunks(MAX_ENTRIES_PER_REPORT) {
+        for chunk in events.chunks(MAX_ENTRIES_PER_REPORT) {
             let mut builder = BatchBuilder::new(&self.job_id, base);
-            for a in chunk {
+            for e in chunk {
+                let Some(task_id) = &e.task_id else { continue };
                 states.clear();
-                states.extend(a.states());
-                let placement =
-                    event(a.placement).and_then(|e| e.node_id.as_ref().zip(e.worker_id.as_ref()));
+                if e.started > 0 {
+                    states.push((TaskState::Running, unix(e.started).max(1)));
+                }
+                // A clock that reads 0 is not a machine this runs on; keep the time meaningful.
+                states.push((e.state, unix(e.time).max(1)));
                 builder.push(NewEntry {
-                    task_id: &a.task_id,
-                    attempt: a.attempt,
+                    task_id,
+                    attempt: e.attempt,
                     states,
-                    function: event(a.function).and_then(|e| e.function.as_str()),
-                    placement,
-                    actor_id: event(a.actor).and_then(|e| e.actor_id.as_ref()),
-                    error: event(a.error).and_then(|e| e.error.as_deref()),
+                    function: e.function.as_str(),
+                    placement: e.node_id.as_ref().zip(e.worker_id.as_ref()),
+                    actor_id: e.actor_id.as_ref(),
+                    error: e.error.as_deref(),
                 });
             }
             reports.push(ReportTaskEventsRequest {
@@ -448,13 +488,9 @@ impl TaskEvents {
             }),
         }
         events.clear();
-        attempts.clear();
-        index.clear();
         // A burst leaves its capacity behind; more than a few reports' worth is given back.
         if events.capacity() > 4 * self.report_at {
             events.shrink_to(self.report_at);
-            attempts.shrink_to(self.report_at);
-            index.shrink_to(self.report_at);
         }
         reports
     }
@@ -568,32 +604,97 @@ mod tests {
     }
 
     #[test]
-    fn transitions_of_one_attempt_travel_as_one_entry() {
+    fn each_transition_is_an_entry_with_its_own_parts() {
         let events = TaskEvents::new(JobId::random(), Some(DEFAULT_INTERVAL), 10);
         let (node, worker) = (NodeId::random(), WorkerId::random());
         let mut retried = spec(1);
         retried.attempt = 1;
+        events.record(|| Recorded::new(&spec(1), TaskState::Submitted, FnName::Static("f")));
         events.record_all(|| {
             [
-                Recorded::new(&spec(1), TaskState::Running, FnName::Static("f")).at(node, worker),
+                Recorded::new(&spec(1), TaskState::Scheduled, FnName::None).at(node, worker),
                 Recorded::new(&retried, TaskState::Submitted, FnName::None),
-                Recorded::new(&spec(1), TaskState::Failed, FnName::None).with_error("x".into()),
             ]
         });
         let batch = events.take().and_then(|r| r.batch).expect("a batch");
         let entries = entries(&batch);
-        assert_eq!(entries.len(), 2, "one per attempt");
-        let first = &entries[0];
-        let states: Vec<TaskState> = first.states().map(|(s, _)| s).collect();
-        assert_eq!(states, vec![TaskState::Running, TaskState::Failed]);
-        assert_eq!((first.function, first.error), (Some("f"), Some("x")));
+        let seen: Vec<(u32, Vec<TaskState>, Option<&str>, bool)> = entries
+            .iter()
+            .map(|e| {
+                (
+                    e.attempt,
+                    e.states().map(|(s, _)| s).collect(),
+                    e.function,
+                    e.worker_id == Some(worker.as_bytes()),
+                )
+            })
+            .collect();
         assert_eq!(
-            first.worker_id,
-            Some(worker.as_bytes()),
-            "kept from the running event"
+            seen,
+            vec![
+                (0, vec![TaskState::Submitted], Some("f"), false),
+                (0, vec![TaskState::Scheduled], None, true),
+                (1, vec![TaskState::Submitted], None, false),
+            ]
         );
-        assert_eq!(entries[1].attempt, 1);
-        assert_eq!(entries[1].function, None);
+        // Recorded together: one time.
+        let times: Vec<u64> = entries[1..]
+            .iter()
+            .flat_map(|e| e.states().map(|(_, t)| t))
+            .collect();
+        assert_eq!(times[0], times[1]);
+    }
+
+    #[test]
+    fn a_task_run_here_is_one_entry_with_both_times_in_unix_time() {
+        let events = TaskEvents::new(JobId::random(), Some(DEFAULT_INTERVAL), 10);
+        let (node, worker) = (NodeId::random(), WorkerId::random());
+        let before = now_us();
+        events.start(|| {
+            Recorded::new(&spec(1), TaskState::Running, FnName::Static("f")).at(node, worker)
+        });
+        events.end(TaskState::Failed, || Some("boom".into()));
+        // An end with nothing started records nothing.
+        events.end(TaskState::Finished, || None);
+        let after = now_us();
+        let batch = events.take().and_then(|r| r.batch).expect("a batch");
+        let entries = entries(&batch);
+        assert_eq!(entries.len(), 1);
+        let times: Vec<(TaskState, u64)> = entries[0].states().collect();
+        assert_eq!(times.len(), 2, "{times:?}");
+        assert_eq!(
+            (times[0].0, times[1].0),
+            (TaskState::Running, TaskState::Failed)
+        );
+        // The raw clock and the wall clock agree to well within a millisecond here.
+        let slack = 1_000;
+        assert!(
+            before - slack <= times[0].1 && times[0].1 <= times[1].1 && times[1].1 <= after + slack,
+            "{before} {times:?} {after}"
+        );
+        assert_eq!(entries[0].error, Some("boom"));
+        assert_eq!(entries[0].worker_id, Some(worker.as_bytes()));
+    }
+
+    #[test]
+    fn a_task_still_running_at_a_report_is_reported_running_once() {
+        let events = TaskEvents::new(JobId::random(), Some(DEFAULT_INTERVAL), 10);
+        events.start(|| Recorded::new(&spec(1), TaskState::Running, FnName::Static("f")));
+        let first = events.take().and_then(|r| r.batch).expect("a batch");
+        let states: Vec<TaskState> = entries(&first)[0].states().map(|(s, _)| s).collect();
+        assert_eq!(states, vec![TaskState::Running]);
+        let again = events.take().and_then(|r| r.batch).expect("still running");
+        assert_eq!(entries(&again).len(), 1, "seen running at every report");
+        events.end(TaskState::Finished, || None);
+        let last = events.take().and_then(|r| r.batch).expect("a batch");
+        let states: Vec<TaskState> = entries(&last)[0].states().map(|(s, _)| s).collect();
+        assert_eq!(
+            states,
+            vec![TaskState::Finished],
+            "RUNNING went out already: counted once downstream"
+        );
+        assert_eq!(entries(&last)[0].function, Some("f"));
+        assert!(events.take().is_none());
     }
 
     #[test]
