@@ -152,6 +152,12 @@ where
 /// The labels of one series a collector encodes.
 pub type Labels = Vec<(&'static str, String)>;
 
+/// The one series of a family without labels, for [`encode_gauges`] and
+/// [`encode_counters`].
+pub fn unlabelled<T>(value: T) -> [(Labels, T); 1] {
+    [(Vec::new(), value)]
+}
+
 /// A metric family's name, help and unit.
 pub type Descriptor<'a> = (&'a str, &'a str, Option<&'a Unit>);
 

@@ -9,7 +9,9 @@ use std::sync::atomic::Ordering;
 use miniray_common::metrics::prometheus_client::collector::Collector;
 use miniray_common::metrics::prometheus_client::encoding::DescriptorEncoder;
 use miniray_common::metrics::prometheus_client::registry::{Registry, Unit};
-use miniray_common::metrics::{Labels, encode_counters as counters, encode_gauges as gauges};
+use miniray_common::metrics::{
+    Labels, encode_counters as counters, encode_gauges as gauges, unlabelled,
+};
 
 use crate::node::Node;
 
@@ -29,10 +31,6 @@ impl std::fmt::Debug for NodeCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("NodeCollector")
     }
-}
-
-fn one<T>(value: T) -> [(Labels, T); 1] {
-    [(Vec::new(), value)]
 }
 
 impl Collector for NodeCollector {
@@ -69,7 +67,7 @@ impl Collector for NodeCollector {
                 "Lease requests waiting at this node",
                 None,
             ),
-            one(queued as f64),
+            unlabelled(queued as f64),
         )?;
         gauges(
             &mut encoder,
@@ -78,7 +76,7 @@ impl Collector for NodeCollector {
                 "Leases this node has granted that are not returned",
                 None,
             ),
-            one(held as f64),
+            unlabelled(held as f64),
         )?;
         counters(
             &mut encoder,
@@ -87,7 +85,7 @@ impl Collector for NodeCollector {
                 "Lease requests this node granted",
                 None,
             ),
-            one(node.leases_granted.load(Ordering::Relaxed)),
+            unlabelled(node.leases_granted.load(Ordering::Relaxed)),
         )?;
         counters(
             &mut encoder,
@@ -96,7 +94,7 @@ impl Collector for NodeCollector {
                 "Lease requests this node sent to another node",
                 None,
             ),
-            one(node.leases_spilled.load(Ordering::Relaxed)),
+            unlabelled(node.leases_spilled.load(Ordering::Relaxed)),
         )?;
         let mut resources: Vec<(Labels, f64)> = Vec::new();
         for (name, amount) in total.iter() {
@@ -129,7 +127,7 @@ impl Collector for NodeCollector {
                 "Bytes of the object store in use (sealed and unsealed objects)",
                 Some(&Unit::Bytes),
             ),
-            one(node.store.used() as f64),
+            unlabelled(node.store.used() as f64),
         )?;
         gauges(
             &mut encoder,
@@ -138,7 +136,7 @@ impl Collector for NodeCollector {
                 "Size of the object store",
                 Some(&Unit::Bytes),
             ),
-            one(node.store.capacity() as f64),
+            unlabelled(node.store.capacity() as f64),
         )?;
         gauges(
             &mut encoder,
@@ -147,7 +145,7 @@ impl Collector for NodeCollector {
                 "Objects in the object store",
                 None,
             ),
-            one(node.store.num_objects() as f64),
+            unlabelled(node.store.num_objects() as f64),
         )?;
         counters(
             &mut encoder,
@@ -176,7 +174,7 @@ impl Collector for NodeCollector {
                 "Objects this node pulled from other nodes",
                 None,
             ),
-            one(transfers.pulls_started),
+            unlabelled(transfers.pulls_started),
         )?;
         counters(
             &mut encoder,

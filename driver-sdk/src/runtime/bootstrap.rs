@@ -195,7 +195,7 @@ pub(crate) fn start_driver(opts: InitOptions) -> Result<()> {
     let metrics_port = match metrics_listener {
         Some((listener, port)) => {
             let _guard = rt.enter();
-            metrics::serve(listener, &cw.address.host, &token);
+            metrics::serve(listener, &cw.address.host, port, &token);
             port
         }
         None => 0,

@@ -23,7 +23,7 @@ use miniray_common::config::env;
 use miniray_common::metrics::prometheus_client::collector::Collector;
 use miniray_common::metrics::prometheus_client::encoding::DescriptorEncoder;
 use miniray_common::metrics::prometheus_client::registry::Registry;
-use miniray_common::metrics::{Labels, SharedRegistry, encode_counters, encode_gauges};
+use miniray_common::metrics::{SharedRegistry, encode_counters, encode_gauges, unlabelled};
 use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
@@ -122,14 +122,13 @@ pub(crate) fn ended() {
     ENDPOINT.lock().take();
 }
 
-/// Serves `/metrics` on `listener`, which listens on `host`, for as long as the runtime
-/// runs (it ends at `shutdown`, with the runtime).
-pub(crate) fn serve(listener: TcpListener, host: &str, token: &str) {
+/// Serves `/metrics` on `listener`, bound by [`bind`] to `host:port`, for as long as the
+/// runtime runs (it ends at `shutdown`, with the runtime).
+pub(crate) fn serve(listener: TcpListener, host: &str, port: u16, token: &str) {
     let token = token.to_string();
-    if let Ok(address) = listener.local_addr() {
-        info!(%address, "driver metrics endpoint serving /metrics");
-        *ENDPOINT.lock() = Some(miniray_common::net::host_port(host, address.port()));
-    }
+    let address = miniray_common::net::host_port(host, port);
+    info!(%address, "driver metrics endpoint serving /metrics");
+    *ENDPOINT.lock() = Some(address);
     tokio::spawn(async move {
         let forever = std::future::pending::<()>();
         if let Err(e) =
@@ -143,10 +142,6 @@ pub(crate) fn serve(listener: TcpListener, host: &str, token: &str) {
 /// Reads the running core worker at each scrape.
 #[derive(Debug)]
 struct CoreWorkerCollector;
-
-fn one<T>(value: T) -> [(Labels, T); 1] {
-    [(Vec::new(), value)]
-}
 
 impl Collector for CoreWorkerCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::result::Result<(), std::fmt::Error> {
@@ -197,7 +192,7 @@ fn encode_core_worker(
             "Tasks of this process waiting for a worker",
             None,
         ),
-        one(submitter.queued as f64),
+        unlabelled(submitter.queued as f64),
     )?;
     encode_gauges(
         encoder,
@@ -206,7 +201,7 @@ fn encode_core_worker(
             "Workers this process holds leases on",
             None,
         ),
-        one(submitter.leases as f64),
+        unlabelled(submitter.leases as f64),
     )?;
     encode_gauges(
         encoder,
@@ -215,7 +210,7 @@ fn encode_core_worker(
             "Objects this process references, owned or borrowed",
             None,
         ),
-        one(cw.store.len() as f64),
+        unlabelled(cw.store.len() as f64),
     )?;
     Ok(())
 }

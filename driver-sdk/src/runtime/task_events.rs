@@ -12,9 +12,10 @@
 //!   interval, or as soon as a thread has `REPORT_AT` events waiting, reusing its scratch
 //!   space so that a report allocates no per-event memory.
 //! - A task run here is one push, when it ends: its RUNNING event waits in the thread's
-//!   running slot ([`TaskEvents::start`]), which a report reads without taking it, so a
-//!   task still running at a report is seen running; [`TaskEvents::end`] turns it into one
-//!   event that carries both times.
+//!   running slot ([`TaskEvents::start`]), which the first report after the start copies
+//!   without taking it, so a task still running then is seen running; [`TaskEvents::end`]
+//!   turns it into one event that carries both times, or only its end when a report sent
+//!   the RUNNING part already (each state of an attempt reaches the raylet once).
 //! - At most `max_buffered` events wait per recording thread; past that the oldest go and
 //!   are counted, and the count travels with the next report. A report the raylet did not
 //!   take is counted as dropped too (events are best-effort; a task's result never waits
@@ -426,8 +427,8 @@ impl TaskEvents {
             for shard in shards.iter() {
                 let mut b = shard.buffer.lock();
                 events.extend(b.events.drain(..));
-                // Seen running, and left in place for the event that ends it.
-                if let Some(running) = &b.running {
+                // Seen running (once), and left in place for the event that ends it.
+                if let Some(running) = b.running.as_ref().filter(|_| !b.running_reported) {
                     events.push(running.clone());
                     b.running_reported = true;
                 }
@@ -436,11 +437,7 @@ impl TaskEvents {
             // A shard whose thread ended goes once it is empty (only this list holds it).
             shards.retain(|s| Arc::strong_count(s) > 1);
         }
-        // Built outside every shard's lock: the task path never waits for this. A task id
-        // of the wrong length (a malformed spec) is dropped rather than sent.
-        let before = events.len();
-        events.retain(|e| e.task_id.is_some());
-        dropped += (before - events.len()) as u64;
+        // Built outside every shard's lock: the task path never waits for this.
         if events.is_empty() && dropped == 0 {
             return Vec::new();
         }
@@ -458,7 +455,11 @@ impl TaskEvents {
         for chunk in events.chunks(MAX_ENTRIES_PER_REPORT) {
             let mut builder = BatchBuilder::new(&self.job_id, base);
             for e in chunk {
-                let Some(task_id) = &e.task_id else { continue };
+                // A task id of the wrong length (a malformed spec) is dropped, not sent.
+                let Some(task_id) = &e.task_id else {
+                    dropped += 1;
+                    continue;
+                };
                 states.clear();
                 if e.started > 0 {
                     states.push((TaskState::Running, unix(e.started).max(1)));
@@ -683,8 +684,10 @@ mod tests {
         let first = events.take().and_then(|r| r.batch).expect("a batch");
         let states: Vec<TaskState> = entries(&first)[0].states().map(|(s, _)| s).collect();
         assert_eq!(states, vec![TaskState::Running]);
-        let again = events.take().and_then(|r| r.batch).expect("still running");
-        assert_eq!(entries(&again).len(), 1, "seen running at every report");
+        assert!(
+            events.take().is_none(),
+            "RUNNING went out once: a later report does not send it again"
+        );
         events.end(TaskState::Finished, || None);
         let last = events.take().and_then(|r| r.batch).expect("a batch");
         let states: Vec<TaskState> = entries(&last)[0].states().map(|(s, _)| s).collect();
