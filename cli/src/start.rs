@@ -68,7 +68,7 @@ pub struct StartArgs {
     /// forgotten first.
     #[arg(long, default_value_t = miniray::cluster::DEFAULT_MAX_DESTROYED_ACTORS)]
     max_destroyed_actors: usize,
-    /// Task-event entries (`miniray timeline`; about three per task: submitted and
+    /// Task-event entries (`miniray timeline`; about two per task: submitted and
     /// scheduled from its submitter, run from its worker) the GCS keeps in memory; the
     /// oldest are dropped first.
     #[arg(long, default_value_t = miniray::cluster::DEFAULT_MAX_TASK_EVENTS)]

@@ -91,6 +91,12 @@ fn driver(args: &[String]) -> Result<(), String> {
             .and_then(|r| miniray::get(&r))
             .map_err(|e| format!("call: {e}"))?;
         out("bumped", n);
+        // No node has this resource: the task waits in the driver's queue until the end,
+        // seen SUBMITTED only through the last report's scan of the queues.
+        let _waiting = square::options()
+            .resource("nowhere", 1.0)
+            .remote(SQUARES)
+            .map_err(|e| format!("submit: {e}"))?;
         Ok(())
     })();
     // Reports the driver's last events (SUBMITTED, SCHEDULED) before it goes.
@@ -228,7 +234,8 @@ fn short(name: &str) -> &str {
 }
 
 /// Whether a job's records are complete: every square FINISHED through every state, the
-/// panicking task FAILED with its message, the actor call FINISHED.
+/// panicking task FAILED with its message, the actor call FINISHED, the square that could
+/// not be scheduled SUBMITTED.
 fn complete(records: &[TaskRecord], node: &[u8]) -> Result<(), String> {
     let of = |name: &str| -> Vec<&TaskRecord> {
         records
@@ -279,6 +286,15 @@ fn complete(records: &[TaskRecord], node: &[u8]) -> Result<(), String> {
     });
     if !called {
         return Err(format!("no finished actor call: {bump:?}"));
+    }
+    let waiting = squares.iter().any(|r| {
+        r.state() == TaskState::Submitted
+            && r.submitted_time_us > 0
+            && r.scheduled_time_us == 0
+            && r.worker_id.is_empty()
+    });
+    if !waiting {
+        return Err(format!("no square left SUBMITTED: {squares:?}"));
     }
     Ok(())
 }

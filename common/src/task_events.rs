@@ -6,6 +6,9 @@
 //! - [`check`] is the one gate: a batch that passed it can be read with
 //!   [`CheckedBatch::entries`] without a bounds check failing or a value being invented.
 //!   Receivers refuse a batch that fails it whole.
+//! - Per-entry columns are fixed-width little-endian bytes, read in place: decoding a
+//!   batch is a slice per column (`Bytes` into the received message), never a loop over
+//!   its values, so a raylet forwards events for little more than the copy.
 //! - Per-entry columns are empty when every entry has the default, so the batch of a plain
 //!   worker carries no attempt or actor columns at all.
 //! - Nothing here allocates per entry on the read side; the builder allocates per distinct
@@ -15,6 +18,7 @@ use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::Hash;
 
+use bytes::Bytes;
 use miniray_proto::{TaskEventBatch, TaskEventError, TaskState};
 
 use crate::ids::ID_LEN;
@@ -31,9 +35,13 @@ pub fn attempt_index(n: usize) -> AttemptIndex {
 
 /// Bytes of one placement: node id then worker id.
 const PLACEMENT_LEN: usize = 2 * ID_LEN;
+/// Bytes of one value of a `u32` column (attempts and references).
+const U32_LEN: usize = 4;
+/// Bytes of one time.
+const TIME_LEN: usize = 8;
 
 /// The states a mask may hold: bits 1 (SUBMITTED) to 5 (FAILED).
-const VALID_STATES: u32 = 0b11_1110;
+const VALID_STATES: u8 = 0b11_1110;
 
 /// The states an entry may hold, in the order their times travel.
 pub const STATES: [TaskState; 5] = [
@@ -45,8 +53,14 @@ pub const STATES: [TaskState; 5] = [
 ];
 
 /// The bit of `state` in a state mask.
-pub fn state_bit(state: TaskState) -> u32 {
+pub fn state_bit(state: TaskState) -> u8 {
     1 << (state as u32)
+}
+
+/// The times a batch carries: one per state of every entry (what dropping it loses).
+/// Meaningful for a batch that passed [`check`] or came from a [`BatchBuilder`].
+pub fn time_count(batch: &TaskEventBatch) -> usize {
+    batch.times_us.len() / TIME_LEN
 }
 
 /// A batch that does not hold together; it is refused whole.
@@ -58,21 +72,28 @@ fn malformed(what: impl Into<String>) -> MalformedBatch {
     MalformedBatch(what.into())
 }
 
-/// A per-entry column must be empty or hold one value per entry.
-fn check_column<T>(name: &str, column: &[T], entries: usize) -> Result<(), MalformedBatch> {
-    if column.is_empty() || column.len() == entries {
+/// A per-entry `u32` column must be empty or hold one value per entry.
+fn check_column(name: &str, column: &[u8], entries: usize) -> Result<(), MalformedBatch> {
+    if column.is_empty() || column.len() == entries * U32_LEN {
         Ok(())
     } else {
         Err(malformed(format!(
-            "{name} has {} values for {entries} entries",
+            "{name} has {} bytes for {entries} entries",
             column.len()
         )))
     }
 }
 
+/// The `u32` values of a checked column.
+fn u32s(column: &[u8]) -> impl Iterator<Item = u32> + '_ {
+    column
+        .chunks_exact(U32_LEN)
+        .map(|v| u32::from_le_bytes([v[0], v[1], v[2], v[3]]))
+}
+
 /// Every reference of `refs` must name an entry of a dictionary of `len`.
-fn check_refs(name: &str, refs: &[u32], len: usize) -> Result<(), MalformedBatch> {
-    match refs.iter().find(|r| **r as usize > len) {
+fn check_refs(name: &str, refs: &[u8], len: usize) -> Result<(), MalformedBatch> {
+    match u32s(refs).find(|r| *r as usize > len) {
         Some(r) => Err(malformed(format!(
             "{name} refers to {r} of a dictionary of {len}"
         ))),
@@ -99,16 +120,16 @@ pub fn check(batch: &TaskEventBatch) -> Result<CheckedBatch<'_>, MalformedBatch>
         )));
     }
     let mut times = 0usize;
-    for mask in &batch.state_masks {
+    for mask in batch.state_masks.iter() {
         if *mask == 0 || mask & !VALID_STATES != 0 {
             return Err(malformed(format!("invalid state mask {mask:#b}")));
         }
         times += mask.count_ones() as usize;
     }
-    if batch.time_offsets_us.len() != times {
+    if batch.times_us.len() != times * TIME_LEN {
         return Err(malformed(format!(
-            "{} times for {times} states",
-            batch.time_offsets_us.len()
+            "{} bytes of times for {times} states",
+            batch.times_us.len()
         )));
     }
     check_column("attempts", &batch.attempts, entries)?;
@@ -172,9 +193,9 @@ pub struct CheckedBatch<'a> {
 pub struct Entry<'a> {
     pub task_id: &'a [u8; ID_LEN],
     pub attempt: u32,
-    mask: u32,
-    base_time_us: u64,
-    time_offsets_us: &'a [u64],
+    mask: u8,
+    /// Its times, `TIME_LEN` bytes per state.
+    times_us: &'a [u8],
     pub function: Option<&'a str>,
     pub node_id: Option<&'a [u8; ID_LEN]>,
     pub worker_id: Option<&'a [u8; ID_LEN]>,
@@ -193,8 +214,11 @@ impl Entry<'_> {
         STATES
             .iter()
             .filter(|s| self.reached(**s))
-            .zip(self.time_offsets_us)
-            .map(|(s, offset)| (*s, self.base_time_us.saturating_add(*offset)))
+            .zip(self.times_us.chunks_exact(TIME_LEN))
+            .map(|(s, t)| {
+                let t: [u8; TIME_LEN] = [t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7]];
+                (*s, u64::from_le_bytes(t))
+            })
     }
 
     /// How many states the entry holds (what dropping it loses).
@@ -210,12 +234,17 @@ fn id_at(bytes: &[u8], index: usize) -> &[u8; ID_LEN] {
         .expect("checked: a whole id")
 }
 
-/// The dictionary index of a checked per-entry reference column, if the entry has one.
-fn reference(refs: &[u32], entry: usize) -> Option<usize> {
-    match refs.get(entry) {
-        Some(r) if *r > 0 => Some(*r as usize - 1),
-        _ => None,
+/// The `u32` value of entry `entry` of a checked per-entry column; 0 when it is empty.
+fn u32_at(column: &[u8], entry: usize) -> u32 {
+    match column.get(entry * U32_LEN..(entry + 1) * U32_LEN) {
+        Some(v) => u32::from_le_bytes([v[0], v[1], v[2], v[3]]),
+        None => 0,
     }
+}
+
+/// The dictionary index of a checked per-entry reference column, if the entry has one.
+fn reference(refs: &[u8], entry: usize) -> Option<usize> {
+    (u32_at(refs, entry) as usize).checked_sub(1)
 }
 
 impl<'a> CheckedBatch<'a> {
@@ -254,6 +283,11 @@ impl<'a> CheckedBatch<'a> {
         reference(&self.batch.function_refs, entry)
     }
 
+    /// The state mask of entry `entry`.
+    pub fn reached(&self, entry: usize, state: TaskState) -> bool {
+        self.batch.state_masks[entry] & state_bit(state) != 0
+    }
+
     /// The entries in batch order.
     pub fn entries(&self) -> impl Iterator<Item = Entry<'a>> + 'a {
         let b = self.batch;
@@ -261,8 +295,8 @@ impl<'a> CheckedBatch<'a> {
         let mut errors = b.errors.iter().peekable();
         (0..self.entries).map(move |i| {
             let mask = b.state_masks[i];
-            let times = mask.count_ones() as usize;
-            let time_offsets_us = &b.time_offsets_us[time_cursor..time_cursor + times];
+            let times = mask.count_ones() as usize * TIME_LEN;
+            let times_us = &b.times_us[time_cursor..time_cursor + times];
             time_cursor += times;
             // A placement is two ids in a row: node, then worker.
             let placement = reference(&b.placement_refs, i)
@@ -273,10 +307,9 @@ impl<'a> CheckedBatch<'a> {
             };
             Entry {
                 task_id: id_at(&b.task_ids, i),
-                attempt: b.attempts.get(i).copied().unwrap_or(0),
+                attempt: u32_at(&b.attempts, i),
                 mask,
-                base_time_us: b.base_time_us,
-                time_offsets_us,
+                times_us,
                 function: reference(&b.function_refs, i).map(|f| b.function_names[f].as_str()),
                 node_id: placement.map(|(node, _)| node),
                 worker_id: placement.map(|(_, worker)| worker),
@@ -289,7 +322,7 @@ impl<'a> CheckedBatch<'a> {
     /// A batch of the last `keep` entries only (for a batch larger than a whole store).
     pub fn last(&self, keep: usize) -> TaskEventBatch {
         let skip = self.entries.saturating_sub(keep);
-        let mut builder = BatchBuilder::new(&self.batch.job_id, self.batch.base_time_us);
+        let mut builder = BatchBuilder::new(&self.batch.job_id);
         for e in self.entries().skip(skip) {
             let states: Vec<(TaskState, u64)> = e.states().collect();
             builder.push(NewEntry {
@@ -310,8 +343,7 @@ impl<'a> CheckedBatch<'a> {
 pub struct NewEntry<'a> {
     pub task_id: &'a [u8; ID_LEN],
     pub attempt: u32,
-    /// Distinct states in state order, with their Unix times in microseconds (not before
-    /// the builder's base time).
+    /// Distinct states in state order, with their Unix times in microseconds.
     pub states: &'a [(TaskState, u64)],
     pub function: Option<&'a str>,
     /// Node id and worker id.
@@ -320,13 +352,14 @@ pub struct NewEntry<'a> {
     pub error: Option<&'a str>,
 }
 
-/// Appends `value` for entry `entry` to a column that stays empty while every value is 0.
-fn push_sparse(column: &mut Vec<u32>, entry: usize, value: u32) {
+/// Appends `value` for entry `entry` to a `u32` column that stays empty while every value
+/// is 0.
+fn push_sparse(column: &mut Vec<u8>, entry: usize, value: u32) {
     if value == 0 && column.is_empty() {
         return;
     }
-    column.resize(entry, 0);
-    column.push(value);
+    column.resize(entry * U32_LEN, 0);
+    column.extend_from_slice(&value.to_le_bytes());
 }
 
 /// A dictionary of a batch: 1-based references, with the last one looked up checked first
@@ -373,9 +406,26 @@ impl<K: Hash + Eq + Clone> Dictionary<K> {
     }
 }
 
+/// The columns of a batch being built.
+#[derive(Default)]
+struct Columns {
+    task_ids: Vec<u8>,
+    attempts: Vec<u8>,
+    state_masks: Vec<u8>,
+    times_us: Vec<u8>,
+    function_names: Vec<String>,
+    function_refs: Vec<u8>,
+    placements: Vec<u8>,
+    placement_refs: Vec<u8>,
+    actor_ids: Vec<u8>,
+    actor_refs: Vec<u8>,
+    errors: Vec<TaskEventError>,
+}
+
 /// Builds a [`TaskEventBatch`] entry by entry.
 pub struct BatchBuilder {
-    batch: TaskEventBatch,
+    job_id: Bytes,
+    columns: Columns,
     entries: usize,
     functions: Dictionary<String>,
     placements: Dictionary<[u8; PLACEMENT_LEN]>,
@@ -383,14 +433,11 @@ pub struct BatchBuilder {
 }
 
 impl BatchBuilder {
-    /// A batch of `job_id`'s tasks whose times are not before `base_time_us`.
-    pub fn new(job_id: &[u8], base_time_us: u64) -> Self {
+    /// A batch of `job_id`'s tasks.
+    pub fn new(job_id: &[u8]) -> Self {
         Self {
-            batch: TaskEventBatch {
-                job_id: job_id.to_vec(),
-                base_time_us,
-                ..Default::default()
-            },
+            job_id: Bytes::copy_from_slice(job_id),
+            columns: Columns::default(),
             entries: 0,
             functions: Dictionary::new(),
             placements: Dictionary::new(),
@@ -408,73 +455,86 @@ impl BatchBuilder {
 
     /// Appends an entry. One without a state is skipped: it says nothing.
     pub fn push(&mut self, e: NewEntry<'_>) {
-        let mut mask = 0u32;
+        let c = &mut self.columns;
+        let mut mask = 0u8;
         for (state, time_us) in e.states {
             let bit = state_bit(*state);
             if *state == TaskState::Unspecified || mask & bit != 0 {
                 continue;
             }
             mask |= bit;
-            self.batch
-                .time_offsets_us
-                .push(time_us.saturating_sub(self.batch.base_time_us));
+            c.times_us.extend_from_slice(&time_us.to_le_bytes());
         }
         if mask == 0 {
             return;
         }
         let i = self.entries;
         self.entries += 1;
-        self.batch.task_ids.extend_from_slice(e.task_id);
-        self.batch.state_masks.push(mask);
-        push_sparse(&mut self.batch.attempts, i, e.attempt);
+        c.task_ids.extend_from_slice(e.task_id);
+        c.state_masks.push(mask);
+        push_sparse(&mut c.attempts, i, e.attempt);
         let function = e.function.map_or(0, |name| {
             let (r, new) = self.functions.reference(name);
             if new {
-                self.batch.function_names.push(name.to_string());
+                c.function_names.push(name.to_string());
             }
             r
         });
-        push_sparse(&mut self.batch.function_refs, i, function);
+        push_sparse(&mut c.function_refs, i, function);
         let placement = e.placement.map_or(0, |(node, worker)| {
             let mut key = [0u8; PLACEMENT_LEN];
             key[..ID_LEN].copy_from_slice(node);
             key[ID_LEN..].copy_from_slice(worker);
             let (r, new) = self.placements.reference(&key);
             if new {
-                self.batch.placements.extend_from_slice(&key);
+                c.placements.extend_from_slice(&key);
             }
             r
         });
-        push_sparse(&mut self.batch.placement_refs, i, placement);
+        push_sparse(&mut c.placement_refs, i, placement);
         let actor = e.actor_id.map_or(0, |actor| {
             let (r, new) = self.actors.reference(actor);
             if new {
-                self.batch.actor_ids.extend_from_slice(actor);
+                c.actor_ids.extend_from_slice(actor);
             }
             r
         });
-        push_sparse(&mut self.batch.actor_refs, i, actor);
+        push_sparse(&mut c.actor_refs, i, actor);
         if let Some(message) = e.error {
-            self.batch.errors.push(TaskEventError {
+            c.errors.push(TaskEventError {
                 entry: i as u32,
                 message: message.to_string(),
             });
         }
     }
 
-    pub fn finish(mut self) -> TaskEventBatch {
-        let n = self.entries;
+    pub fn finish(self) -> TaskEventBatch {
+        let mut c = self.columns;
+        let full = self.entries * U32_LEN;
         for column in [
-            &mut self.batch.attempts,
-            &mut self.batch.function_refs,
-            &mut self.batch.placement_refs,
-            &mut self.batch.actor_refs,
+            &mut c.attempts,
+            &mut c.function_refs,
+            &mut c.placement_refs,
+            &mut c.actor_refs,
         ] {
             if !column.is_empty() {
-                column.resize(n, 0);
+                column.resize(full, 0);
             }
         }
-        self.batch
+        TaskEventBatch {
+            job_id: self.job_id,
+            task_ids: c.task_ids.into(),
+            attempts: c.attempts.into(),
+            state_masks: c.state_masks.into(),
+            times_us: c.times_us.into(),
+            function_names: c.function_names,
+            function_refs: c.function_refs.into(),
+            placements: c.placements.into(),
+            placement_refs: c.placement_refs.into(),
+            actor_ids: c.actor_ids.into(),
+            actor_refs: c.actor_refs.into(),
+            errors: c.errors,
+        }
     }
 }
 
@@ -488,9 +548,21 @@ mod tests {
         [n; 16]
     }
 
+    /// A `u32` column of `values`.
+    fn u32_column(values: &[u32]) -> Bytes {
+        values.iter().flat_map(|v| v.to_le_bytes()).collect()
+    }
+
+    /// `column` with `f` applied to a copy of its bytes.
+    fn edited(column: &Bytes, f: impl FnOnce(&mut Vec<u8>)) -> Bytes {
+        let mut bytes = column.to_vec();
+        f(&mut bytes);
+        bytes.into()
+    }
+
     #[test]
     fn entries_read_back_as_they_were_built() {
-        let mut b = BatchBuilder::new(&JOB, 1_000);
+        let mut b = BatchBuilder::new(&JOB);
         let (node, worker, actor) = (ids(7), ids(8), ids(5));
         b.push(NewEntry {
             task_id: &ids(1),
@@ -550,7 +622,7 @@ mod tests {
 
     #[test]
     fn a_plain_workers_batch_carries_no_default_columns() {
-        let mut b = BatchBuilder::new(&JOB, 0);
+        let mut b = BatchBuilder::new(&JOB);
         for n in 0..3 {
             b.push(NewEntry {
                 task_id: &ids(n),
@@ -565,13 +637,13 @@ mod tests {
         let batch = b.finish();
         assert!(batch.attempts.is_empty() && batch.actor_refs.is_empty());
         assert!(batch.placement_refs.is_empty());
-        assert_eq!(batch.function_refs, vec![1, 1, 1]);
+        assert_eq!(batch.function_refs, u32_column(&[1, 1, 1]));
         assert_eq!(check(&batch).map(|c| c.len()), Ok(3));
     }
 
     #[test]
     fn a_late_first_value_fills_the_column_before_it() {
-        let mut b = BatchBuilder::new(&JOB, 0);
+        let mut b = BatchBuilder::new(&JOB);
         for attempt in [0, 0, 3] {
             b.push(NewEntry {
                 task_id: &ids(1),
@@ -584,7 +656,7 @@ mod tests {
             });
         }
         let batch = b.finish();
-        assert_eq!(batch.attempts, vec![0, 0, 3]);
+        assert_eq!(batch.attempts, u32_column(&[0, 0, 3]));
         let checked = check(&batch).unwrap();
         let attempts: Vec<u32> = checked.entries().map(|e| e.attempt).collect();
         assert_eq!(attempts, vec![0, 0, 3]);
@@ -592,7 +664,7 @@ mod tests {
 
     #[test]
     fn the_last_entries_make_a_batch_of_their_own() {
-        let mut b = BatchBuilder::new(&JOB, 100);
+        let mut b = BatchBuilder::new(&JOB);
         for n in 0..5u8 {
             b.push(NewEntry {
                 task_id: &ids(n),
@@ -621,7 +693,7 @@ mod tests {
     #[test]
     fn malformed_batches_are_refused() {
         let good = {
-            let mut b = BatchBuilder::new(&JOB, 0);
+            let mut b = BatchBuilder::new(&JOB);
             b.push(NewEntry {
                 task_id: &ids(1),
                 attempt: 0,
@@ -635,19 +707,26 @@ mod tests {
         };
         assert!(check(&good).is_ok());
         type Breaks = fn(&mut TaskEventBatch);
-        let broken: [(&str, Breaks); 10] = [
+        let broken: [(&str, Breaks); 11] = [
             ("short task id", |b| b.task_ids.truncate(15)),
             ("short job id", |b| b.job_id.truncate(3)),
-            ("no state", |b| b.state_masks[0] = 0),
-            ("unknown state", |b| b.state_masks[0] |= 1 << 9),
-            ("missing time", |b| {
-                b.time_offsets_us.pop();
+            ("no state", |b| {
+                b.state_masks = edited(&b.state_masks, |m| m[0] = 0)
             }),
-            ("function ref past the names", |b| b.function_refs[0] = 2),
+            ("unknown state", |b| {
+                b.state_masks = edited(&b.state_masks, |m| m[0] |= 1 << 7)
+            }),
+            ("missing time", |b| b.times_us.truncate(8)),
+            ("torn time", |b| b.times_us.truncate(15)),
+            ("function ref past the names", |b| {
+                b.function_refs = u32_column(&[2])
+            }),
             ("placement ref past the placements", |b| {
-                b.placement_refs[0] = 9
+                b.placement_refs = u32_column(&[9])
             }),
-            ("a column of the wrong length", |b| b.attempts = vec![0, 0]),
+            ("a column of the wrong length", |b| {
+                b.attempts = u32_column(&[0, 0])
+            }),
             ("a torn placement", |b| b.placements.truncate(20)),
             ("an error past the entries", |b| {
                 b.errors.push(TaskEventError {

@@ -63,7 +63,7 @@ pub struct GcsConfig {
     /// Serve Prometheus metrics (`/metrics`) on this port of the bind address (0: any free
     /// port); `None`: no metrics endpoint.
     pub metrics_port: Option<u16>,
-    /// Task-event entries kept (about three per task; memory only);
+    /// Task-event entries kept (about two per task; memory only);
     /// the batches that arrived first go first.
     pub max_task_events: usize,
 }

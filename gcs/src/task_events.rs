@@ -7,7 +7,7 @@
 //! - Batches are kept as they arrived, and attempts are pieced together when asked. Adding
 //!   is a check and a push, so the cost of events on a busy cluster stays with the rare
 //!   reader, not with every task.
-//! - At most `max_entries` entries (about three per task) are kept;
+//! - At most `max_entries` entries (about two per task) are kept;
 //!   past that the batches that arrived first go, and every event they held is counted in
 //!   `dropped_at_gcs`. Events dropped before they got here (core worker and raylet
 //!   buffers) are added up in `dropped_at_sources`.
@@ -26,8 +26,8 @@ use parking_lot::Mutex;
 
 /// Default of [`crate::GcsConfig::max_task_events`]: about Ray's
 /// `task_events_max_num_task_in_gcs` of 100 000 tasks, each an entry from its submitter
-/// when submitted, one when scheduled and one from its worker when it ended.
-pub const DEFAULT_MAX_TASK_EVENTS: usize = 300_000;
+/// (submitted and scheduled) and one from its worker when it ended.
+pub const DEFAULT_MAX_TASK_EVENTS: usize = 200_000;
 
 struct Stored {
     batch: Arc<TaskEventBatch>,
@@ -243,7 +243,7 @@ mod tests {
     }
 
     fn batch(job: JobId, entries: &[At<'_>]) -> TaskEventBatch {
-        let mut b = BatchBuilder::new(job.as_bytes(), 0);
+        let mut b = BatchBuilder::new(job.as_bytes());
         for e in entries {
             b.push(NewEntry {
                 task_id: e.task.as_bytes(),

@@ -89,13 +89,13 @@ impl TaskCounts {
         let names = &batch.batch().function_names;
         // Per function index, and one slot past them for entries without a name.
         let mut tally = vec![[0u64; 3]; names.len() + 1];
-        for (i, e) in batch.entries().enumerate() {
+        for i in 0..batch.len() {
             if !batch.placement_of(i).is_some_and(|p| here[p]) {
                 continue;
             }
             let slot = batch.function_of(i).unwrap_or(names.len());
             for (k, (state, _)) in COUNTED.iter().enumerate() {
-                if e.reached(*state) {
+                if batch.reached(i, *state) {
                     tally[slot][k] += 1;
                 }
             }
@@ -295,7 +295,7 @@ mod tests {
 
     /// One entry per `(states, node, function)`.
     fn batch(entries: &[(&[TaskState], Option<NodeId>, &str)]) -> TaskEventBatch {
-        let mut b = BatchBuilder::new(&[3; 16], 0);
+        let mut b = BatchBuilder::new(&[3; 16]);
         let worker = WorkerId::random();
         for (states, node, function) in entries {
             let times: Vec<(TaskState, u64)> = states.iter().map(|s| (*s, 1)).collect();
@@ -390,7 +390,7 @@ mod tests {
     fn a_malformed_batch_is_refused_whole() {
         let buffer = TaskEventBuffer::new(NodeId::random(), 100);
         let mut bad = submitted(2);
-        bad.task_ids.pop();
+        bad.task_ids.truncate(bad.task_ids.len() - 1);
         assert!(buffer.report(Some(bad), 7).is_err());
         assert!(buffer.take().is_none(), "its drops are not taken either");
     }

@@ -37,7 +37,7 @@ use super::clients::node_endpoint;
 use super::plasma::status_error;
 use super::push::{PushOutcome, Recovered};
 use super::submitter::PreparedArgs;
-use super::task_events::{FnName, Recorded};
+use super::task_events::{FnName, Queued, Recorded, Submission, scan_queue};
 use crate::error::{Error, Result};
 use crate::object_ref::{OwnerAddr, RefHandle};
 use crate::options::{Arg, ResourceRequest};
@@ -124,11 +124,27 @@ impl ActorOptions {
 /// One call waiting to go, or in flight.
 struct Call {
     spec: TaskSpec,
+    /// The method, for its events.
+    method: &'static str,
+    /// Its SUBMITTED, reported with its next event or by a report's queue scan.
+    submission: Submission,
     /// False while its referenced arguments are not resolved yet.
     ready: bool,
     retries_left: u32,
     /// Objects the call reads: held until it is done.
     _deps: Vec<Held>,
+}
+
+impl Queued for Call {
+    fn spec(&self) -> &TaskSpec {
+        &self.spec
+    }
+    fn function(&self) -> &'static str {
+        self.method
+    }
+    fn submission(&mut self) -> &mut Submission {
+        &mut self.submission
+    }
 }
 
 /// The worker hosting one incarnation of the actor.
@@ -537,8 +553,7 @@ impl CoreWorker {
             ..Default::default()
         };
         let ready = unresolved.is_empty();
-        self.task_events
-            .record(|| Recorded::new(&spec, TaskState::Submitted, FnName::Static(method)));
+        let mut submission = self.task_events.submission();
         self.counters.actor_call_submitted();
         {
             let mut actors = self.actors.actors.lock();
@@ -546,12 +561,14 @@ impl CoreWorker {
                 return Err(Error::Internal("actor call without a live handle".into()));
             };
             if let Some(err) = &q.dead {
-                self.record_failed(&spec, || err.to_string());
+                self.record_failed(&spec, submission.take(), || err.to_string());
                 self.store.complete(return_id, Err(err.clone()));
                 return Ok(result);
             }
             q.calls.push_back(Call {
                 spec,
+                method,
+                submission,
                 ready,
                 retries_left: q.max_task_retries,
                 _deps: deps,
@@ -584,8 +601,9 @@ impl CoreWorker {
                         }
                         Err(e) => {
                             // A failed argument fails the call with the same error.
-                            if let Some(call) = q.calls.remove(pos) {
-                                cw.record_failed(&call.spec, || e.to_string());
+                            if let Some(mut call) = q.calls.remove(pos) {
+                                let submitted = call.submission.take();
+                                cw.record_failed(&call.spec, submitted, || e.to_string());
                             }
                             cw.store.complete(return_id, Err(e));
                         }
@@ -597,6 +615,14 @@ impl CoreWorker {
             self.pump_actor(id);
         }
         Ok(result)
+    }
+
+    /// SUBMITTED events of the queued calls not reported yet (see `task_events::scan_queue`).
+    pub(crate) fn scan_actor_call_queues(&self, out: &mut Vec<Recorded>) {
+        let mut actors = self.actors.actors.lock();
+        for q in actors.values_mut() {
+            scan_queue(q.calls.iter_mut(), out);
+        }
     }
 
     /// Sends what can be sent, looks the actor up when its worker is unknown, fails calls
@@ -660,8 +686,8 @@ impl CoreWorker {
         match step {
             Step::Nothing => {}
             Step::Fail(calls, err) => {
-                for call in calls {
-                    self.record_failed(&call.spec, || err.to_string());
+                for mut call in calls {
+                    self.record_failed(&call.spec, call.submission.take(), || err.to_string());
                     if let Ok(rid) = ObjectId::from_bytes(&call.spec.return_id) {
                         self.store.complete(rid, Err(err.clone()));
                     }
@@ -779,11 +805,12 @@ impl CoreWorker {
     }
 
     /// Pushes one batch to the actor's worker and completes each call as its reply arrives.
-    async fn push_actor_calls(self: Arc<Self>, id: ActorId, target: Target, calls: Vec<Call>) {
+    async fn push_actor_calls(self: Arc<Self>, id: ActorId, target: Target, mut calls: Vec<Call>) {
         self.task_events.record_all(|| {
-            calls.iter().map(|c| {
-                Recorded::new(&c.spec, TaskState::Scheduled, FnName::None)
+            calls.iter_mut().map(|c| {
+                Recorded::new(&c.spec, TaskState::Scheduled, FnName::Static(c.method))
                     .on(&target.node_id, &target.worker_id)
+                    .submitted_at(c.submission.take())
             })
         });
         let specs: Vec<TaskSpec> = calls.iter().map(|c| c.spec.clone()).collect();
@@ -836,7 +863,7 @@ impl CoreWorker {
                     if !was_running {
                         requeue.push(call);
                     } else if call.retries_left > 0 {
-                        self.record_failed(&call.spec, || {
+                        self.record_failed(&call.spec, 0, || {
                             format!("the actor's worker died while the call ran ({reason}); it is retried")
                         });
                         call.retries_left -= 1;
@@ -864,7 +891,7 @@ impl CoreWorker {
             self.complete_actor_call(&call, outcome, contained);
         }
         for (call, err) in failed_calls {
-            self.record_failed(&call.spec, || err.to_string());
+            self.record_failed(&call.spec, 0, || err.to_string());
             if let Ok(rid) = ObjectId::from_bytes(&call.spec.return_id) {
                 self.store.complete(rid, Err(err));
             }

@@ -51,7 +51,7 @@ pub struct GcsSpec {
     /// Dead actors the GCS keeps (default [`miniray_gcs::DEFAULT_MAX_DESTROYED_ACTORS`]).
     #[serde(default)]
     pub max_destroyed_actors: Option<usize>,
-    /// Task-event entries (about three per task) the GCS keeps
+    /// Task-event entries (about two per task) the GCS keeps
     /// (default [`miniray_gcs::DEFAULT_MAX_TASK_EVENTS`]).
     #[serde(default)]
     pub max_task_events: Option<usize>,

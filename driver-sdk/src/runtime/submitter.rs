@@ -44,7 +44,7 @@ use super::home::{Home, REHOME_DEADLINE};
 use super::plasma::status_error;
 use super::push::{PushOutcome, Recovered};
 use super::store::{State, Value};
-use super::task_events::{FnName, Recorded};
+use super::task_events::{FnName, Queued, Recorded, Submission, scan_queue};
 use crate::error::{Error, Result};
 use crate::object_ref::RefHandle;
 use crate::options::{Arg, ArgKind, TaskOptions};
@@ -63,9 +63,25 @@ const MAX_LEASE_FAILURES: u32 = 30;
 
 struct QueuedTask {
     spec: TaskSpec,
+    /// The registered function, for its events.
+    function: &'static str,
+    /// Its SUBMITTED, reported with its next event or by a report's queue scan.
+    submission: Submission,
     retries_left: u32,
     /// Objects the task reads: held so that they stay alive until it is done.
     _deps: Vec<Held>,
+}
+
+impl Queued for QueuedTask {
+    fn spec(&self) -> &TaskSpec {
+        &self.spec
+    }
+    fn function(&self) -> &'static str {
+        self.function
+    }
+    fn submission(&mut self) -> &mut Submission {
+        &mut self.submission
+    }
 }
 
 struct Leased {
@@ -225,11 +241,21 @@ impl CoreWorker {
             attempt: 0,
             ..Default::default()
         };
-        self.task_events
-            .record(|| Recorded::new(&spec, TaskState::Submitted, FnName::Static(opts.function)));
+        // A task that waits for its arguments is in no queue a report scans: it is
+        // recorded SUBMITTED now. Any other goes SUBMITTED with its next event.
+        let submission = if unresolved.is_empty() {
+            self.task_events.submission()
+        } else {
+            self.task_events.record(|| {
+                Recorded::new(&spec, TaskState::Submitted, FnName::Static(opts.function))
+            });
+            Submission::Reported
+        };
         self.counters.task_submitted();
         let task = QueuedTask {
             spec,
+            function: opts.function,
+            submission,
             retries_left: opts.max_retries,
             _deps: deps,
         };
@@ -244,7 +270,7 @@ impl CoreWorker {
                     Ok(()) => cw.enqueue(resources, task),
                     // A failed dependency fails the task with the same error.
                     Err(e) => {
-                        cw.record_failed(&task.spec, || e.to_string());
+                        cw.record_failed(&task.spec, 0, || e.to_string());
                         cw.store.complete(return_id, Err(e));
                     }
                 }
@@ -318,6 +344,14 @@ impl CoreWorker {
                 .push_back(task);
         }
         self.pump(&key);
+    }
+
+    /// SUBMITTED events of the queued tasks not reported yet (see `task_events::scan_queue`).
+    pub(crate) fn scan_task_queue(&self, out: &mut Vec<Recorded>) {
+        let mut keys = self.submitter.keys.lock();
+        for st in keys.values_mut() {
+            scan_queue(st.queue.iter_mut(), out);
+        }
     }
 
     /// Hands queued tasks to leased workers and asks for more leases.
@@ -537,8 +571,8 @@ impl CoreWorker {
             forget_if_idle(&mut keys, key);
             tasks
         };
-        for t in tasks {
-            self.record_failed(&t.spec, || err.to_string());
+        for mut t in tasks {
+            self.record_failed(&t.spec, t.submission.take(), || err.to_string());
             if let Ok(id) = ObjectId::from_bytes(&t.spec.return_id) {
                 self.store.complete(id, Err(err.clone()));
             }
@@ -712,11 +746,13 @@ impl CoreWorker {
             node_id,
             worker_id,
         }: Target,
-        tasks: Vec<QueuedTask>,
+        mut tasks: Vec<QueuedTask>,
     ) {
         self.task_events.record_all(|| {
-            tasks.iter().map(|t| {
-                Recorded::new(&t.spec, TaskState::Scheduled, FnName::None).on(&node_id, &worker_id)
+            tasks.iter_mut().map(|t| {
+                Recorded::new(&t.spec, TaskState::Scheduled, FnName::Static(t.function))
+                    .on(&node_id, &worker_id)
+                    .submitted_at(t.submission.take())
             })
         });
         let specs: Vec<TaskSpec> = tasks.iter().map(|t| t.spec.clone()).collect();
@@ -787,7 +823,7 @@ impl CoreWorker {
             if !was_running {
                 requeue.push(task);
             } else if task.retries_left > 0 {
-                self.record_failed(&task.spec, || {
+                self.record_failed(&task.spec, 0, || {
                     "its worker died while it ran; it is retried".to_string()
                 });
                 task.retries_left -= 1;
@@ -798,7 +834,7 @@ impl CoreWorker {
                     function: task.spec.function_name.clone(),
                     attempts: task.spec.attempt + 1,
                 };
-                self.record_failed(&task.spec, || err.to_string());
+                self.record_failed(&task.spec, 0, || err.to_string());
                 self.store.complete(return_id, Err(err));
             }
         }

@@ -11,6 +11,12 @@
 //!   reported. The reporter builds the columnar batch (`TaskEventBatch`) once per
 //!   interval, or as soon as a thread has `REPORT_AT` events waiting, reusing its scratch
 //!   space so that a report allocates no per-event memory.
+//! - A task submitted here is reported SUBMITTED on the entry of its next transition
+//!   (SCHEDULED when pushed to a worker, FAILED when it fails first), not as an entry of
+//!   its own: its queue entry carries the time ([`Submission`]). A report first scans the
+//!   queues for tasks still waiting ([`scan_queue`]), so a queued task is seen SUBMITTED
+//!   within an interval and each attempt's SUBMITTED goes out once. A task waiting for
+//!   its arguments is in no queue and is recorded SUBMITTED at once.
 //! - A task run here is one push, when it ends: its RUNNING event waits in the thread's
 //!   running slot ([`TaskEvents::start`]), which the first report after the start copies
 //!   without taking it, so a task still running then is seen running; [`TaskEvents::end`]
@@ -33,7 +39,7 @@ use std::thread::ThreadId;
 use std::time::Duration;
 
 use miniray_common::config::env;
-use miniray_common::task_events::{BatchBuilder, NewEntry};
+use miniray_common::task_events::{BatchBuilder, NewEntry, time_count};
 use miniray_common::time::now_us;
 use miniray_common::{JobId, NodeId, WorkerId};
 use miniray_proto::{ReportTaskEventsRequest, TaskSpec, TaskState};
@@ -152,6 +158,9 @@ pub(crate) struct Recorded {
     state: TaskState,
     /// Raw [`EventClock`] time, stamped when pushed.
     time: u64,
+    /// Raw time the task was submitted, on the event that first follows it ([`Submission`]);
+    /// 0: none.
+    submitted: u64,
     /// Raw time the task started running, on the event that ended it ([`TaskEvents::end`]);
     /// 0: none.
     started: u64,
@@ -171,6 +180,7 @@ impl Recorded {
             actor_id: raw_id(&spec.actor_id),
             state,
             time: 0,
+            submitted: 0,
             started: 0,
             function,
             node_id: None,
@@ -192,9 +202,72 @@ impl Recorded {
         self
     }
 
+    /// The entry also reports SUBMITTED at raw time `submitted` (none when 0).
+    pub(crate) fn submitted_at(mut self, submitted: u64) -> Self {
+        self.submitted = submitted;
+        self
+    }
+
     pub(crate) fn with_error(mut self, error: String) -> Self {
         self.error = Some(error);
         self
+    }
+}
+
+/// Whether a queued task's SUBMITTED is still to be reported, and when it happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Submission {
+    /// Submitted at this raw time; not reported yet.
+    Waiting(u64),
+    /// Reported by a report's scan of its queue. A scan stops at the newest of these:
+    /// everything queued in front of it was scanned already.
+    Scanned,
+    /// Reported another way (or events are off): a scan passes over it.
+    Reported,
+}
+
+impl Submission {
+    /// The raw time to report on the task's next entry (0: none), leaving it reported.
+    pub(crate) fn take(&mut self) -> u64 {
+        match std::mem::replace(self, Submission::Reported) {
+            Submission::Waiting(at) => at,
+            _ => 0,
+        }
+    }
+}
+
+/// A queued task or actor call whose SUBMITTED may still wait.
+pub(crate) trait Queued {
+    fn spec(&self) -> &TaskSpec;
+    fn function(&self) -> &'static str;
+    fn submission(&mut self) -> &mut Submission;
+}
+
+/// SUBMITTED events for the tasks of `queue` still waiting, newest first, until one a
+/// scan reported already.
+///
+/// Invariant (kept by the queues): a task is queued `Waiting` only at the back, and what
+/// goes back to the front was reported already, so every waiting task is behind the
+/// newest `Scanned` one.
+pub(crate) fn scan_queue<'a, T: Queued + 'a>(
+    queue: impl DoubleEndedIterator<Item = &'a mut T>,
+    out: &mut Vec<Recorded>,
+) {
+    for task in queue.rev() {
+        match *task.submission() {
+            Submission::Scanned => break,
+            Submission::Reported => {}
+            Submission::Waiting(at) => {
+                *task.submission() = Submission::Scanned;
+                let mut event = Recorded::new(
+                    task.spec(),
+                    TaskState::Submitted,
+                    FnName::Static(task.function()),
+                );
+                event.time = at;
+                out.push(event);
+            }
+        }
     }
 }
 
@@ -335,6 +408,26 @@ impl TaskEvents {
         }
     }
 
+    /// The submission of a task submitted now: waiting to be reported with the task's
+    /// next entry.
+    pub(crate) fn submission(&self) -> Submission {
+        match &self.clock {
+            Some(clock) => Submission::Waiting(clock.raw().max(1)),
+            None => Submission::Reported,
+        }
+    }
+
+    /// Records events that carry their own times (from [`scan_queue`]).
+    pub(crate) fn record_timed(&self, events: Vec<Recorded>) {
+        if self.clock.is_some() && !events.is_empty() {
+            self.with_shard(|b| {
+                for event in events {
+                    self.push(b, event);
+                }
+            });
+        }
+    }
+
     /// This thread starts running a task: `event` is its RUNNING transition, kept in the
     /// thread's running slot until [`TaskEvents::end`].
     pub(crate) fn start(&self, event: impl FnOnce() -> Recorded) {
@@ -446,14 +539,9 @@ impl TaskEvents {
         // several threads and processes anyway, and the GCS pieces them together when
         // asked, so folding them here would cost a hash lookup per event (a cache miss at
         // this volume) to save a few bytes.
-        let base = events
-            .iter()
-            .map(|e| if e.started > 0 { e.started } else { e.time })
-            .min()
-            .map_or(0, &unix);
         let mut reports = Vec::new();
         for chunk in events.chunks(MAX_ENTRIES_PER_REPORT) {
-            let mut builder = BatchBuilder::new(&self.job_id, base);
+            let mut builder = BatchBuilder::new(&self.job_id);
             for e in chunk {
                 // A task id of the wrong length (a malformed spec) is dropped, not sent.
                 let Some(task_id) = &e.task_id else {
@@ -461,6 +549,9 @@ impl TaskEvents {
                     continue;
                 };
                 states.clear();
+                if e.submitted > 0 {
+                    states.push((TaskState::Submitted, unix(e.submitted).max(1)));
+                }
                 if e.started > 0 {
                     states.push((TaskState::Running, unix(e.started).max(1)));
                 }
@@ -504,14 +595,29 @@ impl TaskEvents {
 
 impl CoreWorker {
     /// Records that an attempt failed here, without a worker's answer (its worker died,
-    /// an argument failed, the actor is dead, no lease could be had).
-    pub(crate) fn record_failed(&self, spec: &TaskSpec, error: impl FnOnce() -> String) {
-        self.task_events
-            .record(|| Recorded::new(spec, TaskState::Failed, FnName::None).with_error(error()));
+    /// an argument failed, the actor is dead, no lease could be had); `submitted`: its
+    /// SUBMITTED, if still to be reported ([`Submission::take`]).
+    pub(crate) fn record_failed(
+        &self,
+        spec: &TaskSpec,
+        submitted: u64,
+        error: impl FnOnce() -> String,
+    ) {
+        self.task_events.record(|| {
+            Recorded::new(spec, TaskState::Failed, FnName::None)
+                .submitted_at(submitted)
+                .with_error(error())
+        });
     }
 
     /// Sends every buffered event to this process's raylet.
     pub(crate) async fn report_task_events(&self) {
+        if self.task_events.enabled() {
+            let mut waiting = Vec::new();
+            self.scan_task_queue(&mut waiting);
+            self.scan_actor_call_queues(&mut waiting);
+            self.task_events.record_timed(waiting);
+        }
         // Built on a blocking thread: a report of thousands of entries would otherwise hold
         // a runtime thread, and every call it serves, for a millisecond or more.
         let events = Arc::clone(&self.task_events);
@@ -524,7 +630,7 @@ impl CoreWorker {
             let mut raylet = home.raylet.clone();
             // Transitions, as drops are counted: one per state of every entry.
             let lost = |r: &ReportTaskEventsRequest| {
-                let states = r.batch.as_ref().map_or(0, |b| b.time_offsets_us.len());
+                let states = r.batch.as_ref().map_or(0, time_count);
                 (states as u64).saturating_add(r.dropped)
             };
             let lost_here = lost(&report);
@@ -600,7 +706,7 @@ mod tests {
         assert_eq!(batch.job_id, events.job_id);
         assert!(events.take().is_none(), "the counter went with the report");
         // A report that did not get through is counted, events and drops.
-        events.lost(batch.time_offsets_us.len() as u64 + report.dropped);
+        events.lost(time_count(&batch) as u64 + report.dropped);
         assert_eq!(events.take().map(|r| r.dropped), Some(5));
     }
 
@@ -644,6 +750,84 @@ mod tests {
             .flat_map(|e| e.states().map(|(_, t)| t))
             .collect();
         assert_eq!(times[0], times[1]);
+    }
+
+    struct Task {
+        spec: TaskSpec,
+        submission: Submission,
+    }
+
+    impl Queued for Task {
+        fn spec(&self) -> &TaskSpec {
+            &self.spec
+        }
+        fn function(&self) -> &'static str {
+            "f"
+        }
+        fn submission(&mut self) -> &mut Submission {
+            &mut self.submission
+        }
+    }
+
+    fn scanned(queue: &mut VecDeque<Task>) -> Vec<u8> {
+        let mut out = Vec::new();
+        scan_queue(queue.iter_mut(), &mut out);
+        out.iter()
+            .map(|e| e.task_id.map_or(0, |id| id[0]))
+            .collect()
+    }
+
+    #[test]
+    fn a_queued_task_is_reported_submitted_once_by_a_scan_or_with_its_next_event() {
+        let events = TaskEvents::new(JobId::random(), Some(DEFAULT_INTERVAL), 10);
+        let task = |n: u8| Task {
+            spec: spec(n),
+            submission: events.submission(),
+        };
+        let mut queue: VecDeque<Task> = (1..=3).map(task).collect();
+        // Task 1 leaves the queue first: its SUBMITTED goes with its SCHEDULED.
+        let mut pushed = queue.pop_front().expect("queued");
+        let submitted = pushed.submission.take();
+        assert!(submitted > 0);
+        assert_eq!(pushed.submission.take(), 0, "taken once");
+        assert_eq!(scanned(&mut queue), vec![3, 2]);
+        assert_eq!(scanned(&mut queue), Vec::<u8>::new(), "scanned once");
+        // A new task behind them, and one put back in front (already reported).
+        queue.push_back(task(4));
+        pushed.submission = Submission::Reported;
+        queue.push_front(pushed);
+        assert_eq!(scanned(&mut queue), vec![4]);
+        // A scanned task's next event carries no SUBMITTED again.
+        assert_eq!(queue[1].submission.take(), 0);
+
+        let (node, worker) = (NodeId::random(), WorkerId::random());
+        events.record_all(|| {
+            [
+                Recorded::new(&spec(1), TaskState::Scheduled, FnName::Static("f"))
+                    .at(node, worker)
+                    .submitted_at(submitted),
+            ]
+        });
+        let batch = events.take().and_then(|r| r.batch).expect("a batch");
+        let entries = entries(&batch);
+        let states: Vec<(TaskState, u64)> = entries[0].states().collect();
+        assert_eq!(
+            states.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            vec![TaskState::Submitted, TaskState::Scheduled],
+            "one entry for both"
+        );
+        assert!(states[0].1 <= states[1].1, "{states:?}");
+    }
+
+    #[test]
+    fn events_off_leave_nothing_waiting() {
+        let events = TaskEvents::new(JobId::random(), None, 3);
+        let mut queue = VecDeque::from([Task {
+            spec: spec(1),
+            submission: events.submission(),
+        }]);
+        assert_eq!(queue[0].submission, Submission::Reported);
+        assert_eq!(scanned(&mut queue), Vec::<u8>::new());
     }
 
     #[test]
