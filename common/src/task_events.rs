@@ -365,7 +365,8 @@ fn push_sparse(column: &mut Vec<u8>, entry: usize, value: u32) {
 /// A dictionary of a batch: 1-based references, with the last one looked up checked first
 /// (consecutive entries mostly share a function and a placement).
 struct Dictionary<K> {
-    index: HashMap<K, u32>,
+    /// foldhash: keys are ids and names of this cluster, looked up once per entry.
+    index: HashMap<K, u32, foldhash::fast::RandomState>,
     keys: Vec<K>,
     last: Option<u32>,
 }
@@ -373,7 +374,7 @@ struct Dictionary<K> {
 impl<K: Hash + Eq + Clone> Dictionary<K> {
     fn new() -> Self {
         Self {
-            index: HashMap::new(),
+            index: HashMap::default(),
             keys: Vec::new(),
             last: None,
         }
