@@ -57,6 +57,11 @@ pub fn state_bit(state: TaskState) -> u8 {
     1 << (state as u32)
 }
 
+/// Whether `mask` holds `state`.
+fn holds(mask: u8, state: TaskState) -> bool {
+    mask & state_bit(state) != 0
+}
+
 /// The times a batch carries: one per state of every entry (what dropping it loses).
 /// Meaningful for a batch that passed [`check`] or came from a [`BatchBuilder`].
 pub fn time_count(batch: &TaskEventBatch) -> usize {
@@ -206,7 +211,7 @@ pub struct Entry<'a> {
 impl Entry<'_> {
     /// Whether the attempt reached `state`.
     pub fn reached(&self, state: TaskState) -> bool {
-        self.mask & state_bit(state) != 0
+        holds(self.mask, state)
     }
 
     /// The states reached, in state order, with their Unix times in microseconds.
@@ -283,9 +288,9 @@ impl<'a> CheckedBatch<'a> {
         reference(&self.batch.function_refs, entry)
     }
 
-    /// The state mask of entry `entry`.
+    /// Whether entry `entry` reached `state` (read in place, without building the entry).
     pub fn reached(&self, entry: usize, state: TaskState) -> bool {
-        self.batch.state_masks[entry] & state_bit(state) != 0
+        holds(self.batch.state_masks[entry], state)
     }
 
     /// The entries in batch order.
