@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::journal::SessionJournal;
-use super::task_events::{FnName, FnNames, Recorded};
+use super::task_events::{FnName, Recorded};
 use super::{CoreWorker, borrowing, set_in_task};
 use crate::codec::Encoded;
 use crate::error::{Error, Result};
@@ -64,7 +64,6 @@ pub(crate) fn run(cw: &Arc<CoreWorker>, rx: std::sync::mpsc::Receiver<ExecMsg>) 
     let mut hosted: Option<Hosted> = None;
     // A worker's node and id never change: its events name them.
     let (node_id, worker_id) = (cw.node_id(), cw.worker_id);
-    let mut names = FnNames::default();
     while let Ok(msg) = rx.recv() {
         match msg {
             ExecMsg::Exit => break,
@@ -80,16 +79,18 @@ pub(crate) fn run(cw: &Arc<CoreWorker>, rx: std::sync::mpsc::Receiver<ExecMsg>) 
                     if let Some(j) = &journal {
                         j.lock().record_started(&spec.task_id);
                     }
-                    let function = if cw.task_events.enabled() {
-                        names.get(&spec.function_name)
-                    } else {
-                        FnName::None
-                    };
+                    let target = target(&spec, &hosted);
                     cw.task_events.start(|| {
+                        // The registered name: static, so an event costs no copy of it.
+                        let function = match &target {
+                            Ok(t) => FnName::Static(t.name()),
+                            Err(_) => FnName::Owned(spec.function_name.as_str().into()),
+                        };
                         Recorded::new(&spec, TaskState::Running, function).at(node_id, worker_id)
                     });
                     let started = Instant::now();
-                    let (outcome, contained) = match execute(cw, &spec, &mut hosted) {
+                    let executed = target.and_then(|t| execute(cw, &spec, t, &mut hosted));
+                    let (outcome, contained) = match executed {
                         Ok((v, lent)) => {
                             cw.task_events.end(TaskState::Finished, || None);
                             (push_task_reply::Outcome::Value(v), lent)
@@ -179,6 +180,17 @@ fn target(spec: &TaskSpec, hosted: &Option<Hosted>) -> Result<Target> {
         })
 }
 
+impl Target {
+    /// The name it is registered under (a method's own name, as its calls carry it).
+    fn name(&self) -> &'static str {
+        match self {
+            Target::Function(f) => f.name,
+            Target::CreateActor(c) => c.name,
+            Target::Method(m) => m.method,
+        }
+    }
+}
+
 /// How errors of this task name what ran: the function, or `Class.method`.
 fn display_name(spec: &TaskSpec, target: &Target) -> String {
     match target {
@@ -197,11 +209,11 @@ pub(crate) fn short_name(path: &str) -> &str {
 fn execute(
     cw: &Arc<CoreWorker>,
     spec: &TaskSpec,
+    target: Target,
     hosted: &mut Option<Hosted>,
 ) -> Result<(miniray_proto::ObjectValue, Vec<ContainedRef>)> {
-    let target = target(spec, hosted)?;
-    let name = display_name(spec, &target);
-    let name = name.as_str();
+    // Built only for an error: most tasks never need it.
+    let name = || display_name(spec, &target);
 
     let mut pinned: Vec<ObjectId> = Vec::new();
     let fetched = cw.block_on(fetch_args(cw, spec, &mut pinned))?;
@@ -236,11 +248,11 @@ fn execute(
             match out {
                 Ok(Ok(bytes)) => Ok(bytes),
                 Ok(Err(e)) => Err(Error::Deserialize {
-                    what: format!("a value of {name}"),
+                    what: format!("a value of {}", name()),
                     reason: e.to_string(),
                 }),
                 Err(payload) => Err(Error::TaskFailed {
-                    function: name.to_string(),
+                    function: name(),
                     message: panic_message(payload.as_ref()),
                 }),
             }

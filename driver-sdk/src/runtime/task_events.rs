@@ -6,8 +6,8 @@
 //! Invariants:
 //! - Recording is off the task's hot path in cost: a push onto the recording thread's own
 //!   buffer (a shard: no other thread's pushes contend for it), no id parsing beyond a
-//!   16-byte copy, no allocation for the function name (a `&'static str` or a shared
-//!   `Arc<str>`), and a raw clock read ([`EventClock`]), turned into Unix time only when
+//!   16-byte copy, no allocation for the function name (the registered `&'static str`),
+//!   and a raw clock read ([`EventClock`]), turned into Unix time only when
 //!   reported. The reporter builds the columnar batch (`TaskEventBatch`) once per
 //!   interval, or as soon as a thread has `REPORT_AT` events waiting, reusing its scratch
 //!   space so that a report allocates no per-event memory.
@@ -32,7 +32,7 @@
 //!   driver's events are not lost.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::ThreadId;
@@ -63,12 +63,13 @@ const MAX_ENTRIES_PER_REPORT: usize = 20_000;
 /// different).
 const REPORT_AT: usize = 10_000;
 
-/// A function name without a copy: static on the submitter side, shared on the executor.
+/// A function name without a copy: the registered (static) name, or, for a task whose
+/// function this process does not know (it fails), the name it asked for.
 #[derive(Clone, Debug)]
 pub(crate) enum FnName {
     None,
     Static(&'static str),
-    Shared(Arc<str>),
+    Owned(Box<str>),
 }
 
 impl FnName {
@@ -76,42 +77,8 @@ impl FnName {
         match self {
             FnName::None => None,
             FnName::Static(s) => Some(s),
-            FnName::Shared(s) => Some(s),
+            FnName::Owned(s) => Some(s),
         }
-    }
-}
-
-/// Shared copies of the function names a worker runs, so that its events carry a name
-/// without allocating one per event.
-#[derive(Default)]
-pub(crate) struct FnNames {
-    by_name: HashMap<String, Arc<str>>,
-    /// The name asked for last: a worker mostly runs one function many times in a row,
-    /// and a comparison costs less than a hash.
-    last: Option<Arc<str>>,
-}
-
-/// Names kept by [`FnNames`] before it starts over (a process runs few distinct ones).
-const MAX_FN_NAMES: usize = 1024;
-
-impl FnNames {
-    pub(crate) fn get(&mut self, name: &str) -> FnName {
-        if let Some(last) = self.last.as_ref().filter(|last| &***last == name) {
-            return FnName::Shared(Arc::clone(last));
-        }
-        let shared = match self.by_name.get(name) {
-            Some(shared) => Arc::clone(shared),
-            None => {
-                if self.by_name.len() >= MAX_FN_NAMES {
-                    self.by_name.clear();
-                }
-                let shared: Arc<str> = Arc::from(name);
-                self.by_name.insert(name.to_string(), Arc::clone(&shared));
-                shared
-            }
-        };
-        self.last = Some(Arc::clone(&shared));
-        FnName::Shared(shared)
     }
 }
 
@@ -900,7 +867,7 @@ mod tests {
         let (node, worker) = (NodeId::random(), WorkerId::random());
         events.record_all(|| {
             [
-                Recorded::new(&spec(1), TaskState::Failed, FnName::Shared("g".into()))
+                Recorded::new(&spec(1), TaskState::Failed, FnName::Owned("g".into()))
                     .at(node, worker)
                     .with_error("boom".into()),
                 // An id of the wrong length is left empty rather than sent malformed.
