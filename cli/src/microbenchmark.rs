@@ -2,7 +2,9 @@
 //! against a private local cluster or the cluster at `MINIRAY_ADDRESS`.
 //!
 //! Each metric runs a warm-up, then four timed trials; the printed value is the mean rate
-//! over the trials (`metric value`, one line each; the spread goes to stderr).
+//! over the trials (`metric value`, one line each; the spread goes to stderr). Metrics
+//! that end in `_s` or name a workload (`nested_tree_sum_8192`) are seconds per run, lower
+//! is better; they run cold, on a new connection per trial, without a warm-up.
 //!
 //! Ray's `ray.put` always goes through its shared-memory store. Here a small object stays
 //! in its owner's process, so `single_client_put_calls` and `single_client_get_calls`
@@ -113,21 +115,70 @@ fn actor_calls_round_robin(actors: Vec<ActorHandle<BenchActor>>, n: u64) -> u64 
     n
 }
 
+/// Ray's nested-task workload: a binary tree of tasks down to ranges of 64, each parent
+/// blocking in `get` on its two children (so about as many workers as leaves must exist
+/// at once).
+#[miniray::remote]
+fn tree_sum(lo: u64, hi: u64) -> u64 {
+    if hi - lo <= 64 {
+        return (lo..hi).sum();
+    }
+    let mid = lo + (hi - lo) / 2;
+    let children = [tree_sum::remote(lo, mid), tree_sum::remote(mid, hi)]
+        .into_iter()
+        .collect::<miniray::Result<Vec<_>>>()
+        .unwrap_or_else(|e| panic!("submitting children failed: {e}"));
+    miniray::get_all(&children)
+        .unwrap_or_else(|e| panic!("getting children failed: {e}"))
+        .iter()
+        .sum()
+}
+
 struct Bench<'a> {
     args: &'a BenchArgs,
 }
 
 impl Bench<'_> {
     /// Runs `f` repeatedly and prints `name rate` where rate = multiplier * calls / second.
+    fn wanted(&self, name: &str) -> bool {
+        self.args
+            .filter
+            .as_ref()
+            .is_none_or(|filter| name.contains(filter.as_str()))
+    }
+
+    /// Runs `f` once per trial, each on a fresh connection to the cluster (a new job, so
+    /// none of its workers exist yet; a fresh private cluster when `init` starts one), and
+    /// prints `name seconds`: the mean time of `f` alone, lower is better.
+    fn time_cold(
+        &self,
+        name: &str,
+        mut f: impl FnMut() -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        if !self.wanted(name) {
+            return Ok(());
+        }
+        let mut times = Vec::with_capacity(self.args.trials);
+        for _ in 0..self.args.trials.max(1) {
+            miniray::shutdown();
+            miniray::init().with_context(|| format!("{name}: starting miniray"))?;
+            let start = Instant::now();
+            f().with_context(|| name.to_string())?;
+            times.push(start.elapsed().as_secs_f64());
+        }
+        let mean = times.iter().sum::<f64>() / times.len() as f64;
+        println!("{name} {mean:.3}");
+        eprintln!("  {name}: {mean:.3} s (trials: {times:.3?})");
+        Ok(())
+    }
+
     fn timeit(
         &self,
         name: &str,
         multiplier: f64,
         mut f: impl FnMut() -> miniray::Result<()>,
     ) -> anyhow::Result<()> {
-        if let Some(filter) = &self.args.filter
-            && !name.contains(filter.as_str())
-        {
+        if !self.wanted(name) {
             return Ok(());
         }
         let warmup = Duration::from_secs_f64(self.args.warmup_secs);
@@ -184,7 +235,17 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 
 fn run_all(args: &BenchArgs) -> anyhow::Result<()> {
     let b = Bench { args };
+    // Every handle and object of the warm loops is gone before the cold ones start over.
+    warm_loops(&b)?;
+    b.time_cold("nested_tree_sum_8192", || {
+        let sum = miniray::get(&tree_sum::remote(0, 8192)?)?;
+        anyhow::ensure!(sum == 8192 * 8191 / 2, "tree_sum(0, 8192) returned {sum}");
+        Ok(())
+    })
+}
 
+/// The loops that share one connection and warm up first.
+fn warm_loops(b: &Bench<'_>) -> anyhow::Result<()> {
     let value = miniray::put(0u64)?;
     b.timeit("single_client_get_calls", 1.0, || {
         miniray::get(&value).map(|_| ())

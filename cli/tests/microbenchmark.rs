@@ -22,6 +22,7 @@ const METRICS: &[&str] = &[
     "1_1_actor_calls_async",
     "1_n_actor_calls_async",
     "n_n_actor_calls_async",
+    "nested_tree_sum_8192",
 ];
 
 #[test]

@@ -92,7 +92,8 @@ fn driver(args: &[String]) -> Result<(), String> {
             .map_err(|e| format!("call: {e}"))?;
         out("bumped", n);
         // No node has this resource: the task waits in the driver's queue until the end,
-        // seen SUBMITTED only through the last report's scan of the queues.
+        // seen SUBMITTED only through the last report's scan of the queues (or fails as
+        // infeasible, if the driver's check of the cluster answers first).
         let _waiting = square::options()
             .resource("nowhere", 1.0)
             .remote(SQUARES)
@@ -235,7 +236,7 @@ fn short(name: &str) -> &str {
 
 /// Whether a job's records are complete: every square FINISHED through every state, the
 /// panicking task FAILED with its message, the actor call FINISHED, the square that could
-/// not be scheduled SUBMITTED.
+/// not be scheduled SUBMITTED (or FAILED as infeasible) and never placed.
 fn complete(records: &[TaskRecord], node: &[u8]) -> Result<(), String> {
     let of = |name: &str| -> Vec<&TaskRecord> {
         records
@@ -287,11 +288,16 @@ fn complete(records: &[TaskRecord], node: &[u8]) -> Result<(), String> {
     if !called {
         return Err(format!("no finished actor call: {bump:?}"));
     }
+    // It stays SUBMITTED (reported by the last report's scan of the queue) unless the
+    // driver's feasibility check answered before it shut down: then it FAILED as
+    // infeasible, still with its SUBMITTED time. Either way it never reached a worker.
     let waiting = squares.iter().any(|r| {
-        r.state() == TaskState::Submitted
-            && r.submitted_time_us > 0
-            && r.scheduled_time_us == 0
-            && r.worker_id.is_empty()
+        let outcome = match r.state() {
+            TaskState::Submitted => true,
+            TaskState::Failed => r.error_message.contains("infeasible"),
+            _ => false,
+        };
+        outcome && r.submitted_time_us > 0 && r.scheduled_time_us == 0 && r.worker_id.is_empty()
     });
     if !waiting {
         return Err(format!("no square left SUBMITTED: {squares:?}"));

@@ -15,8 +15,8 @@
 //!   that case cost more than the rest of forwarding): events are best-effort.
 //! - A malformed batch is refused whole (`InvalidArgument`), so a bad worker cannot make
 //!   the GCS refuse the node's other events.
-//! - Only entries placed on this node count in [`TaskCounts`]: a driver here reports the
-//!   SUBMITTED and SCHEDULED events of tasks that run elsewhere.
+//! - Only entries placed on this node count in [`TaskCounts`]: a driver here may report
+//!   the FAILED of a task placed elsewhere (its worker died).
 //! - The buffer and the counts are plain mutexes held for memory work only.
 
 use std::collections::{HashMap, VecDeque};

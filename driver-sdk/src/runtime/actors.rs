@@ -26,7 +26,7 @@ use std::time::Duration;
 use miniray_common::{ActorId, ErrorCode, ObjectId, TaskId, WorkerId, probe};
 use miniray_proto::{
     ActorInfo, ActorState, CreateActorRequest, GetActorRequest, GetAllNodesRequest,
-    KillActorRequest, TaskSpec, TaskState, push_task_reply,
+    KillActorRequest, TaskSpec, push_task_reply,
 };
 use parking_lot::Mutex;
 use tracing::{debug, warn};
@@ -37,7 +37,7 @@ use super::clients::node_endpoint;
 use super::plasma::status_error;
 use super::push::{PushOutcome, Recovered};
 use super::submitter::PreparedArgs;
-use super::task_events::{FnName, Queued, Recorded, Submission, scan_queue};
+use super::task_events::{Queued, Recorded, Submission, scan_queue};
 use crate::error::{Error, Result};
 use crate::object_ref::{OwnerAddr, RefHandle};
 use crate::options::{Arg, ResourceRequest};
@@ -561,7 +561,7 @@ impl CoreWorker {
                 return Err(Error::Internal("actor call without a live handle".into()));
             };
             if let Some(err) = &q.dead {
-                self.record_failed(&spec, submission.take(), || err.to_string());
+                self.record_failed(&spec, method, submission.take(), || err.to_string());
                 self.store.complete(return_id, Err(err.clone()));
                 return Ok(result);
             }
@@ -603,7 +603,9 @@ impl CoreWorker {
                             // A failed argument fails the call with the same error.
                             if let Some(mut call) = q.calls.remove(pos) {
                                 let submitted = call.submission.take();
-                                cw.record_failed(&call.spec, submitted, || e.to_string());
+                                cw.record_failed(&call.spec, call.method, submitted, || {
+                                    e.to_string()
+                                });
                             }
                             cw.store.complete(return_id, Err(e));
                         }
@@ -687,7 +689,9 @@ impl CoreWorker {
             Step::Nothing => {}
             Step::Fail(calls, err) => {
                 for mut call in calls {
-                    self.record_failed(&call.spec, call.submission.take(), || err.to_string());
+                    self.record_failed(&call.spec, call.method, call.submission.take(), || {
+                        err.to_string()
+                    });
                     if let Ok(rid) = ObjectId::from_bytes(&call.spec.return_id) {
                         self.store.complete(rid, Err(err.clone()));
                     }
@@ -806,14 +810,7 @@ impl CoreWorker {
 
     /// Pushes one batch to the actor's worker and completes each call as its reply arrives.
     async fn push_actor_calls(self: Arc<Self>, id: ActorId, target: Target, mut calls: Vec<Call>) {
-        self.task_events.record_all(|| {
-            calls.iter_mut().map(|c| {
-                Recorded::new(&c.spec, TaskState::Scheduled, FnName::Static(c.method))
-                    .on(&target.node_id, &target.worker_id)
-                    .submitted_at(c.submission.take())
-            })
-        });
-        let specs: Vec<TaskSpec> = calls.iter().map(|c| c.spec.clone()).collect();
+        let specs = self.task_events.specs_for_push(calls.iter_mut());
         // A push whose connection was refused never reached a worker: all of it goes again
         // without spending retries (the usual case after a death not yet noticed here).
         let PushOutcome {
@@ -863,7 +860,7 @@ impl CoreWorker {
                     if !was_running {
                         requeue.push(call);
                     } else if call.retries_left > 0 {
-                        self.record_failed(&call.spec, 0, || {
+                        self.record_failed(&call.spec, call.method, 0, || {
                             format!("the actor's worker died while the call ran ({reason}); it is retried")
                         });
                         call.retries_left -= 1;
@@ -891,7 +888,7 @@ impl CoreWorker {
             self.complete_actor_call(&call, outcome, contained);
         }
         for (call, err) in failed_calls {
-            self.record_failed(&call.spec, 0, || err.to_string());
+            self.record_failed(&call.spec, call.method, 0, || err.to_string());
             if let Ok(rid) = ObjectId::from_bytes(&call.spec.return_id) {
                 self.store.complete(rid, Err(err));
             }

@@ -69,6 +69,8 @@ pub(crate) fn run(cw: &Arc<CoreWorker>, rx: std::sync::mpsc::Receiver<ExecMsg>) 
             ExecMsg::Exit => break,
             ExecMsg::Tasks(specs, replies, journal) => {
                 let count = specs.len();
+                // SCHEDULED: when the batch reached this worker.
+                let scheduled = cw.task_events.raw_now();
                 let mut group = Vec::new();
                 if let Some(j) = &journal {
                     j.lock().begin_batch();
@@ -86,7 +88,9 @@ pub(crate) fn run(cw: &Arc<CoreWorker>, rx: std::sync::mpsc::Receiver<ExecMsg>) 
                             Ok(t) => FnName::Static(t.name()),
                             Err(_) => FnName::Owned(spec.function_name.as_str().into()),
                         };
-                        Recorded::new(&spec, TaskState::Running, function).at(node_id, worker_id)
+                        Recorded::new(&spec, TaskState::Running, function)
+                            .at(node_id, worker_id)
+                            .scheduled_at(scheduled, spec.submitted_us)
                     });
                     let started = Instant::now();
                     let executed = target.and_then(|t| execute(cw, &spec, t, &mut hosted));

@@ -7,7 +7,10 @@
 //!   `MAX_PENDING_LEASES` requests at once), never per task;
 //! - a leased worker holds one batch of our tasks at a time, of at most `in_flight_limit`
 //!   tasks: one while tasks of the key are long or of unknown length, more when short;
-//! - an idle lease is returned after `LEASE_LINGER`, so a loop of submit-then-get reuses it;
+//! - an idle lease is returned after `LEASE_LINGER` (a millisecond), so a loop of
+//!   submit-then-get reuses it, yet a CPU sits idle in a lease only that long while other
+//!   requests (a blocked task's children) may wait for it. The timer starts when the
+//!   worker runs out of tasks: nothing polls while it is busy;
 //! - a worker whose push fails is treated as dead: its lease is returned with `disconnect`
 //!   (its raylet stops it) and the raylet says, from the worker's reply journal, what each
 //!   unfinished task came to. Only the task that was running when the worker died spends a
@@ -50,7 +53,11 @@ use crate::object_ref::RefHandle;
 use crate::options::{Arg, ArgKind, TaskOptions};
 
 const MAX_PENDING_LEASES: usize = 10;
-const LEASE_LINGER: Duration = Duration::from_millis(100);
+/// How long a lease stays with its idle worker, for a loop that submits again as soon as
+/// it has the last result (a few tens of µs here). Short, because an idle lease holds its
+/// CPUs from every other lease request of the node: a nested task's children wait for
+/// them.
+const LEASE_LINGER: Duration = Duration::from_millis(1);
 /// Spillback hops one request may follow. A spilled request is granted or rejected where it
 /// lands (never spilled again), so one hop is all a current raylet asks for.
 const MAX_SPILLBACK_HOPS: usize = 4;
@@ -95,6 +102,8 @@ struct Leased {
     /// Bumped whenever the worker is handed a task: a linger timer only returns the lease
     /// if nothing happened since it was set.
     generation: u64,
+    /// Woken when the worker runs out of tasks: its lease's linger timer starts then.
+    idle: Arc<tokio::sync::Notify>,
 }
 
 struct KeyState {
@@ -149,7 +158,6 @@ fn in_flight_limit(avg_run_micros: Option<f64>) -> usize {
 struct Target {
     endpoint: String,
     node_id: Vec<u8>,
-    worker_id: Vec<u8>,
 }
 
 /// A granted lease: the worker and the raylet that granted it.
@@ -270,7 +278,7 @@ impl CoreWorker {
                     Ok(()) => cw.enqueue(resources, task),
                     // A failed dependency fails the task with the same error.
                     Err(e) => {
-                        cw.record_failed(&task.spec, 0, || e.to_string());
+                        cw.record_failed(&task.spec, task.function, 0, || e.to_string());
                         cw.store.complete(return_id, Err(e));
                     }
                 }
@@ -384,7 +392,6 @@ impl CoreWorker {
                     Target {
                         endpoint: w.endpoint.clone(),
                         node_id: w.node_id.clone(),
-                        worker_id: w.worker_id.clone(),
                     },
                     batch,
                 ));
@@ -410,12 +417,27 @@ impl CoreWorker {
     }
 
     /// Returns the lease once its worker has sat idle, with nothing queued, for a whole
-    /// `LEASE_LINGER`. One of these runs per lease, for the lease's lifetime.
-    async fn linger(self: Arc<Self>, key: String, lease_id: Vec<u8>) {
-        let mut last_seen: Option<u64> = None;
+    /// `LEASE_LINGER`. One of these runs per lease, for the lease's lifetime, and sleeps
+    /// while the worker is busy.
+    async fn linger(
+        self: Arc<Self>,
+        key: String,
+        lease_id: Vec<u8>,
+        idle: Arc<tokio::sync::Notify>,
+    ) {
         loop {
+            let seen = {
+                let keys = self.submitter.keys.lock();
+                let Some(w) = keys
+                    .get(&key)
+                    .and_then(|st| st.workers.iter().find(|w| w.lease_id == lease_id))
+                else {
+                    return;
+                };
+                w.generation
+            };
             tokio::time::sleep(LEASE_LINGER).await;
-            let raylet = {
+            let returned = {
                 let mut keys = self.submitter.keys.lock();
                 let Some(st) = keys.get_mut(&key) else { return };
                 let queue_empty = st.queue.is_empty();
@@ -423,19 +445,26 @@ impl CoreWorker {
                     return;
                 };
                 let w = &st.workers[pos];
-                let idle_throughout =
-                    w.in_flight == 0 && queue_empty && last_seen == Some(w.generation);
-                if !idle_throughout {
-                    last_seen = Some(w.generation);
+                if w.in_flight == 0 && queue_empty && w.generation == seen {
+                    let w = st.workers.remove(pos);
+                    forget_if_idle(&mut keys, &key);
+                    Some((w.raylet, w.node_id))
+                } else if w.in_flight == 0 && queue_empty {
+                    // Busy in between and idle again: a whole window from now.
                     continue;
+                } else {
+                    None
                 }
-                let w = st.workers.remove(pos);
-                forget_if_idle(&mut keys, &key);
-                (w.raylet, w.node_id)
             };
-            self.return_lease(lease_id, &raylet.0, &raylet.1, false)
-                .await;
-            return;
+            match returned {
+                Some((raylet, node_id)) => {
+                    self.return_lease(lease_id, &raylet, &node_id, false).await;
+                    return;
+                }
+                // Busy: the timer starts again when the worker runs out of tasks (a
+                // wake-up stored before this wait counts).
+                None => idle.notified().await,
+            }
         }
     }
 
@@ -522,6 +551,7 @@ impl CoreWorker {
                     node_id,
                 }) => {
                     let lease_id_copy = lease_id.clone();
+                    let idle = Arc::new(tokio::sync::Notify::new());
                     let mut keys = self.submitter.keys.lock();
                     match keys.get_mut(&key) {
                         Some(st) => {
@@ -534,6 +564,7 @@ impl CoreWorker {
                                 node_id,
                                 in_flight: 0,
                                 generation: 0,
+                                idle: Arc::clone(&idle),
                             });
                         }
                         None => return,
@@ -542,7 +573,7 @@ impl CoreWorker {
                     let cw = self.clone();
                     let linger_key = key.clone();
                     self.handle
-                        .spawn(async move { cw.linger(linger_key, lease_id_copy).await });
+                        .spawn(async move { cw.linger(linger_key, lease_id_copy, idle).await });
                     self.pump(&key);
                     return;
                 }
@@ -572,7 +603,7 @@ impl CoreWorker {
             tasks
         };
         for mut t in tasks {
-            self.record_failed(&t.spec, t.submission.take(), || err.to_string());
+            self.record_failed(&t.spec, t.function, t.submission.take(), || err.to_string());
             if let Ok(id) = ObjectId::from_bytes(&t.spec.return_id) {
                 self.store.complete(id, Err(err.clone()));
             }
@@ -741,21 +772,10 @@ impl CoreWorker {
         self: Arc<Self>,
         key: String,
         lease_id: Vec<u8>,
-        Target {
-            endpoint,
-            node_id,
-            worker_id,
-        }: Target,
+        Target { endpoint, node_id }: Target,
         mut tasks: Vec<QueuedTask>,
     ) {
-        self.task_events.record_all(|| {
-            tasks.iter_mut().map(|t| {
-                Recorded::new(&t.spec, TaskState::Scheduled, FnName::Static(t.function))
-                    .on(&node_id, &worker_id)
-                    .submitted_at(t.submission.take())
-            })
-        });
-        let specs: Vec<TaskSpec> = tasks.iter().map(|t| t.spec.clone()).collect();
+        let specs = self.task_events.specs_for_push(tasks.iter_mut());
         let PushOutcome {
             done,
             failure,
@@ -823,7 +843,7 @@ impl CoreWorker {
             if !was_running {
                 requeue.push(task);
             } else if task.retries_left > 0 {
-                self.record_failed(&task.spec, 0, || {
+                self.record_failed(&task.spec, task.function, 0, || {
                     "its worker died while it ran; it is retried".to_string()
                 });
                 task.retries_left -= 1;
@@ -834,7 +854,7 @@ impl CoreWorker {
                     function: task.spec.function_name.clone(),
                     attempts: task.spec.attempt + 1,
                 };
-                self.record_failed(&task.spec, 0, || err.to_string());
+                self.record_failed(&task.spec, task.function, 0, || err.to_string());
                 self.store.complete(return_id, Err(err));
             }
         }
@@ -882,13 +902,15 @@ impl CoreWorker {
             match st.workers.iter_mut().find(|w| w.lease_id == lease_id) {
                 Some(w) => {
                     w.in_flight = w.in_flight.saturating_sub(1);
-                    w.in_flight == 0
+                    (w.in_flight == 0).then(|| Arc::clone(&w.idle))
                 }
-                None => false,
+                None => None,
             }
         };
-        if refill {
+        if let Some(idle) = refill {
             self.pump(key);
+            // Given more work by the pump or not, its linger timer looks again.
+            idle.notify_one();
         }
     }
 

@@ -1,7 +1,8 @@
-//! Task events of this process: the state transitions of the tasks it submits (SUBMITTED,
-//! SCHEDULED, and FAILED when a task fails without a worker's answer) and of those it runs
-//! (RUNNING, FINISHED or FAILED), reported to its node's raylet in batches, which forwards
-//! them to the GCS (`raylet/src/task_events.rs`).
+//! Task events of this process: the state transitions of the tasks it runs (one entry per
+//! attempt: SUBMITTED, SCHEDULED, RUNNING, then FINISHED or FAILED) and of the tasks it
+//! submits that have not reached a worker (SUBMITTED while queued, FAILED when a task
+//! fails without a worker's answer), reported to its node's raylet in batches, which
+//! forwards them to the GCS (`raylet/src/task_events.rs`).
 //!
 //! Invariants:
 //! - Recording is off the task's hot path in cost: a push onto the recording thread's own
@@ -11,17 +12,20 @@
 //!   reported. The reporter builds the columnar batch (`TaskEventBatch`) once per
 //!   interval, or as soon as a thread has `REPORT_AT` events waiting, reusing its scratch
 //!   space so that a report allocates no per-event memory.
-//! - A task submitted here is reported SUBMITTED on the entry of its next transition
-//!   (SCHEDULED when pushed to a worker, FAILED when it fails first), not as an entry of
-//!   its own: its queue entry carries the time ([`Submission`]). A report first scans the
-//!   queues for tasks still waiting ([`scan_queue`]), so a queued task is seen SUBMITTED
-//!   within an interval and each attempt's SUBMITTED goes out once. A task waiting for
-//!   its arguments is in no queue and is recorded SUBMITTED at once.
+//! - A task that reaches a worker is one entry, from that worker: its spec carries its
+//!   SUBMITTED time (`TaskSpec.submitted_us`, set by [`TaskEvents::specs_for_push`]), the
+//!   worker stamps SCHEDULED when the batch arrives, and RUNNING and the end follow. Its
+//!   submitter records nothing for it. While a task waits in its submitter's queue, its
+//!   queue entry carries the time ([`Submission`]); a report first scans the queues for
+//!   tasks still waiting ([`scan_queue`]), so a queued task is seen SUBMITTED within an
+//!   interval, and each attempt's SUBMITTED goes out once (by the scan, with the push, or
+//!   with a FAILED the submitter records). A task waiting for its arguments is in no
+//!   queue and is recorded SUBMITTED at once.
 //! - A task run here is one push, when it ends: its RUNNING event waits in the thread's
 //!   running slot ([`TaskEvents::start`]), which the first report after the start copies
 //!   without taking it, so a task still running then is seen running; [`TaskEvents::end`]
-//!   turns it into one event that carries both times, or only its end when a report sent
-//!   the RUNNING part already (each state of an attempt reaches the raylet once).
+//!   turns it into one event that carries every time, or only its end when a report sent
+//!   the states before it already (each state of an attempt reaches the raylet once).
 //! - At most `max_buffered` events wait per recording thread; past that the oldest go and
 //!   are counted, and the count travels with the next report. A report the raylet did not
 //!   take is counted as dropped too (events are best-effort; a task's result never waits
@@ -67,17 +71,15 @@ const REPORT_AT: usize = 10_000;
 /// function this process does not know (it fails), the name it asked for.
 #[derive(Clone, Debug)]
 pub(crate) enum FnName {
-    None,
     Static(&'static str),
     Owned(Box<str>),
 }
 
 impl FnName {
-    fn as_str(&self) -> Option<&str> {
+    fn as_str(&self) -> &str {
         match self {
-            FnName::None => None,
-            FnName::Static(s) => Some(s),
-            FnName::Owned(s) => Some(s),
+            FnName::Static(s) => s,
+            FnName::Owned(s) => s,
         }
     }
 }
@@ -132,6 +134,12 @@ pub(crate) struct Recorded {
     /// Raw time the task started running, on the event that ended it ([`TaskEvents::end`]);
     /// 0: none.
     started: u64,
+    /// Unix µs of SUBMITTED as the task's spec carried it to the worker that runs it
+    /// (`TaskSpec.submitted_us`); 0: none.
+    submitted_us: u64,
+    /// Raw time the batch holding the task reached the worker that runs it (SCHEDULED);
+    /// 0: none.
+    scheduled: u64,
     function: FnName,
     /// Where the attempt was scheduled or ran.
     node_id: RawId,
@@ -151,6 +159,8 @@ impl Recorded {
             time: 0,
             submitted: 0,
             started: 0,
+            submitted_us: 0,
+            scheduled: 0,
             function,
             node_id: None,
             worker_id: None,
@@ -158,16 +168,18 @@ impl Recorded {
         }
     }
 
-    /// Scheduled to, or ran on, this node and worker.
-    pub(crate) fn on(mut self, node_id: &[u8], worker_id: &[u8]) -> Self {
-        self.node_id = raw_id(node_id);
-        self.worker_id = raw_id(worker_id);
-        self
-    }
-
+    /// Ran on this node and worker.
     pub(crate) fn at(mut self, node_id: NodeId, worker_id: WorkerId) -> Self {
         self.node_id = Some(*node_id.as_bytes());
         self.worker_id = Some(*worker_id.as_bytes());
+        self
+    }
+
+    /// Reached this worker in a batch at raw time `scheduled`, submitted at Unix µs
+    /// `submitted_us` (none when 0) as the spec says.
+    pub(crate) fn scheduled_at(mut self, scheduled: u64, submitted_us: u64) -> Self {
+        self.scheduled = scheduled;
+        self.submitted_us = submitted_us;
         self
     }
 
@@ -362,19 +374,31 @@ impl TaskEvents {
         }
     }
 
-    /// Records transitions that happened together (a batch pushed to a worker): one time
-    /// and one lock for all of them.
-    pub(crate) fn record_all<I: IntoIterator<Item = Recorded>>(&self, events: impl FnOnce() -> I) {
-        if let Some(clock) = &self.clock {
-            let events = events();
-            let time = clock.raw();
-            self.with_shard(|b| {
-                for mut event in events {
-                    event.time = time;
-                    self.push(b, event);
+    /// The raw time now, for events stamped later ([`Recorded::scheduled_at`]); 0 when
+    /// events are off.
+    pub(crate) fn raw_now(&self) -> u64 {
+        self.clock.as_ref().map_or(0, EventClock::raw)
+    }
+
+    /// The specs of a batch about to be pushed to a worker. Each carries its SUBMITTED
+    /// time while that is still to be reported (`TaskSpec.submitted_us`), and the worker
+    /// reports it with the attempt's one entry: a task that runs costs its submitter no
+    /// event.
+    pub(crate) fn specs_for_push<'a, T: Queued + 'a>(
+        &self,
+        batch: impl Iterator<Item = &'a mut T>,
+    ) -> Vec<TaskSpec> {
+        let unix = self.clock.as_ref().map(EventClock::to_unix);
+        batch
+            .map(|task| {
+                let submitted = task.submission().take();
+                let mut spec = task.spec().clone();
+                if let Some(unix) = unix.as_ref().filter(|_| submitted > 0) {
+                    spec.submitted_us = unix(submitted).max(1);
                 }
-            });
-        }
+                spec
+            })
+            .collect()
     }
 
     /// The submission of a task submitted now: waiting to be reported with the task's
@@ -418,7 +442,11 @@ impl TaskEvents {
             let time = clock.raw();
             self.with_shard(|b| {
                 if let Some(mut event) = b.running.take() {
-                    if !b.running_reported {
+                    if b.running_reported {
+                        // Went out with the RUNNING part already.
+                        event.submitted_us = 0;
+                        event.scheduled = 0;
+                    } else {
                         event.started = event.time;
                     }
                     event.time = time;
@@ -520,6 +548,11 @@ impl TaskEvents {
                 states.clear();
                 if e.submitted > 0 {
                     states.push((TaskState::Submitted, unix(e.submitted).max(1)));
+                } else if e.submitted_us > 0 {
+                    states.push((TaskState::Submitted, e.submitted_us));
+                }
+                if e.scheduled > 0 {
+                    states.push((TaskState::Scheduled, unix(e.scheduled).max(1)));
                 }
                 if e.started > 0 {
                     states.push((TaskState::Running, unix(e.started).max(1)));
@@ -530,7 +563,7 @@ impl TaskEvents {
                     task_id,
                     attempt: e.attempt,
                     states,
-                    function: e.function.as_str(),
+                    function: Some(e.function.as_str()),
                     placement: e.node_id.as_ref().zip(e.worker_id.as_ref()),
                     actor_id: e.actor_id.as_ref(),
                     error: e.error.as_deref(),
@@ -564,16 +597,17 @@ impl TaskEvents {
 
 impl CoreWorker {
     /// Records that an attempt failed here, without a worker's answer (its worker died,
-    /// an argument failed, the actor is dead, no lease could be had); `submitted`: its
-    /// SUBMITTED, if still to be reported ([`Submission::take`]).
+    /// an argument failed, the actor is dead, no lease could be had) of `function`;
+    /// `submitted`: its SUBMITTED, if still to be reported ([`Submission::take`]).
     pub(crate) fn record_failed(
         &self,
         spec: &TaskSpec,
+        function: &'static str,
         submitted: u64,
         error: impl FnOnce() -> String,
     ) {
         self.task_events.record(|| {
-            Recorded::new(spec, TaskState::Failed, FnName::None)
+            Recorded::new(spec, TaskState::Failed, FnName::Static(function))
                 .submitted_at(submitted)
                 .with_error(error())
         });
@@ -686,12 +720,10 @@ mod tests {
         let mut retried = spec(1);
         retried.attempt = 1;
         events.record(|| Recorded::new(&spec(1), TaskState::Submitted, FnName::Static("f")));
-        events.record_all(|| {
-            [
-                Recorded::new(&spec(1), TaskState::Scheduled, FnName::None).at(node, worker),
-                Recorded::new(&retried, TaskState::Submitted, FnName::None),
-            ]
+        events.record(|| {
+            Recorded::new(&spec(1), TaskState::Failed, FnName::Static("g")).at(node, worker)
         });
+        events.record(|| Recorded::new(&retried, TaskState::Submitted, FnName::Static("h")));
         let batch = events.take().and_then(|r| r.batch).expect("a batch");
         let entries = entries(&batch);
         let seen: Vec<(u32, Vec<TaskState>, Option<&str>, bool)> = entries
@@ -709,16 +741,10 @@ mod tests {
             seen,
             vec![
                 (0, vec![TaskState::Submitted], Some("f"), false),
-                (0, vec![TaskState::Scheduled], None, true),
-                (1, vec![TaskState::Submitted], None, false),
+                (0, vec![TaskState::Failed], Some("g"), true),
+                (1, vec![TaskState::Submitted], Some("h"), false),
             ]
         );
-        // Recorded together: one time.
-        let times: Vec<u64> = entries[1..]
-            .iter()
-            .flat_map(|e| e.states().map(|(_, t)| t))
-            .collect();
-        assert_eq!(times[0], times[1]);
     }
 
     struct Task {
@@ -754,38 +780,47 @@ mod tests {
             submission: events.submission(),
         };
         let mut queue: VecDeque<Task> = (1..=3).map(task).collect();
-        // Task 1 leaves the queue first: its SUBMITTED goes with its SCHEDULED.
+        // Task 1 is pushed first: its spec carries SUBMITTED to the worker, once.
         let mut pushed = queue.pop_front().expect("queued");
-        let submitted = pushed.submission.take();
-        assert!(submitted > 0);
-        assert_eq!(pushed.submission.take(), 0, "taken once");
+        let sent = events.specs_for_push(std::iter::once(&mut pushed));
+        assert!(sent[0].submitted_us > 0);
+        let again = events.specs_for_push(std::iter::once(&mut pushed));
+        assert_eq!(again[0].submitted_us, 0, "sent once");
         assert_eq!(scanned(&mut queue), vec![3, 2]);
         assert_eq!(scanned(&mut queue), Vec::<u8>::new(), "scanned once");
-        // A new task behind them, and one put back in front (already reported).
+        // A new task behind them, and one put back in front (reported already).
         queue.push_back(task(4));
-        pushed.submission = Submission::Reported;
         queue.push_front(pushed);
         assert_eq!(scanned(&mut queue), vec![4]);
-        // A scanned task's next event carries no SUBMITTED again.
-        assert_eq!(queue[1].submission.take(), 0);
+        // A scanned task's push carries no SUBMITTED again.
+        let rescanned = events.specs_for_push(queue.iter_mut().skip(1).take(1));
+        assert_eq!(rescanned[0].submitted_us, 0);
+        assert!(events.take().is_none(), "a push records nothing");
 
+        // The worker that runs task 1 reports its whole attempt as one entry.
         let (node, worker) = (NodeId::random(), WorkerId::random());
-        events.record_all(|| {
-            [
-                Recorded::new(&spec(1), TaskState::Scheduled, FnName::Static("f"))
-                    .at(node, worker)
-                    .submitted_at(submitted),
-            ]
+        let scheduled = events.raw_now();
+        events.start(|| {
+            Recorded::new(&sent[0], TaskState::Running, FnName::Static("f"))
+                .at(node, worker)
+                .scheduled_at(scheduled, sent[0].submitted_us)
         });
+        events.end(TaskState::Finished, || None);
         let batch = events.take().and_then(|r| r.batch).expect("a batch");
         let entries = entries(&batch);
+        assert_eq!(entries.len(), 1);
         let states: Vec<(TaskState, u64)> = entries[0].states().collect();
         assert_eq!(
             states.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
-            vec![TaskState::Submitted, TaskState::Scheduled],
-            "one entry for both"
+            vec![
+                TaskState::Submitted,
+                TaskState::Scheduled,
+                TaskState::Running,
+                TaskState::Finished
+            ],
+            "one entry for the attempt"
         );
-        assert!(states[0].1 <= states[1].1, "{states:?}");
+        assert!(states.windows(2).all(|w| w[0].1 <= w[1].1), "{states:?}");
     }
 
     #[test]
@@ -833,10 +868,21 @@ mod tests {
     #[test]
     fn a_task_still_running_at_a_report_is_reported_running_once() {
         let events = TaskEvents::new(JobId::random(), Some(DEFAULT_INTERVAL), 10);
-        events.start(|| Recorded::new(&spec(1), TaskState::Running, FnName::Static("f")));
+        let scheduled = events.raw_now();
+        events.start(|| {
+            Recorded::new(&spec(1), TaskState::Running, FnName::Static("f"))
+                .scheduled_at(scheduled, now_us())
+        });
         let first = events.take().and_then(|r| r.batch).expect("a batch");
         let states: Vec<TaskState> = entries(&first)[0].states().map(|(s, _)| s).collect();
-        assert_eq!(states, vec![TaskState::Running]);
+        assert_eq!(
+            states,
+            vec![
+                TaskState::Submitted,
+                TaskState::Scheduled,
+                TaskState::Running
+            ]
+        );
         assert!(
             events.take().is_none(),
             "RUNNING went out once: a later report does not send it again"
@@ -847,7 +893,7 @@ mod tests {
         assert_eq!(
             states,
             vec![TaskState::Finished],
-            "RUNNING went out already: counted once downstream"
+            "the states before went out already: counted once downstream"
         );
         assert_eq!(entries(&last)[0].function, Some("f"));
         assert!(events.take().is_none());
@@ -856,8 +902,16 @@ mod tests {
     #[test]
     fn events_off_records_nothing() {
         let events = TaskEvents::new(JobId::random(), None, 3);
-        events.record(|| Recorded::new(&spec(1), TaskState::Running, FnName::None));
-        events.record_all(|| [Recorded::new(&spec(2), TaskState::Running, FnName::None)]);
+        events.record(|| Recorded::new(&spec(1), TaskState::Failed, FnName::Static("f")));
+        events.start(|| Recorded::new(&spec(2), TaskState::Running, FnName::Static("f")));
+        events.end(TaskState::Finished, || None);
+        let mut queued = Task {
+            spec: spec(3),
+            submission: events.submission(),
+        };
+        let sent = events.specs_for_push(std::iter::once(&mut queued));
+        assert_eq!(sent[0].submitted_us, 0);
+        assert_eq!(events.raw_now(), 0);
         assert!(events.take().is_none());
     }
 
@@ -865,15 +919,12 @@ mod tests {
     fn placement_and_errors_reach_the_entry() {
         let events = TaskEvents::new(JobId::random(), Some(DEFAULT_INTERVAL), 10);
         let (node, worker) = (NodeId::random(), WorkerId::random());
-        events.record_all(|| {
-            [
-                Recorded::new(&spec(1), TaskState::Failed, FnName::Owned("g".into()))
-                    .at(node, worker)
-                    .with_error("boom".into()),
-                // An id of the wrong length is left empty rather than sent malformed.
-                Recorded::new(&spec(2), TaskState::Scheduled, FnName::None).on(&[1, 2], &[]),
-            ]
+        events.record(|| {
+            Recorded::new(&spec(1), TaskState::Failed, FnName::Owned("g".into()))
+                .at(node, worker)
+                .with_error("boom".into())
         });
+        events.record(|| Recorded::new(&spec(2), TaskState::Submitted, FnName::Static("f")));
         let batch = events.take().and_then(|r| r.batch).expect("a batch");
         let entries = entries(&batch);
         let failed = &entries[0];
@@ -891,7 +942,7 @@ mod tests {
             task_id: vec![1, 2, 3],
             ..Default::default()
         };
-        events.record(|| Recorded::new(&bad, TaskState::Submitted, FnName::None));
+        events.record(|| Recorded::new(&bad, TaskState::Submitted, FnName::Static("f")));
         let report = events.take().expect("a report");
         assert!(report.batch.is_none());
         assert_eq!(report.dropped, 1);
