@@ -2,9 +2,9 @@
 //! against a private local cluster or the cluster at `MINIRAY_ADDRESS`.
 //!
 //! Each metric runs a warm-up, then four timed trials; the printed value is the mean rate
-//! over the trials (`metric value`, one line each; the spread goes to stderr). Metrics
-//! that end in `_s` or name a workload (`nested_tree_sum_8192`) are seconds per run, lower
-//! is better; they run cold, on a new connection per trial, without a warm-up.
+//! over the trials (`metric value`, one line each; the spread goes to stderr). The last,
+//! `nested_tree_sum_8192`, is seconds per run, lower is better: each trial runs cold, on a
+//! new connection, without a warm-up.
 //!
 //! Ray's `ray.put` always goes through its shared-memory store. Here a small object stays
 //! in its owner's process, so `single_client_put_calls` and `single_client_get_calls`
@@ -139,7 +139,7 @@ struct Bench<'a> {
 }
 
 impl Bench<'_> {
-    /// Runs `f` repeatedly and prints `name rate` where rate = multiplier * calls / second.
+    /// Whether `--filter` lets the metric `name` run.
     fn wanted(&self, name: &str) -> bool {
         self.args
             .filter
@@ -172,6 +172,7 @@ impl Bench<'_> {
         Ok(())
     }
 
+    /// Runs `f` repeatedly and prints `name rate` where rate = multiplier * calls / second.
     fn timeit(
         &self,
         name: &str,
