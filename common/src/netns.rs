@@ -62,8 +62,13 @@ pub fn free_subnet(second: u8, pid: u32, n: u32) -> Result<[u8; 3], String> {
 }
 
 /// Removes the namespaces (`<tag>-<pid>-…`, pid in decimal) and links (`<tag><pid>x…`, pid
-/// in `link_pid_radix`) whose owner process is gone.
+/// in `link_pid_radix`) whose owner process is gone. The radix must be at most 33, so that
+/// `x` is never a digit of the pid it ends.
 pub fn sweep_leftovers(tag: &str, link_pid_radix: u32) {
+    debug_assert!(
+        link_pid_radix <= 33,
+        "`x` would be a digit in radix {link_pid_radix}"
+    );
     let gone = |pid: Option<u32>| pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists());
     if let Ok(list) = ip(&["netns", "list"]) {
         for name in list.lines().filter_map(|l| l.split_whitespace().next()) {

@@ -7,8 +7,8 @@
 //! they reach each other directly; there is no default route, so a Pod reaches nothing
 //! beyond the bridge's subnet.
 //!
-//! Names carry the tag `mrk` and the owner pid (in base 36, to fit the 15-byte limit of
-//! interface names): `mrk<pid>x<n>b` for the bridge, `mrk<pid>x<n>p<octet>` for a Pod's
+//! Names carry the tag `mrk` and the owner pid (in base 32, to fit the 15-byte limit of
+//! interface names; not base 36, whose digit `x` would be read as the separator): `mrk<pid>x<n>b` for the bridge, `mrk<pid>x<n>p<octet>` for a Pod's
 //! bridge-side veth, `mrk-<pid>-<n>-<octet>` for its namespace (the namespace end of the
 //! veth is `eth0`). Each network first removes those of owners no longer running.
 //!
@@ -94,7 +94,7 @@ impl PodNetwork {
             Some(why) => Err(why),
             None => {
                 let _setup = SETUP.lock().unwrap_or_else(|e| e.into_inner());
-                netns::sweep_leftovers(TAG, 36);
+                netns::sweep_leftovers(TAG, RADIX);
                 create_bridge(n)
             }
         };
@@ -149,7 +149,7 @@ impl PodNetwork {
             Some(b) => {
                 let pid = std::process::id();
                 let ns = format!("{TAG}-{pid}-{}-{octet}", b.n);
-                let veth = format!("{TAG}{}x{}p{octet}", base36(pid), base36(b.n));
+                let veth = format!("{TAG}{}x{}p{octet}", base32(pid), base32(b.n));
                 let ip_addr = Ipv4Addr::new(b.subnet[0], b.subnet[1], b.subnet[2], octet);
                 let pod = PodNet {
                     ip: ip_addr,
@@ -246,11 +246,14 @@ fn remove_links(pod: &PodNet) {
     }
 }
 
-fn base36(mut v: u32) -> String {
+/// Radix of the numbers in link names: its digits (`0-9a-v`) never include the separator `x`.
+const RADIX: u32 = 32;
+
+fn base32(mut v: u32) -> String {
     let mut digits = Vec::new();
     loop {
-        digits.push(b"0123456789abcdefghijklmnopqrstuvwxyz"[(v % 36) as usize]);
-        v /= 36;
+        digits.push(b"0123456789abcdefghijklmnopqrstuv"[(v % RADIX) as usize]);
+        v /= RADIX;
         if v == 0 {
             break;
         }
@@ -261,7 +264,7 @@ fn base36(mut v: u32) -> String {
 
 fn create_bridge(n: u32) -> Result<Bridge, String> {
     let subnet = netns::free_subnet(214, std::process::id(), n)?;
-    let name = format!("{TAG}{}x{}b", base36(std::process::id()), base36(n));
+    let name = format!("{TAG}{}x{}b", base32(std::process::id()), base32(n));
     let made = (|| {
         ip(&["link", "add", &name, "type", "bridge"])?;
         let cidr = format!("{}.{}.{}.1/24", subnet[0], subnet[1], subnet[2]);
@@ -284,11 +287,17 @@ mod tests {
 
     #[test]
     fn names_fit_interface_limit() {
-        let pid = base36(4_194_304);
-        let veth = format!("{TAG}{pid}x{}p254", base36(1295));
+        let pid = base32(4_194_304);
+        let veth = format!("{TAG}{pid}x{}p254", base32(1023));
         assert!(veth.len() <= 15, "{veth}");
-        assert_eq!(u32::from_str_radix(&base36(4_194_304), 36), Ok(4_194_304));
-        assert_eq!(base36(0), "0");
+        assert_eq!(
+            u32::from_str_radix(&base32(4_194_304), RADIX),
+            Ok(4_194_304)
+        );
+        assert_eq!(base32(0), "0");
+        // 23109 is `htx` in base 36: the sweep read that owner as pid `ht` and, finding it
+        // gone, deleted a live bridge.
+        assert!(!base32(23_109).contains('x'));
     }
 
     #[test]
