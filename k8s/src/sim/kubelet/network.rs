@@ -8,9 +8,10 @@
 //! beyond the bridge's subnet.
 //!
 //! Names carry the tag `mrk` and the owner pid (in base 32, to fit the 15-byte limit of
-//! interface names; not base 36, whose digit `x` would be read as the separator): `mrk<pid>x<n>b` for the bridge, `mrk<pid>x<n>p<octet>` for a Pod's
-//! bridge-side veth, `mrk-<pid>-<n>-<octet>` for its namespace (the namespace end of the
-//! veth is `eth0`). Each network first removes those of owners no longer running.
+//! interface names; not base 36, whose digit `x` would be read as the separator):
+//! `mrk<pid>x<n>b` for the bridge, `mrk<pid>x<n>p<octet>` for a Pod's bridge-side veth,
+//! `mrk-<pid>-<n>-<octet>` for its namespace (the namespace end of the veth is `eth0`).
+//! Each network first removes those of owners no longer running.
 //!
 //! Where namespaces cannot be made (not root, no `ip`, not Linux, or `MINIRAY_K8S_SIM_NO_NETNS`
 //! set) it says why once on stderr and gives each Pod one `127.0.0.x` address instead, with
