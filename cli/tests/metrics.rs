@@ -68,8 +68,9 @@ fn wait_for_go() {
 
 /// `work`: serves its own metrics (`MINIRAY_METRICS_PORT`, set by the test) with one of
 /// the program's; 20 tasks, each result counted in that metric; a put of PUT_BYTES held
-/// until told; a task on the node with resource `B` returning PULL_BYTES, fetched here; an
-/// actor call; then waits to be told to end.
+/// until told, then dropped, and nothing more until told again; a task on the node with
+/// resource `B` returning PULL_BYTES, fetched here; an actor call; then waits to be told
+/// to end.
 fn driver(args: &[String]) -> Result<(), String> {
     if args.first().map(String::as_str) != Some("work") {
         return Err(format!("unknown scenario {args:?}"));
@@ -95,6 +96,9 @@ fn driver(args: &[String]) -> Result<(), String> {
     wait_for_go();
     drop(held);
     out("released=1");
+    // Held until the test has seen the release in the store's bytes: the pull below
+    // would otherwise refill them before a scrape could see the drop.
+    wait_for_go();
 
     let remote = blob::options()
         .resource("B", 1.0)
@@ -359,6 +363,9 @@ fn every_endpoint_follows_the_work_and_passes_promtool() {
     cluster.wait_for(&head_raylet, "miniray_object_store_used_bytes", |v| {
         v <= held - PUT_BYTES as f64
     });
+    let stdin = driver.stdin.as_mut().expect("piped");
+    stdin.write_all(b"go\n").expect("tell the driver");
+    stdin.flush().expect("flush");
     assert_eq!(
         next_value(&lines, "pulled", DEADLINE),
         Some(PULL_BYTES.to_string())
