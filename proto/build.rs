@@ -17,6 +17,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Task-event columns are read in place: `Bytes` slices the received message
         // rather than copying each column out of it.
         .bytes(".miniray.TaskEventBatch")
+        // Object chunks too: received data is written to plasma straight from the
+        // message's receive buffer, and served data can be a view of plasma.
+        .bytes(".miniray.ObjectChunk")
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -43,5 +43,5 @@ pub use alloc::BLOCK;
 pub use client::SegmentMapping;
 pub use error::PlasmaError;
 pub use store::{
-    Disconnected, ObjectLocation, PlasmaStore, RESERVE_CHUNK, StoreConfig, StoreStats,
+    Disconnected, ObjectLocation, ObjectView, PlasmaStore, RESERVE_CHUNK, StoreConfig, StoreStats,
 };

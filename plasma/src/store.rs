@@ -53,6 +53,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::pin::pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use memmap2::{MmapOptions, MmapRaw};
@@ -981,6 +982,65 @@ impl PlasmaStore {
         Ok(f(bytes))
     }
 
+    /// A zero-copy view of the bytes `[offset, offset + len)` of a sealed object, for
+    /// streaming to other nodes without copying out first. The view holds an io pin, so
+    /// the object stays allocated (a delete waits for it) until the view drops.
+    pub fn sealed_view(
+        self: &Arc<Self>,
+        id: ObjectId,
+        offset: u64,
+        len: usize,
+    ) -> Result<ObjectView, PlasmaError> {
+        self.view(id, offset, len, true)
+    }
+
+    /// [`sealed_view`](Self::sealed_view) of an object sealed or not: for a node serving
+    /// the part of an object it has already received while the rest still arrives. The
+    /// caller vouches that the range is written and will not be written again; an abort
+    /// waits for the view like a delete does.
+    pub fn written_view(
+        self: &Arc<Self>,
+        id: ObjectId,
+        offset: u64,
+        len: usize,
+    ) -> Result<ObjectView, PlasmaError> {
+        self.view(id, offset, len, false)
+    }
+
+    fn view(
+        self: &Arc<Self>,
+        id: ObjectId,
+        offset: u64,
+        len: usize,
+        sealed_only: bool,
+    ) -> Result<ObjectView, PlasmaError> {
+        let loc = {
+            let mut inner = self.inner.lock();
+            let e = if sealed_only {
+                inner.live_mut(id, true)?
+            } else {
+                inner
+                    .objects
+                    .get_mut(&id)
+                    .filter(|e| !e.doomed)
+                    .ok_or(PlasmaError::NotFound(id))?
+            };
+            check_range(e.size, offset, len as u64)?;
+            e.io += 1;
+            let loc = e.location();
+            inner.refresh_lru(id);
+            loc
+        };
+        // SAFETY: the range lies inside the object (checked above), inside the mapping.
+        let ptr = unsafe { self.map.as_ptr().add((loc.offset + offset) as usize) };
+        Ok(ObjectView {
+            store: Arc::clone(self),
+            id,
+            ptr,
+            len,
+        })
+    }
+
     /// Current accounting.
     pub fn stats(&self) -> StoreStats {
         let inner = self.inner.lock();
@@ -992,6 +1052,43 @@ impl PlasmaStore {
             num_sealed: inner.objects.values().filter(|e| e.visible()).count(),
             num_evictions: inner.num_evictions,
         }
+    }
+}
+
+/// Bytes of an object, read in place ([`PlasmaStore::sealed_view`],
+/// [`PlasmaStore::written_view`]).
+pub struct ObjectView {
+    store: Arc<PlasmaStore>,
+    id: ObjectId,
+    ptr: *const u8,
+    len: usize,
+}
+
+// SAFETY: the bytes are immutable (the object is sealed, or the range written for good, as
+// `written_view`'s caller vouches) and stay mapped and allocated for the view's life (its
+// `Arc` keeps the mapping, its io pin the object); the store is Sync.
+unsafe impl Send for ObjectView {}
+unsafe impl Sync for ObjectView {}
+
+impl std::fmt::Debug for ObjectView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectView")
+            .field("object_id", &self.id)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl AsRef<[u8]> for ObjectView {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: see the `Send`/`Sync` impls: `ptr..ptr + len` is live, immutable memory.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl Drop for ObjectView {
+    fn drop(&mut self) {
+        self.store.inner.lock().release_io(self.id);
     }
 }
 

@@ -48,6 +48,64 @@ fn store_and_mapping_are_thread_safe_types() {
 }
 
 #[test]
+fn a_sealed_view_reads_in_place_and_keeps_its_bytes_until_dropped() {
+    let store = Arc::new(new_store(1 << 20));
+    let id = ObjectId::random();
+    let data: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+    store.create(id, data.len() as u64, true).unwrap();
+    assert!(matches!(
+        store.sealed_view(id, 0, 1),
+        Err(PlasmaError::NotSealed(_))
+    ));
+    store.write(id, 0, &data).unwrap();
+    store.seal(id).unwrap();
+
+    let view = store.sealed_view(id, 100, 1000).unwrap();
+    assert_eq!(view.as_ref(), &data[100..1100]);
+    let oob = store.sealed_view(id, 4999, 2).unwrap_err();
+    assert_eq!(oob.code(), ErrorCode::InvalidArgument);
+    // Deleted while viewed: gone for new readers, its bytes and room kept for the view.
+    let used = store.used();
+    assert!(store.delete(id));
+    assert!(!store.contains(id));
+    assert!(store.sealed_view(id, 0, 1).is_err());
+    assert_eq!(store.used(), used);
+    assert_eq!(view.as_ref(), &data[100..1100]);
+    drop(view);
+    assert_eq!(store.used(), 0);
+    let Ok(store) = Arc::try_unwrap(store) else {
+        panic!("the view still holds the store");
+    };
+    finish(store);
+}
+
+#[test]
+fn a_written_view_serves_an_unsealed_object_and_outlives_its_abort() {
+    let store = Arc::new(new_store(1 << 20));
+    let id = ObjectId::random();
+    let data: Vec<u8> = (0..4096u32).map(|i| (i % 253) as u8).collect();
+    store.create(id, 8192, false).unwrap();
+    store.write(id, 0, &data).unwrap();
+    let view = store.written_view(id, 0, data.len()).unwrap();
+    assert_eq!(view.as_ref(), &data[..]);
+    assert!(store.sealed_view(id, 0, 1).is_err(), "not sealed yet");
+    let used = store.used();
+    store.abort(id).unwrap();
+    assert!(
+        store.written_view(id, 0, 1).is_err(),
+        "aborted: gone for new views"
+    );
+    assert_eq!(store.used(), used, "the view keeps the bytes");
+    assert_eq!(view.as_ref(), &data[..]);
+    drop(view);
+    assert_eq!(store.used(), 0);
+    let Ok(store) = Arc::try_unwrap(store) else {
+        panic!("the view still holds the store");
+    };
+    finish(store);
+}
+
+#[test]
 fn lifecycle_create_write_seal_get_release_delete() {
     let store = new_store(1 << 20);
     let id = ObjectId::random();

@@ -161,12 +161,17 @@ impl Raylet {
             ExecutableCache::new(ExecutableCache::default_dir()),
             gcs.clone(),
         );
-        let objects = ObjectManager::new(cfg.node_id, cfg.token.clone(), Arc::clone(&store));
         let address = NodeAddress {
             node_id: cfg.node_id.to_vec(),
             host,
             port: u32::from(local.port()),
         };
+        let objects = ObjectManager::new(
+            cfg.node_id,
+            address.clone(),
+            cfg.token.clone(),
+            Arc::clone(&store),
+        );
         let metrics_listener = match cfg.metrics_port {
             Some(port) => {
                 let bind = miniray_common::net::host_port(&cfg.bind_host, port);

@@ -347,7 +347,7 @@ impl Raylet for RayletService {
         let rx = self
             .node
             .objects
-            .read(id, req.chunk_size)
+            .read(id, req.chunk_size, req.offset, req.length, req.puller)
             .map_err(|e| e.to_status())?;
         Ok(Response::new(ReceiverStream::new(rx)))
     }

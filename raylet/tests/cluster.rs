@@ -206,30 +206,20 @@ fn checksum(bytes: &[u8]) -> blake3::Hash {
     blake3::hash(bytes)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pulls_a_64_mib_object_between_raylets_once() {
-    let gcs = start_gcs().await;
-    let dir_a = tempfile::tempdir().unwrap();
-    let dir_b = tempfile::tempdir().unwrap();
-    let mut cfg_a = raylet_config(&gcs, dir_a.path(), &[("CPU", 1.0)]);
-    cfg_a.object_store_memory = 96 << 20;
-    let mut cfg_b = raylet_config(&gcs, dir_b.path(), &[("CPU", 1.0)]);
-    cfg_b.object_store_memory = 96 << 20;
-    let a = miniray_raylet::Raylet::start(cfg_a).await.unwrap();
-    let b = miniray_raylet::Raylet::start(cfg_b).await.unwrap();
-    let mut ca = raylet_client(&a).await;
-    let mut cb = raylet_client(&b).await;
-
-    // Put a 64 MiB object into A through its segment.
-    let size: u64 = 64 << 20;
+/// Creates and seals an object of `size` pseudo-random bytes in the raylet behind `c`,
+/// through its segment; returns its id and checksum.
+async fn put_pseudo_random(
+    c: &mut RayletClient<miniray_common::auth::AuthedChannel>,
+    size: u64,
+) -> (ObjectId, blake3::Hash) {
     let id = ObjectId::random();
-    let info_a = ca
+    let info = c
         .plasma_info(PlasmaInfoRequest::default())
         .await
         .unwrap()
         .into_inner();
-    let map_a = SegmentMapping::open(std::path::Path::new(&info_a.segment_path)).unwrap();
-    let offset = ca
+    let map = SegmentMapping::open(std::path::Path::new(&info.segment_path)).unwrap();
+    let offset = c
         .plasma_create(PlasmaCreateRequest {
             object_id: id.to_vec(),
             data_size: size,
@@ -243,8 +233,8 @@ async fn pulls_a_64_mib_object_between_raylets_once() {
     let loc = ObjectLocation { offset, size };
     let expected = {
         // SAFETY: created by this test, unsealed, no other view.
-        let dst = unsafe { map_a.slice_mut(loc) }.unwrap();
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let dst = unsafe { map.slice_mut(loc) }.unwrap();
+        let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ size;
         for chunk in dst.chunks_mut(8) {
             state ^= state << 13;
             state ^= state >> 7;
@@ -254,17 +244,79 @@ async fn pulls_a_64_mib_object_between_raylets_once() {
         }
         checksum(dst)
     };
-    ca.plasma_seal(PlasmaSealRequest {
+    c.plasma_seal(PlasmaSealRequest {
         object_id: id.to_vec(),
     })
     .await
     .unwrap();
+    (id, expected)
+}
 
-    let source = NodeAddress {
-        node_id: a.node_id().to_vec(),
+/// The size and checksum of the sealed object `id` in the raylet behind `c`.
+async fn sealed_checksum(
+    c: &mut RayletClient<miniray_common::auth::AuthedChannel>,
+    id: ObjectId,
+) -> (u64, blake3::Hash) {
+    let info = c
+        .plasma_info(PlasmaInfoRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let map = SegmentMapping::open(std::path::Path::new(&info.segment_path)).unwrap();
+    let got = c
+        .plasma_get(PlasmaGetRequest {
+            object_ids: vec![id.to_vec()],
+            timeout_ms: 0,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let o = &got.objects[0];
+    assert!(o.found, "object {id} is sealed there");
+    let sum = checksum(
+        map.slice(ObjectLocation {
+            offset: o.offset,
+            size: o.size,
+        })
+        .unwrap(),
+    );
+    c.plasma_release(PlasmaReleaseRequest {
+        object_ids: vec![id.to_vec()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    (o.size, sum)
+}
+
+fn node_address(r: &miniray_raylet::RayletHandle) -> NodeAddress {
+    NodeAddress {
+        node_id: r.node_id().to_vec(),
         host: "127.0.0.1".into(),
-        port: u32::from(a.address().port()),
-    };
+        port: u32::from(r.address().port()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_a_64_mib_object_between_raylets_once_in_parallel_ranges() {
+    let gcs = start_gcs().await;
+    let dir_a = tempfile::tempdir().unwrap();
+    let dir_b = tempfile::tempdir().unwrap();
+    let mut cfg_a = raylet_config(&gcs, dir_a.path(), &[("CPU", 1.0)]);
+    cfg_a.object_store_memory = 96 << 20;
+    let mut cfg_b = raylet_config(&gcs, dir_b.path(), &[("CPU", 1.0)]);
+    cfg_b.object_store_memory = 96 << 20;
+    let a = miniray_raylet::Raylet::start(cfg_a).await.unwrap();
+    let b = miniray_raylet::Raylet::start(cfg_b).await.unwrap();
+    let mut ca = raylet_client(&a).await;
+    let mut cb = raylet_client(&b).await;
+
+    // Put a 64 MiB object into A through its segment: five ranges of a pull, the last
+    // one short.
+    let size: u64 = (64 << 20) + 12_345;
+    let (id, expected) = put_pseudo_random(&mut ca, size).await;
+    let source = node_address(&a);
     // Three concurrent pulls of the same object: one transfer.
     let pulls: Vec<_> = (0..3)
         .map(|_| {
@@ -291,37 +343,7 @@ async fn pulls_a_64_mib_object_between_raylets_once() {
     assert_eq!(stats.bytes_pulled, size);
 
     // B has an identical sealed copy.
-    let info_b = cb
-        .plasma_info(PlasmaInfoRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    let map_b = SegmentMapping::open(std::path::Path::new(&info_b.segment_path)).unwrap();
-    let got = cb
-        .plasma_get(PlasmaGetRequest {
-            object_ids: vec![id.to_vec()],
-            timeout_ms: 0,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let o = &got.objects[0];
-    assert!(o.found);
-    assert_eq!(o.size, size);
-    let copy = map_b
-        .slice(ObjectLocation {
-            offset: o.offset,
-            size: o.size,
-        })
-        .unwrap();
-    assert_eq!(checksum(copy), expected);
-    cb.plasma_release(PlasmaReleaseRequest {
-        object_ids: vec![id.to_vec()],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    assert_eq!(sealed_checksum(&mut cb, id).await, (size, expected));
 
     // A pull of something here already answers at once; a missing object is NotFound and
     // leaves nothing behind.
@@ -350,9 +372,72 @@ async fn pulls_a_64_mib_object_between_raylets_once() {
         .into_inner();
     assert_eq!(stats.num_objects, 1);
 
-    drop((map_a, map_b));
     a.shutdown().await;
     b.shutdown().await;
+    gcs.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcast_reads_ranges_from_earlier_pullers_and_falls_back_to_the_source() {
+    let gcs = start_gcs().await;
+    let dirs: Vec<_> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut raylets = Vec::new();
+    for dir in &dirs {
+        let mut cfg = raylet_config(&gcs, dir.path(), &[("CPU", 1.0)]);
+        cfg.object_store_memory = 80 << 20;
+        raylets.push(miniray_raylet::Raylet::start(cfg).await.unwrap());
+    }
+    let mut clients = Vec::new();
+    for r in &raylets {
+        clients.push(raylet_client(r).await);
+    }
+    // Four ranges of a pull, the last one short.
+    let size: u64 = (48 << 20) + 777;
+    let (id, expected) = put_pseudo_random(&mut clients[0], size).await;
+    let source = node_address(&raylets[0]);
+    let pull = |mut c: RayletClient<miniray_common::auth::AuthedChannel>| {
+        let source = source.clone();
+        tokio::spawn(async move {
+            c.pull_object(PullObjectRequest {
+                object_id: id.to_vec(),
+                source: Some(source),
+            })
+            .await
+            .map(|r| r.into_inner().size)
+        })
+    };
+
+    // B pulls it all from A; then C and D at once, whom A points to B (and D maybe to C,
+    // still receiving it).
+    assert_eq!(pull(clients[1].clone()).await.unwrap().unwrap(), size);
+    let (c, d) = (pull(clients[2].clone()), pull(clients[3].clone()));
+    assert_eq!(c.await.unwrap().unwrap(), size);
+    assert_eq!(d.await.unwrap().unwrap(), size);
+    for k in 1..=3 {
+        assert_eq!(sealed_checksum(&mut clients[k], id).await, (size, expected));
+        assert_eq!(raylets[k].transfer_stats().bytes_pulled, size, "node {k}");
+    }
+    let served: Vec<u64> = raylets
+        .iter()
+        .map(|r| r.transfer_stats().bytes_served)
+        .collect();
+    assert!(served[1] > 0, "B served ranges to C and D: {served:?}");
+    assert!(
+        served[0] < 3 * size,
+        "A did not send every byte: {served:?}"
+    );
+
+    // B goes away; A still names it to E, whose ranges from B come from A instead.
+    let b = raylets.remove(1);
+    clients.remove(1);
+    b.shutdown().await;
+    assert_eq!(pull(clients[3].clone()).await.unwrap().unwrap(), size);
+    assert_eq!(sealed_checksum(&mut clients[3], id).await, (size, expected));
+    assert_eq!(raylets[3].transfer_stats().bytes_pulled, size);
+
+    for r in raylets {
+        r.shutdown().await;
+    }
     gcs.shutdown().await;
 }
 

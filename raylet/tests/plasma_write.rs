@@ -1,6 +1,7 @@
 //! `PlasmaWrite`: a primary copy streamed in by a client that cannot map the segment (a
 //! remote driver). A complete stream seals the object; a short, out-of-order or broken
-//! one aborts it, and nothing half-written stays.
+//! one aborts it, and nothing half-written stays. Also `ReadObject` of byte ranges, what
+//! pulls are made of.
 
 mod common;
 
@@ -56,15 +57,29 @@ async fn stats(c: &mut RayletClient<AuthedChannel>) -> GetNodeStatsReply {
 }
 
 async fn read(c: &mut RayletClient<AuthedChannel>, id: ObjectId) -> Result<Vec<u8>, tonic::Status> {
+    read_range(c, id, 0, 0).await
+}
+
+/// `ReadObject` of `[offset, offset + length)`, checking that chunks come in order.
+async fn read_range(
+    c: &mut RayletClient<AuthedChannel>,
+    id: ObjectId,
+    offset: u64,
+    length: u64,
+) -> Result<Vec<u8>, tonic::Status> {
     let mut stream = c
         .read_object(ReadObjectRequest {
             object_id: id.to_vec(),
-            chunk_size: 0,
+            chunk_size: 1 << 20,
+            offset,
+            length,
+            puller: None,
         })
         .await?
         .into_inner();
     let mut out = Vec::new();
     while let Some(chunk) = stream.message().await? {
+        assert_eq!(chunk.offset, offset + out.len() as u64, "chunks in order");
         out.extend_from_slice(&chunk.data);
     }
     Ok(out)
@@ -150,6 +165,47 @@ async fn a_streamed_object_is_sealed_whole_or_not_at_all() {
     })
     .await;
     assert!(read(&mut c, gone).await.is_err());
+
+    raylet.shutdown().await;
+    gcs.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn byte_ranges_of_an_object_are_served_and_bad_ranges_refused() {
+    let gcs = start_gcs().await;
+    let dir = tempfile::tempdir().unwrap();
+    let raylet = start_raylet(&gcs, dir.path(), &[("CPU", 1.0)]).await;
+    let mut c = raylet_client(&raylet).await;
+    let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let size = payload.len() as u64;
+    let id = ObjectId::random();
+    assert_eq!(
+        write(&mut c, vec![first(id, size, payload.clone())])
+            .await
+            .unwrap(),
+        size
+    );
+
+    // A range inside the object, one across chunk boundaries, and one cut at the end.
+    for (offset, length) in [(0, 10), (1_048_000, 1_100_000), (2_999_990, 1_000)] {
+        let got = read_range(&mut c, id, offset, length).await.unwrap();
+        let end = (offset + length).min(size) as usize;
+        assert!(
+            got == payload[offset as usize..end],
+            "range {offset}+{length}: {} bytes",
+            got.len()
+        );
+    }
+    // From an offset to the end; the end itself is an empty range that still names the size.
+    assert_eq!(
+        read_range(&mut c, id, 2_000_000, 0).await.unwrap(),
+        payload[2_000_000..]
+    );
+    assert!(read_range(&mut c, id, size, 0).await.unwrap().is_empty());
+    // Past the end: refused, and the object is served as before.
+    let e = read_range(&mut c, id, size + 1, 0).await.unwrap_err();
+    assert_eq!(ErrorCode::of_status(&e), ErrorCode::InvalidArgument, "{e}");
+    assert_eq!(read(&mut c, id).await.unwrap(), payload);
 
     raylet.shutdown().await;
     gcs.shutdown().await;

@@ -239,6 +239,9 @@ impl PlasmaClient {
             .read_object(ReadObjectRequest {
                 object_id: id.to_vec(),
                 chunk_size: TRANSFER_CHUNK_SIZE as u64,
+                offset: 0,
+                length: 0,
+                puller: None,
             })
             .await
             .map_err(lost)?
