@@ -130,6 +130,22 @@ fn encode_general<T: Serialize>(value: &T) -> Result<Vec<u8>> {
     })
 }
 
+/// The payload of an encoded `Vec<u8>`, in place.
+pub(crate) fn bytes_payload(bytes: &[u8]) -> Result<&[u8]> {
+    let err = |reason: String| Error::Deserialize {
+        what: "a byte vector".into(),
+        reason,
+    };
+    let (len, rest) = postcard::take_from_bytes::<usize>(bytes).map_err(|e| err(e.to_string()))?;
+    if rest.len() != len {
+        return Err(err(format!(
+            "byte vector says {len} bytes but {} follow",
+            rest.len()
+        )));
+    }
+    Ok(rest)
+}
+
 /// Decodes a value; a `Vec<u8>` is copied out in one `memcpy`.
 pub fn decode<T: DeserializeOwned + 'static>(bytes: &[u8]) -> Result<T> {
     let err = |reason: String| Error::Deserialize {
@@ -137,15 +153,18 @@ pub fn decode<T: DeserializeOwned + 'static>(bytes: &[u8]) -> Result<T> {
         reason,
     };
     if TypeId::of::<T>() == TypeId::of::<Vec<u8>>() {
-        let (len, rest) =
-            postcard::take_from_bytes::<usize>(bytes).map_err(|e| err(e.to_string()))?;
-        if rest.len() != len {
-            return Err(err(format!(
-                "byte vector says {len} bytes but {} follow",
-                rest.len()
-            )));
-        }
-        let boxed: Box<dyn Any> = Box::new(rest.to_vec());
+        let rest = bytes_payload(bytes)?;
+        let len = rest.len();
+        let out = if len < PARALLEL_COPY_MIN {
+            rest.to_vec()
+        } else {
+            // A large zeroed allocation is fresh pages the kernel zeroes on first touch, so
+            // the copy, spread over threads with its page faults, is the only pass.
+            let mut out = vec![0u8; len];
+            parallel_copy(&mut out, rest);
+            out
+        };
+        let boxed: Box<dyn Any> = Box::new(out);
         return match boxed.downcast::<T>() {
             Ok(v) => Ok(*v),
             Err(_) => Err(err("type mismatch".into())),

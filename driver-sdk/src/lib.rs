@@ -25,6 +25,7 @@ pub mod autoscaler;
 mod codec;
 mod error;
 pub mod metrics;
+mod object_bytes;
 mod object_ref;
 mod options;
 mod registry;
@@ -41,6 +42,7 @@ pub use error::{Error, Result};
 pub use miniray_common::ActorId;
 pub use miniray_common::NodeId;
 pub use miniray_macros::{actor, remote};
+pub use object_bytes::ObjectBytes;
 pub use object_ref::ObjectRef;
 pub use options::{Arg, IntoArg, TaskOptions};
 pub use runtime::bootstrap::InitOptions;
@@ -184,6 +186,23 @@ pub fn get_timeout<T: DeserializeOwned + 'static>(
 pub async fn get_async<T: DeserializeOwned + 'static>(r: &ObjectRef<T>) -> Result<T> {
     let cw = runtime::current()?;
     cw.get(&r.handle, None).await
+}
+
+/// The bytes of a `Vec<u8>` object, read in place when it lies in this node's object store
+/// (brought there first when it is on another node): no copy, whatever its size, as Ray's
+/// zero-copy numpy reads. The object stays pinned in the store while the result lives.
+/// Small objects and drivers connected from another machine get an owned copy
+/// ([`ObjectBytes::is_zero_copy`] tells which).
+pub fn get_bytes(r: &ObjectRef<Vec<u8>>) -> Result<ObjectBytes> {
+    let cw = runtime::current()?;
+    let ready = cw.is_ready_locally(r.id()) || cw.spin_until_ready(r.id());
+    cw.block_on_waiting(ready, cw.get_bytes(&r.handle, None))?
+}
+
+/// `get_bytes` for async code.
+pub async fn get_bytes_async(r: &ObjectRef<Vec<u8>>) -> Result<ObjectBytes> {
+    let cw = runtime::current()?;
+    cw.get_bytes(&r.handle, None).await
 }
 
 /// Waits for all the objects and returns their values in order.

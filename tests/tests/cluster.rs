@@ -56,7 +56,7 @@ fn a_busy_node_spills_tasks_to_a_free_one() {
 }
 
 #[test]
-fn a_200_mib_object_crosses_nodes_intact() {
+fn a_200_mib_object_crosses_nodes_intact_and_reads_in_place() {
     let mut cluster = Cluster::start(Options::default());
     let remote = cluster.add_node(1.0, &[("remote", 1.0)], false, 1 << 30);
     let run = cluster.run_driver(&["cross_node_object"]);
@@ -68,6 +68,9 @@ fn a_200_mib_object_crosses_nodes_intact() {
     assert_ne!(run.get("remote_node"), run.get("driver_node"));
     assert_eq!(run.get("to_remote_ok"), "true");
     assert_eq!(run.get("from_remote_ok"), "true");
+    assert_eq!(run.get("from_remote_view"), "true:true");
+    assert_eq!(run.get("local_view"), "true:true");
+    assert_eq!(run.get("inline_view"), "false:[1, 2, 3]");
 }
 
 #[test]

@@ -364,6 +364,53 @@ impl CoreWorker {
         self.read(h.id, &v).await
     }
 
+    /// The bytes of a `Vec<u8>` object: in place when it is in (or can be pulled into)
+    /// this node's store, else owned.
+    pub(crate) async fn get_bytes(
+        self: &Arc<Self>,
+        h: &RefHandle,
+        timeout: Option<Duration>,
+    ) -> Result<crate::ObjectBytes> {
+        let v = self.resolve(h, timeout).await?;
+        let node = match &v {
+            Value::Plasma { node, .. } if !self.plasma.is_remote() => node,
+            _ => {
+                return self
+                    .read::<Vec<u8>>(h.id, &v)
+                    .await
+                    .map(crate::ObjectBytes::owned);
+            }
+        };
+        self.make_local(h.id, node).await?;
+        let Some(loc) = self.plasma.pin(h.id).await? else {
+            return Err(Error::ObjectLost {
+                object_id: h.id.to_string(),
+                reason: "it is no longer in the object store".into(),
+            });
+        };
+        let payload = self
+            .plasma
+            .slice(loc)
+            .and_then(codec::bytes_payload)
+            .map(|p| (p.as_ptr(), p.len()));
+        match payload {
+            // SAFETY: the payload lies in this store's mapping, in object `id`, on which
+            // `pin` took the one reader pin handed over here.
+            Ok((ptr, len)) => Ok(unsafe {
+                crate::ObjectBytes::in_store(
+                    Arc::clone(self),
+                    h.id,
+                    std::slice::from_raw_parts(ptr, len),
+                )
+            }),
+            Err(e) => {
+                // Release the pin, so a bad object does not stay pinned.
+                let _ = self.plasma.release(&[h.id]).await;
+                Err(e)
+            }
+        }
+    }
+
     /// Stores a value owned by this process: inline when small, else in this node's plasma.
     pub(crate) async fn put_value<T: Serialize + 'static>(
         self: &Arc<Self>,

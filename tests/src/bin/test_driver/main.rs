@@ -256,6 +256,27 @@ fn run(scenario: &str) -> anyhow::Result<()> {
                 "from_remote_ok",
                 bytes.len() as u64 == len && fnv(&bytes) == fnv(&pattern(len as usize, 9)),
             );
+            // Read in place: the pulled copy here, the driver's own put, and (owned) a
+            // small inline value.
+            let view = miniray::get_bytes(&made)?;
+            out(
+                "from_remote_view",
+                format!("{}:{}", view.is_zero_copy(), fnv(&view) == fnv(&bytes)),
+            );
+            let local = miniray::get_bytes(&big)?;
+            out(
+                "local_view",
+                format!(
+                    "{}:{}",
+                    local.is_zero_copy(),
+                    local.len() as u64 == len && fnv(&local) == expected
+                ),
+            );
+            let small = miniray::get_bytes(&miniray::put(vec![1u8, 2, 3])?)?;
+            out(
+                "inline_view",
+                format!("{}:{:?}", small.is_zero_copy(), &small[..]),
+            );
         }
         "failures" => {
             report(
