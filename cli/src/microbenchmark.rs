@@ -2,14 +2,18 @@
 //! against a private local cluster or the cluster at `MINIRAY_ADDRESS`.
 //!
 //! Each metric runs a warm-up, then four timed trials; the printed value is the mean rate
-//! over the trials (`metric value`, one line each; the spread goes to stderr). The last,
-//! `nested_tree_sum_8192`, is seconds per run, lower is better: each trial runs cold, on a
-//! new connection, without a warm-up.
+//! over the trials (`metric value`, one line each; the spread goes to stderr). Then
+//! `nested_tree_sum_8192`, seconds per run, lower is better: each trial runs cold, on a
+//! new connection, without a warm-up; and `worker_start_latency`, milliseconds, lower is
+//! better, also cold. Last, the metrics that need several nodes run on a
+//! local cluster of four the microbenchmark starts itself (see [`multi_node`]).
 //!
 //! Ray's `ray.put` always goes through its shared-memory store. Here a small object stays
 //! in its owner's process, so `single_client_put_calls` and `single_client_get_calls`
 //! measure that in-process store; their `_plasma` twins use objects just above the inline
 //! limit, which go through the node's plasma store as Ray's do.
+
+mod multi_node;
 
 use std::time::{Duration, Instant};
 
@@ -172,6 +176,25 @@ impl Bench<'_> {
         Ok(())
     }
 
+    /// Runs `f` once per trial, without a warm-up, and prints `name value`: the mean of
+    /// the values `f` returns (each trial times what it measures itself).
+    fn time_each(
+        &self,
+        name: &str,
+        mut f: impl FnMut() -> anyhow::Result<f64>,
+    ) -> anyhow::Result<()> {
+        if !self.wanted(name) {
+            return Ok(());
+        }
+        let values = (0..self.args.trials.max(1))
+            .map(|_| f().with_context(|| name.to_string()))
+            .collect::<anyhow::Result<Vec<f64>>>()?;
+        let mean = values.iter().sum::<f64>() / values.len() as f64;
+        println!("{name} {mean:.3}");
+        eprintln!("  {name}: {mean:.3} (trials: {values:.3?})");
+        Ok(())
+    }
+
     /// Runs `f` repeatedly and prints `name rate` where rate = multiplier * calls / second.
     fn timeit(
         &self,
@@ -231,7 +254,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     miniray::init().context("starting miniray")?;
     let result = run_all(&args);
     miniray::shutdown();
-    result
+    result?;
+    multi_node::run(&Bench { args: &args })
 }
 
 fn run_all(args: &BenchArgs) -> anyhow::Result<()> {
@@ -242,7 +266,47 @@ fn run_all(args: &BenchArgs) -> anyhow::Result<()> {
         let sum = miniray::get(&tree_sum::remote(0, 8192)?)?;
         anyhow::ensure!(sum == 8192 * 8191 / 2, "tree_sum(0, 8192) returned {sum}");
         Ok(())
-    })
+    })?;
+    worker_start_latency(&b)
+}
+
+/// Tasks submitted at once per cold trial of `worker_start_latency`: one per core here.
+const WORKER_STARTS: usize = 2;
+
+/// When it started (unix µs); then it keeps its worker for `hold_ms`, so that tasks
+/// submitted together each start a worker of their own.
+#[miniray::remote(num_cpus = 0)]
+fn started_at(hold_ms: u64) -> u64 {
+    let now = miniray_common::time::now_us();
+    std::thread::sleep(Duration::from_millis(hold_ms));
+    now
+}
+
+/// `worker_start_latency`: milliseconds from submitting a task in a new job (no worker
+/// of the job exists) to the task running on a worker started for it, the median over
+/// [`WORKER_STARTS`] tasks submitted at once per trial, each trial on a new connection.
+fn worker_start_latency(b: &Bench<'_>) -> anyhow::Result<()> {
+    let name = "worker_start_latency";
+    if !b.wanted(name) {
+        return Ok(());
+    }
+    let mut latencies = Vec::new();
+    for _ in 0..b.args.trials.max(1) {
+        miniray::shutdown();
+        miniray::init().with_context(|| format!("{name}: starting miniray"))?;
+        let submitted = miniray_common::time::now_us();
+        let refs = (0..WORKER_STARTS)
+            .map(|_| started_at::remote(100))
+            .collect::<miniray::Result<Vec<_>>>()?;
+        for started in miniray::get_all(&refs)? {
+            latencies.push(started.saturating_sub(submitted) as f64 / 1000.0);
+        }
+    }
+    latencies.sort_by(f64::total_cmp);
+    let median = latencies[latencies.len() / 2];
+    println!("{name} {median:.3}");
+    eprintln!("  {name}: median {median:.3} ms (all: {latencies:.1?})");
+    Ok(())
 }
 
 /// The loops that share one connection and warm up first.

@@ -23,6 +23,9 @@ const METRICS: &[&str] = &[
     "1_n_actor_calls_async",
     "n_n_actor_calls_async",
     "nested_tree_sum_8192",
+    "worker_start_latency",
+    "inter_node_get_gigabytes",
+    "broadcast_1gib_3_nodes_s",
 ];
 
 #[test]
