@@ -15,6 +15,7 @@ const METRICS: &[&str] = &[
     "single_client_put_gigabytes",
     "single_client_tasks_and_get_batch",
     "single_client_wait_1k_refs",
+    "single_client_get_object_containing_10k_refs",
     "single_client_tasks_sync",
     "single_client_tasks_async",
     "multi_client_tasks_async",

@@ -1,7 +1,6 @@
 //! The metrics that need more than one node, on a local cluster the microbenchmark starts
-//! itself (whatever `MINIRAY_ADDRESS` says): a head and [`EXTRA_NODES`] more raylets, all
-//! on loopback, each holding a resource that names it (`bench_node_<k>`), so a task can be
-//! placed on a chosen node. The driver works through the head.
+//! itself (whatever `MINIRAY_ADDRESS` says, see [`LocalNodes`]): a head and
+//! [`EXTRA_NODES`] more raylets. The driver works through the head.
 //!
 //! - `inter_node_get_gigabytes`: a task on node 1 makes 1 GiB; once it is done, the driver
 //!   times its `get_bytes` (the pull into the head's store, then a view of it, as Ray's
@@ -11,18 +10,13 @@
 //!   answered, lower is better (Ray's object-store broadcast release test, whose tasks take
 //!   the array as a zero-copy argument).
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::Child;
 use std::time::Instant;
 
 use anyhow::Context;
-use miniray::cluster::{DaemonSpec, GcsSpec, RayletSpec, spawn_daemon, stop_daemon};
-use miniray::{InitOptions, NodeId, ObjectRef};
-use miniray_common::Resources;
-use miniray_common::config::{self, DEFAULT_NODE_TIMEOUT};
+use miniray::ObjectRef;
 
 use super::Bench;
+use super::local_nodes::LocalNodes;
 
 const GIB: u64 = 1 << 30;
 
@@ -50,104 +44,6 @@ fn byte_len(object: Vec<ObjectRef<Vec<u8>>>) -> u64 {
         .unwrap_or(0)
 }
 
-/// The resource only node `k` (1-based) has.
-fn node_resource(k: usize) -> String {
-    format!("bench_node_{k}")
-}
-
-/// A GCS and `1 + EXTRA_NODES` raylets, stopped (raylets first) when dropped.
-struct LocalNodes {
-    gcs: Child,
-    raylets: Vec<Child>,
-    gcs_address: String,
-    token: String,
-    session_dir: PathBuf,
-}
-
-impl LocalNodes {
-    fn start() -> anyhow::Result<Self> {
-        let exe = std::env::current_exe().context("finding this program's executable")?;
-        for _ in 0..=EXTRA_NODES {
-            miniray_common::shm::check_fits(&miniray_common::shm::plasma_dir(), STORE_BYTES)
-                .context("the multi-node metrics need 1.5 GiB of plasma per node")?;
-        }
-        let session_name = format!(
-            "session_{}_{}_bench",
-            miniray_common::time::now_ms(),
-            std::process::id()
-        );
-        let session_dir = config::tmp_root().join(&session_name);
-        let logs = session_dir.join("logs");
-        let token = miniray_common::auth::generate_token();
-        let gcs = spawn_daemon(
-            &exe,
-            &DaemonSpec::Gcs(GcsSpec {
-                bind: SocketAddr::from(([127, 0, 0, 1], 0)),
-                token: token.clone(),
-                session_name,
-                redis_address: None,
-                node_timeout_ms: DEFAULT_NODE_TIMEOUT.as_millis() as u64,
-                max_destroyed_actors: None,
-                max_task_events: None,
-                tls: None,
-                metrics_port: None,
-            }),
-            &logs.join("gcs.err"),
-            true,
-        )
-        .context("starting the GCS")?;
-        let mut nodes = LocalNodes {
-            gcs: gcs.child,
-            raylets: Vec::new(),
-            gcs_address: gcs.address,
-            token,
-            session_dir,
-        };
-        for k in 0..=EXTRA_NODES {
-            let mut resources = Resources::new();
-            if k > 0 {
-                resources.set(node_resource(k), 1.0)?;
-            }
-            let raylet = spawn_daemon(
-                &exe,
-                &DaemonSpec::Raylet(RayletSpec {
-                    gcs_address: nodes.gcs_address.clone(),
-                    token: nodes.token.clone(),
-                    bind_host: "127.0.0.1".into(),
-                    port: 0,
-                    node_id: NodeId::random(),
-                    resources,
-                    object_store_memory: STORE_BYTES,
-                    prefault_object_store: false,
-                    is_head: k == 0,
-                    session_dir: nodes.session_dir.clone(),
-                    plasma_dir: None,
-                    tls: None,
-                    cloud_instance_id: None,
-                    node_type: None,
-                    num_cpus: Some(1.0),
-                    metrics_port: None,
-                }),
-                &logs.join(format!("raylet-{k}.err")),
-                true,
-            )
-            .with_context(|| format!("starting raylet {k}"))?;
-            nodes.raylets.push(raylet.child);
-        }
-        Ok(nodes)
-    }
-}
-
-impl Drop for LocalNodes {
-    fn drop(&mut self) {
-        for raylet in &mut self.raylets {
-            stop_daemon(raylet);
-        }
-        stop_daemon(&mut self.gcs);
-        let _ = std::fs::remove_dir_all(&self.session_dir);
-    }
-}
-
 /// Runs the multi-node metrics (those `--filter` lets through) on their own cluster; the
 /// caller's connection must be shut down.
 pub(super) fn run(b: &Bench<'_>) -> anyhow::Result<()> {
@@ -155,13 +51,8 @@ pub(super) fn run(b: &Bench<'_>) -> anyhow::Result<()> {
     if !names.iter().any(|n| b.wanted(n)) {
         return Ok(());
     }
-    let nodes = LocalNodes::start()?;
-    miniray::init_with(
-        InitOptions::new()
-            .address(nodes.gcs_address.clone())
-            .token(nodes.token.clone()),
-    )
-    .context("joining the multi-node cluster")?;
+    let nodes = LocalNodes::start(1 + EXTRA_NODES, STORE_BYTES, 1.0)?;
+    nodes.join().context("joining the multi-node cluster")?;
     let result = metrics(b);
     miniray::shutdown();
     drop(nodes);
@@ -173,7 +64,7 @@ fn metrics(b: &Bench<'_>) -> anyhow::Result<()> {
     let warm = (1..=EXTRA_NODES)
         .map(|k| {
             byte_len::options()
-                .resource(node_resource(k), 1.0)
+                .resource(LocalNodes::resource(k), 1.0)
                 .remote(Vec::<ObjectRef<Vec<u8>>>::new())
         })
         .collect::<miniray::Result<Vec<_>>>()?;
@@ -181,7 +72,7 @@ fn metrics(b: &Bench<'_>) -> anyhow::Result<()> {
 
     b.time_each("inter_node_get_gigabytes", || {
         let made = filled_bytes::options()
-            .resource(node_resource(1), 1.0)
+            .resource(LocalNodes::resource(1), 1.0)
             .remote(GIB)?;
         miniray::wait(std::slice::from_ref(&made), 1, None)?;
         let start = Instant::now();
@@ -200,7 +91,7 @@ fn metrics(b: &Bench<'_>) -> anyhow::Result<()> {
         let lens = (1..=EXTRA_NODES)
             .map(|k| {
                 byte_len::options()
-                    .resource(node_resource(k), 1.0)
+                    .resource(LocalNodes::resource(k), 1.0)
                     .remote(vec![object.clone()])
             })
             .collect::<miniray::Result<Vec<_>>>()?;

@@ -42,7 +42,7 @@ use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
 use miniray_common::auth::{AuthedChannel, connect_lazy};
 use miniray_common::config::{MAX_MESSAGE_SIZE, TRANSFER_CHUNK_SIZE};
 use miniray_common::{ErrorCode, NodeId, ObjectId};
-use miniray_plasma::PlasmaStore;
+use miniray_plasma::{PlasmaError, PlasmaStore};
 use miniray_proto::raylet_client::RayletClient;
 use miniray_proto::{NodeAddress, ObjectChunk, ReadObjectRequest};
 use tokio::sync::mpsc;
@@ -225,7 +225,14 @@ impl ObjectManager {
                     Served::Sealed { .. } => store.sealed_view(id, at, len as usize),
                     Served::Arriving(progress) => {
                         match progress.wait_written(at, at + len, PEER_PATIENCE).await {
-                            Ok(()) => store.written_view(id, at, len as usize),
+                            // Failed by now: the view may be of a new copy of `id` (this
+                            // pull aborted, another began), not of the bytes awaited.
+                            Ok(()) => store.written_view(id, at, len as usize).and_then(|view| {
+                                match progress.has_failed() {
+                                    false => Ok(view),
+                                    true => Err(PlasmaError::NotFound(id)),
+                                }
+                            }),
                             Err(e) => {
                                 let msg = format!("object {id} bytes at {at}: {e}");
                                 let _ = tx.send(Err(ErrorCode::Unavailable.status(msg))).await;
@@ -383,6 +390,8 @@ impl ObjectManager {
             armed: true,
         };
         let progress = Arc::new(Progress::new(total, PULL_RANGE));
+        // After `guard`, so dropped before it: a failed pull is marked failed before its
+        // copy is aborted (see `Progress::has_failed`).
         let arriving = Arriving::register(&self.arriving, id, Arc::clone(&progress));
 
         let head_end = total.min(PULL_RANGE);

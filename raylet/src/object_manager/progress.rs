@@ -66,6 +66,12 @@ impl Progress {
         self.changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 
+    /// Whether the pull failed. It is marked failed before its copy is aborted, so a view
+    /// taken before this answers `false` is of this pull's copy.
+    pub(crate) fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
     fn is_written(&self, start: u64, end: u64) -> bool {
         if end <= start {
             return true;
@@ -88,7 +94,7 @@ impl Progress {
             if self.is_written(start, end) {
                 return Ok(());
             }
-            if self.failed.load(Ordering::Acquire) {
+            if self.has_failed() {
                 return Err(ProgressError::Failed);
             }
             match tokio::time::timeout(patience, changes.changed()).await {
