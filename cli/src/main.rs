@@ -1,5 +1,5 @@
 //! `miniray`: start and stop cluster nodes, put a cluster on Kubernetes (`up`, `down`), show
-//! cluster status, run the microbenchmark.
+//! cluster status, run the microbenchmark and the scale benchmark.
 //!
 //! The binary is also a miniray executable: the daemons `start` launches are this binary
 //! started in a daemon role, and the microbenchmark's workers are this binary in worker mode.
@@ -10,6 +10,7 @@ mod dashboard;
 mod job;
 mod k8s;
 mod microbenchmark;
+mod scale_bench;
 mod simulate;
 mod start;
 mod status;
@@ -42,6 +43,9 @@ enum Command {
     Timeline(timeline::TimelineArgs),
     /// Run Ray's core microbenchmark loops and print `metric value` lines.
     Microbenchmark(microbenchmark::BenchArgs),
+    /// Measure Ray's scalability envelope on this machine (many tasks, actors, nodes) on
+    /// local clusters it starts, with each process's peak memory.
+    ScaleBench(scale_bench::ScaleArgs),
     /// Put a cluster's head on Kubernetes from its autoscaling config (provider type
     /// kubernetes), wait until it is ready, and print its address.
     Up(k8s::UpArgs),
@@ -85,6 +89,7 @@ fn main() -> anyhow::Result<()> {
         Command::Status(args) => status::status(args),
         Command::Timeline(args) => timeline::timeline(args),
         Command::Microbenchmark(args) => microbenchmark::run(args),
+        Command::ScaleBench(args) => scale_bench::run(args),
         Command::Up(args) => k8s::up(args),
         Command::Down(args) => k8s::down(args),
         Command::Tls(command) => tls::run(command),

@@ -13,7 +13,7 @@
 //! measure that in-process store; their `_plasma` twins use objects just above the inline
 //! limit, which go through the node's plasma store as Ray's do.
 
-mod local_nodes;
+pub(crate) mod local_nodes;
 mod multi_node;
 
 use std::time::{Duration, Instant};

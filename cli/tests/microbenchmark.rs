@@ -1,10 +1,12 @@
 //! `miniray microbenchmark` runs every loop of `cli/src/microbenchmark.rs` once, briefly
 //! (one warm-up call, one trial of a millisecond), and each prints a positive figure.
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+#[path = "support/bench_run.rs"]
+mod bench_run;
 
-const MINIRAY: &str = env!("CARGO_BIN_EXE_miniray");
+use std::time::Duration;
+
+use bench_run::run_bench;
 
 /// Every loop, in the order the command runs them.
 const METRICS: &[&str] = &[
@@ -31,17 +33,8 @@ const METRICS: &[&str] = &[
 
 #[test]
 fn every_loop_runs_once_and_prints_a_positive_figure() {
-    let tmp = std::env::temp_dir().join(format!(
-        "miniray-bench-test-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0)
-    ));
-    std::fs::create_dir_all(&tmp).expect("temp root");
-    let mut child = Command::new(MINIRAY)
-        .args([
+    let (printed, stdout) = run_bench(
+        &[
             "microbenchmark",
             "--warmup-secs",
             "0",
@@ -49,39 +42,9 @@ fn every_loop_runs_once_and_prints_a_positive_figure() {
             "0.001",
             "--trials",
             "1",
-        ])
-        .env("MINIRAY_TMPDIR", &tmp)
-        .env_remove("MINIRAY_ADDRESS")
-        .env_remove("MINIRAY_TOKEN")
-        .env_remove("MINIRAY_ROLE")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start miniray microbenchmark");
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while child.try_wait().expect("wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().expect("output");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let _ = std::fs::remove_dir_all(&tmp);
-    assert!(
-        out.status.success(),
-        "--- stdout\n{stdout}\n--- stderr\n{stderr}"
+        ],
+        Duration::from_secs(600),
     );
-    let printed: Vec<(String, f64)> = stdout
-        .lines()
-        .filter_map(|l| {
-            let (name, value) = l.split_once(' ')?;
-            Some((name.to_string(), value.trim().parse().ok()?))
-        })
-        .collect();
     let names: Vec<&str> = printed.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, METRICS, "--- stdout\n{stdout}");
     for (name, value) in &printed {

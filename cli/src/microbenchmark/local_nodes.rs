@@ -14,7 +14,7 @@ use miniray_common::Resources;
 use miniray_common::config::{self, DEFAULT_NODE_TIMEOUT};
 
 /// A GCS and its raylets, stopped (raylets first) when dropped.
-pub(super) struct LocalNodes {
+pub(crate) struct LocalNodes {
     gcs: Child,
     raylets: Vec<Child>,
     gcs_address: String,
@@ -24,13 +24,13 @@ pub(super) struct LocalNodes {
 
 impl LocalNodes {
     /// The resource only node `k` (1-based, after the head) has.
-    pub(super) fn resource(k: usize) -> String {
+    pub(crate) fn resource(k: usize) -> String {
         format!("bench_node_{k}")
     }
 
     /// Starts a GCS and `count` raylets (the first is the head), each with `store_bytes`
     /// of plasma and `cpus` CPUs.
-    pub(super) fn start(count: usize, store_bytes: u64, cpus: f64) -> anyhow::Result<Self> {
+    pub(crate) fn start(count: usize, store_bytes: u64, cpus: f64) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("finding this program's executable")?;
         let all = store_bytes.saturating_mul(count as u64);
         miniray_common::shm::check_fits(&miniray_common::shm::plasma_dir(), all)
@@ -101,8 +101,28 @@ impl LocalNodes {
         Ok(nodes)
     }
 
+    /// The GCS's `HOST:PORT`.
+    pub(crate) fn gcs_address(&self) -> &str {
+        &self.gcs_address
+    }
+
+    /// The cluster token.
+    pub(crate) fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// The pid of the GCS.
+    pub(crate) fn gcs_pid(&self) -> u32 {
+        self.gcs.id()
+    }
+
+    /// The pids of the raylets, the head first.
+    pub(crate) fn raylet_pids(&self) -> Vec<u32> {
+        self.raylets.iter().map(Child::id).collect()
+    }
+
     /// Connects this process to the cluster as a driver: a new job.
-    pub(super) fn join(&self) -> miniray::Result<()> {
+    pub(crate) fn join(&self) -> miniray::Result<()> {
         miniray::init_with(
             InitOptions::new()
                 .address(self.gcs_address.clone())
