@@ -309,16 +309,20 @@ impl Reservations {
 impl Inner {
     /// The live (not doomed) object `id`, which must be sealed (`sealed`) or not yet.
     fn live_mut(&mut self, id: ObjectId, sealed: bool) -> Result<&mut Entry, PlasmaError> {
-        let e = self
-            .objects
-            .get_mut(&id)
-            .filter(|e| !e.doomed)
-            .ok_or(PlasmaError::NotFound(id))?;
+        let e = self.live_any(id)?;
         match (e.sealed, sealed) {
             (true, false) => Err(PlasmaError::AlreadySealed(id)),
             (false, true) => Err(PlasmaError::NotSealed(id)),
             _ => Ok(e),
         }
+    }
+
+    /// The live (not doomed) object `id`, sealed or not.
+    fn live_any(&mut self, id: ObjectId) -> Result<&mut Entry, PlasmaError> {
+        self.objects
+            .get_mut(&id)
+            .filter(|e| !e.doomed)
+            .ok_or(PlasmaError::NotFound(id))
     }
 
     fn tick(&mut self) -> u64 {
@@ -1019,11 +1023,7 @@ impl PlasmaStore {
             let e = if sealed_only {
                 inner.live_mut(id, true)?
             } else {
-                inner
-                    .objects
-                    .get_mut(&id)
-                    .filter(|e| !e.doomed)
-                    .ok_or(PlasmaError::NotFound(id))?
+                inner.live_any(id)?
             };
             check_range(e.size, offset, len as u64)?;
             e.io += 1;
