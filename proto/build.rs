@@ -20,6 +20,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Object chunks too: received data is written to plasma straight from the
         // message's receive buffer, and served data can be a view of plasma.
         .bytes(".miniray.ObjectChunk")
+        // Executable chunks are slices of one buffer on every side: the GCS serves a
+        // stored executable to many raylets at once without a copy per fetch.
+        .bytes(".miniray.ExecutableChunk")
         .compile_fds(descriptors)?;
     Ok(())
 }

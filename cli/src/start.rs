@@ -73,6 +73,11 @@ pub struct StartArgs {
     /// oldest are dropped first.
     #[arg(long, default_value_t = miniray::cluster::DEFAULT_MAX_TASK_EVENTS)]
     max_task_events: usize,
+    /// Bytes of job executables no running job uses that this node keeps cached, so that
+    /// a driver run again starts its workers without fetching its executable; the least
+    /// recently used go first beyond this (0: remove each as its last job ends).
+    #[arg(long, env = "MINIRAY_EXECUTABLE_CACHE_BYTES", default_value_t = miniray::cluster::DEFAULT_EXECUTABLE_CACHE_BYTES)]
+    executable_cache_bytes: u64,
     #[command(flatten)]
     tls: crate::tls::TlsArgs,
     /// Run the autoscaler on this head with this config (YAML); checked before anything
@@ -296,6 +301,7 @@ pub fn start(args: StartArgs) -> anyhow::Result<()> {
         node_type: non_empty_env(config::env::NODE_TYPE),
         num_cpus,
         metrics_port: Some(args.metrics_port),
+        executable_cache_bytes: Some(args.executable_cache_bytes),
     };
     let segment = raylet_spec.segment_path();
     let raylet = spawn(

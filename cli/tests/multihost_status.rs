@@ -105,6 +105,7 @@ fn status_from_another_host_lists_each_node_with_its_own_ip() {
                 plasma_dir: None,
                 tls: None,
                 metrics_port: None,
+                executable_cache_bytes: None,
                 cloud_instance_id: None,
                 node_type: None,
                 num_cpus: None,

@@ -50,8 +50,9 @@ pub use runtime::bootstrap::InitOptions;
 /// Daemon roles of a miniray executable, for `miniray start` and tests.
 pub mod cluster {
     pub use crate::runtime::cluster::{
-        DEFAULT_MAX_DESTROYED_ACTORS, DEFAULT_MAX_TASK_EVENTS, DaemonSpec, GcsSpec, RayletSpec,
-        SpawnedDaemon, run_daemon_from_env, spawn_daemon, spawn_daemon_via, stop_daemon,
+        DEFAULT_EXECUTABLE_CACHE_BYTES, DEFAULT_MAX_DESTROYED_ACTORS, DEFAULT_MAX_TASK_EVENTS,
+        DaemonSpec, GcsSpec, RayletSpec, SpawnedDaemon, run_daemon_from_env, spawn_daemon,
+        spawn_daemon_via, stop_daemon,
     };
 }
 

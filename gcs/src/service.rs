@@ -24,6 +24,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures::Stream;
 use miniray_common::ids::InvalidId;
 use miniray_common::time::now_ms;
@@ -938,7 +939,7 @@ impl Gcs for GcsService {
         }
         self.state
             .storage
-            .put(EXECUTABLES_TABLE, hash.as_bytes(), &data)
+            .put_shared(EXECUTABLES_TABLE, hash.as_bytes(), data.into())
             .await
             .map_err(|e| e.to_status())?;
         tracing::info!(hash = %hash, size = total, "executable stored");
@@ -955,11 +956,11 @@ impl Gcs for GcsService {
         let data = self
             .state
             .storage
-            .get(EXECUTABLES_TABLE, hash.as_bytes())
+            .get_shared(EXECUTABLES_TABLE, hash.as_bytes())
             .await
             .map_err(|e| e.to_status())?
             .ok_or_else(|| ErrorCode::NotFound.status(format!("unknown executable {hash}")))?;
-        Ok(Response::new(chunk_stream(hash, Arc::new(data))))
+        Ok(Response::new(chunk_stream(hash, data)))
     }
 
     async fn kv_put(&self, request: Request<KvPutRequest>) -> Result<Response<KvPutReply>, Status> {
@@ -1238,7 +1239,8 @@ fn address_host(info: &NodeInfo) -> String {
 
 /// The executable as `TRANSFER_CHUNK_SIZE` chunks; the first carries hash and total size.
 /// An empty executable is one empty chunk, so the receiver always learns the hash.
-fn chunk_stream(hash: String, data: Arc<Vec<u8>>) -> ChunkStream {
+/// `data` in `TRANSFER_CHUNK_SIZE` chunks, each a slice of it (no copy).
+fn chunk_stream(hash: String, data: Bytes) -> ChunkStream {
     let chunk = miniray_common::config::TRANSFER_CHUNK_SIZE;
     let total = data.len();
     let count = total.div_ceil(chunk).max(1);
@@ -1249,7 +1251,7 @@ fn chunk_stream(hash: String, data: Arc<Vec<u8>>) -> ChunkStream {
         Ok(ExecutableChunk {
             hash: if first { hash.clone() } else { String::new() },
             total_size: if first { total as u64 } else { 0 },
-            data: data[start..end].to_vec(),
+            data: data.slice(start..end),
         })
     })))
 }

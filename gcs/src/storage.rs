@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use miniray_common::ErrorCode;
 use parking_lot::RwLock;
 use redis::aio::ConnectionManager;
@@ -87,6 +88,24 @@ pub trait Storage: Send + Sync {
 
     async fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
 
+    /// [`Storage::put`] of a value the caller hands over, which a backend that keeps
+    /// values in memory keeps without a copy.
+    async fn put_shared(
+        &self,
+        table: &str,
+        key: &[u8],
+        value: Bytes,
+    ) -> Result<bool, StorageError> {
+        self.put(table, key, &value).await
+    }
+
+    /// [`Storage::get`] as a shared buffer: a backend that keeps values in memory hands
+    /// out the value itself, so that serving a large value (an executable) to many
+    /// readers at once costs no copy per reader.
+    async fn get_shared(&self, table: &str, key: &[u8]) -> Result<Option<Bytes>, StorageError> {
+        Ok(self.get(table, key).await?.map(Bytes::from))
+    }
+
     async fn exists(&self, table: &str, key: &[u8]) -> Result<bool, StorageError>;
 
     /// Removes `key`. Returns true when it existed.
@@ -104,7 +123,7 @@ pub trait Storage: Send + Sync {
 }
 
 /// One table: sorted so prefix listing is a range scan.
-type MemoryTable = BTreeMap<Vec<u8>, Vec<u8>>;
+type MemoryTable = BTreeMap<Vec<u8>, Bytes>;
 
 /// Tables in process memory. Cheap, lost when the process exits.
 #[derive(Default)]
@@ -121,9 +140,19 @@ impl MemoryStorage {
 #[async_trait]
 impl Storage for MemoryStorage {
     async fn put(&self, table: &str, key: &[u8], value: &[u8]) -> Result<bool, StorageError> {
+        self.put_shared(table, key, Bytes::copy_from_slice(value))
+            .await
+    }
+
+    async fn put_shared(
+        &self,
+        table: &str,
+        key: &[u8],
+        value: Bytes,
+    ) -> Result<bool, StorageError> {
         let mut tables = self.tables.write();
         let t = tables.entry(table.to_string()).or_default();
-        Ok(t.insert(key.to_vec(), value.to_vec()).is_none())
+        Ok(t.insert(key.to_vec(), value).is_none())
     }
 
     async fn put_if_absent(
@@ -137,11 +166,20 @@ impl Storage for MemoryStorage {
         if t.contains_key(key) {
             return Ok(false);
         }
-        t.insert(key.to_vec(), value.to_vec());
+        t.insert(key.to_vec(), Bytes::copy_from_slice(value));
         Ok(true)
     }
 
     async fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self
+            .tables
+            .read()
+            .get(table)
+            .and_then(|t| t.get(key))
+            .map(|v| v.to_vec()))
+    }
+
+    async fn get_shared(&self, table: &str, key: &[u8]) -> Result<Option<Bytes>, StorageError> {
         Ok(self
             .tables
             .read()
@@ -171,7 +209,7 @@ impl Storage for MemoryStorage {
             .tables
             .read()
             .get(table)
-            .map(|t| t.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .map(|t| t.iter().map(|(k, v)| (k.clone(), v.to_vec())).collect())
             .unwrap_or_default())
     }
 

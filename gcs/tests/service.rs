@@ -358,7 +358,7 @@ async fn upload(
     let mut chunks: Vec<ExecutableChunk> = data
         .chunks(TRANSFER_CHUNK_SIZE)
         .map(|c| ExecutableChunk {
-            data: c.to_vec(),
+            data: c.to_vec().into(),
             ..Default::default()
         })
         .collect();
@@ -763,7 +763,7 @@ async fn restart_on_redis_keeps_the_cluster_state() {
         .await
         .unwrap()
         .into_inner()
-        .map(|c| c.unwrap().data)
+        .map(|c| c.unwrap().data.to_vec())
         .concat()
         .await;
     assert!(downloaded == exe);

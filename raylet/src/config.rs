@@ -57,6 +57,9 @@ pub struct RayletConfig {
     pub metrics_port: Option<u16>,
     /// How often the task events of this node's core workers go to the GCS.
     pub task_events_forward_interval: Duration,
+    /// Bytes of cached job executables no running job uses that stay on disk for a job
+    /// that runs them again (see `executable_cache.rs`).
+    pub executable_cache_bytes: u64,
 }
 
 impl RayletConfig {
@@ -124,6 +127,7 @@ impl Default for RayletConfig {
             num_cpus: None,
             metrics_port: None,
             task_events_forward_interval: crate::task_events::DEFAULT_TASK_EVENTS_FORWARD_INTERVAL,
+            executable_cache_bytes: crate::executable_cache::DEFAULT_UNUSED_BUDGET,
         }
     }
 }

@@ -15,15 +15,21 @@
 //!   within the same tick could otherwise keep them (git's "racy" entries).
 //! - The hash is validated as 64 lowercase hex characters before it touches a path, so a
 //!   hostile job record cannot escape the cache folder.
-//! - A raylet removes a cached executable once no job it knows of uses it ([`remove`]).
-//!   Several raylets on one machine share the folder, so a file can vanish between
+//! - An executable no job of this raylet uses any more is kept for a job that runs it
+//!   again (the same driver run twice starts its workers without a fetch), up to a byte
+//!   budget for such unused files, as Ray keeps unused runtime-env packages up to a cache
+//!   size. Past the budget, the least recently released go first ([`release`]); a budget
+//!   of 0 removes each file as its last job ends. Only a file no known job uses is ever
+//!   removed, and the worker pool calls [`release`] under its jobs lock, where a new job
+//!   is registered before its first spawn looks for the file.
+//! - Several raylets on one machine share the folder, so a file can vanish between
 //!   [`ensure`] and the spawn of another raylet: that spawn fails with ENOENT and the
 //!   worker pool fetches it again (`spawn_refetching`). A running worker is unaffected.
 //!
-//! [`remove`]: ExecutableCache::remove
+//! [`release`]: ExecutableCache::release
 //! [`ensure`]: ExecutableCache::ensure
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::Read;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -117,9 +123,33 @@ impl Verified {
     }
 }
 
+/// Default byte budget of cached executables no job uses
+/// (`MINIRAY_EXECUTABLE_CACHE_BYTES`).
+pub const DEFAULT_UNUSED_BUDGET: u64 = 1 << 30;
+
+/// Cached executables no job of this raylet uses, least recently released first.
+#[derive(Default)]
+struct Unused {
+    files: VecDeque<(String, u64)>,
+    bytes: u64,
+}
+
+impl Unused {
+    /// Takes `hash` out (it is in use again, or gone); its size, if it was here.
+    fn take(&mut self, hash: &str) -> Option<u64> {
+        let at = self.files.iter().position(|(h, _)| h == hash)?;
+        let (_, size) = self.files.remove(at)?;
+        self.bytes -= size;
+        Some(size)
+    }
+}
+
 /// Fetches executables from the GCS into the cache folder, once per hash per process.
 pub struct ExecutableCache {
     dir: PathBuf,
+    /// Bytes of unused executables kept (see the module docs).
+    unused_budget: u64,
+    unused: parking_lot::Mutex<Unused>,
     /// Serializes fetches and checks of the same hash inside this process.
     locks: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Files whose content was verified in this process, by hash.
@@ -127,9 +157,12 @@ pub struct ExecutableCache {
 }
 
 impl ExecutableCache {
-    pub fn new(dir: PathBuf) -> Self {
+    /// A cache in `dir` that keeps up to `unused_budget` bytes of executables no job uses.
+    pub fn new(dir: PathBuf, unused_budget: u64) -> Self {
         Self {
             dir,
+            unused_budget,
+            unused: parking_lot::Mutex::new(Unused::default()),
             locks: parking_lot::Mutex::new(HashMap::new()),
             verified: parking_lot::Mutex::new(HashMap::new()),
         }
@@ -159,6 +192,8 @@ impl ExecutableCache {
         hash: &str,
     ) -> Result<PathBuf, ExecutableError> {
         let path = self.path_of(hash)?;
+        // In use again: no release may remove it now.
+        self.unused.lock().take(hash);
         let lock = self
             .locks
             .lock()
@@ -238,15 +273,50 @@ impl ExecutableCache {
         Ok(())
     }
 
+    /// No job of this raylet uses `hash` any more: it is kept for a job that runs it
+    /// again, and the least recently released unused files beyond the budget are removed,
+    /// but none that `in_use` names (a job registered meanwhile). Returns what was removed.
+    pub fn release(
+        &self,
+        hash: &str,
+        in_use: impl Fn(&str) -> bool,
+    ) -> Result<Vec<String>, ExecutableError> {
+        let path = self.path_of(hash)?;
+        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let evict: Vec<String> = {
+            let mut unused = self.unused.lock();
+            unused.take(hash);
+            unused.files.push_back((hash.to_string(), size));
+            unused.bytes += size;
+            let mut evict = Vec::new();
+            let mut i = 0;
+            while unused.bytes > self.unused_budget && i < unused.files.len() {
+                if in_use(&unused.files[i].0) {
+                    i += 1;
+                    continue;
+                }
+                if let Some((h, size)) = unused.files.remove(i) {
+                    unused.bytes -= size;
+                    evict.push(h);
+                }
+            }
+            evict
+        };
+        for h in &evict {
+            self.remove(h)?;
+        }
+        Ok(evict)
+    }
+
     /// Deletes the cached executable `hash` (and forgets its fetch lock and what was
-    /// verified of it). Called by the worker pool once no job it knows of uses it.
-    pub fn remove(&self, hash: &str) -> Result<(), ExecutableError> {
+    /// verified of it).
+    fn remove(&self, hash: &str) -> Result<(), ExecutableError> {
         let path = self.path_of(hash)?;
         self.locks.lock().remove(hash);
         self.verified.lock().remove(hash);
         match std::fs::remove_file(&path) {
             Ok(()) => {
-                tracing::info!(hash, path = %path.display(), "removed cached executable: no job here uses it");
+                tracing::info!(hash, path = %path.display(), budget = self.unused_budget, "removed cached executable: no job here uses it, and unused ones exceed the budget");
                 Ok(())
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -413,7 +483,7 @@ mod tests {
 
     #[test]
     fn hashes_are_validated_before_touching_paths() {
-        let cache = ExecutableCache::new(PathBuf::from("/nonexistent"));
+        let cache = ExecutableCache::new(PathBuf::from("/nonexistent"), 0);
         assert!(cache.path_of("../../etc/passwd").is_err());
         assert!(cache.path_of(&"A".repeat(64)).is_err());
         let ok = "0123456789abcdef".repeat(4);
@@ -421,5 +491,39 @@ mod tests {
             cache.path_of(&ok).unwrap(),
             PathBuf::from("/nonexistent").join(&ok)
         );
+    }
+
+    #[test]
+    fn unused_executables_beyond_the_budget_go_least_recently_released_first() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // Three cached files of 100 bytes; room for two unused ones.
+        let cache = ExecutableCache::new(dir.path().to_path_buf(), 250);
+        let [a, b, c] = ["a", "b", "c"].map(|n| n.repeat(64));
+        for h in [&a, &b, &c] {
+            std::fs::write(dir.path().join(h), [0u8; 100]).expect("file written");
+        }
+        let nothing_in_use = |_: &str| false;
+        assert!(cache.release(&a, nothing_in_use).unwrap().is_empty());
+        assert!(cache.release(&b, nothing_in_use).unwrap().is_empty());
+        // Released again: now the most recent.
+        assert!(cache.release(&a, nothing_in_use).unwrap().is_empty());
+        assert_eq!(cache.release(&c, nothing_in_use).unwrap(), vec![b.clone()]);
+        assert!(!dir.path().join(&b).exists());
+        assert!(dir.path().join(&a).exists() && dir.path().join(&c).exists());
+        // A file a known job uses is never removed, however old.
+        std::fs::write(dir.path().join(&b), [0u8; 100]).expect("file written");
+        let a_in_use = |h: &str| h == a;
+        assert_eq!(cache.release(&b, a_in_use).unwrap(), vec![c.clone()]);
+        assert!(dir.path().join(&a).exists());
+    }
+
+    #[test]
+    fn a_budget_of_zero_removes_each_executable_as_its_last_job_ends() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cache = ExecutableCache::new(dir.path().to_path_buf(), 0);
+        let a = "a".repeat(64);
+        std::fs::write(dir.path().join(&a), [0u8; 100]).expect("file written");
+        assert_eq!(cache.release(&a, |_| false).unwrap(), vec![a.clone()]);
+        assert!(!dir.path().join(&a).exists());
     }
 }

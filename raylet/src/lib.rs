@@ -158,7 +158,7 @@ impl Raylet {
                 journal_dir: cfg.plasma_dir.clone(),
                 journal_name: segment_name(&cfg.session_dir, cfg.node_id),
             },
-            ExecutableCache::new(ExecutableCache::default_dir()),
+            ExecutableCache::new(ExecutableCache::default_dir(), cfg.executable_cache_bytes),
             gcs.clone(),
         );
         let address = NodeAddress {

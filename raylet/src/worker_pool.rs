@@ -545,10 +545,11 @@ impl WorkerPool {
         }
     }
 
-    /// Drops a finished job's record, and its cached executable when no other job known
-    /// here uses it. The file is removed under the `jobs` lock: a new job of the same
-    /// executable is in `jobs` before its first spawn looks for the file, so that spawn
-    /// either kept the file alive or fetches it again.
+    /// Drops a finished job's record, and releases its cached executable when no other job
+    /// known here uses it (kept within the cache's budget for unused ones). Released under
+    /// the `jobs` lock: a new job of an executable is in `jobs` before its first spawn
+    /// looks for the file, so no file a known job needs is removed, and a spawn that
+    /// finds its file gone (another raylet's) fetches it again.
     fn forget_job(&self, job: JobId) {
         let mut jobs = self.jobs.lock();
         let Some(info) = jobs.remove(&job) else {
@@ -558,8 +559,9 @@ impl WorkerPool {
         if hash.is_empty() || jobs.values().any(|j| j.executable_hash == hash) {
             return;
         }
-        if let Err(e) = self.cache.remove(&hash) {
-            tracing::warn!(job_id = %job, error = %e, "cannot remove the cached executable of a finished job");
+        let in_use = |h: &str| jobs.values().any(|j| j.executable_hash == h);
+        if let Err(e) = self.cache.release(&hash, in_use) {
+            tracing::warn!(job_id = %job, error = %e, "cannot release the cached executable of a finished job");
         }
     }
 

@@ -47,7 +47,7 @@ async fn register_job(gcs: &mut GcsClient<AuthedChannel>) -> JobId {
         .map(|(i, c)| ExecutableChunk {
             hash: if i == 0 { hash.clone() } else { String::new() },
             total_size: total,
-            data: c.to_vec(),
+            data: c.to_vec().into(),
         })
         .collect();
     gcs.put_executable(tokio_stream::iter(chunks))

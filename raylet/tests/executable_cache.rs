@@ -21,7 +21,7 @@ async fn upload(gcs: &mut GcsClient<AuthedChannel>, bytes: &[u8]) -> String {
         .map(|(i, c)| ExecutableChunk {
             hash: if i == 0 { hash.clone() } else { String::new() },
             total_size: bytes.len() as u64,
-            data: c.to_vec(),
+            data: c.to_vec().into(),
         })
         .collect();
     gcs.put_executable(tokio_stream::iter(chunks))
@@ -46,7 +46,7 @@ async fn cached_executables_are_private_and_verified_before_each_use() {
     let hash = upload(&mut client, &bytes).await;
     let root = tempfile::tempdir().expect("temp dir");
     let dir = root.path().join("executables");
-    let cache = ExecutableCache::new(dir.clone());
+    let cache = ExecutableCache::new(dir.clone(), 0);
 
     let path = cache.ensure(&mut client, &hash).await.expect("fetched");
     assert_eq!(std::fs::read(&path).expect("read"), bytes);
@@ -94,7 +94,7 @@ async fn cached_executables_are_private_and_verified_before_each_use() {
     // A cache folder that is a symlink, or that another user owns, is refused.
     let link = root.path().join("link");
     std::os::unix::fs::symlink(&dir, &link).expect("symlink");
-    let err = ExecutableCache::new(link)
+    let err = ExecutableCache::new(link, 0)
         .ensure(&mut client, &hash)
         .await
         .expect_err("a symlinked folder is refused");
@@ -104,7 +104,7 @@ async fn cached_executables_are_private_and_verified_before_each_use() {
     std::fs::set_permissions(&foreign, std::fs::Permissions::from_mode(0o700)).expect("chmod");
     // Tests run as root (they mount tmpfs too): hand the folder to `nobody`.
     std::os::unix::fs::chown(&foreign, Some(65534), Some(65534)).expect("chown (needs root)");
-    let err = ExecutableCache::new(foreign.clone())
+    let err = ExecutableCache::new(foreign.clone(), 0)
         .ensure(&mut client, &hash)
         .await
         .expect_err("a folder of another user is refused");

@@ -48,7 +48,7 @@ async fn register_job(gcs: &mut GcsClient<AuthedChannel>, env: &[(&str, &str)]) 
         .map(|(i, c)| ExecutableChunk {
             hash: if i == 0 { hash.clone() } else { String::new() },
             total_size: total,
-            data: c.to_vec(),
+            data: c.to_vec().into(),
         })
         .collect();
     gcs.put_executable(tokio_stream::iter(chunks))

@@ -1,6 +1,7 @@
 //! Long-lived daemons keep bounded memory: 200 short jobs against one cluster leave the
-//! GCS and raylet resident sizes flat, the GCS keeps only the last dead actors, and the
-//! executable of a finished job is gone from the GCS and from the raylet's cache.
+//! GCS and raylet resident sizes flat, the GCS keeps only the last dead actors, the
+//! executable of a finished job is gone from the GCS, and the raylet keeps finished jobs'
+//! executables only within its cache budget.
 
 mod support;
 
@@ -35,6 +36,9 @@ const MALLOC_ENV: (&str, &str) = ("MALLOC_MMAP_THRESHOLD_", "1048576");
 /// the second.
 const RSS_TOLERANCE_KIB: u64 = 32 << 10;
 const RSS_SECOND_HALF_TOLERANCE_KIB: u64 = 16 << 10;
+/// The raylet's budget for unused executables in the 200-job test: a few of the rebuilt
+/// copies, so that old ones are removed on the way.
+const CACHE_BUDGET_200_JOBS: u64 = 256 << 20;
 
 #[test]
 fn two_hundred_short_jobs_leave_daemon_memory_flat() {
@@ -43,6 +47,7 @@ fn two_hundred_short_jobs_leave_daemon_memory_flat() {
     let mut cluster = Cluster::start(Options {
         max_destroyed_actors: Some(DEAD_ACTORS_KEPT),
         daemon_env: vec![(MALLOC_ENV.0.into(), MALLOC_ENV.1.into())],
+        executable_cache_bytes: Some(CACHE_BUDGET_200_JOBS),
         ..Default::default()
     });
     let gcs_pid = cluster.gcs_pid().expect("gcs runs");
@@ -100,9 +105,12 @@ fn two_hundred_short_jobs_leave_daemon_memory_flat() {
 }
 
 #[test]
-fn the_executable_of_a_finished_job_is_removed() {
+fn without_a_cache_budget_the_executable_of_a_finished_job_is_removed() {
     let scratch = Scratch::new();
-    let mut cluster = Cluster::start(Options::default());
+    let mut cluster = Cluster::start(Options {
+        executable_cache_bytes: Some(0),
+        ..Default::default()
+    });
     // A job of the usual executable first: it stays in use by nobody after this, so the
     // rebuilt one below is the only executable a running job needs.
     cluster.run_driver(&["short_job"]).assert_success();
@@ -163,6 +171,55 @@ fn the_executable_of_a_finished_job_is_removed() {
         .wait_with_output()
         .map(|o| assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr)))
         .expect("rerun of the rebuilt job");
+    assert!(cluster.stop().is_empty(), "plasma segments left behind");
+}
+
+#[test]
+fn finished_jobs_executables_stay_cached_within_the_budget() {
+    use std::os::unix::fs::MetadataExt;
+    let scratch = Scratch::new();
+    let (first, second) = (scratch.rebuilt_driver(1), scratch.rebuilt_driver(2));
+    let size = std::fs::metadata(&first).expect("copy written").len();
+    // Room for one unused executable, not two.
+    let mut cluster = Cluster::start(Options {
+        executable_cache_bytes: Some(size * 3 / 2),
+        ..Default::default()
+    });
+    let hash_of = |exe: &Path| {
+        blake3::hash(&std::fs::read(exe).expect("copy readable"))
+            .to_hex()
+            .to_string()
+    };
+    let (first_cached, second_cached) = (
+        raylet_cache(&hash_of(&first)),
+        raylet_cache(&hash_of(&second)),
+    );
+    let run = |exe: &Path| {
+        let run = DriverRun::wait(
+            cluster.spawn_driver_from(exe, &["short_job"]),
+            support::DRIVER_DEADLINE,
+        );
+        run.assert_success();
+    };
+    run(&first);
+    run(&second);
+    // Both jobs ended; the first executable is the least recently released, and the two
+    // exceed the budget, so it goes once the raylet has released the second.
+    wait_until(
+        "the raylet to remove the older unused executable",
+        Duration::from_secs(30),
+        || !first_cached.exists(),
+    );
+    let identity =
+        |path: &Path| std::fs::metadata(path).map(|m| (m.ino(), m.mtime(), m.mtime_nsec()));
+    let kept = identity(&second_cached).expect("the newer unused executable is kept");
+    // Run again, its workers start from the kept file: not fetched and written anew.
+    run(&second);
+    assert_eq!(
+        identity(&second_cached).ok(),
+        Some(kept),
+        "the kept executable was fetched again"
+    );
     assert!(cluster.stop().is_empty(), "plasma segments left behind");
 }
 
@@ -242,7 +299,8 @@ fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
 
-/// A folder of this test's files, removed at the end.
+/// A folder of this test's files, removed at the end with what raylets cached of the
+/// rebuilt drivers in it.
 struct Scratch {
     dir: PathBuf,
 }
@@ -273,6 +331,11 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
+        for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            if let Ok(bytes) = std::fs::read(entry.path()) {
+                let _ = std::fs::remove_file(raylet_cache(&blake3::hash(&bytes).to_hex()));
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -91,6 +91,7 @@ impl LocalNodes {
                     node_type: None,
                     num_cpus: Some(cpus),
                     metrics_port: None,
+                    executable_cache_bytes: None,
                 }),
                 &logs.join(format!("raylet-{k}.err")),
                 true,

@@ -25,6 +25,7 @@ use tracing::{info, warn};
 use crate::error::{Error, Result};
 
 pub use miniray_gcs::{DEFAULT_MAX_DESTROYED_ACTORS, DEFAULT_MAX_TASK_EVENTS};
+pub use miniray_raylet::executable_cache::DEFAULT_UNUSED_BUDGET as DEFAULT_EXECUTABLE_CACHE_BYTES;
 
 const READY_PREFIX: &str = "MINIRAY_READY ";
 const EXIT_WITH_PARENT: &str = "MINIRAY_EXIT_WITH_PARENT";
@@ -98,6 +99,9 @@ pub struct RayletSpec {
     /// Port of the Prometheus endpoint on the node IP (0: any free one); `None`: none.
     #[serde(default)]
     pub metrics_port: Option<u16>,
+    /// Bytes of unused job executables the node keeps cached; `None`: the default.
+    #[serde(default)]
+    pub executable_cache_bytes: Option<u64>,
 }
 
 impl RayletSpec {
@@ -369,6 +373,9 @@ async fn run_daemon(spec: DaemonSpec, exit_with_parent: bool) -> i32 {
             cfg.node_type = s.node_type;
             cfg.num_cpus = s.num_cpus;
             cfg.metrics_port = s.metrics_port;
+            if let Some(bytes) = s.executable_cache_bytes {
+                cfg.executable_cache_bytes = bytes;
+            }
             match miniray_raylet::Raylet::start(cfg).await {
                 Ok(h) => {
                     let trigger = h.shutdown_trigger();
@@ -503,6 +510,7 @@ impl LocalCluster {
                 node_type: None,
                 num_cpus: None,
                 metrics_port: None,
+                executable_cache_bytes: None,
             }),
             &logs.join("raylet.err"),
             true,

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use miniray_common::ErrorCode;
 use miniray_common::auth::AuthedChannel;
 use miniray_common::config::TRANSFER_CHUNK_SIZE;
@@ -31,9 +32,11 @@ const FORWARDED_ENV: &[&str] = &[
 pub(crate) async fn register(cw: &Arc<CoreWorker>, metrics_port: u16) -> Result<()> {
     let exe = std::env::current_exe()
         .map_err(|e| Error::Startup(format!("cannot find this program's executable: {e}")))?;
-    let bytes = tokio::fs::read(&exe)
-        .await
-        .map_err(|e| Error::Startup(format!("cannot read {}: {e}", exe.display())))?;
+    let bytes = Bytes::from(
+        tokio::fs::read(&exe)
+            .await
+            .map_err(|e| Error::Startup(format!("cannot read {}: {e}", exe.display())))?,
+    );
     let hash = blake3::hash(&bytes).to_hex().to_string();
     let mut gcs = cw.gcs.clone();
     let err = |s| status_error(&cw.gcs_address, s);
@@ -82,28 +85,29 @@ pub(crate) async fn register(cw: &Arc<CoreWorker>, metrics_port: u16) -> Result<
 async fn upload(
     gcs: &mut GcsClient<AuthedChannel>,
     hash: &str,
-    bytes: &[u8],
+    bytes: &Bytes,
 ) -> std::result::Result<(), tonic::Status> {
     info!(size = bytes.len(), %hash, "uploading the job executable");
     let total_size = bytes.len() as u64;
-    let chunks: Vec<ExecutableChunk> = bytes
-        .chunks(TRANSFER_CHUNK_SIZE)
+    // Slices of `bytes`: the upload holds no second copy of the executable.
+    let chunks: Vec<ExecutableChunk> = (0..bytes.len())
+        .step_by(TRANSFER_CHUNK_SIZE)
         .enumerate()
-        .map(|(i, c)| ExecutableChunk {
+        .map(|(i, start)| ExecutableChunk {
             hash: if i == 0 {
                 hash.to_string()
             } else {
                 String::new()
             },
             total_size: if i == 0 { total_size } else { 0 },
-            data: c.to_vec(),
+            data: bytes.slice(start..(start + TRANSFER_CHUNK_SIZE).min(bytes.len())),
         })
         .collect();
     let chunks = if chunks.is_empty() {
         vec![ExecutableChunk {
             hash: hash.to_string(),
             total_size: 0,
-            data: Vec::new(),
+            data: Bytes::new(),
         }]
     } else {
         chunks

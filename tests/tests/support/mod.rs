@@ -65,6 +65,7 @@ pub struct Cluster {
     hosts: Option<Arc<netns::Hosts>>,
     tls: Option<TlsFiles>,
     daemon_env: Vec<(String, String)>,
+    executable_cache_bytes: Option<u64>,
 }
 
 pub struct Options {
@@ -84,6 +85,8 @@ pub struct Options {
     pub tls: Option<TlsFiles>,
     /// Extra environment of the GCS and raylet processes (and so of the workers).
     pub daemon_env: Vec<(String, String)>,
+    /// Bytes of unused executables each raylet keeps cached (its default when `None`).
+    pub executable_cache_bytes: Option<u64>,
 }
 
 impl Default for Options {
@@ -100,6 +103,7 @@ impl Default for Options {
             head_bind_host: None,
             tls: None,
             daemon_env: Vec::new(),
+            executable_cache_bytes: None,
         }
     }
 }
@@ -187,6 +191,7 @@ impl Cluster {
             hosts: opts.hosts,
             tls: opts.tls,
             daemon_env: opts.daemon_env,
+            executable_cache_bytes: opts.executable_cache_bytes,
         };
         cluster.start_node(
             0,
@@ -272,6 +277,7 @@ impl Cluster {
                 // the core count: say it explicitly (a head that runs no tasks).
                 num_cpus: (cpus == 0.0).then_some(0.0),
                 metrics_port: None,
+                executable_cache_bytes: self.executable_cache_bytes,
             }),
             &self.session_dir.join(format!("logs/raylet-{index}.err")),
             true,
