@@ -219,14 +219,25 @@ pub async fn get_all_async<T: DeserializeOwned + 'static>(refs: &[ObjectRef<T>])
     get_all_inner(&cw, refs).await
 }
 
+/// References a `get_all` resolves at once: enough to overlap the waits and pulls of many
+/// objects, while a get of a million references holds a thousand resolving futures (about
+/// 2 KiB each), not a million.
+const GET_ALL_CONCURRENCY: usize = 1024;
+
 async fn get_all_inner<T: DeserializeOwned + 'static>(
     cw: &std::sync::Arc<runtime::CoreWorker>,
     refs: &[ObjectRef<T>],
 ) -> Result<Vec<T>> {
-    let values = futures::future::join_all(refs.iter().map(|r| cw.resolve(&r.handle, None))).await;
+    use futures::StreamExt;
+    let mut values = futures::stream::iter(refs.iter().map(|r| cw.resolve(&r.handle, None)))
+        .buffered(GET_ALL_CONCURRENCY);
     let mut out = Vec::with_capacity(refs.len());
-    for (r, v) in refs.iter().zip(values) {
-        out.push(cw.read(r.id(), &v?).await?);
+    for r in refs {
+        let value = values
+            .next()
+            .await
+            .ok_or_else(|| Error::Internal("a get ended before its last reference".into()))??;
+        out.push(cw.read(r.id(), &value).await?);
     }
     Ok(out)
 }
