@@ -160,13 +160,7 @@ pub(crate) async fn stop_requested(exit_with_parent: bool) {
         if !exit_with_parent {
             return std::future::pending::<()>().await;
         }
-        let mut tick = tokio::time::interval(Duration::from_millis(200));
-        loop {
-            tick.tick().await;
-            if std::os::unix::process::parent_id() != parent {
-                return;
-            }
-        }
+        miniray_common::parent::exited(parent).await;
     };
     match (
         signal(SignalKind::terminate()),

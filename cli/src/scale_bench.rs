@@ -7,7 +7,8 @@
 //!   2-CPU node, so nearly all of them queue) and get every result;
 //! - `many_actors_s`: seconds until `--actors` actors of 0 CPU, spread over 4 nodes, are
 //!   alive and each has answered one call (fewer, and `many_actors_count` says how many,
-//!   when this machine's memory does not hold them), and `many_actors_rss_mib_per_worker`;
+//!   when this machine's memory or process ids do not hold them), and
+//!   `many_actors_{rss,pss}_mib_per_worker`;
 //! - `many_nodes_register_s`: seconds until `--nodes` raylets of 0 CPU are registered, then
 //!   `many_nodes_gcs_cpu_percent` (the GCS's CPU, of one core, over 10 s of heartbeats) and
 //!   `many_nodes_status_ms` (median of 5 `GetClusterStatus` calls);
@@ -107,22 +108,59 @@ fn many_tasks(args: &ScaleArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Memory each actor worker is assumed to need when deciding how many fit.
-const ACTOR_BUDGET: u64 = 12 << 20;
+/// Memory each actor is assumed to need when deciding how many fit. Measured: an idle
+/// actor worker's own memory (PSS) is about 1.4 MiB (its resident size, about 14 MiB, is
+/// mostly the executable's pages, which all workers share), and `MemAvailable` falls by
+/// about 1 MiB per actor beyond the cluster's daemons; this is twice that.
+const ACTOR_BUDGET: u64 = 2 << 20;
 
 /// Memory left to the rest of the machine.
 const HEADROOM: u64 = 2 << 30;
 
+/// Threads (each a process id) of an idle actor worker: the runtime's, one per core, plus
+/// its main and task threads.
+fn threads_per_worker() -> u64 {
+    miniray_common::config::num_cpus() as u64 + 2
+}
+
+/// Process ids left below `kernel.pid_max`, less a margin for the rest of the machine.
+fn pids_left() -> Option<u64> {
+    let max: u64 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let used = std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .map(|pid| std::fs::read_dir(format!("/proc/{pid}/task")).map_or(1, |t| t.count() as u64))
+        .sum::<u64>();
+    Some(max.saturating_sub(used).saturating_sub(1_000))
+}
+
 fn many_actors(args: &ScaleArgs) -> anyhow::Result<()> {
     let available = mem_available().context("reading MemAvailable")?;
-    let fits = (available.saturating_sub(HEADROOM) / ACTOR_BUDGET) as usize;
-    let count = args.actors.min(fits);
+    let by_memory = (available.saturating_sub(HEADROOM) / ACTOR_BUDGET) as usize;
+    let by_pids = pids_left().map_or(usize::MAX, |left| (left / threads_per_worker()) as usize);
+    let count = args.actors.min(by_memory).min(by_pids);
     if count < args.actors {
+        let bound = if by_pids < by_memory {
+            format!(
+                "kernel.pid_max: {} process ids, {} threads per worker",
+                pids_left().unwrap_or(0),
+                threads_per_worker()
+            )
+        } else {
+            format!(
+                "memory: {} MiB available, {} MiB each assumed",
+                available >> 20,
+                ACTOR_BUDGET >> 20
+            )
+        };
         eprintln!(
-            "many_actors: {} actors asked, {count} fit ({} MiB available, {} MiB each assumed)",
-            args.actors,
-            available >> 20,
-            ACTOR_BUDGET >> 20
+            "many_actors: {} actors asked, {count} fit (bounded by {bound})",
+            args.actors
         );
     }
     let nodes = LocalNodes::start(4, 64 << 20, 0.0)?;
@@ -158,6 +196,10 @@ fn many_actors(args: &ScaleArgs) -> anyhow::Result<()> {
         print(
             "many_actors_rss_mib_per_worker",
             workers.rss as f64 / workers.count as f64 / (1 << 20) as f64,
+        );
+        print(
+            "many_actors_pss_mib_per_worker",
+            workers.pss as f64 / workers.count as f64 / (1 << 20) as f64,
         );
     }
     peaks.print("many_actors");
@@ -274,24 +316,41 @@ fn status_kib(pid: Option<u32>, field: &str) -> Option<u64> {
         Some(p) => format!("/proc/{p}/status"),
         None => "/proc/self/status".to_string(),
     };
+    kib_field(&path, field)
+}
+
+/// The `field: N kB` line of a `/proc` file, in KiB.
+fn kib_field(path: &str, field: &str) -> Option<u64> {
     let text = std::fs::read_to_string(path).ok()?;
     text.lines()
         .find_map(|l| l.strip_prefix(field))
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// `Pss` of `pid` (its share of every page it maps), in KiB.
+fn pss_kib(pid: u32) -> Option<u64> {
+    kib_field(&format!("/proc/{pid}/smaps_rollup"), "Pss:")
+}
+
 fn hwm_kib(pid: Option<u32>) -> Option<u64> {
     status_kib(pid, "VmHWM:")
 }
 
-/// Resident memory of the worker processes (children of `raylets`).
+/// Memory of the worker processes (children of `raylets`): resident, and proportional
+/// (`Pss`: shared pages split between the processes that map them, so the executable's
+/// pages count once over all workers).
 struct WorkerRss {
     count: usize,
     rss: u64,
+    pss: u64,
 }
 
 fn worker_rss(raylets: &[u32]) -> WorkerRss {
-    let mut out = WorkerRss { count: 0, rss: 0 };
+    let mut out = WorkerRss {
+        count: 0,
+        rss: 0,
+        pss: 0,
+    };
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return out;
     };
@@ -303,6 +362,7 @@ fn worker_rss(raylets: &[u32]) -> WorkerRss {
         if parent.is_some_and(|p| raylets.contains(&p)) {
             out.count += 1;
             out.rss += status_kib(Some(pid), "VmRSS:").unwrap_or(0) << 10;
+            out.pss += pss_kib(pid).unwrap_or(0) << 10;
         }
     }
     out

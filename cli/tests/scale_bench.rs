@@ -17,6 +17,7 @@ const METRICS: &[&str] = &[
     "many_actors_count",
     "many_actors_s",
     "many_actors_rss_mib_per_worker",
+    "many_actors_pss_mib_per_worker",
     "many_actors_peak_mib_driver",
     "many_actors_peak_mib_gcs",
     "many_actors_peak_mib_raylet_max",

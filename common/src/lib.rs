@@ -13,6 +13,7 @@ pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod netns;
+pub mod parent;
 pub mod probe;
 pub mod reply_journal;
 pub mod resources;

@@ -148,7 +148,16 @@ fn tasks_survive_a_raylet_killed_mid_run() {
                 .unwrap_or(false)
         },
     );
+    let raylet_pid = cluster.node_pid(victim).expect("the second raylet runs");
+    let workers = support::children_of(raylet_pid);
+    assert!(!workers.is_empty(), "the second raylet has started workers");
     cluster.kill_node(victim);
+    // Workers watch their raylet and exit with it: none is left running unowned.
+    wait_until(
+        "the killed raylet's workers to exit",
+        Duration::from_secs(20),
+        || !workers.iter().any(|pid| support::process_running(*pid)),
+    );
     let run = support::DriverRun::wait(driver, support::DRIVER_DEADLINE);
     run.assert_success();
     assert_eq!(run.get("values"), "[0, 1, 2, 3, 4, 5]");

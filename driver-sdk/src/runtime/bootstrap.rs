@@ -488,13 +488,9 @@ fn worker_main() -> Result<()> {
 
     // A worker never outlives the raylet that started it.
     let parent = std::os::unix::process::parent_id();
-    std::thread::spawn(move || {
-        loop {
-            std::thread::sleep(Duration::from_millis(200));
-            if std::os::unix::process::parent_id() != parent {
-                std::process::exit(1);
-            }
-        }
+    rt.spawn(async move {
+        miniray_common::parent::exited(parent).await;
+        std::process::exit(1);
     });
 
     drop(_guard);

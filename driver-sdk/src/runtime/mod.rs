@@ -10,6 +10,7 @@ pub(crate) mod bootstrap;
 pub(crate) mod borrowing;
 mod clients;
 pub(crate) mod cluster;
+mod event_clock;
 pub(crate) mod executor;
 mod home;
 mod job;

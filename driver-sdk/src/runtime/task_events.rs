@@ -8,7 +8,7 @@
 //! - Recording is off the task's hot path in cost: a push onto the recording thread's own
 //!   buffer (a shard: no other thread's pushes contend for it), no id parsing beyond a
 //!   16-byte copy, no allocation for the function name (the registered `&'static str`),
-//!   and a raw clock read ([`EventClock`]), turned into Unix time only when
+//!   and a raw clock read ([`EventClock`](super::event_clock::EventClock)), turned into Unix time only when
 //!   reported. The reporter builds the columnar batch (`TaskEventBatch`) once per
 //!   interval, or as soon as a thread has `REPORT_AT` events waiting, reusing its scratch
 //!   space so that a report allocates no per-event memory.
@@ -44,13 +44,13 @@ use std::time::Duration;
 
 use miniray_common::config::env;
 use miniray_common::task_events::{BatchBuilder, NewEntry, time_count};
-use miniray_common::time::now_us;
 use miniray_common::{JobId, NodeId, WorkerId};
 use miniray_proto::{ReportTaskEventsRequest, TaskSpec, TaskState};
 use parking_lot::Mutex;
 use tracing::{debug, warn};
 
 use super::CoreWorker;
+use super::event_clock::EventClock;
 
 /// Default report interval (Ray's `task_events_report_interval_ms`).
 const DEFAULT_INTERVAL: Duration = Duration::from_millis(1000);
@@ -89,34 +89,6 @@ type RawId = Option<[u8; 16]>;
 
 fn raw_id(bytes: &[u8]) -> RawId {
     bytes.try_into().ok()
-}
-
-/// Event times: a raw counter read on the task path (the CPU's time-stamp counter where it
-/// is invariant, else the OS's monotonic clock), turned into Unix time when reported.
-///
-/// Invariant: a raw time is turned into Unix time against a pair of readings taken at the
-/// report that carries it, so the counter's calibration error applies only to the time
-/// since the event (a second, or a task's run), never to the process's whole life.
-struct EventClock {
-    clock: quanta::Clock,
-}
-
-impl EventClock {
-    fn new() -> Self {
-        Self {
-            clock: quanta::Clock::new(),
-        }
-    }
-
-    fn raw(&self) -> u64 {
-        self.clock.raw()
-    }
-
-    /// Turns raw times into Unix microseconds, as of now.
-    fn to_unix(&self) -> impl Fn(u64) -> u64 + '_ {
-        let (raw_now, unix_now) = (self.clock.raw(), now_us());
-        move |raw| unix_now.saturating_sub(self.clock.delta_as_nanos(raw, raw_now) / 1_000)
-    }
 }
 
 /// One transition as recorded, turned into a batch entry only when reported.
@@ -676,6 +648,7 @@ impl CoreWorker {
 #[cfg(test)]
 mod tests {
     use miniray_common::task_events::{Entry, STATES, check};
+    use miniray_common::time::now_us;
     use miniray_proto::TaskEventBatch;
 
     use super::*;

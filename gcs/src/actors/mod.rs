@@ -36,8 +36,9 @@
 
 pub(crate) mod placement;
 pub(crate) mod supervisor;
+mod table;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,6 +54,7 @@ use prost::Message;
 use tokio::sync::{broadcast, watch};
 use tonic::Status;
 
+use self::table::ActorTable;
 use crate::GcsError;
 use crate::storage::{ACTORS_TABLE, Storage, StorageError};
 
@@ -221,7 +223,7 @@ pub(crate) struct ActorManager {
     /// The cluster token, for leases and pushes to raylets and workers.
     token: String,
     /// Memory only; never held across an await (see the module invariants).
-    table: Mutex<BTreeMap<ActorId, ActorEntry>>,
+    table: Mutex<ActorTable>,
     /// Held around each persisted change, so writes land in the order of the in-memory
     /// updates (same discipline as the node and job tables).
     writes: tokio::sync::Mutex<()>,
@@ -246,7 +248,7 @@ impl ActorManager {
         token: String,
         max_destroyed: usize,
     ) -> Result<Self, GcsError> {
-        let mut table = BTreeMap::new();
+        let mut table = ActorTable::default();
         for (key, value) in storage.get_all(ACTORS_TABLE).await? {
             let corrupt = |reason: String| GcsError::CorruptRecord {
                 table: ACTORS_TABLE,
@@ -354,26 +356,25 @@ impl ActorManager {
         self.storage
             .put(ACTORS_TABLE, id.as_bytes(), &next.encode_to_vec())
             .await?;
-        let mut table = self.table.lock();
         // Entries are never removed while `writes` is held, so the actor is still there.
-        let Some(entry) = table.get_mut(&id) else {
-            return Ok(None);
-        };
-        let before = entry.lease();
-        if is_dead(&next) {
-            // Deaths are final, so each actor is listed once (see `evict_destroyed`).
-            self.destroyed.lock().push_back(id);
-        }
-        entry.info = next;
-        entry.attempt = None;
-        entry.version += 1;
-        entry.changed.send_replace(entry.version);
-        let _ = self.events.send(PubMessage {
-            channel: Channel::ActorChanges as i32,
-            payload: Some(pub_message::Payload::Actor(entry.info.clone())),
+        let ended = self.table.lock().update(&id, |entry| {
+            let before = entry.lease();
+            if is_dead(&next) {
+                // Deaths are final, so each actor is listed once (see `evict_destroyed`).
+                self.destroyed.lock().push_back(id);
+            }
+            entry.info = next;
+            entry.attempt = None;
+            entry.version += 1;
+            entry.changed.send_replace(entry.version);
+            let _ = self.events.send(PubMessage {
+                channel: Channel::ActorChanges as i32,
+                payload: Some(pub_message::Payload::Actor(entry.info.clone())),
+            });
+            // Becoming ALIVE keeps the creation's lease; every other change ends it.
+            before.filter(|b| entry.lease().as_ref() != Some(b))
         });
-        // Becoming ALIVE keeps the creation's lease; every other change ends it.
-        Ok(before.filter(|b| entry.lease().as_ref() != Some(b)))
+        Ok(ended.flatten())
     }
 
     /// Registers a validated new actor (`CreateActor`). `job` is the actor's job as the
@@ -639,15 +640,7 @@ impl ActorManager {
 
     /// Actors that are not dead per node they live on or are being placed on.
     pub(crate) async fn placed_counts(&self) -> HashMap<NodeId, usize> {
-        let mut counts = HashMap::new();
-        for entry in self.table.lock().values() {
-            if !entry.is_dead()
-                && let Some(node) = entry.node_id()
-            {
-                *counts.entry(node).or_default() += 1;
-            }
-        }
-        counts
+        self.table.lock().placed().clone()
     }
 
     /// Records the node chosen for the creation at `version`. False when the actor changed.
@@ -657,31 +650,29 @@ impl ActorManager {
         version: u64,
         node: NodeAddress,
     ) -> bool {
-        let mut table = self.table.lock();
-        match table.get_mut(&id) {
-            Some(e) if e.version == version && !e.is_dead() => {
+        self.table.lock().update(&id, |e| {
+            let current = e.version == version && !e.is_dead();
+            if current {
                 e.attempt = Some(Attempt { node, lease: None });
-                true
             }
-            _ => false,
-        }
+            current
+        }) == Some(true)
     }
 
     /// Hands the lease granted for the creation at `version` to the entry, which from then
     /// on owns it (see the module invariants). False when the actor changed: the caller
     /// still owns the lease and must return it.
     pub(crate) async fn set_attempt_lease(&self, id: ActorId, version: u64, lease: Lease) -> bool {
-        let mut table = self.table.lock();
-        match table.get_mut(&id) {
-            Some(e) if e.version == version && !e.is_dead() => {
+        self.table.lock().update(&id, |e| {
+            let current = e.version == version && !e.is_dead();
+            if current {
                 e.attempt = Some(Attempt {
                     node: lease.node.clone(),
                     lease: Some(lease),
                 });
-                true
             }
-            _ => false,
-        }
+            current
+        }) == Some(true)
     }
 
     /// Applies a supervisor's change if the actor is still at `version`.
@@ -859,7 +850,7 @@ mod tests {
             storage: Arc::new(crate::storage::MemoryStorage::new()),
             events,
             token: "t".into(),
-            table: Mutex::new(BTreeMap::new()),
+            table: Mutex::new(ActorTable::default()),
             writes: tokio::sync::Mutex::new(()),
             cluster: watch::Sender::new(0),
             max_destroyed: 10,

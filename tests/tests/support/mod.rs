@@ -603,3 +603,30 @@ impl DriverRun {
         );
     }
 }
+
+/// Processes whose parent is `parent` (from /proc; a process that exits meanwhile is skipped).
+pub fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("PPid:"))
+                    .is_some_and(|v| v.trim().parse() == Ok(parent))
+            })
+        })
+        .collect()
+}
+
+/// Whether `pid` still runs (a zombie, which has exited but is not yet reaped, does not).
+pub fn process_running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("State:"))
+            .is_some_and(|state| !state.trim_start().starts_with('Z'))
+    })
+}
