@@ -330,13 +330,10 @@ impl WorkerPool {
             })?;
         let out_log = self.cfg.log_dir.join(format!("worker-{worker_id}.out"));
         let err_log = self.cfg.log_dir.join(format!("worker-{worker_id}.err"));
-        let open = |p: &PathBuf| {
-            std::fs::File::create(p).map_err(|source| PoolError::Log {
-                path: p.clone(),
-                source,
-            })
-        };
-        let (stdout, stderr) = (open(&out_log)?, open(&err_log)?);
+        let (stdout, stderr) = (
+            create_log(out_log).await?,
+            create_log(err_log.clone()).await?,
+        );
         let mut cmd = tokio::process::Command::new(&exe);
         cmd.stdin(Stdio::null())
             .stdout(stdout)
@@ -376,7 +373,7 @@ impl WorkerPool {
                 exited,
             },
         );
-        let child = match self.spawn_refetching(&mut cmd, &info.executable_hash).await {
+        let child = match self.spawn_refetching(cmd, &info.executable_hash).await {
             Ok(child) => child,
             Err(source) => {
                 self.workers.lock().remove(&worker_id);
@@ -674,11 +671,13 @@ impl WorkerPool {
     /// sharing the cache folder removed it after `ensure`), fetches it again and retries.
     async fn spawn_refetching(
         &self,
-        cmd: &mut tokio::process::Command,
+        mut cmd: tokio::process::Command,
         hash: &str,
     ) -> std::io::Result<tokio::process::Child> {
         for _ in 1..START_ATTEMPTS {
-            match spawn_retrying_busy(cmd).await {
+            let spawned;
+            (cmd, spawned) = spawn_retrying_busy(cmd).await?;
+            match spawned {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     tracing::info!(
                         hash,
@@ -693,7 +692,7 @@ impl WorkerPool {
                 other => return other,
             }
         }
-        spawn_retrying_busy(cmd).await
+        spawn_retrying_busy(cmd).await?.1
     }
 }
 
@@ -739,20 +738,45 @@ async fn ask_exit(address: &str, token: &str) -> bool {
     )
 }
 
-/// Spawns, retrying briefly on ETXTBSY: a freshly written executable can still be open for
-/// writing in a child forked concurrently by another thread, until that child execs.
+/// Starts `cmd`, retrying briefly on ETXTBSY (a freshly written executable can still be
+/// open for writing in a child forked concurrently by another thread, until that child
+/// execs), and hands `cmd` back for another try.
+///
+/// Runs on the blocking pool: starting a process can block in the kernel for long (the
+/// exec waits on locks of the executable's mapping, which thousands of workers share),
+/// and a runtime thread blocked there would stall heartbeats and RPCs. Err only when the
+/// blocking pool could not run it (the runtime is shutting down).
 async fn spawn_retrying_busy(
-    cmd: &mut tokio::process::Command,
-) -> std::io::Result<tokio::process::Child> {
-    let mut delay = Duration::from_millis(10);
-    for _ in 0..8 {
-        match cmd.spawn() {
-            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
-                tokio::time::sleep(delay).await;
-                delay *= 2;
+    mut cmd: tokio::process::Command,
+) -> std::io::Result<(
+    tokio::process::Command,
+    std::io::Result<tokio::process::Child>,
+)> {
+    tokio::task::spawn_blocking(move || {
+        let mut delay = Duration::from_millis(10);
+        for _ in 0..8 {
+            match cmd.spawn() {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                    std::thread::sleep(delay);
+                    delay *= 2;
+                }
+                other => return (cmd, other),
             }
-            other => return other,
         }
-    }
-    cmd.spawn()
+        let last = cmd.spawn();
+        (cmd, last)
+    })
+    .await
+    .map_err(std::io::Error::other)
+}
+
+/// Creates a worker's log file on the blocking pool (file creation can block as long as
+/// a spawn; see [`spawn_retrying_busy`]).
+async fn create_log(path: PathBuf) -> Result<std::fs::File, PoolError> {
+    let target = path.clone();
+    tokio::task::spawn_blocking(move || std::fs::File::create(target))
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|created| created)
+        .map_err(|source| PoolError::Log { path, source })
 }
