@@ -605,7 +605,10 @@ impl WorkerPool {
             }
             self.stop(id);
         }
-        for (mut exited, signal_tx) in waits {
+        // Waited for together: one at a time, thousands of workers slow to exit (a
+        // stalled kernel) would keep the raylet past its own stop deadline, and it would
+        // be killed before it removed anything below.
+        futures::future::join_all(waits.into_iter().map(|(mut exited, signal_tx)| async move {
             if tokio::time::timeout(STOP_GRACE * 2, exited.wait_for(|d| *d))
                 .await
                 .is_err()
@@ -613,7 +616,8 @@ impl WorkerPool {
                 let _ = signal_tx.send(Signal::Kill);
                 let _ = tokio::time::timeout(STOP_GRACE, exited.wait_for(|d| *d)).await;
             }
-        }
+        }))
+        .await;
         // Journals of workers that were never reaped (none, unless a kill failed).
         task_outcomes::remove_all(
             &self.cfg.journal_dir,

@@ -19,6 +19,7 @@ pub(crate) struct LocalNodes {
     raylets: Vec<Child>,
     gcs_address: String,
     token: String,
+    session_name: String,
     session_dir: PathBuf,
 }
 
@@ -48,7 +49,7 @@ impl LocalNodes {
             &DaemonSpec::Gcs(GcsSpec {
                 bind: SocketAddr::from(([127, 0, 0, 1], 0)),
                 token: token.clone(),
-                session_name,
+                session_name: session_name.clone(),
                 redis_address: None,
                 node_timeout_ms: DEFAULT_NODE_TIMEOUT.as_millis() as u64,
                 max_destroyed_actors: None,
@@ -65,6 +66,7 @@ impl LocalNodes {
             raylets: Vec::new(),
             gcs_address: gcs.address,
             token,
+            session_name,
             session_dir,
         };
         for k in 0..count {
@@ -139,5 +141,16 @@ impl Drop for LocalNodes {
         }
         stop_daemon(&mut self.gcs);
         let _ = std::fs::remove_dir_all(&self.session_dir);
+        // A raylet killed because it did not stop in time (thousands of workers in a
+        // stalled kernel) leaves its segment and its workers' journals: every daemon of
+        // the session has exited now, so nothing maps them.
+        let prefix = format!("miniray-{}-", self.session_name);
+        if let Ok(entries) = std::fs::read_dir(miniray_common::shm::plasma_dir()) {
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
     }
 }
