@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod executable;
 pub mod https;
 pub mod ids;
 pub mod logging;

@@ -1237,23 +1237,11 @@ fn address_host(info: &NodeInfo) -> String {
         .unwrap_or_default()
 }
 
-/// The executable as `TRANSFER_CHUNK_SIZE` chunks; the first carries hash and total size.
-/// An empty executable is one empty chunk, so the receiver always learns the hash.
-/// `data` in `TRANSFER_CHUNK_SIZE` chunks, each a slice of it (no copy).
+/// The executable as a stream of its chunks (`miniray_common::executable::chunks`).
 fn chunk_stream(hash: String, data: Bytes) -> ChunkStream {
-    let chunk = miniray_common::config::TRANSFER_CHUNK_SIZE;
-    let total = data.len();
-    let count = total.div_ceil(chunk).max(1);
-    Box::pin(futures::stream::iter((0..count).map(move |i| {
-        let start = i * chunk;
-        let end = (start + chunk).min(total);
-        let first = i == 0;
-        Ok(ExecutableChunk {
-            hash: if first { hash.clone() } else { String::new() },
-            total_size: if first { total as u64 } else { 0 },
-            data: data.slice(start..end),
-        })
-    })))
+    Box::pin(futures::stream::iter(
+        miniray_common::executable::chunks(&hash, data).map(Ok),
+    ))
 }
 
 /// One subscriber's view of the event bus.

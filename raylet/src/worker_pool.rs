@@ -23,7 +23,7 @@
 //!   channel, so the raylet frees the resources of the lease it held (and tells the GCS).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -330,10 +330,7 @@ impl WorkerPool {
             })?;
         let out_log = self.cfg.log_dir.join(format!("worker-{worker_id}.out"));
         let err_log = self.cfg.log_dir.join(format!("worker-{worker_id}.err"));
-        let (stdout, stderr) = (
-            create_log(out_log).await?,
-            create_log(err_log.clone()).await?,
-        );
+        let [stdout, stderr] = create_logs([out_log, err_log.clone()]).await?;
         let mut cmd = tokio::process::Command::new(&exe);
         cmd.stdin(Stdio::null())
             .stdout(stdout)
@@ -553,10 +550,10 @@ impl WorkerPool {
             return;
         };
         let hash = info.executable_hash;
-        if hash.is_empty() || jobs.values().any(|j| j.executable_hash == hash) {
+        let in_use = |h: &str| jobs.values().any(|j| j.executable_hash == h);
+        if hash.is_empty() || in_use(&hash) {
             return;
         }
-        let in_use = |h: &str| jobs.values().any(|j| j.executable_hash == h);
         if let Err(e) = self.cache.release(&hash, in_use) {
             tracing::warn!(job_id = %job, error = %e, "cannot release the cached executable of a finished job");
         }
@@ -774,13 +771,24 @@ async fn spawn_retrying_busy(
     .map_err(std::io::Error::other)
 }
 
-/// Creates a worker's log file on the blocking pool (file creation can block as long as
+/// Creates a worker's log files on the blocking pool (file creation can block as long as
 /// a spawn; see [`spawn_retrying_busy`]).
-async fn create_log(path: PathBuf) -> Result<std::fs::File, PoolError> {
-    let target = path.clone();
-    tokio::task::spawn_blocking(move || std::fs::File::create(target))
-        .await
-        .map_err(std::io::Error::other)
-        .and_then(|created| created)
-        .map_err(|source| PoolError::Log { path, source })
+async fn create_logs(paths: [PathBuf; 2]) -> Result<[std::fs::File; 2], PoolError> {
+    let dir = paths[0].parent().map(Path::to_path_buf).unwrap_or_default();
+    tokio::task::spawn_blocking(move || {
+        let create = |path: &PathBuf| {
+            std::fs::File::create(path).map_err(|source| PoolError::Log {
+                path: path.clone(),
+                source,
+            })
+        };
+        Ok([create(&paths[0])?, create(&paths[1])?])
+    })
+    .await
+    .unwrap_or_else(|join| {
+        Err(PoolError::Log {
+            path: dir,
+            source: std::io::Error::other(join),
+        })
+    })
 }

@@ -7,12 +7,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use miniray_common::ErrorCode;
 use miniray_common::auth::AuthedChannel;
-use miniray_common::config::TRANSFER_CHUNK_SIZE;
 use miniray_common::time::now_ms;
 use miniray_proto::gcs_client::GcsClient;
-use miniray_proto::{
-    AddJobRequest, ExecutableChunk, HasExecutableRequest, JobInfo, MarkJobFinishedRequest,
-};
+use miniray_proto::{AddJobRequest, HasExecutableRequest, JobInfo, MarkJobFinishedRequest};
 use tracing::{debug, info};
 
 use super::CoreWorker;
@@ -88,30 +85,8 @@ async fn upload(
     bytes: &Bytes,
 ) -> std::result::Result<(), tonic::Status> {
     info!(size = bytes.len(), %hash, "uploading the job executable");
-    let total_size = bytes.len() as u64;
     // Slices of `bytes`: the upload holds no second copy of the executable.
-    let chunks: Vec<ExecutableChunk> = (0..bytes.len())
-        .step_by(TRANSFER_CHUNK_SIZE)
-        .enumerate()
-        .map(|(i, start)| ExecutableChunk {
-            hash: if i == 0 {
-                hash.to_string()
-            } else {
-                String::new()
-            },
-            total_size: if i == 0 { total_size } else { 0 },
-            data: bytes.slice(start..(start + TRANSFER_CHUNK_SIZE).min(bytes.len())),
-        })
-        .collect();
-    let chunks = if chunks.is_empty() {
-        vec![ExecutableChunk {
-            hash: hash.to_string(),
-            total_size: 0,
-            data: Bytes::new(),
-        }]
-    } else {
-        chunks
-    };
+    let chunks = miniray_common::executable::chunks(hash, bytes.clone());
     gcs.put_executable(futures::stream::iter(chunks)).await?;
     Ok(())
 }
