@@ -144,13 +144,14 @@ fn pids_left() -> Option<u64> {
 fn many_actors(args: &ScaleArgs) -> anyhow::Result<()> {
     let available = mem_available().context("reading MemAvailable")?;
     let by_memory = (available.saturating_sub(HEADROOM) / ACTOR_BUDGET) as usize;
-    let by_pids = pids_left().map_or(usize::MAX, |left| (left / threads_per_worker()) as usize);
+    let pids = pids_left();
+    let by_pids = pids.map_or(usize::MAX, |left| (left / threads_per_worker()) as usize);
     let count = args.actors.min(by_memory).min(by_pids);
     if count < args.actors {
         let bound = if by_pids < by_memory {
             format!(
                 "kernel.pid_max: {} process ids, {} threads per worker",
-                pids_left().unwrap_or(0),
+                pids.unwrap_or(0),
                 threads_per_worker()
             )
         } else {
