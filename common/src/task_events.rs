@@ -359,11 +359,16 @@ pub struct NewEntry<'a> {
 
 /// Appends `value` for entry `entry` to a `u32` column that stays empty while every value
 /// is 0.
-fn push_sparse(column: &mut Vec<u8>, entry: usize, value: u32) {
+/// `room`: entries the batch has room for, reserved at the column's first value.
+fn push_sparse(column: &mut Vec<u8>, entry: usize, value: u32, room: usize) {
     if value == 0 && column.is_empty() {
         return;
     }
-    column.resize(entry * U32_LEN, 0);
+    // Only the first value of a column pads the entries before it.
+    if column.len() != entry * U32_LEN {
+        column.reserve(room.max(entry + 1) * U32_LEN);
+        column.resize(entry * U32_LEN, 0);
+    }
     column.extend_from_slice(&value.to_le_bytes());
 }
 
@@ -441,9 +446,20 @@ pub struct BatchBuilder {
 impl BatchBuilder {
     /// A batch of `job_id`'s tasks.
     pub fn new(job_id: &[u8]) -> Self {
+        Self::with_capacity(job_id, 0, 0)
+    }
+
+    /// A batch of `job_id`'s tasks with room for `entries` entries of `states` states in
+    /// all, so that a builder filled in one go never grows a column on the way.
+    pub fn with_capacity(job_id: &[u8], entries: usize, states: usize) -> Self {
         Self {
             job_id: Bytes::copy_from_slice(job_id),
-            columns: Columns::default(),
+            columns: Columns {
+                task_ids: Vec::with_capacity(entries * ID_LEN),
+                state_masks: Vec::with_capacity(entries),
+                times_us: Vec::with_capacity(states * TIME_LEN),
+                ..Columns::default()
+            },
             entries: 0,
             functions: Dictionary::new(),
             placements: Dictionary::new(),
@@ -478,7 +494,8 @@ impl BatchBuilder {
         self.entries += 1;
         c.task_ids.extend_from_slice(e.task_id);
         c.state_masks.push(mask);
-        push_sparse(&mut c.attempts, i, e.attempt);
+        let room = c.state_masks.capacity();
+        push_sparse(&mut c.attempts, i, e.attempt, room);
         let function = e.function.map_or(0, |name| {
             let (r, new) = self.functions.reference(name);
             if new {
@@ -486,7 +503,7 @@ impl BatchBuilder {
             }
             r
         });
-        push_sparse(&mut c.function_refs, i, function);
+        push_sparse(&mut c.function_refs, i, function, room);
         let placement = e.placement.map_or(0, |(node, worker)| {
             let mut key = [0u8; PLACEMENT_LEN];
             key[..ID_LEN].copy_from_slice(node);
@@ -497,7 +514,7 @@ impl BatchBuilder {
             }
             r
         });
-        push_sparse(&mut c.placement_refs, i, placement);
+        push_sparse(&mut c.placement_refs, i, placement, room);
         let actor = e.actor_id.map_or(0, |actor| {
             let (r, new) = self.actors.reference(actor);
             if new {
@@ -505,7 +522,7 @@ impl BatchBuilder {
             }
             r
         });
-        push_sparse(&mut c.actor_refs, i, actor);
+        push_sparse(&mut c.actor_refs, i, actor, room);
         if let Some(message) = e.error {
             c.errors.push(TaskEventError {
                 entry: i as u32,

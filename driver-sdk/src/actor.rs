@@ -79,18 +79,20 @@ impl ActorCore {
         }))
     }
 
+    /// The handle of an actor this process just created: `create_actor` counted it.
+    fn created(cw: &Arc<CoreWorker>, id: ActorId, class: &str) -> Self {
+        Self(Arc::new(HandleInner {
+            id,
+            class: class.to_string(),
+            runtime: Arc::downgrade(cw),
+        }))
+    }
+
     /// Creates an actor of class `A` with the constructor arguments `args`.
     pub fn create<A: Actor>(opts: ActorOptions, args: Vec<Arg>) -> Result<ActorHandle<A>> {
         let cw = runtime::current()?;
-        let retries = opts.max_task_retries;
         let id = cw.block_on(cw.create_actor(A::NAME, opts, args))??;
-        Ok(ActorHandle::from_core(Self::new(
-            &cw,
-            id,
-            A::NAME,
-            retries,
-            None,
-        )))
+        Ok(ActorHandle::from_core(Self::created(&cw, id, A::NAME)))
     }
 
     /// `create` for async code.
@@ -99,15 +101,8 @@ impl ActorCore {
         args: Vec<Arg>,
     ) -> Result<ActorHandle<A>> {
         let cw = runtime::current()?;
-        let retries = opts.max_task_retries;
         let id = cw.create_actor(A::NAME, opts, args).await?;
-        Ok(ActorHandle::from_core(Self::new(
-            &cw,
-            id,
-            A::NAME,
-            retries,
-            None,
-        )))
+        Ok(ActorHandle::from_core(Self::created(&cw, id, A::NAME)))
     }
 
     /// Submits a call of `method`; returns at once.

@@ -258,6 +258,8 @@ pub(crate) fn actor_label(class: &str, id: ActorId) -> String {
 impl CoreWorker {
     /// Registers an actor with the GCS, which places and constructs it. Returns once the
     /// GCS has accepted it (a taken name is an error here); construction is asynchronous.
+    /// The returned id comes with one handle counted: the caller's
+    /// ([`ActorCore::created`](crate::actor::ActorCore)), which releases it when dropped.
     pub(crate) async fn create_actor(
         self: &Arc<Self>,
         class: &'static str,
@@ -311,10 +313,15 @@ impl CoreWorker {
                 _ => status_error(&self.gcs_address, status),
             });
         }
+        self.follow_actors();
         let mut actors = self.actors.actors.lock();
         let q = actors
             .entry(actor_id)
             .or_insert_with(|| ActorQueue::new(actor_label(class, actor_id), 0));
+        // The handle the caller is about to get counts from here: an announcement of the
+        // actor handled before the caller holds it must not find it unreferenced (and end
+        // it).
+        q.handles += 1;
         q.max_task_retries = opts.max_task_retries;
         q.owned = true;
         q.named = opts.name.is_some();
@@ -375,15 +382,7 @@ impl CoreWorker {
         max_task_retries: u32,
         creator: Option<OwnerAddr>,
     ) {
-        if !self
-            .actors
-            .watching
-            .swap(true, std::sync::atomic::Ordering::AcqRel)
-        {
-            let cw = Arc::downgrade(self);
-            self.handle.spawn(watch_actor_changes(cw));
-        }
-        self.follow_node_deaths();
+        self.follow_actors();
         let mut created = false;
         let mut actors = self.actors.actors.lock();
         let q = actors.entry(id).or_insert_with(|| {
@@ -400,6 +399,20 @@ impl CoreWorker {
             drop(actors);
             self.borrows.queue(Subject::Actor(id), creator);
         }
+    }
+
+    /// Follows the GCS's actor changes and node deaths from this process's first actor
+    /// handle on.
+    fn follow_actors(self: &Arc<Self>) {
+        if !self
+            .actors
+            .watching
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            let cw = Arc::downgrade(self);
+            self.handle.spawn(watch_actor_changes(cw));
+        }
+        self.follow_node_deaths();
     }
 
     /// One more reference to an actor this process references already (a handle being

@@ -70,9 +70,11 @@ impl EventClock {
             }
             Source::Monotonic => 1.0,
         };
+        // One multiplication per reading: a report converts four per entry.
+        let us_per_unit = ns_per_unit / 1_000.0;
         move |raw| {
-            let ago_ns = raw_now.saturating_sub(raw) as f64 * ns_per_unit;
-            unix_now.saturating_sub((ago_ns / 1_000.0) as u64)
+            let ago_us = raw_now.saturating_sub(raw) as f64 * us_per_unit;
+            unix_now.saturating_sub(ago_us as u64)
         }
     }
 

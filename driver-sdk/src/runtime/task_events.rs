@@ -10,8 +10,10 @@
 //!   16-byte copy, no allocation for the function name (the registered `&'static str`),
 //!   and a raw clock read ([`EventClock`](super::event_clock::EventClock)), turned into Unix time only when
 //!   reported. The reporter builds the columnar batch (`TaskEventBatch`) once per
-//!   interval, or as soon as a thread has `REPORT_AT` events waiting, reusing its scratch
-//!   space so that a report allocates no per-event memory.
+//!   interval, or as soon as a thread has `REPORT_AT` events waiting. It swaps a shard's
+//!   buffer for an emptied one (the shard's lock is held for the swap, not for a copy of
+//!   its events), and sizes each batch's columns before filling them, so that a report
+//!   allocates no per-event memory.
 //! - A task that reaches a worker is one entry, from that worker: its spec carries its
 //!   SUBMITTED time (`TaskSpec.submitted_us`, set by [`TaskEvents::specs_for_push`]), the
 //!   worker stamps SCHEDULED when the batch arrives, and RUNNING and the end follow. Its
@@ -227,8 +229,14 @@ pub(crate) fn scan_queue<'a, T: Queued + 'a>(
 /// What the reporter reuses from one report to the next, so that building a report
 /// neither allocates nor faults in fresh pages.
 struct Scratch {
-    /// The events being reported, moved out of every shard.
-    events: Vec<Recorded>,
+    /// The shards' buffers being reported, swapped out of the shards whole (a shard's lock
+    /// is held for the swap, not for a copy of its events).
+    taken: Vec<VecDeque<Recorded>>,
+    /// Emptied buffers, swapped into the shards at the next report: their capacity is
+    /// kept, so a thread's pushes do not grow a fresh buffer every interval.
+    spare: Vec<VecDeque<Recorded>>,
+    /// Events of no shard: the running tasks seen by this report.
+    running: VecDeque<Recorded>,
     states: Vec<(TaskState, u64)>,
 }
 
@@ -326,8 +334,10 @@ impl TaskEvents {
             shards: Mutex::new(Vec::new()),
             clock: interval.map(|_| EventClock::new()),
             scratch: Mutex::new(Scratch {
-                events: Vec::new(),
-                states: Vec::with_capacity(2),
+                taken: Vec::new(),
+                spare: Vec::new(),
+                running: VecDeque::new(),
+                states: Vec::with_capacity(4),
             }),
             full: tokio::sync::Notify::new(),
         }
@@ -479,7 +489,12 @@ impl TaskEvents {
     /// first carries the drop count); empty when there is nothing to say.
     fn take_reports(&self) -> Vec<ReportTaskEventsRequest> {
         let mut scratch = self.scratch.lock();
-        let Scratch { events, states } = &mut *scratch;
+        let Scratch {
+            taken,
+            spare,
+            running,
+            states,
+        } = &mut *scratch;
         let Some(clock) = &self.clock else {
             return Vec::new();
         };
@@ -488,10 +503,13 @@ impl TaskEvents {
             let mut shards = self.shards.lock();
             for shard in shards.iter() {
                 let mut b = shard.buffer.lock();
-                events.extend(b.events.drain(..));
+                if !b.events.is_empty() {
+                    let empty = spare.pop().unwrap_or_default();
+                    taken.push(std::mem::replace(&mut b.events, empty));
+                }
                 // Seen running (once), and left in place for the event that ends it.
-                if let Some(running) = b.running.as_ref().filter(|_| !b.running_reported) {
-                    events.push(running.clone());
+                if let Some(event) = b.running.as_ref().filter(|_| !b.running_reported) {
+                    running.push_back(event.clone());
                     b.running_reported = true;
                 }
                 dropped += std::mem::take(&mut b.dropped);
@@ -500,7 +518,8 @@ impl TaskEvents {
             shards.retain(|s| Arc::strong_count(s) > 1);
         }
         // Built outside every shard's lock: the task path never waits for this.
-        if events.is_empty() && dropped == 0 {
+        let total: usize = taken.iter().map(VecDeque::len).sum::<usize>() + running.len();
+        if total == 0 && dropped == 0 {
             return Vec::new();
         }
         let unix = clock.to_unix();
@@ -509,14 +528,17 @@ impl TaskEvents {
         // asked, so folding them here would cost a hash lookup per event (a cache miss at
         // this volume) to save a few bytes.
         let mut reports = Vec::new();
-        for chunk in events.chunks(MAX_ENTRIES_PER_REPORT) {
-            let mut builder = BatchBuilder::new(&self.job_id);
-            for e in chunk {
-                // A task id of the wrong length (a malformed spec) is dropped, not sent.
-                let Some(task_id) = &e.task_id else {
-                    dropped += 1;
-                    continue;
-                };
+        let mut left = total;
+        let new_builder = |left: usize| {
+            let entries = left.min(MAX_ENTRIES_PER_REPORT);
+            // A worker's entries carry about four states each.
+            BatchBuilder::with_capacity(&self.job_id, entries, 4 * entries)
+        };
+        let mut builder = new_builder(left);
+        for e in taken.iter().flatten().chain(running.iter()) {
+            left -= 1;
+            // A task id of the wrong length (a malformed spec) is dropped, not sent.
+            if let Some(task_id) = &e.task_id {
                 states.clear();
                 if e.submitted > 0 {
                     states.push((TaskState::Submitted, unix(e.submitted).max(1)));
@@ -529,7 +551,8 @@ impl TaskEvents {
                 if e.started > 0 {
                     states.push((TaskState::Running, unix(e.started).max(1)));
                 }
-                // A clock that reads 0 is not a machine this runs on; keep the time meaningful.
+                // A clock that reads 0 is not a machine this runs on; keep the time
+                // meaningful.
                 states.push((e.state, unix(e.time).max(1)));
                 builder.push(NewEntry {
                     task_id,
@@ -540,9 +563,20 @@ impl TaskEvents {
                     actor_id: e.actor_id.as_ref(),
                     error: e.error.as_deref(),
                 });
+            } else {
+                dropped += 1;
             }
+            if builder.len() == MAX_ENTRIES_PER_REPORT {
+                let full = std::mem::replace(&mut builder, new_builder(left));
+                reports.push(ReportTaskEventsRequest {
+                    batch: Some(full.finish()),
+                    dropped: 0,
+                });
+            }
+        }
+        if !builder.is_empty() {
             reports.push(ReportTaskEventsRequest {
-                batch: (!builder.is_empty()).then(|| builder.finish()),
+                batch: Some(builder.finish()),
                 dropped: 0,
             });
         }
@@ -553,11 +587,18 @@ impl TaskEvents {
                 dropped,
             }),
         }
-        events.clear();
-        // A burst leaves its capacity behind; more than a few reports' worth is given back.
-        if events.capacity() > 4 * self.report_at {
-            events.shrink_to(self.report_at);
+        running.clear();
+        for mut buffer in taken.drain(..) {
+            buffer.clear();
+            // A burst leaves its capacity behind; more than a few reports' worth is given
+            // back.
+            if buffer.capacity() > 4 * self.report_at {
+                buffer.shrink_to(self.report_at);
+            }
+            spare.push(buffer);
         }
+        // As many spares as threads that record, not more.
+        spare.truncate(self.shards.lock().len());
         reports
     }
 
