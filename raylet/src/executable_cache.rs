@@ -12,7 +12,12 @@
 //!   The hash of an unchanged file is not recomputed: the file's identity (device, inode,
 //!   size, mtime, ctime) at verification is remembered, and trusted only once its ctime is
 //!   a second older than the verification, because timestamps are coarse and a write
-//!   within the same tick could otherwise keep them (git's "racy" entries).
+//!   within the same tick could otherwise keep them (git's "racy" entries). The record
+//!   also goes to `.<hash>.verified` beside the file, so that the next raylet on this
+//!   machine (every run of a driver with a cluster of its own starts one) trusts an
+//!   unchanged file without reading its 100+ MB again. The record proves what the one in
+//!   memory does: the folder is this user's alone, and nobody can set a file's ctime back.
+//!   A record that is not a private regular file of ours, or does not parse, is ignored.
 //! - The hash is validated as 64 lowercase hex characters before it touches a path, so a
 //!   hostile job record cannot escape the cache folder.
 //! - An executable no job of this raylet uses any more is kept for a job that runs it
@@ -123,6 +128,89 @@ impl Verified {
     }
 }
 
+/// How a cached file was found good.
+enum Checked {
+    /// What was verified before (here, or by an earlier raylet) still stands for it.
+    Trusted(Verified),
+    /// Its content was hashed now.
+    Hashed(Verified),
+}
+
+/// First word of a verification record: its format.
+const RECORD_FORMAT: &str = "miniray-verified-1";
+
+fn record_path(dir: &Path, hash: &str) -> PathBuf {
+    dir.join(format!(".{hash}.verified"))
+}
+
+/// The verification recorded at `path`; `None` if there is none or it cannot be trusted.
+fn load_record(path: &Path) -> Option<Verified> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .ok()?;
+    let meta = file.metadata().ok()?;
+    if !meta.is_file() || meta.uid() != current_uid() || meta.mode() & 0o022 != 0 {
+        return None;
+    }
+    let mut text = String::new();
+    file.take(256).read_to_string(&mut text).ok()?;
+    let mut words = text.split_ascii_whitespace();
+    if words.next()? != RECORD_FORMAT {
+        return None;
+    }
+    let mut n = || -> Option<i64> { words.next()?.parse().ok() };
+    let (dev, ino, len) = (n()?, n()?, n()?);
+    let (mtime, ctime, at) = ((n()?, n()?), (n()?, n()?), (n()?, n()?));
+    let at = SystemTime::UNIX_EPOCH
+        + Duration::new(u64::try_from(at.0).ok()?, u32::try_from(at.1).ok()?);
+    Some(Verified {
+        identity: FileIdentity {
+            dev: u64::try_from(dev).ok()?,
+            ino: u64::try_from(ino).ok()?,
+            len: u64::try_from(len).ok()?,
+            mtime,
+            ctime,
+        },
+        at,
+    })
+}
+
+/// Records `v` at `path` (written aside, then renamed into place). A record that cannot
+/// be written costs the next raylet a hash, nothing else.
+fn store_record(path: &Path, v: &Verified) {
+    let Ok(at) = v.at.duration_since(SystemTime::UNIX_EPOCH) else {
+        return;
+    };
+    let i = &v.identity;
+    let text = format!(
+        "{RECORD_FORMAT} {} {} {} {} {} {} {} {} {}\n",
+        i.dev,
+        i.ino,
+        i.len,
+        i.mtime.0,
+        i.mtime.1,
+        i.ctime.0,
+        i.ctime.1,
+        at.as_secs(),
+        at.subsec_nanos()
+    );
+    let tmp = path.with_extension(format!("{}.tmp", hex::encode(rand_suffix())));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        tracing::debug!(path = %path.display(), error = %e, "cannot record an executable's verification");
+    }
+}
+
 /// Default byte budget of cached executables no job uses
 /// (`MINIRAY_EXECUTABLE_CACHE_BYTES`).
 pub const DEFAULT_UNUSED_BUDGET: u64 = 1 << 30;
@@ -203,16 +291,17 @@ impl ExecutableCache {
         let _guard = lock.lock().await;
         self.prepare_dir()?;
         let known = self.verified.lock().get(hash).copied();
+        let record = record_path(&self.dir, hash);
         let checked = {
-            let (path, hash) = (path.clone(), hash.to_string());
-            tokio::task::spawn_blocking(move || check_cached(&path, &hash, known))
+            let (path, hash, record) = (path.clone(), hash.to_string(), record.clone());
+            tokio::task::spawn_blocking(move || check_recorded(&path, &hash, &record, known))
                 .await
                 .map_err(|e| ExecutableError::Io {
                     path: self.dir.clone(),
                     source: std::io::Error::other(e.to_string()),
                 })??
         };
-        if let Some(verified) = checked {
+        if let Some(Checked::Trusted(verified) | Checked::Hashed(verified)) = checked {
             self.verified.lock().insert(hash.to_string(), verified);
             return Ok(path);
         }
@@ -228,6 +317,12 @@ impl ExecutableCache {
         }
         let verified = result?;
         self.verified.lock().insert(hash.to_string(), verified);
+        tokio::task::spawn_blocking(move || store_record(&record, &verified))
+            .await
+            .map_err(|e| ExecutableError::Io {
+                path: self.dir.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
         Ok(path)
     }
 
@@ -314,6 +409,7 @@ impl ExecutableCache {
         let path = self.path_of(hash)?;
         self.locks.lock().remove(hash);
         self.verified.lock().remove(hash);
+        let _ = std::fs::remove_file(record_path(&self.dir, hash));
         match std::fs::remove_file(&path) {
             Ok(()) => {
                 tracing::info!(hash, path = %path.display(), budget = self.unused_budget, "removed cached executable: no job here uses it, and unused ones exceed the budget");
@@ -398,13 +494,32 @@ impl ExecutableCache {
     }
 }
 
+/// [`check_cached`] with what this process knows of the file, or else what its record
+/// says; a file hashed now gets a new record, one found bad loses its record.
+fn check_recorded(
+    path: &Path,
+    hash: &str,
+    record: &Path,
+    known: Option<Verified>,
+) -> Result<Option<Checked>, ExecutableError> {
+    let checked = check_cached(path, hash, known.or_else(|| load_record(record)));
+    match &checked {
+        Ok(Some(Checked::Hashed(v))) => store_record(record, v),
+        Ok(None) => {
+            let _ = std::fs::remove_file(record);
+        }
+        _ => {}
+    }
+    checked
+}
+
 /// Whether `path` holds the executable `hash`, safe to run; removes a file that is not.
 /// `known` is what this process verified of it before.
 fn check_cached(
     path: &Path,
     hash: &str,
     known: Option<Verified>,
-) -> Result<Option<Verified>, ExecutableError> {
+) -> Result<Option<Checked>, ExecutableError> {
     let io_err = |source| ExecutableError::Io {
         path: path.to_path_buf(),
         source,
@@ -421,12 +536,12 @@ fn check_cached(
         format!("owned by uid {}", meta.uid())
     } else if meta.mode() & 0o022 != 0 {
         format!("mode {:o} lets others write it", meta.mode() & 0o777)
-    } else if known.is_some_and(|v| v.stands_for(&identity)) {
-        return Ok(known);
+    } else if let Some(known) = known.filter(|v| v.stands_for(&identity)) {
+        return Ok(Some(Checked::Trusted(known)));
     } else {
         let at = SystemTime::now();
         match hash_file(path, &identity) {
-            Ok(got) if got == hash => return Ok(Some(Verified { identity, at })),
+            Ok(got) if got == hash => return Ok(Some(Checked::Hashed(Verified { identity, at }))),
             Ok(got) => format!("content hashes to {got}"),
             Err(e) => format!("cannot read it: {e}"),
         }
@@ -515,6 +630,59 @@ mod tests {
         let a_in_use = |h: &str| h == a;
         assert_eq!(cache.release(&b, a_in_use).unwrap(), vec![c.clone()]);
         assert!(dir.path().join(&a).exists());
+    }
+
+    #[test]
+    fn a_later_raylet_trusts_what_an_earlier_one_verified_until_the_file_changes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let content = b"#!/bin/sh\necho a job executable\n".repeat(1000);
+        let hash = blake3::hash(&content).to_hex().to_string();
+        let path = dir.path().join(&hash);
+        std::fs::write(&path, &content).expect("file written");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).expect("mode");
+        let record = record_path(dir.path(), &hash);
+        // Each check is a raylet of its own: it knows only the record.
+        let check = || check_recorded(&path, &hash, &record, None).expect("checked");
+        assert!(
+            matches!(check(), Some(Checked::Hashed(_))),
+            "nothing known yet"
+        );
+        assert!(
+            load_record(&record).is_some(),
+            "the verification was recorded"
+        );
+        // Within the racy window of its ctime a file is hashed again, whatever is known.
+        let ctime = FileIdentity::of(&std::fs::metadata(&path).expect("metadata")).ctime();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while SystemTime::now() <= ctime + RACY_WINDOW {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the clock does not move"
+            );
+            std::thread::yield_now();
+        }
+        assert!(matches!(check(), Some(Checked::Hashed(_))));
+        assert!(
+            matches!(check(), Some(Checked::Trusted(_))),
+            "a later raylet trusts the record of an unchanged file"
+        );
+        // A changed file is hashed again, found bad, and loses its record.
+        std::fs::write(&path, b"something else").expect("file changed");
+        assert!(check().is_none());
+        assert!(!path.exists() && !record.exists());
+        // A record that does not parse, or that others could write, is not trusted.
+        std::fs::write(&path, &content).expect("file written");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).expect("mode");
+        assert!(matches!(check(), Some(Checked::Hashed(_))));
+        let text = std::fs::read_to_string(&record).expect("record");
+        std::fs::set_permissions(&record, std::fs::Permissions::from_mode(0o622)).expect("mode");
+        assert!(load_record(&record).is_none(), "others can write it");
+        std::fs::remove_file(&record).expect("removed");
+        std::fs::write(&record, text.replace(RECORD_FORMAT, "other-format")).expect("written");
+        assert!(
+            load_record(&record).is_none(),
+            "not a record of this format"
+        );
     }
 
     #[test]
