@@ -72,15 +72,12 @@ impl ActorCore {
         creator: Option<OwnerAddr>,
     ) -> Self {
         cw.add_actor_handle(id, actor_label(class, id), max_task_retries, creator);
-        Self(Arc::new(HandleInner {
-            id,
-            class: class.to_string(),
-            runtime: Arc::downgrade(cw),
-        }))
+        Self::counted(cw, id, class)
     }
 
-    /// The handle of an actor this process just created: `create_actor` counted it.
-    fn created(cw: &Arc<CoreWorker>, id: ActorId, class: &str) -> Self {
+    /// A handle the core worker counts already: by `add_actor_handle`, or by
+    /// `create_actor` for the handle of an actor this process just created.
+    fn counted(cw: &Arc<CoreWorker>, id: ActorId, class: &str) -> Self {
         Self(Arc::new(HandleInner {
             id,
             class: class.to_string(),
@@ -92,7 +89,7 @@ impl ActorCore {
     pub fn create<A: Actor>(opts: ActorOptions, args: Vec<Arg>) -> Result<ActorHandle<A>> {
         let cw = runtime::current()?;
         let id = cw.block_on(cw.create_actor(A::NAME, opts, args))??;
-        Ok(ActorHandle::from_core(Self::created(&cw, id, A::NAME)))
+        Ok(ActorHandle::from_core(Self::counted(&cw, id, A::NAME)))
     }
 
     /// `create` for async code.
@@ -102,7 +99,7 @@ impl ActorCore {
     ) -> Result<ActorHandle<A>> {
         let cw = runtime::current()?;
         let id = cw.create_actor(A::NAME, opts, args).await?;
-        Ok(ActorHandle::from_core(Self::created(&cw, id, A::NAME)))
+        Ok(ActorHandle::from_core(Self::counted(&cw, id, A::NAME)))
     }
 
     /// Submits a call of `method`; returns at once.

@@ -291,9 +291,9 @@ impl ExecutableCache {
         let _guard = lock.lock().await;
         self.prepare_dir()?;
         let known = self.verified.lock().get(hash).copied();
-        let record = record_path(&self.dir, hash);
         let checked = {
-            let (path, hash, record) = (path.clone(), hash.to_string(), record.clone());
+            let (path, hash, record) =
+                (path.clone(), hash.to_string(), record_path(&self.dir, hash));
             tokio::task::spawn_blocking(move || check_recorded(&path, &hash, &record, known))
                 .await
                 .map_err(|e| ExecutableError::Io {
@@ -316,13 +316,10 @@ impl ExecutableCache {
             let _ = tokio::fs::remove_file(&tmp).await;
         }
         let verified = result?;
+        // No record for a file just written: its ctime is within the racy window of this
+        // verification, so no later raylet could trust one. The next raylet hashes it once
+        // and records that.
         self.verified.lock().insert(hash.to_string(), verified);
-        tokio::task::spawn_blocking(move || store_record(&record, &verified))
-            .await
-            .map_err(|e| ExecutableError::Io {
-                path: self.dir.clone(),
-                source: std::io::Error::other(e.to_string()),
-            })?;
         Ok(path)
     }
 

@@ -259,7 +259,7 @@ impl CoreWorker {
     /// Registers an actor with the GCS, which places and constructs it. Returns once the
     /// GCS has accepted it (a taken name is an error here); construction is asynchronous.
     /// The returned id comes with one handle counted: the caller's
-    /// ([`ActorCore::created`](crate::actor::ActorCore)), which releases it when dropped.
+    /// ([`ActorCore`](crate::actor::ActorCore) built by `counted`), which releases it when dropped.
     pub(crate) async fn create_actor(
         self: &Arc<Self>,
         class: &'static str,

@@ -516,6 +516,8 @@ impl TaskEvents {
             }
             // A shard whose thread ended goes once it is empty (only this list holds it).
             shards.retain(|s| Arc::strong_count(s) > 1);
+            // As many spares as threads that record, not more.
+            spare.truncate(shards.len());
         }
         // Built outside every shard's lock: the task path never waits for this.
         let total: usize = taken.iter().map(VecDeque::len).sum::<usize>() + running.len();
@@ -597,8 +599,6 @@ impl TaskEvents {
             }
             spare.push(buffer);
         }
-        // As many spares as threads that record, not more.
-        spare.truncate(self.shards.lock().len());
         reports
     }
 
