@@ -235,22 +235,48 @@ impl Tls {
     /// certificate is optional, because browsers open the dashboard, but one that is
     /// presented must be from the CA. The cluster token authenticates every request.
     pub fn https_server_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let mut config = self.rustls_server_config(true)?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    fn rustls_server_config(
+        &self,
+        client_cert_optional: bool,
+    ) -> Result<rustls::ServerConfig, TlsError> {
         let config_error = |e: rustls::Error| TlsError::Config(e.to_string());
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let roots = Arc::new(self.root_store()?);
         let verifier =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
-                .allow_unauthenticated()
-                .build()
-                .map_err(|e| TlsError::Config(e.to_string()))?;
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
+        let verifier = match client_cert_optional {
+            true => verifier.allow_unauthenticated(),
+            false => verifier,
+        }
+        .build()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+        rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(config_error)?
             .with_client_cert_verifier(verifier)
             .with_single_cert(self.cert_chain()?, self.private_key()?)
-            .map_err(config_error)?;
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Ok(Arc::new(config))
+            .map_err(config_error)
+    }
+
+    /// The server side of a plain stream between miniray processes (the object data
+    /// plane): as on gRPC, the client must present a certificate from the CA.
+    pub fn stream_acceptor(&self) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
+        Ok(tokio_rustls::TlsAcceptor::from(Arc::new(
+            self.rustls_server_config(false)?,
+        )))
+    }
+
+    /// The client side of such a stream: checks the server against the CA under
+    /// [`SERVER_NAME`] (see [`server_name`]) and presents our certificate.
+    pub fn stream_connector(&self) -> Result<tokio_rustls::TlsConnector, TlsError> {
+        Ok(tokio_rustls::TlsConnector::from(Arc::new(
+            self.https_client_config()?,
+        )))
     }
 
     /// A client of the dashboard port: checks the server against the CA (under
@@ -314,6 +340,15 @@ fn check_certs(what: &'static str, pem: &[u8], path: impl Fn() -> PathBuf) -> Re
         return Err(bad("no PEM CERTIFICATE block".into()));
     }
     Ok(())
+}
+
+/// [`SERVER_NAME`], as a TLS client asks for it.
+pub fn server_name() -> rustls_pki_types::ServerName<'static> {
+    rustls_pki_types::ServerName::DnsName(
+        rustls_pki_types::DnsName::try_from(SERVER_NAME)
+            .expect("SERVER_NAME is a valid DNS name")
+            .to_owned(),
+    )
 }
 
 /// ring as rustls's process default, so rustls never has to pick a provider (it panics

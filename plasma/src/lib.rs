@@ -43,5 +43,6 @@ pub use alloc::BLOCK;
 pub use client::SegmentMapping;
 pub use error::PlasmaError;
 pub use store::{
-    Disconnected, ObjectLocation, ObjectView, PlasmaStore, RESERVE_CHUNK, StoreConfig, StoreStats,
+    Disconnected, ObjectLocation, ObjectView, ObjectViewMut, PlasmaStore, RESERVE_CHUNK,
+    StoreConfig, StoreStats,
 };

@@ -1011,6 +1011,38 @@ impl PlasmaStore {
         self.view(id, offset, len, false)
     }
 
+    /// A writable view of the bytes `[offset, offset + len)` of an unsealed object, to
+    /// receive them in place: a pull reads its socket straight into the segment. Holds an
+    /// io pin like [`ObjectView`], so an abort waits for it.
+    ///
+    /// # Safety
+    /// While the view lives, the caller must be the only one writing or reading these
+    /// bytes: no other writable view of them, and no [`written_view`](Self::written_view)
+    /// of them until the view is dropped. (Nothing else in this process or another sees an
+    /// unsealed object's bytes.)
+    pub unsafe fn unsealed_view_mut(
+        self: &Arc<Self>,
+        id: ObjectId,
+        offset: u64,
+        len: usize,
+    ) -> Result<ObjectViewMut, PlasmaError> {
+        let loc = {
+            let mut inner = self.inner.lock();
+            let e = inner.live_mut(id, false)?;
+            check_range(e.size, offset, len as u64)?;
+            e.io += 1;
+            e.location()
+        };
+        // SAFETY: the range lies inside the object (checked above), inside the mapping.
+        let ptr = unsafe { self.map.as_mut_ptr().add((loc.offset + offset) as usize) };
+        Ok(ObjectViewMut {
+            store: Arc::clone(self),
+            id,
+            ptr,
+            len,
+        })
+    }
+
     fn view(
         self: &Arc<Self>,
         id: ObjectId,
@@ -1087,6 +1119,41 @@ impl AsRef<[u8]> for ObjectView {
 }
 
 impl Drop for ObjectView {
+    fn drop(&mut self) {
+        self.store.inner.lock().release_io(self.id);
+    }
+}
+
+/// Bytes of an unsealed object, written in place ([`PlasmaStore::unsealed_view_mut`]).
+pub struct ObjectViewMut {
+    store: Arc<PlasmaStore>,
+    id: ObjectId,
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the bytes stay mapped and allocated for the view's life (its `Arc` keeps the
+// mapping, its io pin the object), and its creator vouched that nobody else touches them.
+unsafe impl Send for ObjectViewMut {}
+
+impl std::fmt::Debug for ObjectViewMut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectViewMut")
+            .field("object_id", &self.id)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl AsMut<[u8]> for ObjectViewMut {
+    fn as_mut(&mut self) -> &mut [u8] {
+        // SAFETY: `ptr..ptr + len` is live memory that only this view touches (see the
+        // `Send` impl).
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl Drop for ObjectViewMut {
     fn drop(&mut self) {
         self.store.inner.lock().release_io(self.id);
     }

@@ -21,6 +21,7 @@ pub mod config;
 pub mod error;
 pub mod executable_cache;
 mod heartbeat;
+mod incoming;
 mod logs;
 mod metrics;
 mod node;
@@ -48,7 +49,6 @@ use miniray_proto::{NodeAddress, RegisterNodeRequest, UnregisterNodeRequest};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::TcpIncoming;
 
 pub use config::RayletConfig;
 pub use error::RayletError;
@@ -235,10 +235,14 @@ impl Raylet {
             tokio::spawn(
                 miniray_common::transport::server_builder()
                     .add_service(svc)
-                    // Nodelay must be set on the accepted sockets: the builder's setting only
-                    // applies to listeners tonic binds itself.
+                    // The routing sets nodelay on the accepted sockets: the builder's
+                    // setting only applies to listeners tonic binds itself.
                     .serve_with_incoming_shutdown(
-                        TcpIncoming::from(listener).with_nodelay(Some(true)),
+                        incoming::route(
+                            listener,
+                            Arc::clone(&node.objects),
+                            node.shutdown_signal(),
+                        ),
                         async move {
                             let _ = signal.wait_for(|s| *s).await;
                         },

@@ -457,13 +457,6 @@ impl Node {
                 })
             })
             .collect();
-        self.objects.retain_peers(
-            &nodes
-                .iter()
-                .filter(|n| n.state == NodeState::Alive as i32)
-                .filter_map(|n| NodeId::from_bytes(&n.address.as_ref()?.node_id).ok())
-                .collect(),
-        );
         let mut st = self.sched.lock();
         st.scheduler.update_cluster(view);
         Self::reschedule(&mut st);

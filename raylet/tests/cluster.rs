@@ -442,6 +442,96 @@ async fn a_broadcast_reads_ranges_from_earlier_pullers_and_falls_back_to_the_sou
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_plane_shares_the_port_and_serves_nothing_without_the_token() {
+    use miniray_raylet::object_manager::PULL_RANGE;
+    use miniray_raylet::object_manager::data_plane::open_range;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let gcs = start_gcs().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = raylet_config(&gcs, dir.path(), &[("CPU", 1.0)]);
+    cfg.object_store_memory = 48 << 20;
+    let raylet = miniray_raylet::Raylet::start(cfg).await.unwrap();
+    let mut c = raylet_client(&raylet).await;
+    let size: u64 = (20 << 20) + 5;
+    let (id, _) = put_pseudo_random(&mut c, size).await;
+    let addr = raylet.address().to_string();
+    let read = |id: ObjectId, offset: u64| ReadObjectRequest {
+        object_id: id.to_vec(),
+        chunk_size: 0,
+        offset,
+        length: 0,
+        puller: None,
+    };
+
+    let refused = |r: Result<_, miniray_raylet::object_manager::PullError>| match r {
+        Ok(_) => panic!("a range was served"),
+        Err(e) => e.code,
+    };
+    assert_eq!(
+        refused(open_range(&addr, "not-the-token", read(id, 0)).await),
+        ErrorCode::Unauthenticated
+    );
+    assert_eq!(
+        refused(open_range(&addr, "", read(id, 0)).await),
+        ErrorCode::Unauthenticated
+    );
+    assert_eq!(
+        refused(open_range(&addr, TOKEN, read(ObjectId::random(), 0)).await),
+        ErrorCode::NotFound
+    );
+    assert_eq!(
+        refused(open_range(&addr, TOKEN, read(id, size + 1)).await),
+        ErrorCode::InvalidArgument
+    );
+    let mut bad_id = read(id, 0);
+    bad_id.object_id.truncate(3);
+    assert_eq!(
+        refused(open_range(&addr, TOKEN, bad_id).await),
+        ErrorCode::InvalidArgument
+    );
+    // A frame too large, or garbage, after the magic: the connection closes, unanswered.
+    for junk in [
+        &b"MRXFER1\n\xff\xff\xff\xff"[..],
+        b"MRXFER1\n\0\0\0\x03\xff\xff\xff",
+    ] {
+        let mut raw = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        raw.write_all(junk).await.unwrap();
+        let mut answer = Vec::new();
+        // Closed, or reset: either way, nothing was said.
+        let _ = tokio::time::timeout(Duration::from_secs(30), raw.read_to_end(&mut answer))
+            .await
+            .expect("the raylet closes the connection");
+        assert!(answer.is_empty(), "answered {answer:?}");
+    }
+    assert_eq!(raylet.transfer_stats().bytes_served, 0);
+
+    // With the token: the range from `offset` to the end, on the same port as gRPC, which
+    // still answers.
+    let served = open_range(&addr, TOKEN, read(id, PULL_RANGE))
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            served.header.total_size,
+            served.header.offset,
+            served.header.length
+        ),
+        (size, PULL_RANGE, size - PULL_RANGE)
+    );
+    drop(served);
+    let stats = c
+        .get_node_stats(GetNodeStatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stats.num_objects, 1);
+
+    raylet.shutdown().await;
+    gcs.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refuses_unauthenticated_calls_and_bad_input() {
     let gcs = start_gcs().await;
     let dir = tempfile::tempdir().unwrap();

@@ -212,6 +212,37 @@ fn clients_without_the_cluster_certificate_or_token_are_refused() {
             .connect_timeout(Duration::from_secs(5));
         let r = gcs_call(plain, &cluster.token).await;
         assert!(r.is_err(), "a plaintext client got {r:?}");
+
+        // Plaintext to a TLS raylet's object data plane, with the right token: the raylet
+        // expects a TLS handshake after the magic and sends no header (at most a TLS
+        // alert, a record of type 21).
+        let mut plain = tokio::net::TcpStream::connect(&raylet)
+            .await
+            .expect("connect to the raylet");
+        let request = prost::Message::encode_to_vec(&miniray_proto::ObjectTransferRequest {
+            token: cluster.token.clone(),
+            read: Some(miniray_proto::ReadObjectRequest {
+                object_id: vec![7; 16],
+                ..Default::default()
+            }),
+        });
+        let mut frame = b"MRXFER1\n".to_vec();
+        frame.extend_from_slice(&(request.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&request);
+        tokio::io::AsyncWriteExt::write_all(&mut plain, &frame)
+            .await
+            .expect("send");
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(
+            Duration::from_secs(30),
+            tokio::io::AsyncReadExt::read_to_end(&mut plain, &mut answer),
+        )
+        .await
+        .expect("the raylet closes the connection");
+        assert!(
+            answer.first().is_none_or(|&b| b == 21),
+            "a plaintext data-plane client got {answer:?}"
+        );
     });
     // The same process-wide channels the daemons use still work.
     assert_eq!(cluster.nodes_info().len(), 1);

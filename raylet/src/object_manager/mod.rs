@@ -1,13 +1,14 @@
-//! Node-to-node object transfer: serve local objects, or byte ranges of them, in chunks
-//! (`ReadObject`), and pull remote ones into the local store (`PullObject`).
+//! Node-to-node object transfer: serve local objects, or byte ranges of them, to peer
+//! raylets over the [`data_plane`] (and in chunks over gRPC, `ReadObject`, to clients that
+//! cannot map the segment), and pull remote ones into the local store (`PullObject`).
 //!
 //! A pull reads its object as ranges of [`PULL_RANGE`] bytes, [`PULL_STREAMS`] at a time,
-//! each over its own connection, and writes each chunk into the local segment straight
-//! from the message it arrived in. Sources serve chunks as views of their segment
-//! ([`PlasmaStore::sealed_view`]): the only copies on the way are into and out of the gRPC
-//! buffers and the socket.
+//! each over its own connection. A source writes its range to the socket straight from
+//! its segment ([`PlasmaStore::sealed_view`]), and the puller reads the socket straight
+//! into its own ([`PlasmaStore::unsealed_view_mut`]): the kernel's copies into and out of
+//! the socket are the only ones.
 //!
-//! Broadcast: the source names, in its first chunk, the nodes that lately pulled the same
+//! Broadcast: the source names, in its answer to the first range, the nodes that lately pulled the same
 //! object from it ([`pullers`]); the puller reads every other range from one of them
 //! instead, and a node serves the ranges of an object it is still receiving as they
 //! arrive ([`progress`]). So when many nodes pull one object, the source sends each byte
@@ -28,25 +29,23 @@
 //! - Whatever a peer fails to serve (gone, evicted, stalled for [`PEER_PATIENCE`]) is read
 //!   from the source, from where the peer stopped; only the source failing fails a pull.
 
+pub mod data_plane;
 mod progress;
 mod pullers;
 
 use std::collections::HashMap;
-use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::future::{BoxFuture, Shared};
 use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
-use miniray_common::auth::{AuthedChannel, connect_lazy};
 use miniray_common::config::{MAX_MESSAGE_SIZE, TRANSFER_CHUNK_SIZE};
+use miniray_common::net::host_port;
 use miniray_common::{ErrorCode, NodeId, ObjectId};
-use miniray_plasma::{PlasmaError, PlasmaStore};
-use miniray_proto::raylet_client::RayletClient;
+use miniray_plasma::{ObjectView, PlasmaError, PlasmaStore};
 use miniray_proto::{NodeAddress, ObjectChunk, ReadObjectRequest};
 use tokio::sync::mpsc;
-use tonic::Streaming;
 
 use progress::Progress;
 use pullers::RecentPullers;
@@ -110,8 +109,6 @@ pub struct ObjectManager {
     node_id: NodeId,
     token: String,
     store: Arc<PlasmaStore>,
-    /// [`PULL_STREAMS`] clients per peer, each its own connection.
-    peers: parking_lot::Mutex<HashMap<NodeId, Vec<RayletClient<AuthedChannel>>>>,
     pulls: parking_lot::Mutex<HashMap<ObjectId, SharedPull>>,
     /// Objects being pulled here, and how much of each has arrived.
     arriving: parking_lot::Mutex<HashMap<ObjectId, Arc<Progress>>>,
@@ -136,7 +133,6 @@ impl ObjectManager {
             node_id,
             token,
             store,
-            peers: parking_lot::Mutex::new(HashMap::new()),
             pulls: parking_lot::Mutex::new(HashMap::new()),
             arriving: parking_lot::Mutex::new(HashMap::new()),
             pullers: parking_lot::Mutex::new(RecentPullers::default()),
@@ -160,7 +156,8 @@ impl ObjectManager {
     /// the end: to the end) in chunks of `chunk_size` (0 = default, capped at
     /// [`MAX_CHUNK_SIZE`]), none crossing a multiple of [`PULL_RANGE`]. Always sends at
     /// least one chunk, so readers learn the size of empty objects too. An offset past the
-    /// end is refused.
+    /// end is refused. For clients that cannot map the segment (`ReadObject`); raylets
+    /// pull over the [`data_plane`].
     ///
     /// A sealed object is served at once; one this node is still pulling, as its bytes
     /// arrive. `puller`, on a read from offset 0, is remembered, and the first chunk names
@@ -176,8 +173,39 @@ impl ObjectManager {
         let chunk = match chunk_size {
             0 => TRANSFER_CHUNK_SIZE as u64,
             n => n.min(MAX_CHUNK_SIZE as u64),
-        }
-        .max(1);
+        };
+        let (mut range, peers) = self.serve_range(id, chunk, offset, length, puller)?;
+        let mut peers = Some(peers);
+        let (tx, rx) = mpsc::channel(READ_AHEAD);
+        tokio::spawn(async move {
+            while let Some(next) = range.next().await {
+                let msg = next
+                    .map(|(offset, view)| ObjectChunk {
+                        total_size: range.total,
+                        offset,
+                        data: bytes::Bytes::from_owner(view),
+                        peers: peers.take().unwrap_or_default(),
+                    })
+                    .map_err(|e| e.to_status());
+                let failed = msg.is_err();
+                if tx.send(msg).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    /// The bytes `[offset, offset + length)` of a local object, as [`read`](Self::read)
+    /// serves them, and the peers to name to `puller`.
+    fn serve_range(
+        &self,
+        id: ObjectId,
+        chunk: u64,
+        offset: u64,
+        length: u64,
+        puller: Option<NodeAddress>,
+    ) -> Result<(ServedRange, Vec<NodeAddress>), PullError> {
         let source = match self.store.get(id) {
             Some(loc) => Served::Sealed {
                 total: loc.size,
@@ -207,88 +235,24 @@ impl ObjectManager {
             0 => total,
             n => offset.saturating_add(n).min(total),
         };
-        let mut peers = match puller {
+        let peers = match puller {
             Some(p) if offset == 0 && p.node_id != self.address.node_id => {
                 self.pullers.lock().note(id, p, Instant::now())
             }
             _ => Vec::new(),
         };
-        let (tx, rx) = mpsc::channel(READ_AHEAD);
-        let served = Arc::clone(&self.bytes_served);
-        let store = Arc::clone(&self.store);
-        tokio::spawn(async move {
-            let mut at = offset;
-            loop {
-                let boundary = (at / PULL_RANGE + 1) * PULL_RANGE;
-                let len = (end - at).min(chunk).min(boundary - at);
-                let view = match &source {
-                    Served::Sealed { .. } => store.sealed_view(id, at, len as usize),
-                    Served::Arriving(progress) => {
-                        match progress.wait_written(at, at + len, PEER_PATIENCE).await {
-                            // Failed by now: the view may be of a new copy of `id` (this
-                            // pull aborted, another began), not of the bytes awaited.
-                            Ok(()) => store.written_view(id, at, len as usize).and_then(|view| {
-                                match progress.has_failed() {
-                                    false => Ok(view),
-                                    true => Err(PlasmaError::NotFound(id)),
-                                }
-                            }),
-                            Err(e) => {
-                                let msg = format!("object {id} bytes at {at}: {e}");
-                                let _ = tx.send(Err(ErrorCode::Unavailable.status(msg))).await;
-                                return;
-                            }
-                        }
-                    }
-                };
-                let msg = match view {
-                    Ok(view) => Ok(ObjectChunk {
-                        total_size: total,
-                        offset: at,
-                        data: bytes::Bytes::from_owner(view),
-                        peers: std::mem::take(&mut peers),
-                    }),
-                    Err(e) => Err(e.code().status(e.to_string())),
-                };
-                let failed = msg.is_err();
-                if tx.send(msg).await.is_err() || failed {
-                    return;
-                }
-                served.fetch_add(len, Ordering::Relaxed);
-                at += len;
-                if at >= end {
-                    return;
-                }
-            }
-        });
-        Ok(rx)
-    }
-
-    /// Drops the cached clients of nodes not in `alive` (dead ones), so the map follows the
-    /// cluster rather than every node ever met. A peer needed again reconnects.
-    pub fn retain_peers(&self, alive: &std::collections::HashSet<NodeId>) {
-        self.peers.lock().retain(|node, _| alive.contains(node));
-    }
-
-    /// The clients of a peer: [`PULL_STREAMS`] connections, made on first use.
-    fn peer(&self, source: &NodeAddress) -> Result<Vec<RayletClient<AuthedChannel>>, PullError> {
-        let node = NodeId::from_bytes(&source.node_id)
-            .map_err(|e| PullError::new(ErrorCode::InvalidArgument, e.to_string()))?;
-        if let Some(c) = self.peers.lock().get(&node) {
-            return Ok(c.clone());
-        }
-        let address = miniray_common::net::host_port(&source.host, source.port);
-        let clients = (0..PULL_STREAMS)
-            .map(|_| {
-                let channel = connect_lazy(&address, &self.token)
-                    .map_err(|e| PullError::new(ErrorCode::InvalidArgument, e.to_string()))?;
-                Ok(RayletClient::new(channel)
-                    .max_decoding_message_size(MAX_MESSAGE_SIZE)
-                    .max_encoding_message_size(MAX_MESSAGE_SIZE))
-            })
-            .collect::<Result<Vec<_>, PullError>>()?;
-        self.peers.lock().insert(node, clients.clone());
-        Ok(clients)
+        let range = ServedRange {
+            store: Arc::clone(&self.store),
+            id,
+            source,
+            total,
+            at: offset,
+            end,
+            chunk: chunk.max(1),
+            started: false,
+            served: Arc::clone(&self.bytes_served),
+        };
+        Ok((range, peers))
     }
 
     /// Brings `id` from `source` into the local store; returns its size. Already sealed
@@ -311,12 +275,14 @@ impl ObjectManager {
                 if let Some(loc) = self.store.location(id) {
                     return Ok(loc.size);
                 }
-                let clients = self.peer(&source)?;
+                NodeId::from_bytes(&source.node_id)
+                    .map_err(|e| PullError::new(ErrorCode::InvalidArgument, e.to_string()))?;
+                let source = host_port(&source.host, source.port);
                 let this = Arc::clone(self);
                 // The transfer runs in its own task so that it completes (or cleans up)
                 // even when every caller waiting for it goes away.
                 let task = tokio::spawn(async move {
-                    let r = this.transfer(id, clients).await;
+                    let r = this.transfer(id, &source).await;
                     this.pulls.lock().remove(&id);
                     r
                 });
@@ -339,47 +305,28 @@ impl ObjectManager {
         shared.await
     }
 
-    /// Pulls `id` as ranges: the first from the source, which tells the object's size and
-    /// the peers that lately pulled it; then the others, [`PULL_STREAMS`] at a time
-    /// alongside it, taken in turn from the source and each peer. `source` holds the
-    /// source's clients (at least one).
-    async fn transfer(
-        &self,
-        id: ObjectId,
-        source: Vec<RayletClient<AuthedChannel>>,
-    ) -> Result<u64, PullError> {
-        let Some(first_client) = source.first() else {
-            return Err(PullError::new(
-                ErrorCode::Internal,
-                format!("pulling object {id}: no connection to the source"),
-            ));
-        };
-        let mut head = open_range(
-            first_client.clone(),
-            id,
-            0,
-            PULL_RANGE,
-            Some(self.address.clone()),
+    /// Pulls `id` as ranges: the first from the source (at `source`, host and port), which
+    /// tells the object's size and the peers that lately pulled it; then the others,
+    /// [`PULL_STREAMS`] at a time alongside it, taken in turn from the source and each
+    /// peer.
+    async fn transfer(&self, id: ObjectId, source: &str) -> Result<u64, PullError> {
+        let mut head = data_plane::open_range(
+            source,
+            &self.token,
+            read_request(id, 0, PULL_RANGE, Some(self.address.clone())),
         )
         .await?;
-        let first = head
-            .message()
-            .await
-            .map_err(|s| stream_error(id, "stream failed", s))?
-            .ok_or_else(|| {
-                PullError::new(
-                    ErrorCode::Unavailable,
-                    format!("pulling object {id}: empty stream"),
-                )
-            })?;
-        let total = first.total_size;
-        // A peer that cannot be reached is simply not asked; one that answers badly is
-        // replaced by the source range by range.
-        let peers: Vec<Vec<RayletClient<AuthedChannel>>> = first
+        let total = head.header.total_size;
+        let head_end = total.min(PULL_RANGE);
+        head.expect(id, total, 0, head_end)?;
+        // A peer that cannot be reached, or answers badly, is replaced by the source range
+        // by range.
+        let peers: Vec<String> = head
+            .header
             .peers
             .iter()
             .filter(|p| p.node_id != self.address.node_id)
-            .filter_map(|p| self.peer(p).ok())
+            .map(|p| host_port(&p.host, p.port))
             .collect();
         self.store
             .create(id, total, false)
@@ -394,31 +341,19 @@ impl ObjectManager {
         // copy is aborted (see `Progress::has_failed`).
         let arriving = Arriving::register(&self.arriving, id, Arc::clone(&progress));
 
-        let head_end = total.min(PULL_RANGE);
         let head = async {
             let mut at = 0;
-            self.fill_range(
-                id,
-                total,
-                0..head_end,
-                &mut at,
-                Some(first),
-                head,
-                &progress,
-            )
-            .await
+            self.receive(id, &mut head, head_end, &mut at, &progress)
+                .await
         };
         let rest = futures::stream::iter((head_end..total).step_by(PULL_RANGE as usize))
             .enumerate()
             .map(|(i, start)| {
-                let turn = i + 1;
-                let from_source = source[turn % source.len()].clone();
                 // Turns go round the source and each peer.
+                let turn = i + 1;
                 let from_peer = match turn % (1 + peers.len()) {
                     0 => None,
-                    k => peers
-                        .get(k - 1)
-                        .and_then(|c| c.get(turn % c.len().max(1)).cloned()),
+                    k => peers.get(k - 1),
                 };
                 let end = start.saturating_add(PULL_RANGE).min(total);
                 let progress = &progress;
@@ -436,7 +371,7 @@ impl ObjectManager {
                             ),
                         }
                     }
-                    self.fill_from(from_source, id, total, end, &mut at, progress)
+                    self.fill_from(source, id, total, end, &mut at, progress)
                         .await
                 }
             })
@@ -453,84 +388,39 @@ impl ObjectManager {
         Ok(total)
     }
 
-    /// Reads the bytes `[*at, end)` of `id` from the node behind `client` into the
-    /// unsealed local copy; `*at` follows what has been written, also on failure.
+    /// Reads the bytes `[*at, end)` of `id` (an object of `total` bytes) from the node at
+    /// `address` into the unsealed local copy; `*at` follows what has been written, also
+    /// on failure.
     async fn fill_from(
         &self,
-        client: RayletClient<AuthedChannel>,
+        address: &str,
         id: ObjectId,
         total: u64,
         end: u64,
         at: &mut u64,
         progress: &Progress,
     ) -> Result<(), PullError> {
-        let stream = open_range(client, id, *at, end - *at, None).await?;
-        self.fill_range(id, total, *at..end, at, None, stream, progress)
-            .await
+        let mut range =
+            data_plane::open_range(address, &self.token, read_request(id, *at, end - *at, None))
+                .await?;
+        range.expect(id, total, *at, end)?;
+        self.receive(id, &mut range, end, at, progress).await
     }
+}
 
-    /// Writes the chunks of `stream` (after `first`, if given) into the unsealed object
-    /// `id` of `total` bytes; they must cover exactly `range`, in order. `*at` (starting at
-    /// `range.start`) follows what has been written, and so does `progress`.
-    #[allow(clippy::too_many_arguments)]
-    async fn fill_range(
-        &self,
-        id: ObjectId,
-        total: u64,
-        range: Range<u64>,
-        at: &mut u64,
-        mut first: Option<ObjectChunk>,
-        mut stream: Streaming<ObjectChunk>,
-        progress: &Progress,
-    ) -> Result<(), PullError> {
-        let bad = |what: String| {
-            PullError::new(
-                ErrorCode::Unavailable,
-                format!("pulling object {id}, bytes {range:?}: {what}"),
-            )
-        };
-        loop {
-            let chunk = match first.take() {
-                Some(c) => c,
-                None => match stream
-                    .message()
-                    .await
-                    .map_err(|s| stream_error(id, "stream failed", s))?
-                {
-                    Some(c) => c,
-                    None => break,
-                },
-            };
-            if chunk.total_size != total {
-                return Err(bad(format!(
-                    "chunk of an object of {} bytes, expected {total}",
-                    chunk.total_size
-                )));
-            }
-            let len = chunk.data.len() as u64;
-            if chunk.offset != *at || *at + len > range.end {
-                return Err(bad(format!(
-                    "chunk of {len} bytes at {} (expected one at {at})",
-                    chunk.offset
-                )));
-            }
-            let store = Arc::clone(&self.store);
-            let data = chunk.data;
-            let offset = *at;
-            tokio::task::spawn_blocking(move || store.write(id, offset, &data))
-                .await
-                .map_err(|e| {
-                    PullError::new(ErrorCode::Internal, format!("write task failed: {e}"))
-                })?
-                .map_err(|e| PullError::new(e.code(), e.to_string()))?;
-            self.bytes_pulled.fetch_add(len, Ordering::Relaxed);
-            *at += len;
-            progress.advance(*at);
-        }
-        if *at != range.end {
-            return Err(bad(format!("stream ended at {at}")));
-        }
-        Ok(())
+/// A request for the bytes `[offset, offset + length)` of `id`.
+fn read_request(
+    id: ObjectId,
+    offset: u64,
+    length: u64,
+    puller: Option<NodeAddress>,
+) -> ReadObjectRequest {
+    ReadObjectRequest {
+        object_id: id.to_vec(),
+        chunk_size: TRANSFER_CHUNK_SIZE as u64,
+        offset,
+        length,
+        puller,
     }
 }
 
@@ -547,6 +437,70 @@ impl Served {
         match self {
             Served::Sealed { total, .. } => *total,
             Served::Arriving(p) => p.total(),
+        }
+    }
+}
+
+/// A range of a local object being served: its chunks, as views of the segment.
+struct ServedRange {
+    store: Arc<PlasmaStore>,
+    id: ObjectId,
+    source: Served,
+    total: u64,
+    at: u64,
+    end: u64,
+    chunk: u64,
+    /// Whether a chunk was served: an empty range still serves one, empty.
+    started: bool,
+    served: Arc<AtomicU64>,
+}
+
+impl ServedRange {
+    /// The next chunk (its offset in the object, and its bytes), none crossing a multiple
+    /// of [`PULL_RANGE`]; `None` once the range is served. Counts what it hands out as
+    /// served.
+    async fn next(&mut self) -> Option<Result<(u64, ObjectView), PullError>> {
+        if self.started && self.at >= self.end {
+            return None;
+        }
+        self.started = true;
+        let (id, at) = (self.id, self.at);
+        let boundary = (at / PULL_RANGE + 1) * PULL_RANGE;
+        let len = (self.end - at).min(self.chunk).min(boundary - at);
+        let view = match &self.source {
+            Served::Sealed { .. } => self.store.sealed_view(id, at, len as usize),
+            Served::Arriving(progress) => {
+                match progress.wait_written(at, at + len, PEER_PATIENCE).await {
+                    // Failed by now: the view may be of a new copy of `id` (this pull
+                    // aborted, another began), not of the bytes awaited.
+                    Ok(()) => self
+                        .store
+                        .written_view(id, at, len as usize)
+                        .and_then(|view| match progress.has_failed() {
+                            false => Ok(view),
+                            true => Err(PlasmaError::NotFound(id)),
+                        }),
+                    Err(e) => {
+                        // Nothing more comes from this range.
+                        self.at = self.end;
+                        return Some(Err(PullError::new(
+                            ErrorCode::Unavailable,
+                            format!("object {id} bytes at {at}: {e}"),
+                        )));
+                    }
+                }
+            }
+        };
+        match view {
+            Ok(view) => {
+                self.served.fetch_add(len, Ordering::Relaxed);
+                self.at += len;
+                Some(Ok((at, view)))
+            }
+            Err(e) => {
+                self.at = self.end;
+                Some(Err(PullError::new(e.code(), e.to_string())))
+            }
         }
     }
 }
@@ -587,40 +541,6 @@ impl Drop for Arriving<'_> {
             self.progress.fail();
         }
     }
-}
-
-/// Asks the node behind `client` for the bytes `[offset, offset + length)` of `id`,
-/// naming this node as `puller` when it asks a source for a whole object.
-async fn open_range(
-    mut client: RayletClient<AuthedChannel>,
-    id: ObjectId,
-    offset: u64,
-    length: u64,
-    puller: Option<NodeAddress>,
-) -> Result<Streaming<ObjectChunk>, PullError> {
-    Ok(client
-        .read_object(ReadObjectRequest {
-            object_id: id.to_vec(),
-            chunk_size: TRANSFER_CHUNK_SIZE as u64,
-            offset,
-            length,
-            puller,
-        })
-        .await
-        .map_err(|s| stream_error(id, "read request failed", s))?
-        .into_inner())
-}
-
-/// A source's failure: the object is gone there (`NotFound`) or the source is unreachable.
-fn stream_error(id: ObjectId, what: &str, s: tonic::Status) -> PullError {
-    let code = match ErrorCode::of_status(&s) {
-        ErrorCode::NotFound => ErrorCode::NotFound,
-        _ => ErrorCode::Unavailable,
-    };
-    PullError::new(
-        code,
-        format!("pulling object {id}: {what}: {}", s.message()),
-    )
 }
 
 /// Copies `chunks` (each its offset in the object and its bytes, in order from 0) into
