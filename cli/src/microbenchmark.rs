@@ -304,11 +304,9 @@ fn worker_start_latency(b: &Bench<'_>) -> anyhow::Result<()> {
     if !b.wanted(name) {
         return Ok(());
     }
-    let nodes = local_nodes::LocalNodes::start(1, 256 << 20, 2.0)?;
+    let nodes = local_nodes::start(1, 256 << 20, 2.0)?;
     let job = || -> anyhow::Result<Vec<f64>> {
-        nodes
-            .join()
-            .with_context(|| format!("{name}: joining its cluster"))?;
+        local_nodes::join(&nodes).with_context(|| format!("{name}: joining its cluster"))?;
         let latencies = (|| {
             let submitted = miniray_common::time::now_us();
             let refs = (0..WORKER_STARTS)

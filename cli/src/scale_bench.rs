@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::microbenchmark::local_nodes::LocalNodes;
+use crate::microbenchmark::local_nodes;
+use miniray::cluster::LocalCluster;
 
 #[derive(clap::Args)]
 pub struct ScaleArgs {
@@ -85,8 +86,8 @@ fn print(name: &str, value: f64) {
 }
 
 fn many_tasks(args: &ScaleArgs) -> anyhow::Result<()> {
-    let nodes = LocalNodes::start(1, 256 << 20, 2.0)?;
-    nodes.join().context("many_tasks: joining its cluster")?;
+    let nodes = local_nodes::start(1, 256 << 20, 2.0)?;
+    local_nodes::join(&nodes).context("many_tasks: joining its cluster")?;
     let start = Instant::now();
     let result = (|| {
         let refs = (0..args.tasks)
@@ -166,8 +167,8 @@ fn many_actors(args: &ScaleArgs) -> anyhow::Result<()> {
             args.actors
         );
     }
-    let nodes = LocalNodes::start(4, 64 << 20, 0.0)?;
-    nodes.join().context("many_actors: joining its cluster")?;
+    let nodes = local_nodes::start(4, 64 << 20, 0.0)?;
+    local_nodes::join(&nodes).context("many_actors: joining its cluster")?;
     let start = Instant::now();
     let result = (|| {
         let actors = (0..count)
@@ -216,7 +217,7 @@ fn many_nodes(args: &ScaleArgs) -> anyhow::Result<()> {
         .build()
         .context("a runtime for the status calls")?;
     let start = Instant::now();
-    let nodes = LocalNodes::start(count, 16 << 20, 0.0)?;
+    let nodes = local_nodes::start(count, 16 << 20, 0.0)?;
     let mut gcs = rt.block_on(async {
         let channel = miniray_common::auth::connect(nodes.gcs_address(), nodes.token())
             .await
@@ -290,7 +291,7 @@ struct Peaks {
 }
 
 impl Peaks {
-    fn of(nodes: &LocalNodes) -> Self {
+    fn of(nodes: &LocalCluster) -> Self {
         let mib = |pid: Option<u32>| hwm_kib(pid).unwrap_or(0) as f64 / 1024.0;
         let raylets: Vec<f64> = nodes
             .raylet_pids()

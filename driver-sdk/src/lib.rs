@@ -47,13 +47,15 @@ pub use object_ref::ObjectRef;
 pub use options::{Arg, IntoArg, TaskOptions};
 pub use runtime::bootstrap::InitOptions;
 
-/// Daemon roles of a miniray executable, for `miniray start` and tests.
+/// Daemon roles of a miniray executable, for `miniray start` and tests, and local clusters
+/// of them.
 pub mod cluster {
     pub use crate::runtime::cluster::{
         DEFAULT_EXECUTABLE_CACHE_BYTES, DEFAULT_MAX_DESTROYED_ACTORS, DEFAULT_MAX_TASK_EVENTS,
         DaemonSpec, GcsSpec, RayletSpec, SpawnedDaemon, run_daemon_from_env, spawn_daemon,
         spawn_daemon_via, stop_daemon,
     };
+    pub use crate::runtime::local_cluster::{LocalCluster, LocalNodeOptions};
 }
 
 /// Sizes of the core worker's internal tables, for tests of their bounds; not a public API.

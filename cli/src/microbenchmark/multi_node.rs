@@ -1,5 +1,5 @@
 //! The metrics that need more than one node, on a local cluster the microbenchmark starts
-//! itself (whatever `MINIRAY_ADDRESS` says, see [`LocalNodes`]): a head and
+//! itself (whatever `MINIRAY_ADDRESS` says, see [`local_nodes`]): a head and
 //! [`EXTRA_NODES`] more raylets. The driver works through the head.
 //!
 //! - `inter_node_get_gigabytes`: a task on node 1 makes 1 GiB; once it is done, the driver
@@ -16,7 +16,7 @@ use anyhow::Context;
 use miniray::ObjectRef;
 
 use super::Bench;
-use super::local_nodes::LocalNodes;
+use super::local_nodes;
 
 const GIB: u64 = 1 << 30;
 
@@ -51,8 +51,8 @@ pub(super) fn run(b: &Bench<'_>) -> anyhow::Result<()> {
     if !names.iter().any(|n| b.wanted(n)) {
         return Ok(());
     }
-    let nodes = LocalNodes::start(1 + EXTRA_NODES, STORE_BYTES, 1.0)?;
-    nodes.join().context("joining the multi-node cluster")?;
+    let nodes = local_nodes::start(1 + EXTRA_NODES, STORE_BYTES, 1.0)?;
+    local_nodes::join(&nodes).context("joining the multi-node cluster")?;
     let result = metrics(b);
     miniray::shutdown();
     drop(nodes);
@@ -64,7 +64,7 @@ fn metrics(b: &Bench<'_>) -> anyhow::Result<()> {
     let warm = (1..=EXTRA_NODES)
         .map(|k| {
             byte_len::options()
-                .resource(LocalNodes::resource(k), 1.0)
+                .resource(local_nodes::node_resource(k), 1.0)
                 .remote(Vec::<ObjectRef<Vec<u8>>>::new())
         })
         .collect::<miniray::Result<Vec<_>>>()?;
@@ -72,7 +72,7 @@ fn metrics(b: &Bench<'_>) -> anyhow::Result<()> {
 
     b.time_each("inter_node_get_gigabytes", || {
         let made = filled_bytes::options()
-            .resource(LocalNodes::resource(1), 1.0)
+            .resource(local_nodes::node_resource(1), 1.0)
             .remote(GIB)?;
         miniray::wait(std::slice::from_ref(&made), 1, None)?;
         let start = Instant::now();
@@ -91,7 +91,7 @@ fn metrics(b: &Bench<'_>) -> anyhow::Result<()> {
         let lens = (1..=EXTRA_NODES)
             .map(|k| {
                 byte_len::options()
-                    .resource(LocalNodes::resource(k), 1.0)
+                    .resource(local_nodes::node_resource(k), 1.0)
                     .remote(vec![object.clone()])
             })
             .collect::<miniray::Result<Vec<_>>>()?;

@@ -16,8 +16,8 @@ use tokio::sync::mpsc;
 
 use super::borrowing::{BorrowQueue, GiveBack};
 use super::clients::{Clients, node_endpoint};
-use super::cluster::{LocalCluster, LocalClusterOptions};
 use super::home::{Home, HomeCell, Rehomer, choose_home};
+use super::local_cluster::{LocalCluster, LocalNodeOptions};
 use super::plasma::{PlasmaClient, status_error};
 use super::store::{Freed, ObjectStore};
 use super::submitter::Submitter;
@@ -157,17 +157,19 @@ pub(crate) fn start_driver(opts: InitOptions) -> Result<()> {
                     .set(name.clone(), *amount)
                     .map_err(|e| Error::InvalidArgument(e.to_string()))?;
             }
-            let cluster = LocalCluster::start(&LocalClusterOptions {
+            let node = LocalNodeOptions {
                 num_cpus: opts.num_cpus,
                 resources,
                 object_store_memory: opts.object_store_memory,
-            })?;
-            let (addr, token, node) = (
-                cluster.gcs_address.clone(),
-                cluster.token.clone(),
-                cluster.node_id,
+            };
+            // The logs of a driver's cluster stay, for the user to read after a failure.
+            let cluster = LocalCluster::start(std::slice::from_ref(&node), true)?;
+            let (addr, token, head) = (
+                cluster.gcs_address().to_owned(),
+                cluster.token().to_owned(),
+                cluster.node_ids().first().copied(),
             );
-            (Some(cluster), addr, token, Some(node))
+            (Some(cluster), addr, token, head)
         }
     };
     let rt = runtime(1)?;

@@ -15,6 +15,7 @@ pub(crate) mod executor;
 mod home;
 mod job;
 mod journal;
+pub(crate) mod local_cluster;
 pub(crate) mod metrics;
 mod nodes;
 pub(crate) mod plasma;
@@ -96,7 +97,7 @@ struct Global {
     cw: Arc<CoreWorker>,
     runtime: Runtime,
     server_stop: Option<tokio::sync::oneshot::Sender<()>>,
-    cluster: Option<cluster::LocalCluster>,
+    cluster: Option<local_cluster::LocalCluster>,
 }
 
 static GLOBAL: RwLock<Option<Global>> = RwLock::new(None);
