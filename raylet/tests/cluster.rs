@@ -531,6 +531,122 @@ async fn the_data_plane_shares_the_port_and_serves_nothing_without_the_token() {
     gcs.shutdown().await;
 }
 
+/// How a fake source of the data plane misbehaves.
+#[derive(Clone, Copy)]
+enum Fault {
+    /// Sends the header, then half of each range, then closes.
+    CutShort,
+    /// Claims a different object size on every range after the first.
+    ChangesSize,
+}
+
+/// A data-plane source that answers every request for an object of `total` bytes, and
+/// misbehaves as `fault` says; returns its port.
+async fn faulty_source(total: u64, fault: Fault) -> u16 {
+    use miniray_raylet::object_manager::data_plane::MAGIC;
+    use prost::Message;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut magic = [0u8; 8];
+                conn.read_exact(&mut magic).await.ok()?;
+                assert_eq!(magic, MAGIC);
+                let mut len = [0u8; 4];
+                conn.read_exact(&mut len).await.ok()?;
+                let mut body = vec![0; u32::from_be_bytes(len) as usize];
+                conn.read_exact(&mut body).await.ok()?;
+                let read = ObjectTransferRequest::decode(body.as_slice()).ok()?.read?;
+                let end = match read.length {
+                    0 => total,
+                    n => (read.offset + n).min(total),
+                };
+                let header = ObjectTransferHeader {
+                    total_size: match fault {
+                        Fault::ChangesSize if read.offset > 0 => total + 1,
+                        _ => total,
+                    },
+                    offset: read.offset,
+                    length: end - read.offset,
+                    ..Default::default()
+                };
+                let header = header.encode_to_vec();
+                conn.write_all(&(header.len() as u32).to_be_bytes())
+                    .await
+                    .ok()?;
+                conn.write_all(&header).await.ok()?;
+                let sent = match fault {
+                    Fault::CutShort => (end - read.offset) / 2,
+                    Fault::ChangesSize => end - read.offset,
+                };
+                conn.write_all(&vec![0x5a; sent as usize]).await.ok()?;
+                conn.shutdown().await.ok()
+            });
+        }
+    });
+    port
+}
+
+/// Failure injection on the data plane: a source that cuts its ranges short, or changes
+/// its story about the object's size, fails the pull; nothing half-pulled stays, and the
+/// store takes a good pull afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_that_cuts_its_ranges_short_or_lies_fails_the_pull_and_leaves_nothing() {
+    let gcs = start_gcs().await;
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut cfg_a = raylet_config(&gcs, dir_a.path(), &[("CPU", 1.0)]);
+    cfg_a.object_store_memory = 80 << 20;
+    let mut cfg_b = raylet_config(&gcs, dir_b.path(), &[("CPU", 1.0)]);
+    cfg_b.object_store_memory = 80 << 20;
+    let a = miniray_raylet::Raylet::start(cfg_a).await.unwrap();
+    let b = miniray_raylet::Raylet::start(cfg_b).await.unwrap();
+    let mut ca = raylet_client(&a).await;
+    let mut cb = raylet_client(&b).await;
+
+    let total: u64 = (40 << 20) + 3;
+    for fault in [Fault::CutShort, Fault::ChangesSize] {
+        let port = faulty_source(total, fault).await;
+        let err = cb
+            .pull_object(PullObjectRequest {
+                object_id: ObjectId::random().to_vec(),
+                source: Some(NodeAddress {
+                    node_id: miniray_common::NodeId::random().to_vec(),
+                    host: "127.0.0.1".into(),
+                    port: u32::from(port),
+                }),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(ErrorCode::of_status(&err), ErrorCode::Unavailable, "{err}");
+        let stats = cb
+            .get_node_stats(GetNodeStatsRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((stats.num_objects, stats.object_store_used), (0, 0));
+    }
+
+    let (id, expected) = put_pseudo_random(&mut ca, total).await;
+    let size = cb
+        .pull_object(PullObjectRequest {
+            object_id: id.to_vec(),
+            source: Some(node_address(&a)),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .size;
+    assert_eq!(size, total);
+    assert_eq!(sealed_checksum(&mut cb, id).await, (total, expected));
+
+    a.shutdown().await;
+    b.shutdown().await;
+    gcs.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refuses_unauthenticated_calls_and_bad_input() {
     let gcs = start_gcs().await;
