@@ -370,14 +370,43 @@ impl WorkerPool {
                 exited,
             },
         );
-        let child = match self.spawn_refetching(cmd, &info.executable_hash).await {
+        // From the entry on, the start runs in a task of its own: a caller that goes away
+        // (its lease request cancelled) must not drop a process being spawned, whose entry
+        // would then stay with nothing to reap it or remove it.
+        let launch = Arc::clone(self).launch(
+            worker_id,
+            job,
+            cmd,
+            info.executable_hash,
+            exe.clone(),
+            signal_rx,
+            exited_tx,
+        );
+        tokio::spawn(launch).await.map_err(|e| PoolError::Spawn {
+            path: exe,
+            source: std::io::Error::other(format!("the start task failed: {e}")),
+        })??;
+        Ok((worker_id, start_rx, err_log.display().to_string()))
+    }
+
+    /// Spawns the process of the worker whose entry `spawn` made, then hands it to its
+    /// reaper and arms its start deadline; on failure, removes the entry.
+    #[allow(clippy::too_many_arguments)]
+    async fn launch(
+        self: Arc<Self>,
+        worker_id: WorkerId,
+        job: JobId,
+        cmd: tokio::process::Command,
+        executable_hash: String,
+        exe: PathBuf,
+        signal_rx: mpsc::UnboundedReceiver<Signal>,
+        exited_tx: watch::Sender<bool>,
+    ) -> Result<(), PoolError> {
+        let child = match self.spawn_refetching(cmd, &executable_hash).await {
             Ok(child) => child,
             Err(source) => {
                 self.workers.lock().remove(&worker_id);
-                return Err(PoolError::Spawn {
-                    path: exe.clone(),
-                    source,
-                });
+                return Err(PoolError::Spawn { path: exe, source });
             }
         };
         let pid = child.id().unwrap_or(0);
@@ -388,19 +417,18 @@ impl WorkerPool {
             self.stop(worker_id);
         }
         tokio::spawn(reap(
-            Arc::clone(self),
+            Arc::clone(&self),
             worker_id,
             child,
             signal_rx,
             exited_tx,
         ));
-        let pool = Arc::clone(self);
         let timeout = self.cfg.start_timeout;
         tokio::spawn(async move {
             tokio::time::sleep(timeout).await;
-            pool.start_deadline_passed(worker_id);
+            self.start_deadline_passed(worker_id);
         });
-        Ok((worker_id, start_rx, err_log.display().to_string()))
+        Ok(())
     }
 
     fn start_deadline_passed(&self, worker_id: WorkerId) {

@@ -435,7 +435,37 @@ async fn scenario(tmp_root: &Path) {
     })
     .await;
 
-    // 10. Shutdown leaves no worker process and no segment.
+    // 10. Lease requests given up while their workers start (as a driver that exits does)
+    //     leave workers the pool still manages: when their job ends, every one goes.
+    let quit_job = register_job(&mut g, &[]).await;
+    for k in 0..30u64 {
+        let asked = tokio::time::timeout(
+            Duration::from_micros(300 * (k % 10)),
+            cc.request_worker_lease(lease_req(quit_job, cpu(1.0), true)),
+        )
+        .await;
+        if let Ok(Ok(reply)) = asked
+            && let Some(Outcome::Granted(grant)) = reply.into_inner().outcome
+        {
+            cc.return_worker(ReturnWorkerRequest {
+                lease_id: grant.lease_id,
+                disconnect: false,
+            })
+            .await
+            .unwrap();
+        }
+    }
+    g.mark_job_finished(MarkJobFinishedRequest {
+        job_id: quit_job.to_vec(),
+    })
+    .await
+    .unwrap();
+    wait_stats(&cc, "every worker of the finished job to go", |s| {
+        s.num_workers == 0 && available_cpu(s) == 1.0
+    })
+    .await;
+
+    // 11. Shutdown leaves no worker process and no segment.
     let nodes: Vec<(NodeId, PathBuf)> = vec![
         (a.node_id(), sa.to_path_buf()),
         (b.node_id(), sb.to_path_buf()),
