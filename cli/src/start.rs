@@ -73,6 +73,11 @@ pub struct StartArgs {
     /// oldest are dropped first.
     #[arg(long, default_value_t = miniray::cluster::DEFAULT_MAX_TASK_EVENTS)]
     max_task_events: usize,
+    /// Seconds the GCS keeps the executable of the last finished job when no running job
+    /// uses it, so that its driver run again need not upload it (0: removed at once; any
+    /// other unused executable always is).
+    #[arg(long, default_value_t = miniray::cluster::DEFAULT_UNUSED_EXECUTABLE_TTL.as_secs())]
+    unused_executable_ttl_s: u64,
     /// Bytes of job executables no running job uses that this node keeps cached, so that
     /// a driver run again starts its workers without fetching its executable; the least
     /// recently used go first beyond this (0: remove each as its last job ends).
@@ -249,6 +254,7 @@ pub fn start(args: StartArgs) -> anyhow::Result<()> {
                 node_timeout_ms: args.node_timeout_ms,
                 max_destroyed_actors: Some(args.max_destroyed_actors),
                 max_task_events: Some(args.max_task_events),
+                unused_executable_ttl_ms: Some(args.unused_executable_ttl_s.saturating_mul(1000)),
                 tls: tls.clone(),
                 metrics_port: Some(args.gcs_metrics_port),
             }),

@@ -79,6 +79,7 @@ fn status_from_another_host_lists_each_node_with_its_own_ip() {
             node_timeout_ms: 10_000,
             max_destroyed_actors: None,
             max_task_events: None,
+            unused_executable_ttl_ms: None,
             tls: None,
             metrics_port: None,
         }),

@@ -52,8 +52,8 @@ pub use runtime::bootstrap::InitOptions;
 pub mod cluster {
     pub use crate::runtime::cluster::{
         DEFAULT_EXECUTABLE_CACHE_BYTES, DEFAULT_MAX_DESTROYED_ACTORS, DEFAULT_MAX_TASK_EVENTS,
-        DaemonSpec, GcsSpec, RayletSpec, SpawnedDaemon, run_daemon_from_env, spawn_daemon,
-        spawn_daemon_via, stop_daemon,
+        DEFAULT_UNUSED_EXECUTABLE_TTL, DaemonSpec, GcsSpec, RayletSpec, SpawnedDaemon,
+        run_daemon_from_env, spawn_daemon, spawn_daemon_via, stop_daemon,
     };
     pub use crate::runtime::local_cluster::{LocalCluster, LocalNodeOptions};
 }

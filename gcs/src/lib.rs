@@ -13,6 +13,7 @@ pub mod testing;
 mod actors;
 mod autoscaling;
 mod driver_monitor;
+mod executables;
 mod metrics;
 mod service;
 mod task_events;
@@ -66,7 +67,14 @@ pub struct GcsConfig {
     /// Task-event entries kept (about two per task; memory only);
     /// the batches that arrived first go first.
     pub max_task_events: usize,
+    /// How long the executable of the last finished job stays stored when no running job
+    /// uses it, so that its driver run again need not upload it (zero: removed at once).
+    pub unused_executable_ttl: Duration,
 }
+
+/// Default of [`GcsConfig::unused_executable_ttl`] (as long as Ray pins an uploaded
+/// runtime-env package, `RAY_RUNTIME_ENV_TEMPORARY_REFERENCE_EXPIRATION_S`).
+pub const DEFAULT_UNUSED_EXECUTABLE_TTL: Duration = Duration::from_secs(600);
 
 /// Default of [`GcsConfig::max_destroyed_actors`] (Ray's
 /// `maximum_gcs_destroyed_actor_cached_count`).
@@ -84,6 +92,7 @@ impl GcsConfig {
             max_destroyed_actors: DEFAULT_MAX_DESTROYED_ACTORS,
             metrics_port: None,
             max_task_events: DEFAULT_MAX_TASK_EVENTS,
+            unused_executable_ttl: DEFAULT_UNUSED_EXECUTABLE_TTL,
         }
     }
 }
@@ -132,18 +141,7 @@ impl GcsServer {
     ) -> Result<GcsHandle, GcsError> {
         let token_check = TokenCheck::try_new(&cfg.token)?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let state = Arc::new(
-            GcsState::load(
-                storage,
-                cfg.token.clone(),
-                cfg.session_name.clone(),
-                cfg.node_timeout,
-                cfg.max_destroyed_actors,
-                cfg.max_task_events,
-                shutdown_rx.clone(),
-            )
-            .await?,
-        );
+        let state = Arc::new(GcsState::load(storage, &cfg, shutdown_rx.clone()).await?);
         // Executables left by jobs that ended while no GCS ran (or before this GCS
         // reclaimed them) go now.
         state.remove_unused_executables().await;
@@ -211,6 +209,7 @@ impl GcsServer {
             cfg.token.clone(),
             shutdown_rx.clone(),
         ));
+        tokio::spawn(executables::expiry_loop(state.clone(), shutdown_rx.clone()));
         let health = tokio::spawn(health_loop(state, shutdown_rx));
         tracing::info!(%address, session = %cfg.session_name, node_timeout_ms = cfg.node_timeout.as_millis() as u64, "gcs listening");
         Ok(GcsHandle {

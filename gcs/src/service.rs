@@ -51,11 +51,12 @@ use prost::Message;
 use tokio::sync::{broadcast, watch};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::GcsError;
 use crate::actors::{self, ActorManager};
 use crate::autoscaling::{self, Autoscaling};
+use crate::executables::Kept;
 use crate::storage::{EXECUTABLES_TABLE, JOBS_TABLE, NODES_TABLE, Storage, kv_table};
 use crate::task_events::{self, TaskEvents};
+use crate::{GcsConfig, GcsError};
 
 /// Messages a subscriber may fall behind by before its stream is ended with an error.
 const PUBSUB_CAPACITY: usize = 1024;
@@ -77,13 +78,13 @@ struct NodeEntry {
 
 /// Everything the service and the health checker share.
 pub(crate) struct GcsState {
-    storage: Arc<dyn Storage>,
+    pub(crate) storage: Arc<dyn Storage>,
     /// Memory only; never held across an await (see the module invariants).
     nodes: Mutex<BTreeMap<NodeId, NodeEntry>>,
     /// Held around each persisted node change: write storage, then apply in memory.
     node_writes: tokio::sync::Mutex<()>,
     /// Memory only, like `nodes`.
-    jobs: Mutex<BTreeMap<JobId, JobInfo>>,
+    pub(crate) jobs: Mutex<BTreeMap<JobId, JobInfo>>,
     /// Held around each persisted job change, like `node_writes`.
     job_writes: tokio::sync::Mutex<()>,
     events: broadcast::Sender<PubMessage>,
@@ -92,10 +93,13 @@ pub(crate) struct GcsState {
     node_timeout: Duration,
     /// Flips to true (or closes) when the server stops; ends subscriber streams.
     shutdown: watch::Receiver<bool>,
-    /// Held while an executable is checked for use and removed, and by `AddJob` from its
-    /// existence check until the job is in the table (lock order: this before `job_writes`
-    /// and `jobs`); see [`GcsState::release_executable`]. Async: storage calls run under it.
-    executables: tokio::sync::Mutex<()>,
+    /// The unused executable kept for re-runs. Held while an executable is checked for use
+    /// and removed, and by `AddJob` from its existence check until the job is in the table
+    /// (lock order: this before `job_writes` and `jobs`); see `executables.rs`. Async:
+    /// storage calls run under it.
+    pub(crate) executables: tokio::sync::Mutex<Kept>,
+    /// How long the last executable no running job uses is kept (zero: not at all).
+    pub(crate) unused_executable_ttl: Duration,
     /// The `request_resources` floor and the autoscaler's latest report.
     autoscaling: Autoscaling,
     /// Task records from task events (memory only).
@@ -105,14 +109,10 @@ pub(crate) struct GcsState {
 impl GcsState {
     /// Builds the state, reloading nodes and jobs from the backend. Reloaded live nodes
     /// get a fresh grace period: raylets that survived the GCS restart keep heartbeating,
-    /// the others time out normally.
+    /// the others time out normally. `cfg.storage` is ignored: `storage` is the backend.
     pub(crate) async fn load(
         storage: Arc<dyn Storage>,
-        token: String,
-        session_name: String,
-        node_timeout: Duration,
-        max_destroyed_actors: usize,
-        max_task_events: usize,
+        cfg: &GcsConfig,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Self, GcsError> {
         let now = Instant::now();
@@ -149,8 +149,8 @@ impl GcsState {
         let actors = ActorManager::load(
             Arc::clone(&storage),
             events.clone(),
-            token,
-            max_destroyed_actors,
+            cfg.token.clone(),
+            cfg.max_destroyed_actors,
         )
         .await?;
         Ok(Self {
@@ -161,12 +161,13 @@ impl GcsState {
             job_writes: tokio::sync::Mutex::new(()),
             events,
             actors,
-            session_name,
-            node_timeout,
+            session_name: cfg.session_name.clone(),
+            node_timeout: cfg.node_timeout,
             shutdown,
-            executables: tokio::sync::Mutex::new(()),
+            executables: tokio::sync::Mutex::new(Kept::default()),
+            unused_executable_ttl: cfg.unused_executable_ttl,
             autoscaling,
-            task_events: TaskEvents::new(max_task_events),
+            task_events: TaskEvents::new(cfg.max_task_events),
         })
     }
 
@@ -446,83 +447,6 @@ impl GcsState {
         if died {
             // Supervisors of actors on (or being placed on) these nodes react.
             self.actors.cluster_changed();
-        }
-    }
-}
-
-/// Executables of finished jobs: an executable is kept while a running job uses it, and
-/// removed from storage when the last such job finishes, so a developer who rebuilds and
-/// reruns does not fill the GCS with old binaries.
-///
-/// Invariant: `AddJob` and the removal both run under `executables`, and `AddJob` checks
-/// there that the executable exists. So either the new job is in the table before the
-/// removal looks (and the executable stays), or the removal went first and `AddJob`
-/// answers NOT_FOUND: the driver uploads again and retries (`driver-sdk` `job.rs`).
-impl GcsState {
-    /// For `AddJob`: the guard to hold until the job is in the table, or NOT_FOUND when
-    /// the executable is not (or no longer) stored. A job without an executable passes.
-    async fn executable_for_new_job(
-        &self,
-        hash: &str,
-    ) -> Result<tokio::sync::MutexGuard<'_, ()>, Status> {
-        let guard = self.executables.lock().await;
-        if !hash.is_empty()
-            && !self
-                .storage
-                .exists(EXECUTABLES_TABLE, hash.as_bytes())
-                .await
-                .map_err(|e| e.to_status())?
-        {
-            return Err(ErrorCode::NotFound.status(format!(
-                "executable {hash} is not stored; upload it (again) before adding the job"
-            )));
-        }
-        Ok(guard)
-    }
-
-    /// Removes the executable `hash` from storage unless a running job uses it. A failed
-    /// removal is logged; the next GCS start sweeps it (see `remove_unused_executables`).
-    pub(crate) async fn release_executable(&self, hash: &str) {
-        if hash.is_empty() {
-            return;
-        }
-        let _guard = self.executables.lock().await;
-        let in_use = self
-            .jobs
-            .lock()
-            .values()
-            .any(|j| !j.finished && j.executable_hash == hash);
-        if in_use {
-            return;
-        }
-        match self
-            .storage
-            .delete(EXECUTABLES_TABLE, hash.as_bytes())
-            .await
-        {
-            Ok(true) => tracing::info!(hash, "executable removed: no running job uses it"),
-            Ok(false) => {}
-            Err(e) => tracing::warn!(hash, error = %e, "cannot remove an unused executable"),
-        }
-    }
-
-    /// Removes every stored executable no running job uses (at start: those of jobs that
-    /// finished while no GCS was there to remove them).
-    pub(crate) async fn remove_unused_executables(&self) {
-        let stored = match self.storage.keys_with_prefix(EXECUTABLES_TABLE, b"").await {
-            Ok(keys) => keys,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot list stored executables");
-                return;
-            }
-        };
-        for key in stored {
-            match String::from_utf8(key) {
-                Ok(hash) => self.release_executable(&hash).await,
-                Err(e) => {
-                    tracing::warn!(key = %hex::encode(e.as_bytes()), "stored executable with a non-utf8 name left alone")
-                }
-            }
         }
     }
 }

@@ -399,15 +399,19 @@ async fn add(client: &mut Client, job: &JobInfo) -> Result<(), tonic::Status> {
         .map(|_| ())
 }
 
-/// An executable stays while a running job uses it and goes with the last one; a job of
+/// With nothing kept for re-runs, an executable stays while a running job uses it and goes
+/// with the last one; a job of
 /// an executable that is not stored is refused with NOT_FOUND (the driver then uploads
 /// again). Checked on both backends, and across a restart on Redis.
 #[tokio::test]
 async fn executables_of_finished_jobs_are_removed() {
     let redis = miniray_gcs::testing::RedisServer::start().unwrap();
-    let mut redis_cfg = config();
+    // Nothing kept for re-runs (see the next test for that).
+    let mut memory_cfg = config();
+    memory_cfg.unused_executable_ttl = Duration::ZERO;
+    let mut redis_cfg = memory_cfg.clone();
     redis_cfg.storage = StorageConfig::Redis { url: redis.url() };
-    for cfg in [config(), redis_cfg.clone()] {
+    for cfg in [memory_cfg, redis_cfg.clone()] {
         let (gcs, mut client) = start_with(cfg).await;
         let data = b"a build of some program".to_vec();
         let hash = blake3::hash(&data).to_hex().to_string();
@@ -460,6 +464,61 @@ async fn executables_of_finished_jobs_are_removed() {
     let (gcs, mut client) = start_with(redis_cfg).await;
     assert!(!has(&mut client, &orphan_hash).await);
     assert!(has(&mut client, &used_hash).await);
+    gcs.shutdown().await;
+}
+
+/// The executable of the last finished job stays for `unused_executable_ttl`, so that its
+/// driver run again need not upload it; only one executable no job uses is kept; its time
+/// up, it goes.
+#[tokio::test]
+async fn the_last_finished_jobs_executable_is_kept_a_while_for_a_rerun() {
+    let mut cfg = config();
+    cfg.unused_executable_ttl = Duration::from_millis(300);
+    let (gcs, mut client) = start_with(cfg).await;
+    let (one, two) = (b"build one".to_vec(), b"build two".to_vec());
+    let h1 = blake3::hash(&one).to_hex().to_string();
+    let h2 = blake3::hash(&two).to_hex().to_string();
+    upload(&mut client, &h1, one.len() as u64, &one)
+        .await
+        .unwrap();
+    let first = job_of(&h1);
+    add(&mut client, &first).await.unwrap();
+    mark_job_finished(&mut client, &first.job_id).await.unwrap();
+    assert!(has(&mut client, &h1).await, "kept for a rerun");
+
+    // The rerun: added without an upload; its executable is in use again.
+    let rerun = job_of(&h1);
+    add(&mut client, &rerun).await.unwrap();
+    // A rebuilt program runs and ends meanwhile: the rebuilt one is the one kept now.
+    upload(&mut client, &h2, two.len() as u64, &two)
+        .await
+        .unwrap();
+    let rebuilt = job_of(&h2);
+    add(&mut client, &rebuilt).await.unwrap();
+    mark_job_finished(&mut client, &rebuilt.job_id)
+        .await
+        .unwrap();
+    assert!(has(&mut client, &h2).await);
+    assert!(has(&mut client, &h1).await, "the rerun uses it");
+    // The rerun ends: its executable is kept instead, and the rebuilt one goes.
+    mark_job_finished(&mut client, &rerun.job_id).await.unwrap();
+    assert!(has(&mut client, &h1).await);
+    assert!(
+        !has(&mut client, &h2).await,
+        "one unused executable is kept, not two"
+    );
+
+    // Its time up, it goes, and a job of it waits for an upload again.
+    let deadline = Instant::now() + DEADLINE;
+    while has(&mut client, &h1).await {
+        assert!(Instant::now() < deadline, "the kept executable never went");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let late = job_of(&h1);
+    assert_eq!(
+        code(&add(&mut client, &late).await.unwrap_err()),
+        ErrorCode::NotFound
+    );
     gcs.shutdown().await;
 }
 

@@ -109,6 +109,7 @@ fn without_a_cache_budget_the_executable_of_a_finished_job_is_removed() {
     let scratch = Scratch::new();
     let mut cluster = Cluster::start(Options {
         executable_cache_bytes: Some(0),
+        unused_executable_ttl: Some(Duration::ZERO),
         ..Default::default()
     });
     // A job of the usual executable first: it stays in use by nobody after this, so the

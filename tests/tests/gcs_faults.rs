@@ -27,6 +27,7 @@ fn gcs_against(redis_url: &str) -> (bool, String, Duration) {
         node_timeout_ms: 10_000,
         max_destroyed_actors: None,
         max_task_events: None,
+        unused_executable_ttl_ms: None,
         tls: None,
         metrics_port: None,
     });

@@ -25,7 +25,9 @@ use tracing::{info, warn};
 
 use crate::error::{Error, Result};
 
-pub use miniray_gcs::{DEFAULT_MAX_DESTROYED_ACTORS, DEFAULT_MAX_TASK_EVENTS};
+pub use miniray_gcs::{
+    DEFAULT_MAX_DESTROYED_ACTORS, DEFAULT_MAX_TASK_EVENTS, DEFAULT_UNUSED_EXECUTABLE_TTL,
+};
 pub use miniray_raylet::executable_cache::DEFAULT_UNUSED_BUDGET as DEFAULT_EXECUTABLE_CACHE_BYTES;
 
 const READY_PREFIX: &str = "MINIRAY_READY ";
@@ -57,6 +59,10 @@ pub struct GcsSpec {
     /// (default [`miniray_gcs::DEFAULT_MAX_TASK_EVENTS`]).
     #[serde(default)]
     pub max_task_events: Option<usize>,
+    /// Milliseconds the executable of the last finished job stays stored when no running
+    /// job uses it (default [`miniray_gcs::DEFAULT_UNUSED_EXECUTABLE_TTL`]; 0: not kept).
+    #[serde(default)]
+    pub unused_executable_ttl_ms: Option<u64>,
     /// Mutual TLS for the daemon's server and its calls (`None`: plaintext).
     #[serde(default)]
     pub tls: Option<TlsFiles>,
@@ -335,6 +341,10 @@ async fn run_daemon(spec: DaemonSpec, exit_with_parent: bool) -> i32 {
                 max_task_events: s
                     .max_task_events
                     .unwrap_or(miniray_gcs::DEFAULT_MAX_TASK_EVENTS),
+                unused_executable_ttl: s.unused_executable_ttl_ms.map_or(
+                    miniray_gcs::DEFAULT_UNUSED_EXECUTABLE_TTL,
+                    Duration::from_millis,
+                ),
             };
             match miniray_gcs::GcsServer::start(cfg).await {
                 Ok(h) => {

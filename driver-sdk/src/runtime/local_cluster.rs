@@ -90,6 +90,7 @@ impl LocalCluster {
                 node_timeout_ms: miniray_common::config::DEFAULT_NODE_TIMEOUT.as_millis() as u64,
                 max_destroyed_actors: None,
                 max_task_events: None,
+                unused_executable_ttl_ms: None,
                 tls: tls.clone(),
                 metrics_port: None,
             }),

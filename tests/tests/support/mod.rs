@@ -62,6 +62,7 @@ pub struct Cluster {
     node_timeout: Duration,
     plasma_dir: PathBuf,
     max_destroyed_actors: Option<usize>,
+    unused_executable_ttl: Option<Duration>,
     hosts: Option<Arc<netns::Hosts>>,
     tls: Option<TlsFiles>,
     daemon_env: Vec<(String, String)>,
@@ -78,6 +79,9 @@ pub struct Options {
     pub plasma_dir: Option<PathBuf>,
     /// Dead actors the GCS keeps (its default when `None`).
     pub max_destroyed_actors: Option<usize>,
+    /// How long the GCS keeps the executable of the last finished job (its default when
+    /// `None`).
+    pub unused_executable_ttl: Option<Duration>,
     /// Hosts to spread the cluster over (the GCS and head on host 0); loopback when `None`.
     pub hosts: Option<Arc<netns::Hosts>>,
     /// The head's node IP (its raylet's `bind_host`; default `127.0.0.1`, or host 0's IP).
@@ -99,6 +103,7 @@ impl Default for Options {
             object_store_memory: 1 << 30,
             plasma_dir: None,
             max_destroyed_actors: None,
+            unused_executable_ttl: None,
             hosts: None,
             head_bind_host: None,
             tls: None,
@@ -133,6 +138,7 @@ fn gcs_spec(
     redis: Option<String>,
     node_timeout: Duration,
     max_destroyed_actors: Option<usize>,
+    unused_executable_ttl: Option<Duration>,
     tls: Option<TlsFiles>,
 ) -> DaemonSpec {
     DaemonSpec::Gcs(GcsSpec {
@@ -143,6 +149,7 @@ fn gcs_spec(
         node_timeout_ms: node_timeout.as_millis() as u64,
         max_destroyed_actors,
         max_task_events: None,
+        unused_executable_ttl_ms: unused_executable_ttl.map(|t| t.as_millis() as u64),
         tls,
         metrics_port: None,
     })
@@ -167,6 +174,7 @@ impl Cluster {
                 opts.redis.clone(),
                 opts.node_timeout,
                 opts.max_destroyed_actors,
+                opts.unused_executable_ttl,
                 opts.tls.clone(),
             ),
             &session_dir.join("logs/gcs.err"),
@@ -188,6 +196,7 @@ impl Cluster {
                 .plasma_dir
                 .unwrap_or_else(miniray_common::shm::plasma_dir),
             max_destroyed_actors: opts.max_destroyed_actors,
+            unused_executable_ttl: opts.unused_executable_ttl,
             hosts: opts.hosts,
             tls: opts.tls,
             daemon_env: opts.daemon_env,
@@ -346,6 +355,7 @@ impl Cluster {
                 self.redis.clone(),
                 self.node_timeout,
                 self.max_destroyed_actors,
+                self.unused_executable_ttl,
                 self.tls.clone(),
             ),
             // A new log, so the old GCS's last words are kept.
