@@ -355,8 +355,7 @@ impl Api {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         // Node certificates name `miniray`, not the address dialed (see `common::tls`).
-        let server_name = rustls_pki_types::ServerName::try_from(tls::SERVER_NAME)
-            .context("the TLS server name")?;
+        let server_name = tls::server_name();
         let connector = HttpsConnector::new(
             http,
             tls_config,

@@ -64,6 +64,11 @@ impl ErrorCode {
         status
     }
 
+    /// The code named `name` ([`as_str`](Self::as_str)), if any.
+    pub fn parse(name: &str) -> Option<ErrorCode> {
+        ALL.into_iter().find(|c| c.as_str() == name)
+    }
+
     /// Recovers the code of a `Status`, from its metadata when a miniray server made it,
     /// else from the gRPC code (transport failures, other servers).
     pub fn of_status(status: &Status) -> ErrorCode {
@@ -71,12 +76,9 @@ impl ErrorCode {
             .metadata()
             .get(ERROR_CODE_KEY)
             .and_then(|v| v.to_str().ok())
+            .and_then(ErrorCode::parse)
         {
-            for c in ALL {
-                if c.as_str() == code {
-                    return c;
-                }
-            }
+            return code;
         }
         match status.code() {
             Code::InvalidArgument | Code::OutOfRange => ErrorCode::InvalidArgument,

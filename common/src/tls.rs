@@ -344,11 +344,7 @@ fn check_certs(what: &'static str, pem: &[u8], path: impl Fn() -> PathBuf) -> Re
 
 /// [`SERVER_NAME`], as a TLS client asks for it.
 pub fn server_name() -> rustls_pki_types::ServerName<'static> {
-    rustls_pki_types::ServerName::DnsName(
-        rustls_pki_types::DnsName::try_from(SERVER_NAME)
-            .expect("SERVER_NAME is a valid DNS name")
-            .to_owned(),
-    )
+    rustls_pki_types::ServerName::try_from(SERVER_NAME).expect("SERVER_NAME is a valid DNS name")
 }
 
 /// ring as rustls's process default, so rustls never has to pick a provider (it panics

@@ -728,7 +728,7 @@ impl PlasmaStore {
     }
 
     /// Copies `data` into an unsealed object at `offset_in_object` (server-side writes,
-    /// e.g. chunks pulled from another node). The copy runs outside the lock; the object
+    /// e.g. a remote driver's `PlasmaWrite` chunks). The copy runs outside the lock; the object
     /// cannot be freed under it.
     pub fn write(
         &self,
@@ -736,15 +736,9 @@ impl PlasmaStore {
         offset_in_object: u64,
         data: &[u8],
     ) -> Result<(), PlasmaError> {
-        let loc = {
-            let mut inner = self.inner.lock();
-            let e = inner.live_mut(id, false)?;
-            check_range(e.size, offset_in_object, data.len() as u64)?;
-            e.io += 1;
-            e.location()
-        };
-        // SAFETY: the range lies inside the object (checked above), which lies inside the
-        // mapping; the io pin keeps the object allocated until `release_io`.
+        let loc = self.pin_unsealed(id, offset_in_object, data.len())?;
+        // SAFETY: the range lies inside the object (checked by `pin_unsealed`), which lies
+        // inside the mapping; the io pin keeps the object allocated until `release_io`.
         unsafe {
             std::ptr::copy_nonoverlapping(
                 data.as_ptr(),
@@ -1026,14 +1020,8 @@ impl PlasmaStore {
         offset: u64,
         len: usize,
     ) -> Result<ObjectViewMut, PlasmaError> {
-        let loc = {
-            let mut inner = self.inner.lock();
-            let e = inner.live_mut(id, false)?;
-            check_range(e.size, offset, len as u64)?;
-            e.io += 1;
-            e.location()
-        };
-        // SAFETY: the range lies inside the object (checked above), inside the mapping.
+        let loc = self.pin_unsealed(id, offset, len)?;
+        // SAFETY: the range lies inside the object (checked there), inside the mapping.
         let ptr = unsafe { self.map.as_mut_ptr().add((loc.offset + offset) as usize) };
         Ok(ObjectViewMut {
             store: Arc::clone(self),
@@ -1041,6 +1029,21 @@ impl PlasmaStore {
             ptr,
             len,
         })
+    }
+
+    /// Takes an io pin on the unsealed object `id` for writing `len` bytes at `offset`,
+    /// after checking that they lie inside it; match with `release_io`.
+    fn pin_unsealed(
+        &self,
+        id: ObjectId,
+        offset: u64,
+        len: usize,
+    ) -> Result<ObjectLocation, PlasmaError> {
+        let mut inner = self.inner.lock();
+        let e = inner.live_mut(id, false)?;
+        check_range(e.size, offset, len as u64)?;
+        e.io += 1;
+        Ok(e.location())
     }
 
     fn view(

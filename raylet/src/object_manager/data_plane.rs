@@ -104,9 +104,8 @@ pub async fn open_range(
     );
     let tls = tls()?;
     let opened = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
-        let tcp = TcpStream::connect(address).await?;
+        let mut tcp = TcpStream::connect(address).await?;
         tcp.set_nodelay(true)?;
-        let mut tcp = tcp;
         tcp.write_all(&MAGIC).await?;
         let mut conn: Conn = match tls {
             Some(t) => Box::new(
@@ -135,19 +134,20 @@ pub async fn open_range(
             ));
         }
     };
-    if header.code != 0 {
-        let status = tonic::Status::new(tonic::Code::from_i32(header.code), header.message);
-        let code = match ErrorCode::of_status(&status) {
+    if !header.error.is_empty() {
+        let code = match ErrorCode::parse(&header.error) {
             // What the peer says of the request itself stands; anything else is the
             // peer failing.
-            code @ (ErrorCode::NotFound
-            | ErrorCode::Unauthenticated
-            | ErrorCode::InvalidArgument) => code,
+            Some(
+                code @ (ErrorCode::NotFound
+                | ErrorCode::Unauthenticated
+                | ErrorCode::InvalidArgument),
+            ) => code,
             _ => ErrorCode::Unavailable,
         };
         return Err(PullError::new(
             code,
-            format!("{what}: refused: {}", status.message()),
+            format!("{what}: refused: {}", header.message),
         ));
     }
     Ok(OpenRange { header, conn })
@@ -256,7 +256,7 @@ impl ObjectManager {
             Err(_) => return Err(unavailable("a data-plane request", "timed out")),
         };
         let refuse = |code: ErrorCode, message: String| ObjectTransferHeader {
-            code: code.status("").code() as i32,
+            error: code.as_str().into(),
             message,
             ..Default::default()
         };
@@ -285,7 +285,7 @@ impl ObjectManager {
             }
         };
         let header = ObjectTransferHeader {
-            code: 0,
+            error: String::new(),
             message: String::new(),
             total_size: range.total,
             offset: range.at,

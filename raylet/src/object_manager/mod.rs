@@ -417,10 +417,10 @@ fn read_request(
 ) -> ReadObjectRequest {
     ReadObjectRequest {
         object_id: id.to_vec(),
-        chunk_size: TRANSFER_CHUNK_SIZE as u64,
         offset,
         length,
         puller,
+        ..Default::default()
     }
 }
 
